@@ -1,0 +1,12 @@
+"""precal: measure, emulate and correct precision-induced miscalibration of classifiers.
+
+Calibrators (scikit-learn estimators on logits) live in :mod:`precal.calibration`,
+metrics and scorers in :mod:`precal.metrics`.
+"""
+
+__version__ = "0.1.0"
+
+from . import calibration, metrics  # noqa: E402
+from .calibration import TemperatureScaling, load_calibrator  # noqa: E402
+
+__all__ = ["__version__", "calibration", "metrics", "TemperatureScaling", "load_calibrator"]

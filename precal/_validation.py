@@ -1,0 +1,243 @@
+"""Boundary checks shared by every public function and estimator.
+
+Calibrators take *logits*, metrics take *probabilities*; nothing here guesses one from the
+other by looking at the value range. Each check raises a ``ValueError`` (or ``TypeError``)
+that names the argument, what was expected and what was received. Inputs are never
+modified in place: conversions always produce new arrays or read-only views.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+from sklearn.utils import check_array, column_or_1d
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+
+__all__ = [
+    "as_numpy",
+    "check_logits",
+    "check_probabilities",
+    "encode_labels",
+    "check_sample_weight",
+    "check_same_length",
+]
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """Return ``x`` as a numpy array without copying when it can be avoided.
+
+    torch tensors are detached and moved to the host; torch and ml_dtypes ``bfloat16`` /
+    ``float8`` values (which numpy cannot compute with) become ``float32``, which holds them
+    exactly. numpy ``float16`` is kept: the callers decide how to upcast.
+    """
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a run-time dependency
+        torch = None
+    if torch is not None and isinstance(x, torch.Tensor):
+        x = x.detach()
+        if x.is_floating_point() and x.dtype not in (torch.float16, torch.float32, torch.float64):
+            x = x.float()
+        return x.cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype.kind == "V" or (arr.dtype.kind not in "biufcOUSb" and arr.dtype.name.startswith("float")):
+        # ml_dtypes extension types (bfloat16, float8_*): exact in float32.
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def _as_float(arr: np.ndarray, name: str) -> np.ndarray:
+    """float64/float32 kept, float16 upcast to float32, integers and bools to float64."""
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be numeric, got an object array that is not: {exc}") from exc
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real-valued, got complex dtype {arr.dtype}.")
+    if arr.dtype.kind in "USa":
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}.")
+    if arr.dtype == np.float16:
+        return arr.astype(np.float32)
+    if arr.dtype.kind in "biu":
+        return arr.astype(np.float64)
+    return arr
+
+
+def check_logits(X: Any, *, name: str = "X", allow_1d: bool = True) -> np.ndarray:
+    """Validate logits and return a finite float32/float64 numpy array.
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor of shape (n_samples, n_classes) or (n_samples,)
+        Logits. 1-D input is a single binary logit per sample (if ``allow_1d``).
+    name : str
+        Name used in error messages.
+    allow_1d : bool
+        Whether 1-D input (single-logit binary) is accepted.
+
+    Returns
+    -------
+    numpy.ndarray
+        1-D or 2-D, dtype float32 or float64 (float16/bfloat16 upcast to float32,
+        integers to float64). May share memory with the input; never written to.
+    """
+    arr = _as_float(as_numpy(X), name)
+    if arr.ndim == 0 or arr.ndim > 2 or (arr.ndim == 1 and not allow_1d):
+        expected = "2-D (n_samples, n_classes)" + (" or 1-D (n_samples,)" if allow_1d else "")
+        raise ValueError(f"{name} must be {expected} logits, got an array with shape {arr.shape} ({arr.ndim}-D).")
+    arr = check_array(
+        arr,
+        ensure_2d=False,
+        dtype=[np.float64, np.float32],
+        ensure_all_finite=True,
+        input_name=name,
+        ensure_min_samples=1,
+        ensure_min_features=1,
+        copy=False,
+    )
+    return arr
+
+
+def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
+    """Validate class probabilities and return them as a float64 ``(n_samples, n_classes)`` array.
+
+    1-D input is the positive-class probability of a binary problem and becomes
+    ``[1 - p, p]``. Values must be finite and in ``[0, 1]``; rows must sum to 1 within
+    ``max(1e-6, sqrt(eps))`` of the input dtype (as scikit-learn's ``log_loss`` does), so
+    probabilities rounded to float16 or bfloat16 are accepted while logits are rejected.
+    """
+    arr = as_numpy(y_prob)
+    source_dtype = arr.dtype
+    arr = _as_float(arr, name)
+    if arr.ndim == 0 or arr.ndim > 2:
+        raise ValueError(
+            f"{name} must be 2-D (n_samples, n_classes) or 1-D (n_samples,) probabilities, "
+            f"got an array with shape {arr.shape}."
+        )
+    arr = check_array(arr, ensure_2d=False, dtype=np.float64, ensure_all_finite=True, input_name=name, copy=False)
+    if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1], got values in [{arr.min():.6g}, {arr.max():.6g}]. "
+            "If these are logits, apply a softmax first (or use a calibrator's predict_proba)."
+        )
+    if arr.ndim == 1:
+        arr = np.stack([1.0 - arr, arr], axis=1)
+    elif arr.shape[1] == 1:
+        raise ValueError(
+            f"{name} has a single column; pass binary probabilities as 1-D (positive class) or as (n_samples, 2)."
+        )
+    if source_dtype.kind == "f":
+        eps = float(np.finfo(source_dtype).eps)
+    else:
+        eps = float(np.finfo(np.float64).eps)
+    tol = max(1e-6, float(np.sqrt(eps)))
+    row_sums = arr.sum(axis=1)
+    bad = np.abs(row_sums - 1.0) > tol
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{name} rows must sum to 1 (tolerance {tol:.1e} for dtype {source_dtype}); "
+            f"{int(bad.sum())} row(s) do not, e.g. row {i} sums to {row_sums[i]:.8g}."
+        )
+    return arr
+
+
+def encode_labels(
+    y: Any, n_columns: int, *, labels: Any = None, name: str = "y", min_classes: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map labels to column indices of a ``(n_samples, n_columns)`` score array.
+
+    The classes (one per column, in column order) are, in this order of preference:
+
+    1. ``labels`` when given (must have ``n_columns`` distinct entries);
+    2. ``0, 1, ..., n_columns - 1`` when every label is an integer in that range, so a
+       cross-validation fold that misses a class still maps onto the right columns;
+    3. the sorted distinct labels of ``y``, whose number must equal ``n_columns``.
+
+    Returns
+    -------
+    classes : ndarray of shape (n_columns,)
+    y_idx : ndarray of int64, shape (n_samples,)
+        Column index of each sample's label.
+    """
+    y_arr = as_numpy(y)
+    if y_arr.ndim == 2 and y_arr.shape[1] == 1:
+        y_arr = y_arr[:, 0]
+    if y_arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (n_samples,) class labels, got an array with shape {y_arr.shape}.")
+    if y_arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: found 0 sample(s) (shape=(0,)) while a minimum of 1 is required.")
+    if y_arr.dtype.kind == "f" and not np.isfinite(y_arr).all():
+        raise ValueError(f"{name} contains NaN or inf labels.")
+    y_arr = column_or_1d(y_arr, warn=False)
+    if y_arr.dtype.kind == "O":
+        kinds = {type(v) for v in y_arr}
+        if len(kinds) > 1 and not all(issubclass(k, numbers.Number) for k in kinds):
+            raise TypeError(f"{name} mixes label types {sorted(k.__name__ for k in kinds)}; use one type for all labels.")
+    check_classification_targets(y_arr)
+    if type_of_target(y_arr) not in ("binary", "multiclass"):
+        raise ValueError(f"{name} must be binary or multiclass labels, got target type {type_of_target(y_arr)!r}.")
+    present = np.unique(y_arr)
+    if len(present) < min_classes:
+        raise ValueError(
+            f"{name} holds {len(present)} class(es) ({present.tolist()!r}); at least {min_classes} classes "
+            "are needed to fit a calibrator."
+        )
+
+    if labels is not None:
+        classes = np.asarray(labels)
+        if classes.ndim != 1 or len(np.unique(classes)) != len(classes):
+            raise ValueError(f"labels must be a 1-D list of distinct class labels, got {classes!r}.")
+        if len(classes) != n_columns:
+            raise ValueError(f"labels has {len(classes)} entries but the scores have {n_columns} columns.")
+        order = np.argsort(classes, kind="stable")
+        classes_sorted = classes[order]
+        pos = np.searchsorted(classes_sorted, y_arr)
+        pos = np.clip(pos, 0, len(classes) - 1)
+        unknown = classes_sorted[pos] != y_arr
+        if unknown.any():
+            raise ValueError(
+                f"{name} contains labels not in labels/classes_: {np.unique(y_arr[unknown]).tolist()!r}."
+            )
+        return classes, order[pos].astype(np.int64)
+
+    numeric = y_arr.dtype.kind in "biuf"
+    if numeric and len(present) < n_columns:
+        integral = np.all(np.mod(present, 1) == 0)
+        if integral and present.min() >= 0 and present.max() < n_columns:
+            classes = np.arange(n_columns).astype(y_arr.dtype)
+            return classes, y_arr.astype(np.int64)
+    if len(present) != n_columns:
+        raise ValueError(
+            f"{name} has {len(present)} classes {present.tolist()!r} but the scores have {n_columns} columns "
+            "(one per class). Pass labels=... to say which class each column is."
+        )
+    return present, np.searchsorted(present, y_arr).astype(np.int64)
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray | None:
+    """Validate sample weights: finite, non-negative, not all zero, one per sample."""
+    if sample_weight is None:
+        return None
+    w = _as_float(as_numpy(sample_weight), "sample_weight")
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(f"sample_weight must have shape ({n_samples},), got {w.shape}.")
+    w = np.asarray(w, dtype=np.float64)
+    if not np.isfinite(w).all():
+        raise ValueError("sample_weight contains NaN or inf.")
+    if (w < 0).any():
+        raise ValueError("sample_weight must be non-negative; got negative values.")
+    if not (w > 0).any():
+        raise ValueError("sample_weight must have at least one positive value; got all zeros.")
+    return w
+
+
+def check_same_length(**arrays: Any) -> None:
+    """Raise ``ValueError`` if the named arrays differ in their first dimension."""
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        desc = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+        raise ValueError(f"Inconsistent numbers of samples: {desc}.")

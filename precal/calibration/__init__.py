@@ -1,0 +1,11 @@
+"""Post-hoc calibrators with the scikit-learn estimator API, on logits."""
+
+from ._base import BaseLogitCalibrator
+from .temperature import TemperatureScaling, fit_temperature
+
+__all__ = ["BaseLogitCalibrator", "TemperatureScaling", "fit_temperature", "load_calibrator"]
+
+
+def load_calibrator(data: dict) -> BaseLogitCalibrator:
+    """Rebuild any precal calibrator from its :meth:`~BaseLogitCalibrator.to_dict` data."""
+    return BaseLogitCalibrator.from_dict(data)

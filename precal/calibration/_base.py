@@ -1,0 +1,306 @@
+"""The shared base of every precal calibrator: validation, prediction, scoring, export.
+
+A calibrator learns a map from a classifier's logits ``z`` (one column per class) to
+calibrated logits ``g(z)``; probabilities are ``softmax(g(z))``. Subclasses implement four
+small hooks and inherit the whole scikit-learn contract:
+
+``_validate_hyperparameters()``
+    check constructor arguments (called at the start of ``fit``).
+``_fit(logits, y_idx, sample_weight)``
+    learn from validated ``(n, K)`` float logits and integer class indices; set ``*_``.
+``_calibrated_logits(logits)``
+    apply the fitted map to validated ``(n, K)`` logits; return float64 ``(n, K)``.
+``_torch_map()`` / ``_get_state()`` / ``_set_state(state)``
+    the same map as an ``nn.Module``, and the fitted state as JSON-able data.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .._numerics import binary_logit_to_two_columns, log_softmax, softmax
+from .._validation import as_numpy, check_logits, check_same_length, check_sample_weight, encode_labels
+
+__all__ = ["BaseLogitCalibrator", "CalibratorModule", "FORMAT_NAME", "FORMAT_VERSION"]
+
+FORMAT_NAME = "precal-calibrator"
+FORMAT_VERSION = 1
+
+_REGISTRY: dict[str, type[BaseLogitCalibrator]] = {}
+
+
+class CalibratorModule(torch.nn.Module):
+    """Wrap a calibrator's torch map so it takes the same logits the calibrator was fitted on.
+
+    Parameters
+    ----------
+    core : torch.nn.Module
+        Maps ``(..., K)`` logits to ``(..., K)`` calibrated logits.
+    single_logit : bool
+        The calibrator was fitted on one binary logit per sample: inputs are ``(n,)`` or
+        ``(n, 1)``, outputs ``(n,)``.
+    output : {"logits", "proba"}
+        Return calibrated logits (default) or probabilities (softmax, or the sigmoid of the
+        single binary logit).
+    """
+
+    def __init__(self, core: torch.nn.Module, *, single_logit: bool, output: str) -> None:
+        super().__init__()
+        self.core = core
+        self.single_logit = single_logit
+        self.output = output
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.single_logit:
+            z = logits.reshape(logits.shape[0], -1)[:, 0] if logits.dim() > 1 else logits
+            two = torch.stack([torch.zeros_like(z), z], dim=-1)
+            out = self.core(two)
+            margin = out[..., 1] - out[..., 0]
+            return torch.sigmoid(margin) if self.output == "proba" else margin
+        out = self.core(logits)
+        return torch.softmax(out, dim=-1) if self.output == "proba" else out
+
+
+class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
+    """Base class of precal's calibrators: scikit-learn estimators on logits.
+
+    Input ``X`` is a classifier's logits, shape ``(n_samples, n_classes)`` (numpy array or
+    torch tensor of any float dtype; float16/bfloat16 are upcast). Binary problems may also
+    pass one logit per sample, shape ``(n_samples,)`` or ``(n_samples, 1)``, taken as the
+    log-odds of ``classes_[1]``. Labels ``y`` may be of any type (strings work). Column ``j``
+    of ``X`` belongs to ``classes_[j]``; when ``y`` holds integers in ``0..n_classes-1``,
+    ``classes_`` is ``0..n_classes-1`` even if a class is absent from ``y`` (so
+    cross-validation folds with a missing class still line up).
+    """
+
+    _estimator_type = "classifier"
+    _state_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            _REGISTRY[cls.__name__] = cls
+
+    # ------------------------------------------------------------------ hooks
+    def _validate_hyperparameters(self) -> None:  # pragma: no cover - overridden
+        """Check constructor arguments; raise ValueError/TypeError naming the parameter."""
+
+    def _fit(self, logits: np.ndarray, y_idx: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def _calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _torch_map(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def _get_state(self) -> dict[str, Any]:
+        return {k: _to_json_value(getattr(self, k)) for k in self._state_keys}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        missing = set(self._state_keys) - set(state)
+        if missing:
+            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
+        for k in self._state_keys:
+            value = state[k]
+            if isinstance(value, list):
+                value = np.asarray(value, dtype=np.float64)
+                if not np.isfinite(value).all():
+                    raise ValueError(f"Calibrator state {k!r} holds non-finite values.")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"Calibrator state {k!r} must be a number or a list of numbers, got {value!r}.")
+            elif not np.isfinite(value):
+                raise ValueError(f"Calibrator state {k!r} is not finite: {value!r}.")
+            setattr(self, k, value)
+
+    # ------------------------------------------------------------ validation
+    def _validate_fit_data(self, X: Any, y: Any, sample_weight: Any) -> tuple[np.ndarray, np.ndarray, Any]:
+        self._validate_hyperparameters()
+        logits = check_logits(X)
+        y_arr = as_numpy(y)
+        if y_arr.ndim == 0:
+            raise ValueError(f"y must be 1-D (n_samples,) class labels, got a scalar {y_arr!r}.")
+        check_same_length(X=logits, y=y_arr)
+        single = logits.ndim == 1 or logits.shape[1] == 1
+        if single:
+            n_distinct = len(np.unique(y_arr))
+            if n_distinct > 2:
+                raise ValueError(
+                    f"X holds one logit per sample, which is for binary problems, but y has {n_distinct} classes; "
+                    "pass (n_samples, n_classes) logits."
+                )
+            classes, y_idx = encode_labels(y_arr, 2)
+            logits = binary_logit_to_two_columns(logits)
+            self.n_features_in_ = 1
+        else:
+            classes, y_idx = encode_labels(y_arr, logits.shape[1])
+            self.n_features_in_ = logits.shape[1]
+        self.classes_ = classes
+        weights = check_sample_weight(sample_weight, logits.shape[0])
+        return logits, y_idx, weights
+
+    def _validated_logits(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        logits = check_logits(X)
+        n_features = 1 if logits.ndim == 1 else logits.shape[1]
+        if n_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {n_features} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (one logit per class"
+                f"{'; 1 for single-logit binary' if self.n_features_in_ == 1 else ''})."
+            )
+        if self.n_features_in_ == 1:
+            logits = binary_logit_to_two_columns(logits)
+        return logits
+
+    # ------------------------------------------------------------ public API
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> BaseLogitCalibrator:
+        """Fit the calibration map on held-out logits.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n_samples, n_classes) or (n_samples,)
+            Logits of the classifier (not probabilities).
+        y : array-like of shape (n_samples,)
+            True labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples in the loss.
+
+        Returns
+        -------
+        self
+        """
+        logits, y_idx, weights = self._validate_fit_data(X, y, sample_weight)
+        self._fit(logits, y_idx, weights)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Calibrated logits: ``(n_samples, n_classes)``, or ``(n_samples,)`` for single-logit input."""
+        out = self._calibrated_logits(self._validated_logits(X))
+        if self.n_features_in_ == 1:
+            return out[:, 1] - out[:, 0]
+        return out
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Calibrated probabilities, shape ``(n_samples, n_classes)``; rows sum to 1."""
+        return softmax(self._calibrated_logits(self._validated_logits(X)))
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log of the calibrated probabilities, computed stably in log space."""
+        return log_softmax(self._calibrated_logits(self._validated_logits(X)))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class with the highest calibrated probability."""
+        calibrated = self._calibrated_logits(self._validated_logits(X))
+        return self.classes_[np.argmax(calibrated, axis=1)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean log-likelihood of ``y`` under the calibrated probabilities (higher is better).
+
+        Equals ``-log_loss(y, predict_proba(X))`` without probability clipping.
+        """
+        logp = self.predict_log_proba(X)
+        check_same_length(X=logp, y=y)
+        _, y_idx = encode_labels(y, logp.shape[1], labels=self.classes_, min_classes=1)
+        weights = check_sample_weight(sample_weight, logp.shape[0])
+        return float(np.average(logp[np.arange(len(y_idx)), y_idx], weights=weights))
+
+    def to_torch(self, output: Literal["logits", "proba"] = "logits") -> torch.nn.Module:
+        """The fitted map as a ``torch.nn.Module`` to append to a deployed model.
+
+        The module takes a logits tensor of the shape the calibrator was fitted on, on any
+        device (move it with ``.to(device)``), and returns calibrated logits (default) or
+        probabilities (``output="proba"``). ``softmax(module(z))`` equals
+        ``predict_proba(z)`` up to float32 rounding.
+        """
+        check_is_fitted(self)
+        if output not in ("logits", "proba"):
+            raise ValueError(f"output must be 'logits' or 'proba', got {output!r}.")
+        module = CalibratorModule(self._torch_map(), single_logit=self.n_features_in_ == 1, output=output)
+        return module.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted calibrator as plain JSON-able data; see :meth:`from_dict`."""
+        from .. import __version__
+
+        check_is_fitted(self)
+        params = self.get_params(deep=False)
+        try:
+            json.dumps(params)
+        except TypeError as exc:
+            raise TypeError(f"{type(self).__name__} parameters are not JSON-serialisable: {exc}") from exc
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "precal_version": __version__,
+            "estimator": type(self).__name__,
+            "params": params,
+            "classes": {"dtype": self.classes_.dtype.str, "values": self.classes_.tolist()},
+            "n_features_in": int(self.n_features_in_),
+            "state": self._get_state(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BaseLogitCalibrator:
+        """Rebuild a fitted calibrator from :meth:`to_dict` output (e.g. after ``json.load``).
+
+        Only precal's own calibrator classes can be named, and only numbers, strings and
+        lists are read: loading never executes code from the data.
+
+        Raises
+        ------
+        ValueError
+            If the data is not a precal calibrator, has an unknown format version, names an
+            unknown or a different calibrator class, or holds malformed fields.
+        """
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise ValueError(f"Not a precal calibrator: expected a dict with format={FORMAT_NAME!r}.")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"Unsupported calibrator format_version {version!r}; this precal reads {FORMAT_VERSION}.")
+        name = data.get("estimator")
+        if name not in _REGISTRY:
+            raise ValueError(f"Unknown calibrator {name!r}; known: {sorted(_REGISTRY)}.")
+        target = _REGISTRY[name]
+        if cls is not BaseLogitCalibrator and target is not cls:
+            raise ValueError(f"The data holds a {name}, not a {cls.__name__}.")
+        for key, kind in (("params", dict), ("classes", dict), ("n_features_in", int), ("state", dict)):
+            if not isinstance(data.get(key), kind):
+                raise ValueError(f"Malformed calibrator data: {key!r} must be a {kind.__name__}.")
+        try:
+            est = target(**data["params"])
+        except TypeError as exc:
+            raise ValueError(f"Malformed calibrator params for {name}: {exc}") from exc
+        classes = data["classes"]
+        try:
+            est.classes_ = np.asarray(classes["values"], dtype=np.dtype(classes["dtype"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"Malformed calibrator classes: {exc}") from exc
+        if est.classes_.ndim != 1 or len(est.classes_) < 2:
+            raise ValueError("Malformed calibrator classes: need a list of at least 2 labels.")
+        est.n_features_in_ = data["n_features_in"]
+        expected = 1 if len(est.classes_) == 2 and est.n_features_in_ == 1 else len(est.classes_)
+        if est.n_features_in_ != expected:
+            raise ValueError("Malformed calibrator data: n_features_in does not match the classes.")
+        est._set_state(data["state"])
+        return est
+
+    def __sklearn_tags__(self):  # noqa: D105
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.classifier_tags.poor_score = True
+        return tags
+
+
+def _to_json_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

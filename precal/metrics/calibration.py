@@ -1,0 +1,445 @@
+"""Calibration metrics with scikit-learn signatures: ``metric(y_true, y_prob, *, ...)``.
+
+``y_prob`` holds probabilities, shape ``(n_samples, n_classes)`` (binary: ``(n_samples,)``
+positive-class probabilities are accepted too), as a numpy array or torch tensor. Nothing
+here guesses whether input is logits: values outside ``[0, 1]`` and rows that do not sum
+to 1 are refused. ``labels`` says which class each column is, as in
+:func:`sklearn.metrics.log_loss`; without it, integer labels in ``0..K-1`` index the
+columns directly and other labels must have exactly ``K`` distinct values.
+
+Binning convention (all binned metrics): ``n_bins`` equal-width bins over ``[0, 1]``,
+left-closed ``[e_b, e_{b+1})``, the last bin closed ``[e_{B-1}, 1]`` so that a confidence of
+exactly 1.0 (common after float16/bfloat16 softmax) lands in the last bin, never in an
+extra one. This is numpy's ``histogram`` rule and netcal's; precal's ECE equals netcal's.
+
+Each public function validates its input and calls a private ``_*`` core on validated
+arrays (``y_idx`` integer column indices, ``prob`` float64 ``(n, K)``); the bootstrap in
+:func:`calibration_error_ci` reuses those cores.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import numpy as np
+from sklearn.utils import check_random_state, check_scalar
+
+from .._validation import check_probabilities, check_same_length, encode_labels
+
+__all__ = [
+    "expected_calibration_error",
+    "adaptive_calibration_error",
+    "maximum_calibration_error",
+    "classwise_calibration_error",
+    "brier_score",
+    "negative_log_likelihood",
+    "reliability_curve",
+    "ReliabilityCurve",
+    "calibration_error_ci",
+    "CalibrationErrorCI",
+]
+
+Strategy = Literal["uniform", "quantile"]
+
+
+# ---------------------------------------------------------------- validation
+def _validate(y_true: Any, y_prob: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    prob = check_probabilities(y_prob)
+    check_same_length(y_true=y_true, y_prob=prob)
+    _, y_idx = encode_labels(y_true, prob.shape[1], labels=labels, name="y_true", min_classes=1)
+    return y_idx, prob
+
+
+def _check_n_bins(n_bins: Any) -> None:
+    check_scalar(n_bins, "n_bins", numbers.Integral, min_val=1)
+
+
+# ---------------------------------------------------------------- binning
+def _bin_index(conf: np.ndarray, n_bins: int, strategy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bin index of each confidence and the bin edges.
+
+    ``"uniform"``: equal-width bins, left-closed, last bin closed (see module docstring).
+    ``"quantile"``: equal-mass bins: the samples sorted by confidence (stable, so ties keep
+    their input order) are cut into ``n_bins`` runs whose sizes differ by at most one;
+    edges are the smallest confidence of each run and the largest overall.
+    """
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        idx = np.searchsorted(edges, conf, side="right") - 1
+        return np.clip(idx, 0, n_bins - 1), edges
+    if strategy == "quantile":
+        n = conf.shape[0]
+        order = np.argsort(conf, kind="stable")
+        # run b holds sorted positions [floor(b n / B), floor((b+1) n / B))
+        idx = np.empty(n, dtype=np.int64)
+        idx[order] = (np.arange(n) * n_bins) // max(n, 1)
+        starts = (np.arange(n_bins) * n) // n_bins
+        sorted_conf = conf[order]
+        edges = np.append(sorted_conf[np.minimum(starts, n - 1)], sorted_conf[-1])
+        return idx, edges
+    raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}.")
+
+
+def _bin_sums(idx: np.ndarray, conf: np.ndarray, correct: np.ndarray, n_bins: int):
+    """Per-bin count, sum of confidence and sum of correctness (sufficient statistics)."""
+    return (
+        np.bincount(idx, minlength=n_bins).astype(np.float64),
+        np.bincount(idx, weights=conf, minlength=n_bins),
+        np.bincount(idx, weights=correct, minlength=n_bins),
+    )
+
+
+def _top_label(y_idx: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred = prob.argmax(axis=1)
+    conf = prob[np.arange(len(pred)), pred]
+    return conf, (pred == y_idx).astype(np.float64)
+
+
+# ---------------------------------------------------------------- cores
+def _ece(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15, strategy: str = "uniform") -> float:
+    conf, correct = _top_label(y_idx, prob)
+    idx, _ = _bin_index(conf, n_bins, strategy)
+    _, conf_sum, acc_sum = _bin_sums(idx, conf, correct, n_bins)
+    return float(np.abs(acc_sum - conf_sum).sum() / len(conf))
+
+
+def _ace(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
+    return _ece(y_idx, prob, n_bins, "quantile")
+
+
+def _mce(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
+    conf, correct = _top_label(y_idx, prob)
+    idx, _ = _bin_index(conf, n_bins, "uniform")
+    count, conf_sum, acc_sum = _bin_sums(idx, conf, correct, n_bins)
+    full = count > 0
+    return float(np.max(np.abs(acc_sum[full] - conf_sum[full]) / count[full]))
+
+
+def _classwise(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
+    n, k = prob.shape
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, n_bins - 1)
+    flat = (bins + np.arange(k)[None, :] * n_bins).ravel()
+    onehot = np.zeros_like(prob)
+    onehot[np.arange(n), y_idx] = 1.0
+    conf_sum = np.bincount(flat, weights=prob.ravel(), minlength=k * n_bins)
+    acc_sum = np.bincount(flat, weights=onehot.ravel(), minlength=k * n_bins)
+    per_class = np.abs(acc_sum - conf_sum).reshape(k, n_bins).sum(axis=1) / n
+    return float(per_class.mean())
+
+
+def _brier(y_idx: np.ndarray, prob: np.ndarray, scale_by_half: bool | str = "auto") -> float:
+    n = prob.shape[0]
+    diff = prob.copy()
+    diff[np.arange(n), y_idx] -= 1.0
+    value = float(np.mean(np.sum(diff * diff, axis=1)))
+    half = prob.shape[1] == 2 if scale_by_half == "auto" else bool(scale_by_half)
+    return value / 2.0 if half else value
+
+
+def _nll(y_idx: np.ndarray, prob: np.ndarray) -> float:
+    p_true = prob[np.arange(prob.shape[0]), y_idx]
+    return float(-np.mean(np.log(np.clip(p_true, np.finfo(np.float64).eps, None))))
+
+
+# ---------------------------------------------------------------- public metrics
+def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
+    r"""Expected calibration error of the top-label confidence (equal-width bins, L1).
+
+    .. math::
+
+        \mathrm{ECE} = \sum_{b=1}^{B} \frac{|B_b|}{n}
+            \left| \operatorname{acc}(B_b) - \operatorname{conf}(B_b) \right|
+
+    where ``conf`` is the largest probability of each sample, ``acc`` whether its argmax is
+    the true class, and ``B_b`` the samples whose confidence falls in bin ``b``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True labels.
+    y_prob : array-like or torch.Tensor of shape (n_samples, n_classes) or (n_samples,)
+        Predicted probabilities (rows sum to 1); binary: positive-class probability.
+    n_bins : int, default=15
+        Number of equal-width bins on [0, 1].
+    labels : array-like of shape (n_classes,), default=None
+        The class of each column of ``y_prob``.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0 is perfect calibration.
+
+    Raises
+    ------
+    ValueError
+        On NaN/inf, values outside [0, 1], rows not summing to 1, unknown labels,
+        mismatched lengths, empty input or ``n_bins < 1``.
+
+    Notes
+    -----
+    Bins are left-closed ``[e_b, e_{b+1})`` and the last is closed, so a confidence of
+    exactly 1.0 counts in the last bin. Equals netcal's ``ECE(bins=n_bins)`` (tested).
+    Ties in the argmax go to the first column (numpy's ``argmax``).
+
+    References
+    ----------
+    M. P. Naeini, G. F. Cooper, M. Hauskrecht. "Obtaining Well Calibrated Probabilities
+    Using Bayesian Binning". AAAI 2015. C. Guo et al. "On Calibration of Modern Neural
+    Networks". ICML 2017.
+
+    Examples
+    --------
+    >>> from precal.metrics import expected_calibration_error
+    >>> y_prob = [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]   # confidences 0.9, 0.8 (right), 0.6 (wrong)
+    >>> round(expected_calibration_error([0, 1, 1], y_prob, n_bins=5), 4)  # 2/3*|1-0.85| + 1/3*|0-0.6|
+    0.3
+    """
+    _check_n_bins(n_bins)
+    return _ece(*_validate(y_true, y_prob, labels), n_bins)
+
+
+def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
+    r"""Top-label calibration error over equal-mass (adaptive) bins.
+
+    The ECE formula of :func:`expected_calibration_error`, with bins that each hold
+    ``n / n_bins`` samples (sizes differ by at most one) instead of equal widths, so
+    crowded high-confidence regions are resolved finely.
+
+    Parameters
+    ----------
+    y_true, y_prob, n_bins, labels
+        As in :func:`expected_calibration_error`.
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    Samples are sorted by confidence with a stable sort and cut into runs; tied
+    confidences (e.g. many exact 1.0 after bfloat16 softmax) may therefore be split across
+    adjacent bins, in input order. This is the top-label variant (as torch-uncertainty's
+    ``AdaptiveCalibrationError``); Nixon et al. also define a class-wise average. netcal's
+    ``ACE`` is a different quantity (the unweighted *average* of bin gaps).
+
+    References
+    ----------
+    J. Nixon, M. Dusenberry, L. Zhang, G. Jerfel, D. Tran. "Measuring Calibration in Deep
+    Learning". CVPR Workshops 2019. arXiv:1904.01685.
+    """
+    _check_n_bins(n_bins)
+    return _ace(*_validate(y_true, y_prob, labels), n_bins)
+
+
+def maximum_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
+    r"""Largest top-label calibration gap over non-empty equal-width bins.
+
+    .. math:: \mathrm{MCE} = \max_{b:\,|B_b|>0} |\operatorname{acc}(B_b) - \operatorname{conf}(B_b)|
+
+    Parameters and bins as in :func:`expected_calibration_error`. Equals netcal's ``MCE``.
+    """
+    _check_n_bins(n_bins)
+    return _mce(*_validate(y_true, y_prob, labels), n_bins)
+
+
+def classwise_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
+    r"""Class-wise ECE: the ECE of every class's own probability, averaged over classes.
+
+    .. math::
+
+        \mathrm{cwECE} = \frac{1}{K}\sum_{k=1}^{K}\sum_{b=1}^{B}\frac{|B_{kb}|}{n}
+        \left|\frac{1}{|B_{kb}|}\sum_{i\in B_{kb}} [y_i = k]
+        - \frac{1}{|B_{kb}|}\sum_{i\in B_{kb}} p_{ik}\right|
+
+    with ``B_kb`` the samples whose probability for class ``k`` falls in bin ``b``
+    (equal-width bins as in :func:`expected_calibration_error`).
+
+    References
+    ----------
+    M. Kull, M. Perello-Nieto, M. Kängsepp, T. Silva Filho, H. Song, P. Flach. "Beyond
+    temperature scaling: Obtaining well-calibrated multiclass probabilities with Dirichlet
+    calibration". NeurIPS 2019. arXiv:1910.12656.
+    """
+    _check_n_bins(n_bins)
+    return _classwise(*_validate(y_true, y_prob, labels), n_bins)
+
+
+def brier_score(y_true: Any, y_prob: Any, *, labels: Any = None, scale_by_half: bool | str = "auto") -> float:
+    r"""Multiclass Brier score: mean squared distance to the one-hot label.
+
+    .. math:: \mathrm{BS} = \frac{1}{n}\sum_i \sum_k (p_{ik} - [y_i = k])^2 \in [0, 2]
+
+    Parameters
+    ----------
+    y_true, y_prob, labels
+        As in :func:`expected_calibration_error`.
+    scale_by_half : bool or "auto", default="auto"
+        Divide by 2; ``"auto"`` does so for binary problems only, so binary scores are the
+        familiar ``mean((p_1 - y)^2)`` in [0, 1]. Same convention as scikit-learn's
+        ``brier_score_loss``, which this equals.
+
+    References
+    ----------
+    G. W. Brier. "Verification of forecasts expressed in terms of probability". Monthly
+    Weather Review 78(1), 1950.
+    """
+    if scale_by_half not in ("auto", True, False):
+        raise ValueError(f"scale_by_half must be True, False or 'auto', got {scale_by_half!r}.")
+    return _brier(*_validate(y_true, y_prob, labels), scale_by_half)
+
+
+def negative_log_likelihood(y_true: Any, y_prob: Any, *, labels: Any = None) -> float:
+    r"""Mean negative log-likelihood of the true class (log loss).
+
+    .. math:: \mathrm{NLL} = -\frac{1}{n}\sum_i \log p_{i y_i}
+
+    Probabilities are clipped below at float64 ``eps`` (2.2e-16) so an exact zero, e.g. from
+    a bfloat16 softmax, costs 36.04 nats rather than infinity; this equals scikit-learn's
+    ``log_loss`` on float64 input.
+    """
+    return _nll(*_validate(y_true, y_prob, labels))
+
+
+# ---------------------------------------------------------------- reliability curve
+@dataclass(frozen=True)
+class ReliabilityCurve:
+    """The numbers behind a reliability diagram (one entry per bin).
+
+    Attributes
+    ----------
+    bin_edges : ndarray of shape (n_bins + 1,)
+    counts : ndarray of shape (n_bins,)
+        Samples per bin.
+    mean_confidence : ndarray of shape (n_bins,)
+        Mean top-label confidence per bin; NaN for empty bins.
+    accuracy : ndarray of shape (n_bins,)
+        Share of correct predictions per bin; NaN for empty bins.
+    """
+
+    bin_edges: np.ndarray
+    counts: np.ndarray
+    mean_confidence: np.ndarray
+    accuracy: np.ndarray
+
+
+def reliability_curve(
+    y_true: Any, y_prob: Any, *, n_bins: int = 15, strategy: Strategy = "uniform", labels: Any = None
+) -> ReliabilityCurve:
+    """Per-bin accuracy and mean confidence of the top-label prediction.
+
+    Parameters
+    ----------
+    y_true, y_prob, n_bins, labels
+        As in :func:`expected_calibration_error`.
+    strategy : {"uniform", "quantile"}, default="uniform"
+        Equal-width bins (as the ECE) or equal-mass bins (as the ACE).
+
+    Returns
+    -------
+    ReliabilityCurve
+        ``sum(counts * |accuracy - mean_confidence|) / n`` over non-empty bins is the ECE
+        (uniform) or ACE (quantile).
+    """
+    _check_n_bins(n_bins)
+    y_idx, prob = _validate(y_true, y_prob, labels)
+    conf, correct = _top_label(y_idx, prob)
+    idx, edges = _bin_index(conf, n_bins, strategy)
+    count, conf_sum, acc_sum = _bin_sums(idx, conf, correct, n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.where(count > 0, conf_sum / count, np.nan)
+        acc = np.where(count > 0, acc_sum / count, np.nan)
+    return ReliabilityCurve(edges, count.astype(np.int64), mean_conf, acc)
+
+
+# ---------------------------------------------------------------- bootstrap interval
+_CORES: dict[str, Callable[..., float]] = {
+    "ece": _ece,
+    "ace": _ace,
+    "mce": _mce,
+    "classwise_ece": _classwise,
+    "brier": _brier,
+    "nll": _nll,
+}
+
+
+@dataclass(frozen=True)
+class CalibrationErrorCI:
+    """A metric's value on the full data and its bootstrap percentile interval."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence_level: float
+
+
+def calibration_error_ci(
+    y_true: Any,
+    y_prob: Any,
+    *,
+    metric: str | Callable[..., float] = "ece",
+    n_bootstrap: int = 1000,
+    confidence_level: float = 0.95,
+    labels: Any = None,
+    random_state: Any = None,
+    **metric_params: Any,
+) -> CalibrationErrorCI:
+    """Bootstrap percentile interval for a calibration metric.
+
+    Resamples the ``n`` samples with replacement ``n_bootstrap`` times, evaluates the
+    metric on each resample and reports the ``(1 - level)/2`` and ``(1 + level)/2``
+    percentiles. Binned metrics are biased upward on small samples; the interval shows
+    the sampling spread, not that bias.
+
+    Parameters
+    ----------
+    y_true, y_prob, labels
+        As in :func:`expected_calibration_error`.
+    metric : str or callable, default="ece"
+        One of ``"ece"``, ``"ace"``, ``"mce"``, ``"classwise_ece"``, ``"brier"``, ``"nll"``,
+        or a function ``f(y_true, y_prob, **metric_params) -> float``.
+    n_bootstrap : int, default=1000
+    confidence_level : float, default=0.95
+        In (0, 1).
+    random_state : int, RandomState instance or None
+        Seeds the resampling; a fixed value gives a reproducible interval.
+    **metric_params
+        Passed to the metric (e.g. ``n_bins=10``).
+
+    Returns
+    -------
+    CalibrationErrorCI
+
+    References
+    ----------
+    B. Efron, R. Tibshirani. "An Introduction to the Bootstrap". Chapman & Hall, 1993.
+    """
+    check_scalar(n_bootstrap, "n_bootstrap", numbers.Integral, min_val=1)
+    check_scalar(confidence_level, "confidence_level", numbers.Real, min_val=0.0, max_val=1.0,
+                 include_boundaries="neither")
+    if "n_bins" in metric_params:
+        _check_n_bins(metric_params["n_bins"])
+    y_idx, prob = _validate(y_true, y_prob, labels)
+    if callable(metric):
+        classes = np.arange(prob.shape[1])
+
+        def evaluate(yi: np.ndarray, p: np.ndarray) -> float:
+            return float(metric(yi, p, labels=classes, **metric_params))
+    elif metric in _CORES:
+        core = _CORES[metric]
+
+        def evaluate(yi: np.ndarray, p: np.ndarray) -> float:
+            return core(yi, p, **metric_params)
+    else:
+        raise ValueError(f"metric must be one of {sorted(_CORES)} or a callable, got {metric!r}.")
+    rng = check_random_state(random_state)
+    n = len(y_idx)
+    values = np.empty(n_bootstrap)
+    for b in range(n_bootstrap):
+        sample = rng.randint(0, n, size=n)
+        values[b] = evaluate(y_idx[sample], prob[sample])
+    alpha = (1.0 - confidence_level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return CalibrationErrorCI(evaluate(y_idx, prob), float(low), float(high), float(confidence_level))

@@ -1,0 +1,23 @@
+"""Shared fixtures: small, seeded, over-confident logits."""
+
+import numpy as np
+import pytest
+
+
+def make_logits(n=600, k=4, scale=3.0, seed=0, dtype=np.float64):
+    """Over-confident logits: the true class gets a margin, then everything is scaled up."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    z = scale * (1.2 * np.eye(k)[y] + rng.normal(size=(n, k)))
+    return z.astype(dtype), y
+
+
+@pytest.fixture
+def logits_y():
+    return make_logits()
+
+
+@pytest.fixture
+def binary_logits_y():
+    z, y = make_logits(n=500, k=2, seed=3)
+    return z, y

@@ -1,0 +1,59 @@
+"""The ``precal`` command, called in-process and as a real console script."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from precal.cli import main
+from precal.demo import format_table, run_demo
+
+
+def test_demo_json_has_scores_before_and_after(capsys):
+    assert main(["demo", "--epochs", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    methods = [row["method"] for row in out["rows"]]
+    assert methods == ["uncalibrated", "temperature scaling"]
+    for row in out["rows"]:
+        assert set(row) >= {"accuracy", "ece", "ace", "nll", "brier"}
+        assert 0.5 < row["accuracy"] <= 1.0
+    # temperature scaling never changes the argmax
+    assert out["rows"][0]["accuracy"] == out["rows"][1]["accuracy"]
+    assert out["fitted"]["temperature"] > 0
+    assert out["n_calibration"] + out["n_test"] + out["n_train"] == 1797
+
+
+def test_demo_is_deterministic():
+    a = run_demo(random_state=1, epochs=2)
+    b = run_demo(random_state=1, epochs=2)
+    assert a.rows == b.rows
+
+
+def test_demo_table_output(capsys):
+    assert main(["demo", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "temperature scaling" in out and "ece" in out and "T = " in out
+
+
+def test_bad_argument_gives_one_line_error(capsys):
+    assert main(["demo", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("precal demo: error:") and "\n" not in err
+
+
+def test_format_table_aligns_columns():
+    table = format_table([{"method": "a", "ece": 0.1}, {"method": "longer", "ece": 0.25}]).splitlines()
+    assert len({len(line.rstrip()) for line in table}) == 1
+
+
+@pytest.mark.slow
+def test_console_script_runs_the_default_demo():
+    exe = shutil.which("precal")
+    cmd = [exe, "demo"] if exe else [sys.executable, "-m", "precal.cli", "demo"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "uncalibrated" in proc.stdout and "temperature scaling" in proc.stdout
+    version = subprocess.run(cmd[:-1] + ["--version"], capture_output=True, text=True, timeout=60)
+    assert version.stdout.startswith("precal ")
