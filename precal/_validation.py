@@ -48,6 +48,23 @@ def as_numpy(x: Any) -> np.ndarray:
     return arr
 
 
+_BFLOAT16_EPS = 2.0**-7
+
+
+def _source_float_dtype(x: Any) -> Any:
+    """The float dtype ``x`` arrived in (``"bfloat16"`` for torch/ml_dtypes bfloat16), else float64.
+
+    Used for dtype-aware tolerances, before :func:`as_numpy` upcasts bfloat16.
+    """
+    dtype = getattr(x, "dtype", None)
+    name = str(dtype).replace("torch.", "") if dtype is not None else ""
+    if name == "bfloat16":
+        return "bfloat16"
+    if name in ("float16", "float32", "float64"):
+        return np.dtype(name)
+    return np.dtype(np.float64)
+
+
 def _as_float(arr: np.ndarray, name: str) -> np.ndarray:
     """float64/float32 kept, float16 upcast to float32, integers and bools to float64."""
     if arr.dtype.kind == "O":
@@ -109,9 +126,8 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
     ``max(1e-6, sqrt(eps))`` of the input dtype (as scikit-learn's ``log_loss`` does), so
     probabilities rounded to float16 or bfloat16 are accepted while logits are rejected.
     """
-    arr = as_numpy(y_prob)
-    source_dtype = arr.dtype
-    arr = _as_float(arr, name)
+    source_dtype = _source_float_dtype(y_prob)
+    arr = _as_float(as_numpy(y_prob), name)
     if arr.ndim == 0 or arr.ndim > 2:
         raise ValueError(
             f"{name} must be 2-D (n_samples, n_classes) or 1-D (n_samples,) probabilities, "
@@ -129,10 +145,7 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
         raise ValueError(
             f"{name} has a single column; pass binary probabilities as 1-D (positive class) or as (n_samples, 2)."
         )
-    if source_dtype.kind == "f":
-        eps = float(np.finfo(source_dtype).eps)
-    else:
-        eps = float(np.finfo(np.float64).eps)
+    eps = _BFLOAT16_EPS if source_dtype == "bfloat16" else float(np.finfo(source_dtype).eps)
     tol = max(1e-6, float(np.sqrt(eps)))
     row_sums = arr.sum(axis=1)
     bad = np.abs(row_sums - 1.0) > tol

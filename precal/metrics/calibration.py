@@ -72,10 +72,10 @@ def _bin_index(conf: np.ndarray, n_bins: int, strategy: str) -> tuple[np.ndarray
     if strategy == "quantile":
         n = conf.shape[0]
         order = np.argsort(conf, kind="stable")
-        # run b holds sorted positions [floor(b n / B), floor((b+1) n / B))
+        # sorted position i goes to run floor(i B / n), so run b starts at ceil(b n / B)
         idx = np.empty(n, dtype=np.int64)
         idx[order] = (np.arange(n) * n_bins) // max(n, 1)
-        starts = (np.arange(n_bins) * n) // n_bins
+        starts = -((-np.arange(n_bins) * n) // n_bins)
         sorted_conf = conf[order]
         edges = np.append(sorted_conf[np.minimum(starts, n - 1)], sorted_conf[-1])
         return idx, edges
