@@ -119,12 +119,14 @@ def check_logits(X: Any, *, name: str = "X", allow_1d: bool = True) -> np.ndarra
 
 
 def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
-    """Validate class probabilities and return them as a float64 ``(n_samples, n_classes)`` array.
+    """Validate class probabilities and return them as a ``(n_samples, n_classes)`` float array.
 
     1-D input is the positive-class probability of a binary problem and becomes
     ``[1 - p, p]``. Values must be finite and in ``[0, 1]``; rows must sum to 1 within
     ``max(1e-6, sqrt(eps))`` of the input dtype (as scikit-learn's ``log_loss`` does), so
     probabilities rounded to float16 or bfloat16 are accepted while logits are rejected.
+    float32 and float64 are kept as they are (float16/bfloat16 become float32, integers
+    float64): the checks and the metrics read the array without an upcast copy.
     """
     source_dtype = _source_float_dtype(y_prob)
     arr = _as_float(as_numpy(y_prob), name)
@@ -133,13 +135,16 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
             f"{name} must be 2-D (n_samples, n_classes) or 1-D (n_samples,) probabilities, "
             f"got an array with shape {arr.shape}."
         )
-    arr = check_array(arr, ensure_2d=False, dtype=np.float64, ensure_all_finite=True, input_name=name, copy=False)
+    arr = check_array(
+        arr, ensure_2d=False, dtype=[np.float64, np.float32], ensure_all_finite=True, input_name=name, copy=False
+    )
     if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
         raise ValueError(
             f"{name} must hold probabilities in [0, 1], got values in [{arr.min():.6g}, {arr.max():.6g}]. "
             "If these are logits, apply a softmax first (or use a calibrator's predict_proba)."
         )
     if arr.ndim == 1:
+        arr = arr.astype(np.float64)  # 1 - p exactly, whatever the input dtype
         arr = np.stack([1.0 - arr, arr], axis=1)
     elif arr.shape[1] == 1:
         raise ValueError(
@@ -147,7 +152,7 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
         )
     eps = _BFLOAT16_EPS if source_dtype == "bfloat16" else float(np.finfo(source_dtype).eps)
     tol = max(1e-6, float(np.sqrt(eps)))
-    row_sums = arr.sum(axis=1)
+    row_sums = arr.sum(axis=1)  # pairwise summation: error far below tol in float32 too
     bad = np.abs(row_sums - 1.0) > tol
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -190,6 +195,18 @@ def encode_labels(
         kinds = {type(v) for v in y_arr}
         if len(kinds) > 1 and not all(issubclass(k, numbers.Number) for k in kinds):
             raise TypeError(f"{name} mixes label types {sorted(k.__name__ for k in kinds)}; use one type for all labels.")
+    if labels is None and y_arr.dtype.kind in "iu" and y_arr.min() >= 0 and y_arr.max() < n_columns:
+        # Fast path (no sort): integer labels that index the columns directly. Same result
+        # as rule 2 / rule 3 below, whose classes are then 0..n_columns-1.
+        if min_classes > 1:
+            n_present = int(np.count_nonzero(np.bincount(y_arr, minlength=n_columns)))
+            if n_present < min_classes:
+                present = np.unique(y_arr)
+                raise ValueError(
+                    f"{name} holds {n_present} class(es) ({present.tolist()!r}); at least {min_classes} classes "
+                    "are needed to fit a calibrator."
+                )
+        return np.arange(n_columns).astype(y_arr.dtype), y_arr.astype(np.int64)
     check_classification_targets(y_arr)
     if type_of_target(y_arr) not in ("binary", "multiclass"):
         raise ValueError(f"{name} must be binary or multiclass labels, got target type {type_of_target(y_arr)!r}.")

@@ -1,9 +1,11 @@
-"""The ``precal demo`` job: a real model on real data, calibrated, in seconds.
+"""The ``precal demo`` job: a real model on real data, emulated and calibrated, in seconds.
 
 Data: scikit-learn's bundled handwritten digits (1 797 real 8x8 images, 10 classes; nothing
-is downloaded). A small CNN is trained on half of the images; its logits on the other half
-are split into a calibration half and a test half. Temperature scaling is fitted on the
-calibration logits and every method is scored on the test logits.
+is downloaded). A small CNN is trained on half of the images; the other half is split into
+a calibration half and a test half. The emulator runs the trained network at each precision
+config (activation observers calibrated on training images); at each precision,
+temperature scaling is fitted on the calibration logits and every method is scored on the
+test logits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from ._numerics import softmax
 from .calibration import TemperatureScaling
+from .emulate import sweep
 from .metrics import (
     adaptive_calibration_error,
     brier_score,
@@ -25,7 +28,10 @@ from .metrics import (
     negative_log_likelihood,
 )
 
-__all__ = ["DigitsCNN", "DemoResult", "digits_logits", "run_demo", "format_table"]
+__all__ = ["DigitsCNN", "DemoResult", "DEMO_CONFIGS", "digits_logits", "run_demo", "format_table"]
+
+#: Precision configs the demo runs (see :mod:`precal.emulate.model`).
+DEMO_CONFIGS = ("fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4")
 
 
 class DigitsCNN(torch.nn.Module):
@@ -51,6 +57,7 @@ class DemoData:
     """Trained model and held-out logits of the digits demo."""
 
     model: DigitsCNN
+    train_inputs: torch.Tensor
     cal_inputs: torch.Tensor
     cal_logits: np.ndarray
     cal_labels: np.ndarray
@@ -97,7 +104,8 @@ def digits_logits(*, random_state: int = 0, epochs: int = 40) -> DemoData:
     with torch.no_grad():
         cal_logits = model(cal_inputs).numpy().astype(np.float64)
         test_logits = model(test_inputs).numpy().astype(np.float64)
-    return DemoData(model, cal_inputs, cal_logits, y_cal, test_inputs, test_logits, y_te, len(y_tr))
+    return DemoData(model, torch.from_numpy(x_tr), cal_inputs, cal_logits, y_cal, test_inputs, test_logits, y_te,
+                    len(y_tr))
 
 
 def _scores(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
@@ -124,21 +132,28 @@ class DemoResult:
         return asdict(self)
 
 
-def run_demo(*, random_state: int = 0, epochs: int = 40) -> DemoResult:
-    """Train, calibrate and score; see the module docstring."""
+def run_demo(
+    *, random_state: int = 0, epochs: int = 40, configs: tuple[str, ...] = DEMO_CONFIGS, progress: bool = False
+) -> DemoResult:
+    """Train, emulate each precision, calibrate and score; see the module docstring."""
     data = digits_logits(random_state=random_state, epochs=epochs)
-    ts = TemperatureScaling().fit(data.cal_logits, data.cal_labels)
-    rows = [
-        {"method": "uncalibrated", "precision": "fp32", **_scores(data.test_labels, softmax(data.test_logits))},
-        {"method": "temperature scaling", "precision": "fp32",
-         **_scores(data.test_labels, ts.predict_proba(data.test_logits))},
-    ]
+    n_cal = len(data.cal_labels)
+    held_out = torch.cat([data.cal_inputs, data.test_inputs])
+    logits = sweep(data.model, held_out, configs, calibration_data=data.train_inputs, progress=progress)
+    rows, temperatures = [], {}
+    for config, z in logits.items():
+        z_cal, z_test = z[:n_cal].astype(np.float64), z[n_cal:].astype(np.float64)
+        ts = TemperatureScaling().fit(z_cal, data.cal_labels)
+        temperatures[config] = ts.temperature_
+        rows.append({"method": "uncalibrated", "precision": config, **_scores(data.test_labels, softmax(z_test))})
+        rows.append({"method": "temperature scaling", "precision": config,
+                     **_scores(data.test_labels, ts.predict_proba(z_test))})
     return DemoResult(
         rows=rows,
         n_train=data.n_train,
-        n_calibration=len(data.cal_labels),
+        n_calibration=n_cal,
         n_test=len(data.test_labels),
-        fitted={"temperature": ts.temperature_},
+        fitted={"temperature": temperatures},
     )
 
 

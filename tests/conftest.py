@@ -21,3 +21,12 @@ def logits_y():
 def binary_logits_y():
     z, y = make_logits(n=500, k=2, seed=3)
     return z, y
+
+
+def pytest_configure(config):
+    """One torch thread per test process: the suite runs as ``pytest -n 2`` on 2 cores, and
+    two workers with two OpenMP threads each oversubscribe the machine (torch's thread pool
+    then spends its time waiting)."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -14,14 +14,17 @@ from precal.demo import format_table, run_demo
 def test_demo_json_has_scores_before_and_after(capsys):
     assert main(["demo", "--epochs", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    methods = [row["method"] for row in out["rows"]]
-    assert methods == ["uncalibrated", "temperature scaling"]
-    for row in out["rows"]:
+    rows = out["rows"]
+    assert [r["precision"] for r in rows[::2]] == ["fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4"]
+    assert [r["method"] for r in rows[:2]] == ["uncalibrated", "temperature scaling"]
+    for row in rows:
         assert set(row) >= {"accuracy", "ece", "ace", "nll", "brier"}
         assert 0.5 < row["accuracy"] <= 1.0
-    # temperature scaling never changes the argmax
-    assert out["rows"][0]["accuracy"] == out["rows"][1]["accuracy"]
-    assert out["fitted"]["temperature"] > 0
+    for before, after in zip(rows[::2], rows[1::2]):
+        assert before["precision"] == after["precision"]
+        assert before["accuracy"] == after["accuracy"]  # temperature scaling never changes the argmax
+        assert after["nll"] <= before["nll"] + 0.05  # fitted on another half: close to or below
+    assert all(t > 0 for t in out["fitted"]["temperature"].values())
     assert out["n_calibration"] + out["n_test"] + out["n_train"] == 1797
 
 
@@ -34,7 +37,7 @@ def test_demo_is_deterministic():
 def test_demo_table_output(capsys):
     assert main(["demo", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
-    assert "temperature scaling" in out and "ece" in out and "T = " in out
+    assert "temperature scaling" in out and "ece" in out and "w4a4" in out and "fitted temperatures" in out
 
 
 def test_bad_argument_gives_one_line_error(capsys):

@@ -24,12 +24,22 @@ BETA_BOUNDS = (math.exp(-10.0), math.exp(10.0))
 #: Rows per chunk: bounds the float64 work buffer to about 32 MB whatever ``n``.
 _CHUNK_ELEMENTS = 1 << 22
 
+#: Up to this many elements (512 MB of float32) the row-shifted logits are computed once and
+#: kept for all passes; beyond it each pass shifts chunk by chunk (memory stays bounded).
+_CACHE_ELEMENTS = 1 << 27
+
 #: Rows of the subsample that gives Newton its starting point on large inputs.
 _WARM_START_ROWS = 4096
 
 
 def temperature_nll_derivatives(
-    logits: torch.Tensor, y_idx: torch.Tensor, beta: float, sample_weight: torch.Tensor | None = None
+    logits: torch.Tensor,
+    y_idx: torch.Tensor,
+    beta: float,
+    sample_weight: torch.Tensor | None = None,
+    *,
+    shifted: bool = False,
+    shifted_out: torch.Tensor | None = None,
 ) -> tuple[float, float, float]:
     r"""Mean NLL of ``softmax(beta * z)`` and its first two derivatives in ``beta``.
 
@@ -58,6 +68,12 @@ def temperature_nll_derivatives(
     beta : float
         Inverse temperature, ``beta > 0``.
     sample_weight : torch.Tensor of shape (n,), optional
+    shifted : bool, default=False
+        The rows are already shifted by their maximum (see ``shifted_out``), which saves
+        two of the five element-wise passes when the derivatives are evaluated repeatedly.
+    shifted_out : torch.Tensor, optional
+        With ``shifted=False``, also write the row-shifted logits into this tensor (same
+        shape), so later calls can pass it with ``shifted=True``.
 
     Returns
     -------
@@ -71,7 +87,12 @@ def temperature_nll_derivatives(
     total = torch.zeros(3, dtype=f64, device=logits.device)
     for start in range(0, n, rows):
         z = logits[start : start + rows]
-        u = z - z.amax(dim=1, keepdim=True)  # u <= 0, max_k u = 0
+        if shifted:
+            u = z
+        elif shifted_out is not None:
+            u = torch.sub(z, z.amax(dim=1, keepdim=True), out=shifted_out[start : start + rows])
+        else:
+            u = z - z.amax(dim=1, keepdim=True)  # u <= 0, max_k u = 0
         u_true = u.gather(1, y_idx[start : start + rows, None])[:, 0].to(f64)
         w = torch.mul(u, beta).exp_()  # e^{beta u}, one work buffer reused in place below
         s0 = w.sum(dim=1).to(f64)  # >= 1
@@ -103,7 +124,7 @@ def fit_temperature(
     sample_weight: Any = None,
     *,
     max_iter: int = 100,
-    tol: float = 1e-6,
+    tol: float = 1e-4,
 ) -> TemperatureFit:
     r"""Fit ``T`` minimising the NLL of ``softmax(z / T)`` by safeguarded Newton on ``beta = 1/T``.
 
@@ -114,6 +135,8 @@ def fit_temperature(
     4-8 passes. ``beta`` is kept in ``[e^-10, e^10]`` (scikit-learn's bounds); a minimiser
     outside them ends on the bound. On more than 16 384 rows the iteration starts from the
     minimiser on a strided subsample of 4 096 rows, which saves one or two full passes.
+    Inputs of up to 2**27 elements keep the row-shifted logits of the first pass (one extra
+    copy) for the later passes; larger ones are processed chunk by chunk with no copy.
 
     Parameters
     ----------
@@ -124,10 +147,11 @@ def fit_temperature(
     sample_weight : array-like of shape (n,), optional
     max_iter : int, default=100
         Maximum number of Newton/bisection passes.
-    tol : float, default=1e-6
-        Stop when a step changes ``beta`` by at most ``tol * beta``. Newton converges
-        quadratically, so the accepted step leaves an error of order ``tol**2``, well below
-        the float32 rounding floor of the derivatives.
+    tol : float, default=1e-4
+        Stop when a step changes ``beta`` by at most ``tol * beta``, and take that step.
+        Newton converges quadratically, so the step taken leaves a relative error of order
+        ``tol**2`` (about 1e-8): below the float32 rounding floor of the derivatives and far
+        below scikit-learn's own tolerance.
 
     Returns
     -------
@@ -137,6 +161,13 @@ def fit_temperature(
     z = torch.as_tensor(logits)
     yi = torch.as_tensor(y_idx, dtype=torch.int64, device=z.device)
     w = None if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float64, device=z.device)
+    if z.dim() != 2:
+        raise ValueError(f"logits must be 2-D (n, K), got shape {tuple(z.shape)}.")
+    if z.dtype not in (torch.float32, torch.float64):
+        z = z.float()
+    # Small enough inputs keep their row-shifted copy (written by the first full pass)
+    # so that later passes skip the shift.
+    cache = torch.empty_like(z, memory_format=torch.contiguous_format) if z.numel() <= _CACHE_ELEMENTS else None
     beta = 1.0
     n = z.shape[0]
     if n > 4 * _WARM_START_ROWS:
@@ -144,21 +175,31 @@ def fit_temperature(
         # minimiser, so the full-data Newton iteration needs two or three passes.
         stride = n // _WARM_START_ROWS
         sub_w = None if w is None else w[::stride]
-        beta = 1.0 / _newton(z[::stride], yi[::stride], sub_w, 1.0, max_iter, 1e-3)[0]
-    temperature, n_iter, converged = _newton(z, yi, w, beta, max_iter, tol)
+        beta = 1.0 / _newton(z[::stride], yi[::stride], sub_w, 1.0, max_iter, 1e-3, None)[0]
+    temperature, n_iter, converged = _newton(z, yi, w, beta, max_iter, tol, cache)
     return TemperatureFit(temperature=temperature, n_iter=n_iter, converged=converged)
 
 
 def _newton(
-    z: torch.Tensor, yi: torch.Tensor, w: torch.Tensor | None, beta: float, max_iter: int, tol: float
+    z: torch.Tensor, yi: torch.Tensor, w: torch.Tensor | None, beta: float, max_iter: int, tol: float,
+    cache: torch.Tensor | None,
 ) -> tuple[float, int, bool]:
-    """Safeguarded Newton on the convex ``f(beta)``; returns ``(1/beta, passes, converged)``."""
+    """Safeguarded Newton on the convex ``f(beta)``; returns ``(1/beta, passes, converged)``.
+
+    With a ``cache`` tensor, the first pass stores the row-shifted logits in it and the
+    following passes read them from there.
+    """
     lo, hi = BETA_BOUNDS
     beta = min(max(beta, lo), hi)
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        _, g, h = temperature_nll_derivatives(z, yi, beta, w)
+        if cache is None:
+            _, g, h = temperature_nll_derivatives(z, yi, beta, w)
+        elif n_iter == 1:
+            _, g, h = temperature_nll_derivatives(z, yi, beta, w, shifted_out=cache)
+        else:
+            _, g, h = temperature_nll_derivatives(cache, yi, beta, w, shifted=True)
         if g == 0.0:
             converged = True
             break
@@ -197,7 +238,7 @@ class TemperatureScaling(BaseLogitCalibrator):
     ----------
     max_iter : int, default=100
         Maximum number of passes over the data.
-    tol : float, default=1e-6
+    tol : float, default=1e-4
         Relative change of ``1/T`` at which the fit stops (the error left is of order
         ``tol**2``, see :func:`fit_temperature`).
 
@@ -242,7 +283,7 @@ class TemperatureScaling(BaseLogitCalibrator):
 
     _state_keys = ("temperature_", "n_iter_")
 
-    def __init__(self, *, max_iter: int = 100, tol: float = 1e-6) -> None:
+    def __init__(self, *, max_iter: int = 100, tol: float = 1e-4) -> None:
         self.max_iter = max_iter
         self.tol = tol
 

@@ -13,7 +13,8 @@ exactly 1.0 (common after float16/bfloat16 softmax) lands in the last bin, never
 extra one. This is numpy's ``histogram`` rule and netcal's; precal's ECE equals netcal's.
 
 Each public function validates its input and calls a private ``_*`` core on validated
-arrays (``y_idx`` integer column indices, ``prob`` float64 ``(n, K)``); the bootstrap in
+arrays (``y_idx`` integer column indices, ``prob`` float32/float64 ``(n, K)``, sums
+always accumulated in float64); the bootstrap in
 :func:`calibration_error_ci` reuses those cores.
 """
 
@@ -93,7 +94,7 @@ def _bin_sums(idx: np.ndarray, conf: np.ndarray, correct: np.ndarray, n_bins: in
 
 def _top_label(y_idx: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred = prob.argmax(axis=1)
-    conf = prob[np.arange(len(pred)), pred]
+    conf = np.take_along_axis(prob, pred[:, None], axis=1)[:, 0].astype(np.float64)
     return conf, (pred == y_idx).astype(np.float64)
 
 
@@ -118,6 +119,7 @@ def _mce(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
 
 
 def _classwise(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
+    prob = np.asarray(prob, dtype=np.float64)
     n, k = prob.shape
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, n_bins - 1)
@@ -132,7 +134,7 @@ def _classwise(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
 
 def _brier(y_idx: np.ndarray, prob: np.ndarray, scale_by_half: bool | str = "auto") -> float:
     n = prob.shape[0]
-    diff = prob.copy()
+    diff = np.array(prob, dtype=np.float64)  # a copy: the input is never written to
     diff[np.arange(n), y_idx] -= 1.0
     value = float(np.mean(np.sum(diff * diff, axis=1)))
     half = prob.shape[1] == 2 if scale_by_half == "auto" else bool(scale_by_half)
@@ -140,7 +142,7 @@ def _brier(y_idx: np.ndarray, prob: np.ndarray, scale_by_half: bool | str = "aut
 
 
 def _nll(y_idx: np.ndarray, prob: np.ndarray) -> float:
-    p_true = prob[np.arange(prob.shape[0]), y_idx]
+    p_true = prob[np.arange(prob.shape[0]), y_idx].astype(np.float64)
     return float(-np.mean(np.log(np.clip(p_true, np.finfo(np.float64).eps, None))))
 
 
