@@ -6,7 +6,7 @@ metrics and scorers in :mod:`precal.metrics`.
 
 __version__ = "0.1.0"
 
-from . import calibration, metrics  # noqa: E402
-from .calibration import TemperatureScaling, load_calibrator  # noqa: E402
+from . import calibration, emulate, metrics  # noqa: E402
+from .calibration import PACSCalibrator, TemperatureScaling, load_calibrator  # noqa: E402
 
-__all__ = ["__version__", "calibration", "metrics", "TemperatureScaling", "load_calibrator"]
+__all__ = ["__version__", "calibration", "emulate", "metrics", "TemperatureScaling", "PACSCalibrator", "load_calibrator"]

@@ -1,9 +1,18 @@
 """Post-hoc calibrators with the scikit-learn estimator API, on logits."""
 
 from ._base import BaseLogitCalibrator
+from .pacs import PACSCalibrator, pacs_risk, precision_epsilon
 from .temperature import TemperatureScaling, fit_temperature
 
-__all__ = ["BaseLogitCalibrator", "TemperatureScaling", "fit_temperature", "load_calibrator"]
+__all__ = [
+    "BaseLogitCalibrator",
+    "TemperatureScaling",
+    "PACSCalibrator",
+    "fit_temperature",
+    "pacs_risk",
+    "precision_epsilon",
+    "load_calibrator",
+]
 
 
 def load_calibrator(data: dict) -> BaseLogitCalibrator:

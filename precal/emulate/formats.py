@@ -67,6 +67,11 @@ class FloatFormat:
         return 2.0 ** -self.nmant
 
     @property
+    def unit_roundoff(self) -> float:
+        """``u = eps / 2 = 2**-(nmant + 1)``: round-to-nearest gives ``|fl(x) - x| <= u |x|`` for normal ``x``."""
+        return self.eps / 2.0
+
+    @property
     def has_inf(self) -> bool:
         return self.nan == "ieee"
 
@@ -128,8 +133,14 @@ class IntFormat:
 
     @property
     def eps(self) -> float:
-        """Relative step of a symmetric per-tensor grid at full scale: ``1 / qmax``."""
+        """Relative step of a symmetric grid at full scale: ``1 / (2**(bits-1) - 1)`` (``1/qmax`` when signed)."""
         return 1.0 / (2 ** (self.bits - 1) - 1)
+
+    @property
+    def unit_roundoff(self) -> float:
+        """Half a step relative to full scale, ``eps / 2``: the largest rounding error of a
+        symmetric grid divided by the block's largest magnitude."""
+        return self.eps / 2.0
 
 
 Format = FloatFormat | IntFormat
