@@ -21,12 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
-        help="train a small CNN on scikit-learn's digits, calibrate it, print a table",
+        help="train a small CNN on scikit-learn's digits, emulate precisions, calibrate, print a table",
         description=(
             "Train a small CNN on half of scikit-learn's bundled digits images, run it at several "
             "emulated precisions (fp32, bf16, fp8_e4m3, w8a8, w4a8, w4a4), fit temperature scaling "
-            "on half of the held-out logits at each precision and report accuracy, ECE, ACE, NLL and "
-            "Brier score before and after calibration on the other half."
+            "and PACS on half of the held-out logits at each precision and report accuracy, ECE, ACE, "
+            "NLL and Brier score before and after calibration on the other half."
         ),
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed for the split and training (default 0)")
@@ -49,7 +49,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         f"calibrated on {result.n_calibration}, scored on {result.n_test} held-out images."
     )
     temps = ", ".join(f"{k} {v:.3f}" for k, v in result.fitted["temperature"].items())
-    print(f"fitted temperatures: {temps}\n")
+    print(f"fitted temperatures: {temps}")
+    lams = ", ".join(f"{k} {v['lambda']:.3g}" for k, v in result.fitted["pacs"].items())
+    print(f"PACS lambda (0 = temperature scaling): {lams}\n")
     print(format_table(result.rows))
     return 0
 

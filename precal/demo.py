@@ -4,8 +4,8 @@ Data: scikit-learn's bundled handwritten digits (1 797 real 8x8 images, 10 class
 is downloaded). A small CNN is trained on half of the images; the other half is split into
 a calibration half and a test half. The emulator runs the trained network at each precision
 config (activation observers calibrated on training images); at each precision,
-temperature scaling is fitted on the calibration logits and every method is scored on the
-test logits.
+temperature scaling and PACS are fitted on the calibration logits and every method is
+scored on the test logits.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from ._numerics import softmax
-from .calibration import TemperatureScaling
-from .emulate import sweep
+from .calibration import PACSCalibrator, TemperatureScaling
+from .emulate import parse_config, sweep
 from .metrics import (
     adaptive_calibration_error,
     brier_score,
@@ -28,7 +28,7 @@ from .metrics import (
     negative_log_likelihood,
 )
 
-__all__ = ["DigitsCNN", "DemoResult", "DEMO_CONFIGS", "digits_logits", "run_demo", "format_table"]
+__all__ = ["DigitsCNN", "DemoResult", "DEMO_CONFIGS", "config_precision", "digits_logits", "run_demo", "format_table"]
 
 #: Precision configs the demo runs (see :mod:`precal.emulate.model`).
 DEMO_CONFIGS = ("fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4")
@@ -140,21 +140,31 @@ def run_demo(
     n_cal = len(data.cal_labels)
     held_out = torch.cat([data.cal_inputs, data.test_inputs])
     logits = sweep(data.model, held_out, configs, calibration_data=data.train_inputs, progress=progress)
-    rows, temperatures = [], {}
+    rows: list[dict[str, Any]] = []
+    fitted: dict[str, dict[str, Any]] = {"temperature": {}, "pacs": {}}
     for config, z in logits.items():
         z_cal, z_test = z[:n_cal].astype(np.float64), z[n_cal:].astype(np.float64)
         ts = TemperatureScaling().fit(z_cal, data.cal_labels)
-        temperatures[config] = ts.temperature_
-        rows.append({"method": "uncalibrated", "precision": config, **_scores(data.test_labels, softmax(z_test))})
-        rows.append({"method": "temperature scaling", "precision": config,
-                     **_scores(data.test_labels, ts.predict_proba(z_test))})
+        pacs = PACSCalibrator(precision=config_precision(config)).fit(z_cal, data.cal_labels)
+        fitted["temperature"][config] = ts.temperature_
+        fitted["pacs"][config] = {"T0": pacs.temperature_, "lambda": pacs.lambda_, "precision": pacs.precision}
+        for method, prob in (("uncalibrated", softmax(z_test)), ("temperature scaling", ts.predict_proba(z_test)),
+                             ("PACS", pacs.predict_proba(z_test))):
+            rows.append({"method": method, "precision": config, **_scores(data.test_labels, prob)})
     return DemoResult(
         rows=rows,
         n_train=data.n_train,
         n_calibration=n_cal,
         n_test=len(data.test_labels),
-        fitted={"temperature": temperatures},
+        fitted=fitted,
     )
+
+
+def config_precision(config: str) -> str:
+    """The number format that sets PACS's ``ε`` for an emulator config: the compute format,
+    else the activation format, else the weight format (``"fp32"`` for the plain model)."""
+    cfg = parse_config(config)
+    return cfg.compute or cfg.act_format or cfg.weight_format or "fp32"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

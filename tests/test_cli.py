@@ -15,16 +15,18 @@ def test_demo_json_has_scores_before_and_after(capsys):
     assert main(["demo", "--epochs", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     rows = out["rows"]
-    assert [r["precision"] for r in rows[::2]] == ["fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4"]
-    assert [r["method"] for r in rows[:2]] == ["uncalibrated", "temperature scaling"]
+    assert [r["precision"] for r in rows[::3]] == ["fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4"]
+    assert [r["method"] for r in rows[:3]] == ["uncalibrated", "temperature scaling", "PACS"]
     for row in rows:
         assert set(row) >= {"accuracy", "ece", "ace", "nll", "brier"}
         assert 0.5 < row["accuracy"] <= 1.0
-    for before, after in zip(rows[::2], rows[1::2]):
-        assert before["precision"] == after["precision"]
-        assert before["accuracy"] == after["accuracy"]  # temperature scaling never changes the argmax
-        assert after["nll"] <= before["nll"] + 0.05  # fitted on another half: close to or below
+    for before, ts, pacs in zip(rows[::3], rows[1::3], rows[2::3]):
+        assert before["precision"] == ts["precision"] == pacs["precision"]
+        # neither temperature scaling nor PACS changes the argmax
+        assert before["accuracy"] == ts["accuracy"] == pacs["accuracy"]
+        assert ts["nll"] <= before["nll"] + 0.05  # fitted on another half: close to or below
     assert all(t > 0 for t in out["fitted"]["temperature"].values())
+    assert all(p["lambda"] >= 0 for p in out["fitted"]["pacs"].values())
     assert out["n_calibration"] + out["n_test"] + out["n_train"] == 1797
 
 
