@@ -6,7 +6,8 @@ carrier"), on the input's device, with plain torch element-wise ops:
 * **round to nearest, ties to even** on the float32 bit pattern: add ``2**(s-1) - 1`` plus
   the lowest kept bit, then clear the ``s = 23 - nmant`` dropped bits (a carry moves into
   the exponent as it must); below the format's smallest normal the grid is uniform, and
-  float32 addition of the "magic" constant ``2**(emin - nmant + 23)`` rounds to it;
+  float32 addition of the "magic" constant ``2**(emin - nmant + 23)`` rounds to it; the
+  masks (NaN, subnormal range, overflow) are integer comparisons on the sign-less bits;
 * **stochastic rounding**: ``floor(|x| / ulp + U) * ulp`` with ``U ~ Uniform[0, 1)`` from a
   caller's ``torch.Generator``, unbiased;
 * then the overflow rule: saturate to ``±max``, or inf (IEEE formats), or NaN (``...fn``
@@ -41,21 +42,48 @@ def _native_cast_saturates(dtype: torch.dtype) -> bool:
     return _NATIVE_SATURATES[key]
 
 
-def _round_nearest_magnitude(a: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
-    """RNE of non-negative float32 ``a`` to ``fmt``'s grid, exponent range unbounded above."""
+def _float_bits(value: float) -> int:
+    """The float32 bit pattern of ``value`` as a Python int."""
+    return int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
+
+
+_SIGN = -(2**31)  # 0x80000000 as int32
+_MAG = 0x7FFFFFFF
+_INF_BITS = 0x7F800000
+_NAN_BITS = 0x7FC00000
+
+
+def _round_nearest_bits(x: torch.Tensor, fmt: FloatFormat, saturate: bool) -> torch.Tensor:
+    """RNE of float32 ``x`` onto ``fmt``'s grid, done on the int32 bit pattern.
+
+    Positive float32 bit patterns are ordered like the values, so masks and the overflow
+    test are integer comparisons; the sign bit is set aside and restored at the end. Work
+    buffers are reused in place (this path is memory-bound).
+    """
+    bits = x.view(torch.int32)
+    sign = bits & _SIGN
+    mag = bits & _MAG
+    is_nan = mag > _INF_BITS
     shift = 23 - fmt.nmant
-    if shift > 0:
-        bits = a.view(torch.int32)
-        low_mask = (1 << shift) - 1
-        bits = (bits + ((1 << (shift - 1)) - 1) + ((bits >> shift) & 1)) & ~low_mask
-        normal = bits.view(torch.float32)
-    else:
-        normal = a
+    out = (mag >> shift) & 1
+    out += mag
+    out += (1 << (shift - 1)) - 1
+    out &= ~((1 << shift) - 1)
     # Below 2**emin the grid is uniform with step 2**(emin - nmant): float32 addition of a
     # constant whose ulp is that step rounds to it (RNE), exactly.
-    magic = torch.tensor(2.0 ** (fmt.emin - fmt.nmant + 23), dtype=torch.float32, device=a.device)
-    sub = (a + magic) - magic
-    return torch.where(a < 2.0**fmt.emin, sub, normal)
+    is_sub = mag < _float_bits(2.0**fmt.emin)
+    magic = 2.0 ** (fmt.emin - fmt.nmant + 23)
+    sub = mag.view(torch.float32) + magic
+    sub -= magic
+    torch.where(is_sub, sub.view(torch.int32), out, out=out)
+    if saturate:
+        overflow_bits = _float_bits(fmt.max)
+    else:
+        overflow_bits = _INF_BITS if fmt.has_inf else _NAN_BITS
+    out.masked_fill_(out > _float_bits(fmt.max), overflow_bits)
+    torch.where(is_nan, mag, out, out=out)
+    out |= sign
+    return out.view(torch.float32)
 
 
 def _round_stochastic_magnitude(a: torch.Tensor, fmt: FloatFormat, generator: torch.Generator | None) -> torch.Tensor:
@@ -97,13 +125,11 @@ def round_float(
             return x.to(native).to(torch.float32)
         if saturate:  # clamping first is exact: every value past max rounds to max or beyond
             return x.clamp(-fmt.max, fmt.max).to(native).to(torch.float32)
-    a = x.abs()
     if rounding == "nearest":
-        q = _round_nearest_magnitude(a, fmt)
-    elif rounding == "stochastic":
-        q = _round_stochastic_magnitude(torch.nan_to_num(a, nan=0.0, posinf=fmt.max * 4), fmt, generator)
-    else:
+        return _round_nearest_bits(x.contiguous(), fmt, saturate)
+    if rounding != "stochastic":
         raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}.")
+    q = _round_stochastic_magnitude(torch.nan_to_num(x.abs(), nan=0.0, posinf=fmt.max * 4), fmt, generator)
     over = q > fmt.max
     if saturate:
         q = torch.where(over, torch.full_like(q, fmt.max), q)
