@@ -49,10 +49,11 @@ def as_numpy(x: Any) -> np.ndarray:
 
 
 _BFLOAT16_EPS = 2.0**-7
+_LOW_PRECISION_EPS = {"bfloat16": 2.0**-7, "float8_e4m3": 2.0**-3, "float8_e5m2": 2.0**-2}
 
 
 def _source_float_dtype(x: Any) -> Any:
-    """The float dtype ``x`` arrived in (``"bfloat16"`` for torch/ml_dtypes bfloat16), else float64.
+    """The float dtype ``x`` arrived in (a name for bfloat16/float8, which numpy lacks), else float64.
 
     Used for dtype-aware tolerances, before :func:`as_numpy` upcasts bfloat16.
     """
@@ -62,6 +63,10 @@ def _source_float_dtype(x: Any) -> Any:
         return "bfloat16"
     if name in ("float16", "float32", "float64"):
         return np.dtype(name)
+    if name.startswith("float8_e4m3"):
+        return "float8_e4m3"
+    if name.startswith("float8_e5m2"):
+        return "float8_e5m2"
     return np.dtype(np.float64)
 
 
@@ -150,7 +155,7 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
         raise ValueError(
             f"{name} has a single column; pass binary probabilities as 1-D (positive class) or as (n_samples, 2)."
         )
-    eps = _BFLOAT16_EPS if source_dtype == "bfloat16" else float(np.finfo(source_dtype).eps)
+    eps = _LOW_PRECISION_EPS[source_dtype] if isinstance(source_dtype, str) else float(np.finfo(source_dtype).eps)
     tol = max(1e-6, float(np.sqrt(eps)))
     row_sums = arr.sum(axis=1)  # pairwise summation: error far below tol in float32 too
     bad = np.abs(row_sums - 1.0) > tol

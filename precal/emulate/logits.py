@@ -46,8 +46,13 @@ def softmax_in_format(logits: Any, fmt: str) -> Any:
 
     With every intermediate rounded to ``fmt`` (round-to-nearest-even):
     ``z = r(logits)``, ``d = r(z - max z)``, ``e = r(exp d)``, ``s = r(sum e)`` (the sum
-    accumulated in float32, then rounded), ``p = r(e / s)``. Returns float32 probabilities
-    (numpy in, numpy out), whose rows sum to 1 only up to the format's rounding.
+    accumulated in float32, then rounded), ``p = r(e / s)``. Rows sum to 1 only up to the
+    format's rounding, so the result carries its format: a torch tensor input gives a tensor
+    of the format's torch dtype where one exists (``bfloat16``, ``float16``,
+    ``float8_e4m3fn``, ``float8_e5m2``; float32 for tf32/fp6/fp4), and precal's metrics then
+    apply that dtype's row-sum tolerance. A numpy input gives float32 (float16 for
+    ``"fp16"``); convert it with ``torch.from_numpy(p).to(torch.bfloat16)`` (exact) before
+    handing bf16/fp8 probabilities to a metric.
 
     Raises
     ------
@@ -69,4 +74,6 @@ def softmax_in_format(logits: Any, fmt: str) -> Any:
     e = r(torch.exp(d))
     s = r(e.sum(dim=1, keepdim=True))
     p = r(e / s)
-    return p.numpy() if was_numpy else p
+    if was_numpy:
+        return p.numpy().astype(np.float16) if f.name == "fp16" else p.numpy()
+    return p.to(getattr(torch, f.torch_dtype)) if f.torch_dtype else p

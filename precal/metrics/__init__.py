@@ -1,4 +1,4 @@
-"""Calibration metrics (scikit-learn signatures) and ready scorers."""
+"""Calibration metrics (scikit-learn signatures), precision diagnostics and ready scorers."""
 
 from .calibration import (
     CalibrationErrorCI,
@@ -11,6 +11,22 @@ from .calibration import (
     maximum_calibration_error,
     negative_log_likelihood,
     reliability_curve,
+)
+from .diagnostics import (
+    ConfidenceShift,
+    GradientUnderflow,
+    PrecisionSplit,
+    SaturationReport,
+    SwapAnalysis,
+    confidence_shift,
+    entropy,
+    gradient_underflow,
+    jensen_shannon,
+    precision_split,
+    saturation_report,
+    swap_analysis,
+    true_class_confidence,
+    underflow_margin,
 )
 from .scorers import (
     ace_scorer,
@@ -34,6 +50,20 @@ __all__ = [
     "ReliabilityCurve",
     "calibration_error_ci",
     "CalibrationErrorCI",
+    "precision_split",
+    "PrecisionSplit",
+    "swap_analysis",
+    "SwapAnalysis",
+    "confidence_shift",
+    "ConfidenceShift",
+    "jensen_shannon",
+    "entropy",
+    "true_class_confidence",
+    "gradient_underflow",
+    "GradientUnderflow",
+    "underflow_margin",
+    "saturation_report",
+    "SaturationReport",
     "ece_scorer",
     "ace_scorer",
     "mce_scorer",

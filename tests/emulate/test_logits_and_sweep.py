@@ -125,3 +125,16 @@ def test_sweep_on_cuda_matches_cpu(tiny):
     gpu = sweep(tiny, x, ["fp32", "w8a8", "fp8_e4m3"], calibration_data=x[:64], progress=False, device="cuda")
     for key in cpu:
         assert np.allclose(cpu[key], gpu[key], atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16),
+                                         ("fp8_e4m3", torch.float8_e4m3fn), ("fp4_e2m1", torch.float32)])
+def test_softmax_in_format_keeps_its_dtype_so_metrics_accept_it(fmt, dtype):
+    from precal.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    z = torch.from_numpy((rng.normal(size=(300, 10)) * 4).astype(np.float32))
+    p = softmax_in_format(z, fmt)
+    assert p.dtype == dtype
+    if fmt != "fp4_e2m1":  # fp4 has no torch dtype: its float32 rows are too far from 1
+        assert 0.0 <= expected_calibration_error(rng.integers(0, 10, 300), p) <= 1.0
