@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from sklearn.utils import check_random_state, check_scalar
 
+from .._numerics import as_tensor
 from .._validation import check_probabilities, check_same_length, encode_labels
 
 __all__ = [
@@ -68,8 +69,7 @@ def _bin_index(conf: np.ndarray, n_bins: int, strategy: str) -> tuple[np.ndarray
     """
     if strategy == "uniform":
         edges = np.linspace(0.0, 1.0, n_bins + 1)
-        idx = np.searchsorted(edges, conf, side="right") - 1
-        return np.clip(idx, 0, n_bins - 1), edges
+        return _uniform_bin_index(conf, edges), edges
     if strategy == "quantile":
         n = conf.shape[0]
         order = np.argsort(conf, kind="stable")
@@ -83,6 +83,20 @@ def _bin_index(conf: np.ndarray, n_bins: int, strategy: str) -> tuple[np.ndarray
     raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}.")
 
 
+def _uniform_bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Index ``b`` with ``edges[b] <= v < edges[b+1]`` (last bin closed), for ``v`` in [0, 1].
+
+    Same result as ``searchsorted(edges, v, side="right") - 1`` clipped to the bins, but
+    computed as ``floor(v B)`` plus a one-step correction against the actual (linspace)
+    edges, which is several times faster on large inputs.
+    """
+    n_bins = len(edges) - 1
+    idx = np.minimum((values * n_bins).astype(np.int64), n_bins - 1)
+    idx -= values < edges[idx]
+    idx += (values >= edges[idx + 1]) & (idx < n_bins - 1)
+    return idx
+
+
 def _bin_sums(idx: np.ndarray, conf: np.ndarray, correct: np.ndarray, n_bins: int):
     """Per-bin count, sum of confidence and sum of correctness (sufficient statistics)."""
     return (
@@ -93,9 +107,14 @@ def _bin_sums(idx: np.ndarray, conf: np.ndarray, correct: np.ndarray, n_bins: in
 
 
 def _top_label(y_idx: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred = prob.argmax(axis=1)
-    conf = np.take_along_axis(prob, pred[:, None], axis=1)[:, 0].astype(np.float64)
-    return conf, (pred == y_idx).astype(np.float64)
+    """Top-label confidence and correctness; argmax ties go to the first column.
+
+    torch's row reduction is used because numpy's ``argmax`` over short rows is slow; both
+    return the first maximal index.
+    """
+    conf_t, pred_t = as_tensor(prob).max(dim=1)
+    pred = pred_t.numpy()
+    return conf_t.numpy().astype(np.float64), (pred == y_idx).astype(np.float64)
 
 
 # ---------------------------------------------------------------- cores
@@ -122,7 +141,7 @@ def _classwise(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
     prob = np.asarray(prob, dtype=np.float64)
     n, k = prob.shape
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, n_bins - 1)
+    bins = _uniform_bin_index(prob, edges)
     flat = (bins + np.arange(k)[None, :] * n_bins).ravel()
     onehot = np.zeros_like(prob)
     onehot[np.arange(n), y_idx] = 1.0
