@@ -12,6 +12,7 @@ import numbers
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils import check_array, column_or_1d
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
@@ -78,7 +79,7 @@ def _as_float(arr: np.ndarray, name: str) -> np.ndarray:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{name} must be numeric, got an object array that is not: {exc}") from exc
     if arr.dtype.kind == "c":
-        raise TypeError(f"{name} must be real-valued, got complex dtype {arr.dtype}.")
+        raise ValueError(f"Complex data not supported: {name} must be real-valued, got dtype {arr.dtype}.")
     if arr.dtype.kind in "USa":
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}.")
     if arr.dtype == np.float16:
@@ -106,6 +107,8 @@ def check_logits(X: Any, *, name: str = "X", allow_1d: bool = True) -> np.ndarra
         1-D or 2-D, dtype float32 or float64 (float16/bfloat16 upcast to float32,
         integers to float64). May share memory with the input; never written to.
     """
+    if sp.issparse(X):
+        raise TypeError(f"{name} is a sparse matrix: sparse input is not supported, logits must be dense.")
     arr = _as_float(as_numpy(X), name)
     if arr.ndim == 0 or arr.ndim > 2 or (arr.ndim == 1 and not allow_1d):
         expected = "2-D (n_samples, n_classes)" + (" or 1-D (n_samples,)" if allow_1d else "")
@@ -133,6 +136,8 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
     float32 and float64 are kept as they are (float16/bfloat16 become float32, integers
     float64): the checks and the metrics read the array without an upcast copy.
     """
+    if sp.issparse(y_prob):
+        raise TypeError(f"{name} is a sparse matrix: sparse input is not supported, probabilities must be dense.")
     source_dtype = _source_float_dtype(y_prob)
     arr = _as_float(as_numpy(y_prob), name)
     if arr.ndim == 0 or arr.ndim > 2:
@@ -217,7 +222,7 @@ def encode_labels(
     """
     y_arr = as_numpy(y)
     if y_arr.ndim == 2 and y_arr.shape[1] == 1:
-        y_arr = y_arr[:, 0]
+        y_arr = column_or_1d(y_arr, warn=True)  # DataConversionWarning, as scikit-learn does
     if y_arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D (n_samples,) class labels, got an array with shape {y_arr.shape}.")
     if y_arr.shape[0] == 0:

@@ -122,6 +122,8 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------ validation
     def _validate_fit_data(self, X: Any, y: Any, sample_weight: Any) -> tuple[np.ndarray, np.ndarray, Any]:
         self._validate_hyperparameters()
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
         logits = check_logits(X)
         y_arr = as_numpy(y)
         if y_arr.ndim == 0:
@@ -149,6 +151,11 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         logits = check_logits(X)
         n_features = 1 if logits.ndim == 1 else logits.shape[1]
+        if logits.ndim == 1 and self.n_features_in_ > 1:
+            raise ValueError(
+                f"X is 1-D, but {type(self).__name__} was fitted on (n_samples, {self.n_features_in_}) logits. "
+                "Reshape your data: pass one row of logits per sample."
+            )
         if n_features != self.n_features_in_:
             raise ValueError(
                 f"X has {n_features} features, but {type(self).__name__} is expecting "

@@ -156,8 +156,8 @@ class PACSCalibrator(BaseLogitCalibrator):
     that increases the objective, so on the fitting data the NLL is never worse than
     temperature scaling's. No full-precision logits are needed, at fit or predict time.
 
-    **Fitting.** ``(log T0, c)`` with ``c = λ · median(r)`` (so ``c`` is the relative
-    temperature increase of a median-risk sample, of order 1) are optimised by L-BFGS-B with
+    **Fitting.** ``(log T0, c)`` with ``c = λ · mean(r)`` (so ``c`` is the relative
+    temperature increase of a sample of average risk, of order 1) are optimised by L-BFGS-B with
     bounds ``log T0 ∈ [-10, 10]``, ``c ∈ [0, 10^4]`` and the exact gradient:
     ``∂f/∂β_i = E_{p_i}[z_i] - z_{i,y_i}`` chained through ``β_i = 1/T(x_i)``.
 
@@ -223,9 +223,10 @@ class PACSCalibrator(BaseLogitCalibrator):
         u = z - z.amax(dim=1, keepdim=True)
         u_true = u.gather(1, yi[:, None])[:, 0].to(torch.float64)
         r = self._risk(logits, eps)
-        r_ref = float(np.median(r))
+        # The weighted mean risk sets the units of c (sample weights act as repetitions).
+        r_ref = float(np.average(r, weights=sample_weight))
         if not r_ref > 0:
-            r_ref = float(r.max()) if r.max() > 0 else 1.0
+            r_ref = 1.0
         rho = torch.from_numpy(r / r_ref)
         w = torch.ones(len(y_idx), dtype=torch.float64) if sample_weight is None else torch.from_numpy(sample_weight)
         w = w / w.sum()

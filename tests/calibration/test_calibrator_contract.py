@@ -229,7 +229,7 @@ def _bad_fit_inputs():
         ("continuous labels", z, np.linspace(0, 1, 50), "label type"),
         ("2-D labels", z, np.zeros((50, 2)), "1-D"),
         ("nan labels", z, np.where(y == 0, np.nan, y.astype(float)), "NaN"),
-        ("complex logits", z.astype(complex), y, "complex"),
+        ("complex logits", z.astype(complex), y, "Complex data not supported"),
         ("string logits", z.astype(str), y, "numeric"),
     ]
 
@@ -257,7 +257,7 @@ def test_bad_predict_input_raises_clear_error(calibrator, logits_y):
     calibrator.fit(z, y)
     with pytest.raises(ValueError, match="X has 3 features, but .* is expecting 4 features"):
         calibrator.predict_proba(z[:, :3])
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match="1-D.*Reshape your data"):
         calibrator.decision_function(z[:, 0])
     bad = z.copy()
     bad[0, 0] = np.nan
@@ -267,3 +267,19 @@ def test_bad_predict_input_raises_clear_error(calibrator, logits_y):
         calibrator.score(z, y + 10)
     with pytest.raises(ValueError, match="Inconsistent"):
         calibrator.score(z, y[:-1])
+
+
+def test_sample_weight_equals_repeating_rows_on_logits(calibrator, logits_y):
+    z, y = logits_y
+    w = np.random.default_rng(1).integers(0, 3, size=len(y))
+    weighted = clone(calibrator).fit(z, y, sample_weight=w)
+    repeated = clone(calibrator).fit(np.repeat(z, w, axis=0), np.repeat(y, w))
+    assert_allclose(weighted.predict_proba(z), repeated.predict_proba(z), atol=1e-5)
+
+
+def test_sparse_input_is_refused(calibrator, logits_y):
+    import scipy.sparse
+
+    z, y = logits_y
+    with pytest.raises(TypeError, match="sparse"):
+        calibrator.fit(scipy.sparse.csr_matrix(z), y)

@@ -706,7 +706,7 @@ Y3 = np.array([0, 2, 1])
         pytest.param(np.array([0.5, 1.5, 0.0]), P3, ValueError, "continuous", id="continuous-label"),
         pytest.param(np.array([0, 5, 5]), P3, ValueError, r"2 classes \[0, 5\].*3 columns", id="int-label-out-of-range"),
         pytest.param(np.zeros((3, 2)), P3, ValueError, "1-D", id="2d-labels"),
-        pytest.param(Y3, P3.astype(complex), TypeError, "real", id="complex"),
+        pytest.param(Y3, P3.astype(complex), ValueError, "Complex data not supported", id="complex"),
         pytest.param(Y3, np.array([["a", "b", "c"]] * 3), TypeError, "numeric", id="string-probs"),
     ],
 )
