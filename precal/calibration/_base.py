@@ -187,20 +187,25 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         self._fit(logits, y_idx, weights)
         return self
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Calibrated logits: ``(n_samples, n_classes)``, or ``(n_samples,)`` for single-logit input."""
+    def decision_function(self, X: Any, *, return_tensor: bool = False) -> Any:
+        """Calibrated logits: ``(n_samples, n_classes)``, or ``(n_samples,)`` for single-logit input.
+
+        ``return_tensor=True`` returns a float64 torch tensor on ``X``'s device (CPU for numpy
+        input) instead of a numpy array; the same holds for :meth:`predict_proba` and
+        :meth:`predict_log_proba`.
+        """
         out = self._calibrated_logits(self._validated_logits(X))
         if self.n_features_in_ == 1:
-            return out[:, 1] - out[:, 0]
-        return out
+            out = out[:, 1] - out[:, 0]
+        return _as_output(out, X, return_tensor)
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Any, *, return_tensor: bool = False) -> Any:
         """Calibrated probabilities, shape ``(n_samples, n_classes)``; rows sum to 1."""
-        return softmax(self._calibrated_logits(self._validated_logits(X)))
+        return _as_output(softmax(self._calibrated_logits(self._validated_logits(X))), X, return_tensor)
 
-    def predict_log_proba(self, X: Any) -> np.ndarray:
+    def predict_log_proba(self, X: Any, *, return_tensor: bool = False) -> Any:
         """Log of the calibrated probabilities, computed stably in log space."""
-        return log_softmax(self._calibrated_logits(self._validated_logits(X)))
+        return _as_output(log_softmax(self._calibrated_logits(self._validated_logits(X))), X, return_tensor)
 
     def predict(self, X: Any) -> np.ndarray:
         """The class with the highest calibrated probability."""
@@ -303,6 +308,14 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         tags.classifier_tags.poor_score = True
         return tags
+
+
+def _as_output(values: np.ndarray, X: Any, return_tensor: bool) -> Any:
+    """numpy by default; with ``return_tensor`` a torch tensor on ``X``'s device."""
+    if not return_tensor:
+        return values
+    device = X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
+    return torch.from_numpy(np.ascontiguousarray(values)).to(device)
 
 
 def _to_json_value(value: Any) -> Any:

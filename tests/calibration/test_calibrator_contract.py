@@ -283,3 +283,25 @@ def test_sparse_input_is_refused(calibrator, logits_y):
     z, y = logits_y
     with pytest.raises(TypeError, match="sparse"):
         calibrator.fit(scipy.sparse.csr_matrix(z), y)
+
+
+@pytest.mark.parametrize("output", ["logits", "proba"])
+def test_torch_module_is_scriptable_and_exportable(calibrator, logits_y, output):
+    z, y = logits_y
+    module = calibrator.fit(z, y).to_torch(output=output)
+    x = torch.from_numpy(z).float()
+    with torch.no_grad():
+        expected = module(x)
+        assert torch.allclose(torch.jit.script(module)(x), expected)
+        assert torch.allclose(torch.export.export(module, (x,)).module()(x), expected)
+
+
+def test_torch_input_returns_numpy_or_tensor_on_request(calibrator, logits_y):
+    z, y = logits_y
+    zt = torch.from_numpy(z)
+    calibrator.fit(zt, torch.from_numpy(y))
+    assert isinstance(calibrator.predict_proba(zt), np.ndarray)
+    for method in ("predict_proba", "predict_log_proba", "decision_function"):
+        out = getattr(calibrator, method)(zt, return_tensor=True)
+        assert isinstance(out, torch.Tensor) and out.device == zt.device
+        assert_allclose(out.numpy(), getattr(calibrator, method)(z))
