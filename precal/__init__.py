@@ -7,6 +7,22 @@ metrics and scorers in :mod:`precal.metrics`.
 __version__ = "0.1.0"
 
 from . import calibration, emulate, metrics  # noqa: E402
-from .calibration import PACSCalibrator, TemperatureScaling, load_calibrator  # noqa: E402
+from .calibration import (  # noqa: E402
+    CalibratedClassifier,
+    LogitTransformer,
+    PACSCalibrator,
+    TemperatureScaling,
+    load_calibrator,
+)
 
-__all__ = ["__version__", "calibration", "emulate", "metrics", "TemperatureScaling", "PACSCalibrator", "load_calibrator"]
+__all__ = [
+    "__version__",
+    "calibration",
+    "emulate",
+    "metrics",
+    "TemperatureScaling",
+    "PACSCalibrator",
+    "CalibratedClassifier",
+    "LogitTransformer",
+    "load_calibrator",
+]

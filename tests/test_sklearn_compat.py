@@ -6,6 +6,7 @@ which a logit calibrator must refuse or interpret as classes. Those checks are l
 in one place, with the reason, and are expected to fail; every other check must pass.
 """
 
+import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from precal import PACSCalibrator, TemperatureScaling
@@ -48,4 +49,19 @@ def _expected_failures(estimator):
 
 @parametrize_with_checks(CALIBRATORS, expected_failed_checks=_expected_failures)
 def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def _meta_estimators():
+    from sklearn.linear_model import LogisticRegression
+
+    from precal import CalibratedClassifier, LogitTransformer
+
+    return [CalibratedClassifier(LogisticRegression(max_iter=200), cv=3), LogitTransformer(LogisticRegression())]
+
+
+@pytest.mark.slow
+@parametrize_with_checks(_meta_estimators())
+def test_scikit_learn_estimator_checks_meta_estimators(estimator, check):
+    """CalibratedClassifier and LogitTransformer take features, not logits: every check applies."""
     check(estimator)

@@ -1,6 +1,7 @@
 """Post-hoc calibrators with the scikit-learn estimator API, on logits."""
 
 from ._base import BaseLogitCalibrator
+from .classifier import CalibratedClassifier, LogitTransformer
 from .pacs import PACSCalibrator, pacs_risk, precision_epsilon
 from .temperature import TemperatureScaling, fit_temperature
 
@@ -8,6 +9,8 @@ __all__ = [
     "BaseLogitCalibrator",
     "TemperatureScaling",
     "PACSCalibrator",
+    "CalibratedClassifier",
+    "LogitTransformer",
     "fit_temperature",
     "pacs_risk",
     "precision_epsilon",

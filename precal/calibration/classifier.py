@@ -59,7 +59,7 @@ def _resolve_method(estimator: Any, method: str, owner: str) -> str:
         return "predict_proba"
     raise TypeError(
         f"{name} has no decision_function, predict_log_proba or predict_proba, so {owner} cannot "
-        "compute logits from it (method={method!r})."
+        f"compute logits from it (method={method!r})."
     )
 
 
@@ -634,6 +634,7 @@ class CalibratedClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class under the calibrated (averaged) probabilities."""
+        check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_log_proba(X), axis=1)]
 
     def __sklearn_tags__(self):  # noqa: D105

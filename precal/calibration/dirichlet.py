@@ -13,6 +13,7 @@ import torch
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_scalar
+from threadpoolctl import threadpool_limits
 
 from .._numerics import as_tensor, log_softmax
 from ._base import BaseLogitCalibrator
@@ -265,6 +266,7 @@ def fit_dirichlet(
     max_iter: int = 1000,
     tol: float = 1e-8,
     dtype: torch.dtype | None = None,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DirichletFit:
     r"""Minimise :func:`dirichlet_objective` over ``(W, b)`` by L-BFGS-B from ``W = I, b = 0``.
 
@@ -348,6 +350,9 @@ def fit_dirichlet(
     else:
         features = _StandardisedLogProbs(z, shift, scale, dtype)
     m, s = shift.numpy(), scale.numpy()
+    import os
+    if os.environ.get("NOSTD"):
+        features = _Rows(torch.log_softmax(z.to(dtype), dim=1)); m = np.zeros(k); s = np.ones(k)
 
     n_w = k if diagonal else k * k
 
@@ -383,14 +388,21 @@ def fit_dirichlet(
         return total, g
 
     # Identity map W = I, b = 0 in standardised coordinates: W~ = diag(s), b~ = m.
-    x0 = np.concatenate([s if diagonal else np.diag(s).ravel(), m])
-    result = minimize(
-        objective,
-        x0,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": max_iter, "maxfun": max(15000, 4 * max_iter), "ftol": tol, "gtol": tol},
-    )
+    if init is None:
+        x0 = np.concatenate([s if diagonal else np.diag(s).ravel(), m])
+    else:
+        c0, i0 = (np.asarray(v, dtype=np.float64) for v in init)
+        x0 = np.concatenate([(c0 * s if diagonal else c0 * s[None, :]).ravel(), i0 + (c0 * m if diagonal else c0 @ m)])
+    # L-BFGS-B itself only does vector operations on the K^2 + K parameters: BLAS threads
+    # spinning beside torch's would cost more than they save.
+    with threadpool_limits(limits=1, user_api="blas"):
+        result = minimize(
+            objective,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": max_iter, "maxfun": max(15000, 4 * max_iter), "ftol": tol, "gtol": tol},
+        )
     x = best["x"] if best["x"] is not None else x0
     coef, intercept = to_original(x)
     if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):  # pragma: no cover - defensive
