@@ -1,0 +1,20 @@
+"""The benchmark and study scripts run end to end (quick mode: small sizes, temp outputs)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["study_pacs.py", "bench_emulate.py"])
+def test_script_quick_mode_runs(script, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert any(tmp_path.rglob("*.md")), "the quick run must write its markdown results"
