@@ -305,3 +305,74 @@ def test_torch_input_returns_numpy_or_tensor_on_request(calibrator, logits_y):
         out = getattr(calibrator, method)(zt, return_tensor=True)
         assert isinstance(out, torch.Tensor) and out.device == zt.device
         assert_allclose(out.numpy(), getattr(calibrator, method)(z))
+
+
+# ------------------------------------------------------------------ hardening matrix (issue 6)
+def test_joblib_round_trip(calibrator, logits_y, tmp_path):
+    import joblib
+
+    z, y = logits_y
+    calibrator.fit(z, y)
+    joblib.dump(calibrator, tmp_path / "cal.joblib")
+    assert_array_equal(joblib.load(tmp_path / "cal.joblib").predict_proba(z), calibrator.predict_proba(z))
+
+
+def test_float_labels_work_like_integers(calibrator, logits_y):
+    z, y = logits_y
+    a = clone(calibrator).fit(z, y.astype(float))
+    b = clone(calibrator).fit(z, y)
+    assert_allclose(a.predict_proba(z), b.predict_proba(z))
+    assert a.classes_.dtype.kind == "f"
+
+
+def test_mixed_type_labels_are_refused(calibrator, logits_y):
+    z, y = logits_y
+    mixed = np.array([0, "a", 1, "b"] * (len(y) // 4), dtype=object)
+    with pytest.raises((TypeError, ValueError), match="label|type"):
+        calibrator.fit(z, mixed)
+
+
+def test_class_missing_from_a_cv_fold(calibrator, logits_y):
+    # class 3 only in the last rows: unshuffled 3-fold CV fits the last fold without class 3
+    from sklearn.model_selection import KFold
+
+    z, y = logits_y
+    y = y.copy()
+    y[y == 3] = 0
+    y[-20:] = 3
+    scores = cross_val_score(calibrator, z, y, cv=KFold(3))
+    assert np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("magnitude", [1e4, -1e4])
+def test_huge_logits_everywhere(calibrator, logits_y, magnitude):
+    z, y = logits_y
+    big = z / np.abs(z).max() * abs(magnitude) + (magnitude if magnitude < 0 else 0.0)
+    calibrator.fit(big, y)
+    for out in (calibrator.predict_proba(big), calibrator.decision_function(big), calibrator.predict_log_proba(big)):
+        assert np.isfinite(out).all()
+    assert np.isfinite(calibrator.score(big, y))
+
+
+@pytest.mark.slow
+def test_a_million_samples_of_three_classes(calibrator):
+    z, y = make_logits(n=1_000_000, k=3, seed=5, dtype=np.float32)
+    calibrator.fit(z, y)
+    p = calibrator.predict_proba(z[:1000])
+    assert_allclose(p.sum(axis=1), 1.0)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 6), scale=st.floats(0.1, 20.0))
+@pytest.mark.parametrize("cls", CALIBRATORS, ids=lambda c: c.__name__)
+def test_rows_sum_to_one_and_argmax_is_kept(cls, seed, k, scale):
+    z, y = make_logits(n=120, k=k, scale=scale, seed=seed)
+    cal = cls().fit(z, y)
+    p = cal.predict_proba(z)
+    assert np.isfinite(p).all()
+    assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    assert_array_equal(p.argmax(axis=1), z.argmax(axis=1))  # both methods promise it
