@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from . import calibration, emulate, metrics  # noqa: E402
 from .calibration import (  # noqa: E402
     CalibratedClassifier,
+    DirichletCalibrator,
     LogitTransformer,
     PACSCalibrator,
     TemperatureScaling,
@@ -22,6 +23,7 @@ __all__ = [
     "metrics",
     "TemperatureScaling",
     "PACSCalibrator",
+    "DirichletCalibrator",
     "CalibratedClassifier",
     "LogitTransformer",
     "load_calibrator",

@@ -2,6 +2,7 @@
 
 from ._base import BaseLogitCalibrator
 from .classifier import CalibratedClassifier, LogitTransformer
+from .dirichlet import DirichletCalibrator, fit_dirichlet
 from .pacs import PACSCalibrator, pacs_risk, precision_epsilon
 from .temperature import TemperatureScaling, fit_temperature
 
@@ -9,9 +10,11 @@ __all__ = [
     "BaseLogitCalibrator",
     "TemperatureScaling",
     "PACSCalibrator",
+    "DirichletCalibrator",
     "CalibratedClassifier",
     "LogitTransformer",
     "fit_temperature",
+    "fit_dirichlet",
     "pacs_risk",
     "precision_epsilon",
     "load_calibrator",

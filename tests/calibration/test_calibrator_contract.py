@@ -5,21 +5,24 @@ Parametrised over ``CALIBRATORS``: each calibrator that lands is added there and
 
 import json
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
-from precal import PACSCalibrator, TemperatureScaling, load_calibrator
+from precal import DirichletCalibrator, PACSCalibrator, TemperatureScaling, load_calibrator
 from precal.calibration import BaseLogitCalibrator
 
 from ..conftest import make_logits
 
-CALIBRATORS = [TemperatureScaling, PACSCalibrator]
+CALIBRATORS = [TemperatureScaling, PACSCalibrator, DirichletCalibrator]
+#: The calibrators that promise an unchanged argmax (Dirichlet's affine map does not).
+ARGMAX_PRESERVING = [TemperatureScaling, PACSCalibrator]
 
 
 @pytest.fixture(params=CALIBRATORS, ids=lambda c: c.__name__)
@@ -371,8 +374,11 @@ from hypothesis import strategies as st  # noqa: E402
 @pytest.mark.parametrize("cls", CALIBRATORS, ids=lambda c: c.__name__)
 def test_rows_sum_to_one_and_argmax_is_kept(cls, seed, k, scale):
     z, y = make_logits(n=120, k=k, scale=scale, seed=seed)
-    cal = cls().fit(z, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # e.g. separable draws for Dirichlet
+        cal = cls().fit(z, y)
     p = cal.predict_proba(z)
     assert np.isfinite(p).all()
     assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
-    assert_array_equal(p.argmax(axis=1), z.argmax(axis=1))  # both methods promise it
+    if cls in ARGMAX_PRESERVING:
+        assert_array_equal(p.argmax(axis=1), z.argmax(axis=1))

@@ -1,0 +1,349 @@
+"""DirichletCalibrator: a reference fit, nesting of the maps, ODIR, numerics, persistence."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+
+from precal import TemperatureScaling
+from precal._numerics import log_softmax, softmax
+from precal.calibration import BaseLogitCalibrator
+from precal.calibration import dirichlet as dirichlet_module
+from precal.calibration.dirichlet import (
+    AUTO_FULL_MAX_CLASSES,
+    DirichletCalibrator,
+    dirichlet_objective,
+    fit_dirichlet,
+    odir_penalty,
+)
+
+from ..conftest import make_logits
+
+
+def _miscalibrated(n=800, k=4, seed=0):
+    """Over-confident logits with class-wise scales and biases: full, diagonal and TS differ."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    z = 3.0 * (1.5 * np.eye(k)[y] + rng.normal(size=(n, k)))
+    z = z * rng.uniform(0.5, 2.0, size=k) + rng.normal(scale=1.5, size=k)
+    return z, y
+
+
+def _nll(cal, z, y):
+    return -cal.score(z, y)
+
+
+def _matrix(coef):
+    """W as a K x K matrix, from a full or a diagonal (1-D) ``coef``."""
+    return np.diag(coef) if coef.ndim == 1 else coef
+
+
+def _reference_vector_scaling_on_log_probs(z, y):
+    """A plain numpy/scipy fit of softmax(w * log p + b), unregularised: returns (w, b, NLL)."""
+    lp = log_softmax(z)
+    n, k = lp.shape
+    onehot = np.eye(k)[y]
+
+    def fun(theta):
+        w, b = theta[:k], theta[k:]
+        a = lp * w + b
+        lse = logsumexp(a, axis=1)
+        r = np.exp(a - lse[:, None]) - onehot
+        f = np.mean(lse - a[np.arange(n), y])
+        return f, np.concatenate([(r * lp).mean(axis=0), r.mean(axis=0)])
+
+    res = minimize(fun, np.concatenate([np.ones(k), np.zeros(k)]), jac=True, method="BFGS",
+                   options={"gtol": 1e-10, "maxiter": 10_000})
+    return res.x[:k], res.x[k:], res.fun
+
+
+# ------------------------------------------------------------------ references and nesting
+def test_diagonal_unregularised_matches_a_reference_vector_scaling_on_log_probabilities():
+    z, y = _miscalibrated()
+    w_ref, b_ref, nll_ref = _reference_vector_scaling_on_log_probs(z, y)
+    cal = DirichletCalibrator(map="diagonal", reg_lambda=0.0).fit(z, y)
+    assert cal.coef_.shape == (4,)
+    assert abs(_nll(cal, z, y) - nll_ref) <= 1e-6
+    assert_allclose(cal.coef_, w_ref, atol=1e-3)
+    assert_allclose(cal.intercept_, b_ref - b_ref.mean(), atol=1e-3)  # b is defined up to a constant
+    ref_proba = softmax(log_softmax(z) * w_ref + b_ref)
+    assert_allclose(cal.predict_proba(z), ref_proba, atol=1e-4)
+
+
+def test_temperature_scaling_is_the_diagonal_map_w_equal_one_over_t():
+    z, y = _miscalibrated()
+    t = TemperatureScaling().fit(z, y).temperature_
+    # log_softmax(z) and z differ by a per-row constant, which the softmax ignores
+    assert_allclose(softmax(log_softmax(z) / t), softmax(z / t), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_unregularised_nll_is_nested_full_le_diagonal_le_temperature_scaling(seed):
+    z, y = _miscalibrated(seed=seed)
+    full = DirichletCalibrator(map="full", reg_lambda=0.0).fit(z, y)
+    diag = DirichletCalibrator(map="diagonal", reg_lambda=0.0).fit(z, y)
+    ts = TemperatureScaling().fit(z, y)
+    assert _nll(full, z, y) <= _nll(diag, z, y) + 1e-9
+    assert _nll(diag, z, y) <= _nll(ts, z, y) + 1e-9
+    assert _nll(full, z, y) < _nll(ts, z, y) - 1e-3  # class-wise miscalibration: a real gain
+
+
+@pytest.mark.parametrize("map_", ["full", "diagonal"])
+@pytest.mark.parametrize("reg", [1e-3, 1.0, 100.0])
+def test_regularised_nll_is_never_above_temperature_scaling(map_, reg):
+    # the fit starts from temperature scaling, where ODIR is zero
+    z, y = _miscalibrated(seed=3)
+    cal = DirichletCalibrator(map=map_, reg_lambda=reg).fit(z, y)
+    assert _nll(cal, z, y) <= _nll(TemperatureScaling().fit(z, y), z, y) + 1e-9
+
+
+def test_identity_map_on_already_calibrated_logits():
+    rng = np.random.default_rng(0)
+    n, k = 20_000, 3
+    z = rng.normal(scale=2.0, size=(n, k))
+    y = (rng.random(n)[:, None] > np.cumsum(softmax(z), axis=1)).sum(axis=1)  # y ~ softmax(z)
+    cal = DirichletCalibrator(map="full").fit(z, y)
+    # sampling error only: W and b move together (b absorbs W's error times the mean log p)
+    assert_allclose(cal.coef_, np.eye(k), atol=0.05)
+    assert_allclose(cal.intercept_, 0.0, atol=0.1)
+    assert np.abs(cal.predict_proba(z) - softmax(z)).mean() < 0.01
+
+
+def test_fitted_map_is_the_optimum_of_the_papers_objective_in_its_smallest_odir_form():
+    z, y = _miscalibrated(seed=4)
+    lam, mu = 0.05, 0.02
+    cal = DirichletCalibrator(map="full", reg_lambda=lam, reg_mu=mu, tol=1e-12).fit(z, y)
+    _, g_w, g_b = dirichlet_objective(log_softmax(z), y, cal.coef_, cal.intercept_, reg_lambda=lam, reg_mu=mu)
+    assert np.abs(g_w).max() < 1e-5 and np.abs(g_b).max() < 1e-5
+    off = cal.coef_ - np.diag(np.diag(cal.coef_))
+    assert_allclose(off.sum(axis=0), 0.0, atol=1e-9)  # W + 1 v^T is the same map; this v is ODIR's
+    assert abs(cal.intercept_.mean()) < 1e-9
+
+
+# ------------------------------------------------------------------ the objective
+def test_odir_penalty_formula():
+    w = np.array([[2.0, 1.0, -1.0], [0.5, 3.0, 0.0], [0.0, 2.0, 1.0]])
+    b = np.array([1.0, -2.0, 0.5])
+    value, g_w, g_b = odir_penalty(w, b, reg_lambda=0.6, reg_mu=0.3)
+    off = 1.0 + 1.0 + 0.25 + 0.0 + 0.0 + 4.0
+    assert value == pytest.approx(0.6 / 6 * off + 0.3 / 3 * (1 + 4 + 0.25))
+    assert_allclose(np.diag(g_w), 0.0)
+    assert g_w[0, 1] == pytest.approx(2 * 0.6 / 6 * 1.0)
+    assert_allclose(g_b, 2 * 0.3 / 3 * b)
+    value_d, g_wd, _ = odir_penalty(np.array([1.0, 2.0, 3.0]), b, reg_lambda=0.6, reg_mu=0.3)
+    assert value_d == pytest.approx(0.3 / 3 * (1 + 4 + 0.25)) and not g_wd.any()
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_gradient_matches_finite_differences(diagonal):
+    rng = np.random.default_rng(0)
+    n, k = 40, 4
+    lp = log_softmax(rng.normal(scale=3.0, size=(n, k)))
+    y = rng.integers(0, k, size=n)
+    sw = rng.uniform(0.1, 2.0, size=n)
+    w = rng.normal(size=k) if diagonal else np.eye(k) + 0.3 * rng.normal(size=(k, k))
+    b = rng.normal(size=k)
+    kw = {"reg_lambda": 0.7, "reg_mu": 0.4}
+    _, g_w, g_b = dirichlet_objective(lp, y, w, b, sw, **kw)
+    h = 1e-6
+    for arr, grad in ((w, g_w), (b, g_b)):
+        numeric = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + h
+            f_plus = dirichlet_objective(lp, y, w, b, sw, **kw)[0]
+            arr[idx] = old - h
+            f_minus = dirichlet_objective(lp, y, w, b, sw, **kw)[0]
+            arr[idx] = old
+            numeric[idx] = (f_plus - f_minus) / (2 * h)
+        assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_objective_is_the_weighted_mean_nll_plus_odir():
+    z, y = make_logits(n=50, k=3)
+    lp = log_softmax(z)
+    w, b = np.eye(3) * 0.5 + 0.1, np.array([0.2, -0.1, 0.3])
+    sw = np.arange(1.0, 51.0)
+    a = lp @ w.T + b
+    nll = logsumexp(a, axis=1) - a[np.arange(50), y]
+    f, _, _ = dirichlet_objective(lp, y, w, b, sw, reg_lambda=0.3, reg_mu=0.2)
+    assert f == pytest.approx(np.average(nll, weights=sw) + odir_penalty(w, b, 0.3, 0.2)[0], rel=1e-12)
+
+
+# ------------------------------------------------------------------ behaviour of the estimator
+@pytest.mark.parametrize("map_", ["full", "diagonal"])
+def test_rows_sum_to_one_and_outputs_agree(map_):
+    z, y = _miscalibrated(k=5)
+    cal = DirichletCalibrator(map=map_).fit(z, y)
+    p = cal.predict_proba(z)
+    assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    assert_allclose(cal.decision_function(z), log_softmax(z) @ _matrix(cal.coef_).T + cal.intercept_)
+    with torch.no_grad():
+        out = cal.to_torch()(torch.from_numpy(z))  # float64 in, float64 out
+    assert out.dtype == torch.float64
+    assert_allclose(torch.softmax(out, -1).numpy(), p, atol=1e-6)
+
+
+def test_fit_is_deterministic():
+    z, y = _miscalibrated()
+    a, b = DirichletCalibrator().fit(z, y), DirichletCalibrator().fit(z, y)
+    assert_array_equal(a.coef_, b.coef_)
+    assert_array_equal(a.intercept_, b.intercept_)
+
+
+def test_odir_shrinks_off_diagonal_entries_as_reg_lambda_grows():
+    z, y = _miscalibrated(seed=5)
+
+    def off_diagonal_energy(lam):
+        coef = DirichletCalibrator(map="full", reg_lambda=lam, reg_mu=0.0).fit(z, y).coef_
+        return np.sum((coef - np.diag(np.diag(coef))) ** 2)
+
+    energies = [off_diagonal_energy(lam) for lam in (0.0, 0.1, 10.0, 1e3, 1e5)]
+    assert all(a >= b for a, b in zip(energies, energies[1:])), energies
+    assert energies[0] > 1e-3 and energies[-1] < 1e-4 * energies[0]
+
+
+def test_reg_mu_none_uses_reg_lambda():
+    z, y = _miscalibrated()
+    tied = DirichletCalibrator(reg_lambda=0.5).fit(z, y)
+    explicit = DirichletCalibrator(reg_lambda=0.5, reg_mu=0.5).fit(z, y)
+    assert_array_equal(tied.intercept_, explicit.intercept_)
+    assert np.abs(DirichletCalibrator(reg_lambda=0.5, reg_mu=100.0).fit(z, y).intercept_).max() < np.abs(
+        tied.intercept_).max()
+
+
+@pytest.mark.parametrize("k, expected", [(3, "full"), (10, "full"), (AUTO_FULL_MAX_CLASSES, "full"),
+                                         (AUTO_FULL_MAX_CLASSES + 1, "diagonal"), (100, "diagonal")])
+def test_auto_map_is_full_for_few_classes_and_diagonal_for_many(k, expected):
+    z, y = make_logits(n=300, k=k, seed=1)
+    cal = DirichletCalibrator().fit(z, y)
+    assert cal.map_ == expected
+    assert cal.coef_.shape == ((k, k) if expected == "full" else (k,))
+
+
+@pytest.mark.parametrize("params, error, match", [
+    ({"map": "matrix"}, ValueError, "map must be one of"),
+    ({"map": None}, ValueError, "map must be one of"),
+    ({"reg_lambda": -1e-3}, ValueError, "reg_lambda"),
+    ({"reg_lambda": float("nan")}, ValueError, "reg_lambda"),
+    ({"reg_lambda": float("inf")}, ValueError, "reg_lambda"),
+    ({"reg_lambda": "0.1"}, TypeError, "reg_lambda"),
+    ({"reg_mu": -1.0}, ValueError, "reg_mu"),
+    ({"reg_mu": True}, TypeError, "reg_mu"),
+    ({"max_iter": 0}, ValueError, "max_iter"),
+    ({"max_iter": 2.5}, TypeError, "max_iter"),
+    ({"tol": 0.0}, ValueError, "tol"),
+])
+def test_bad_hyperparameters_raise_at_fit(params, error, match):
+    z, y = make_logits(n=50, k=3)
+    cal = DirichletCalibrator(**params)  # the constructor only stores
+    with pytest.raises(error, match=match):
+        cal.fit(z, y)
+
+
+# ------------------------------------------------------------------ robustness
+@pytest.mark.parametrize("map_", ["full", "diagonal"])
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_separable_data_warns_and_never_gives_non_finite_parameters(map_, scale):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=200)
+    z = scale * (np.eye(3)[y] + 0.1 * rng.normal(size=(200, 3)))  # argmax is always right
+    with pytest.warns(ConvergenceWarning, match="every calibration sample"):
+        cal = DirichletCalibrator(map=map_, reg_lambda=0.0).fit(z, y)
+    assert np.isfinite(cal.coef_).all() and np.isfinite(cal.intercept_).all()
+    p = cal.predict_proba(z)
+    assert np.isfinite(p).all()
+    assert_array_equal(p.argmax(axis=1), y)
+
+
+def test_overflowing_objective_warns_and_keeps_the_best_finite_iterate():
+    z, y = make_logits(n=200, k=3)
+    with pytest.warns(ConvergenceWarning, match="overflowed"):
+        cal = DirichletCalibrator(map="full").fit(z * 1e200, y)
+    assert np.isfinite(cal.coef_).all() and np.isfinite(cal.intercept_).all()
+    assert np.isfinite(cal.predict_proba(z * 1e200)).all()
+
+
+def test_max_iter_reached_warns_and_keeps_the_best_iterate():
+    z, y = _miscalibrated()
+    with pytest.warns(ConvergenceWarning, match="stopped before converging"):
+        cal = DirichletCalibrator(max_iter=2).fit(z, y)
+    assert cal.n_iter_ == 2
+    assert _nll(cal, z, y) <= _nll(TemperatureScaling().fit(z, y), z, y) + 1e-9
+
+
+def test_converged_fits_do_not_warn():
+    z, y = _miscalibrated()
+    for map_ in ("full", "diagonal"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            DirichletCalibrator(map=map_).fit(z, y)
+
+
+def test_chunked_and_uncached_passes_give_the_same_fit(monkeypatch):
+    z, y = _miscalibrated(n=500, k=6)
+    ref = fit_dirichlet(z, y, reg_lambda=1e-3, reg_mu=1e-3)
+    monkeypatch.setattr(dirichlet_module, "_CHUNK_ELEMENTS", 64)  # 10 rows per chunk
+    monkeypatch.setattr(dirichlet_module, "_CACHE_ELEMENTS", 0)  # recompute log-probabilities every pass
+    got = fit_dirichlet(z, y, reg_lambda=1e-3, reg_mu=1e-3)
+    assert_allclose(got.coef, ref.coef, atol=1e-6)
+    assert_allclose(got.intercept, ref.intercept, atol=1e-6)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_float32_work_reaches_the_float64_optimum(diagonal):
+    z, y = _miscalibrated(n=3000, k=5, seed=6)
+    lp = log_softmax(z)
+    fits = [fit_dirichlet(z, y, diagonal=diagonal, reg_lambda=1e-3, reg_mu=1e-3, dtype=dt)
+            for dt in (torch.float64, torch.float32)]
+    f64, f32 = (dirichlet_objective(lp, y, f.coef, f.intercept, reg_lambda=1e-3, reg_mu=1e-3)[0] for f in fits)
+    assert f32 <= f64 + 1e-6
+    p64, p32 = (softmax(lp @ _matrix(f.coef).T + f.intercept) for f in fits)
+    assert_allclose(p32, p64, atol=1e-3)
+
+
+# ------------------------------------------------------------------ persistence
+@pytest.mark.parametrize("map_", ["full", "diagonal"])
+def test_to_dict_round_trip(map_):
+    z, y = _miscalibrated()
+    cal = DirichletCalibrator(map=map_, reg_lambda=0.01).fit(z, y)
+    data = json.loads(json.dumps(cal.to_dict()))
+    coef = data["state"]["coef_"]
+    assert isinstance(coef, list) and (isinstance(coef[0], list) if map_ == "full" else isinstance(coef[0], float))
+    again = DirichletCalibrator.from_dict(data)
+    assert again.map_ == map_ and again.n_iter_ == cal.n_iter_
+    assert_array_equal(again.coef_, cal.coef_)
+    assert_array_equal(again.predict_proba(z), cal.predict_proba(z))
+    assert again.get_params() == cal.get_params()
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda s: s.update(coef_=[[1.0, 0.0], [0.0, 1.0]]), "coef_"),
+    (lambda s: s.update(coef_=[[1.0, 0.0, 0.0, 0.0]] * 3 + [[1.0]]), "coef_"),
+    (lambda s: s.update(coef_=[1.0, 2.0, float("inf"), 1.0]), "non-finite"),
+    (lambda s: s.update(coef_=3.0), "list"),
+    (lambda s: s.update(intercept_=[0.0, 1.0]), "intercept_"),
+    (lambda s: s.update(intercept_=[[0.0, 1.0, 2.0, 3.0]]), "intercept_"),
+    (lambda s: s.update(n_iter_=-1), "n_iter_"),
+    (lambda s: s.update(n_iter_=2.5), "n_iter_"),
+    (lambda s: s.update(n_iter_=[3]), "n_iter_"),
+    (lambda s: s.pop("intercept_"), "missing"),
+])
+def test_from_dict_rejects_malformed_state(mutate, match):
+    z, y = _miscalibrated()
+    data = json.loads(json.dumps(DirichletCalibrator().fit(z, y).to_dict()))
+    mutate(data["state"])
+    with pytest.raises(ValueError, match=match):
+        BaseLogitCalibrator.from_dict(data)
+
+
+def test_clone_keeps_the_parameters():
+    cal = DirichletCalibrator(map="diagonal", reg_lambda=0.1, reg_mu=None, max_iter=50, tol=1e-6)
+    assert clone(cal).get_params() == cal.get_params()
