@@ -10,6 +10,7 @@ from . import calibration, emulate, metrics  # noqa: E402
 from .calibration import (  # noqa: E402
     CalibratedClassifier,
     DirichletCalibrator,
+    FuzzyDirichletCalibrator,
     LogitTransformer,
     PACSCalibrator,
     TemperatureScaling,
@@ -24,6 +25,7 @@ __all__ = [
     "TemperatureScaling",
     "PACSCalibrator",
     "DirichletCalibrator",
+    "FuzzyDirichletCalibrator",
     "CalibratedClassifier",
     "LogitTransformer",
     "load_calibrator",

@@ -3,6 +3,7 @@
 from ._base import BaseLogitCalibrator
 from .classifier import CalibratedClassifier, LogitTransformer
 from .dirichlet import DirichletCalibrator, fit_dirichlet
+from .fuzzy import FuzzyDirichletCalibrator
 from .pacs import PACSCalibrator, pacs_risk, precision_epsilon
 from .temperature import TemperatureScaling, fit_temperature
 
@@ -11,6 +12,7 @@ __all__ = [
     "TemperatureScaling",
     "PACSCalibrator",
     "DirichletCalibrator",
+    "FuzzyDirichletCalibrator",
     "CalibratedClassifier",
     "LogitTransformer",
     "fit_temperature",

@@ -1,0 +1,650 @@
+r"""Fuzzy-gated Dirichlet calibration trained under emulated INT4 noise (seed 003).
+
+With ``ℓ = log_softmax(z)`` and ``c = max softmax(z)`` the classifier's top confidence,
+``R`` Gaussian membership functions over ``c`` gate ``R`` Dirichlet maps:
+
+.. math::
+
+    \mu_r(c) = \exp\!\Big(-\frac{(c - m_r)^2}{2\sigma_r^2}\Big), \quad
+    w_r = \frac{\mu_r}{\sum_s \mu_s}, \quad
+    q(z) = \operatorname{softmax}\Big(\sum_r w_r(c)\,(W_r \ell + b_r)\Big).
+
+See :class:`FuzzyDirichletCalibrator`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state, check_scalar
+
+from .._numerics import log_softmax
+from ._base import BaseLogitCalibrator
+from .dirichlet import AUTO_FULL_MAX_CLASSES, MAPS
+from .temperature import fit_temperature
+
+__all__ = [
+    "FuzzyDirichletCalibrator",
+    "NOISES",
+    "LOSSES",
+    "int4_noise_copies",
+    "fuzzy_objective",
+    "soft_ece",
+]
+
+NOISES = (None, "int4")
+LOSSES = ("nll", "nll+soft_ece")
+
+#: Soft-ECE: number of Gaussian bins over [0, 1] and the smoothing of ``|acc - conf|``.
+SOFT_ECE_BINS = 15
+_SOFT_ABS_DELTA = 1e-3
+
+#: Largest membership width (see :func:`_unpack`).
+_MAX_WIDTH = 2.0
+
+_DEFAULT_NAMES = {
+    1: ("all",),
+    2: ("low", "high"),
+    3: ("low", "moderate", "high"),
+    5: ("very low", "low", "moderate", "high", "very high"),
+}
+
+
+# --------------------------------------------------------------------------- noise
+def int4_noise_copies(logits: torch.Tensor, n_copies: int, generator: torch.Generator) -> torch.Tensor:
+    r"""``n_copies`` INT4-quantized versions of ``(n, K)`` logits, shape ``(n_copies, n, K)``.
+
+    Copy 0 is exactly what a deployment with per-row symmetric INT4 logits gives,
+    ``Q(z)`` (:func:`precal.emulate.quantize` with ``axis=0``). Copy ``j >= 1`` shifts the
+    quantization grid by a random sub-step offset: with ``s(z) = max|z| / 7`` the row's INT4
+    step and ``u_j ~ U(-1/2, 1/2)^K`` drawn once per copy from ``generator``,
+
+    .. math::  \tilde z_j = Q(z + u_j \odot s(z)) - u_j \odot s(z),
+
+    so each copy rounds every logit to a differently placed grid of the same step (a
+    subtractive dither): the rounding errors differ between copies but keep the size INT4
+    gives. The offsets are shared by all rows of a copy, so a copy is a fixed function of
+    the row: repeating a row and weighting it give the same training data.
+    """
+    from ..emulate import quantize
+
+    z = logits.to(torch.float64)
+    k = z.shape[1]
+    step = z.abs().amax(dim=1, keepdim=True) / 7.0
+    copies = []
+    for j in range(n_copies):
+        u = torch.zeros(k, dtype=torch.float64) if j == 0 else torch.rand(k, generator=generator, dtype=torch.float64)
+        offset = (u - 0.5 if j else u) * step
+        copies.append(quantize(z + offset, "int4", axis=0).to(torch.float64) - offset)
+    return torch.stack(copies) if copies else z.new_empty((0,) + tuple(z.shape))
+
+
+# --------------------------------------------------------------------------- the math
+def _min_width(n_regions: int, n_classes: int) -> float:
+    """Smallest membership width: a quarter of a region's share of the confidence range."""
+    return (1.0 - 1.0 / n_classes) / (4.0 * n_regions)
+
+
+def _unpack(theta: torch.Tensor, r: int, k: int, diagonal: bool) -> tuple[torch.Tensor, ...]:
+    """``theta`` -> (centres, widths, coefficients, intercepts).
+
+    Centres ``m = 1/K + (1 - 1/K) sigmoid(a)`` stay inside the range ``[1/K, 1]`` of the top
+    confidence, widths ``σ = σ_min + (2 - σ_min) sigmoid(s)`` between
+    ``σ_min = (1 - 1/K) / (4R)``, so the gates stay fuzzy (without a floor, the fit sharpens
+    them into hard bins), and 2, beyond which the gates are flat over ``[1/K, 1]`` anyway.
+    """
+    n_w = k if diagonal else k * k
+    lo = 1.0 / k
+    centers = lo + (1.0 - lo) * torch.sigmoid(theta[:r])
+    sigma_min = _min_width(r, k)
+    widths = sigma_min + (_MAX_WIDTH - sigma_min) * torch.sigmoid(theta[r : 2 * r])
+    coefs = theta[2 * r : 2 * r + r * n_w].reshape((r, k) if diagonal else (r, k, k))
+    intercepts = theta[2 * r + r * n_w :].reshape(r, k)
+    return centers, widths, coefs, intercepts
+
+
+def _gates(conf: torch.Tensor, centers: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """Normalised memberships ``w_r`` (rows sum to 1), computed in log space (no 0/0)."""
+    log_mu = -(conf[..., None] - centers).square() / (2.0 * widths.square())
+    return torch.softmax(log_mu, dim=-1)
+
+
+def _mixed_logits(lp: torch.Tensor, gates: torch.Tensor, coefs: torch.Tensor, intercepts: torch.Tensor) -> torch.Tensor:
+    """``Σ_r w_r (W_r ℓ + b_r)`` for ``lp`` of shape ``(..., K)`` and ``gates`` ``(..., R)``."""
+    if coefs.dim() == 2:  # diagonal maps, (R, K)
+        per_region = lp[..., None, :] * coefs + intercepts
+    else:  # full maps, (R, K, K)
+        per_region = torch.einsum("...k,rjk->...rj", lp, coefs) + intercepts
+    return (gates[..., None] * per_region).sum(dim=-2)
+
+
+def soft_ece(
+    probs: torch.Tensor, pred: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor, n_bins: int = SOFT_ECE_BINS
+) -> torch.Tensor:
+    r"""Differentiable top-label ECE: Gaussian soft binning of the confidence.
+
+    The confidence of sample ``i`` is the calibrated probability ``c_i = q_{i, pred_i}`` of
+    its predicted class ``pred_i`` and ``correct_i`` its 0/1 correctness; both are given, not
+    recomputed from ``q``, so the term is smooth in the parameters (an argmax that moves
+    would make it jump and stall L-BFGS' line search). :class:`FuzzyDirichletCalibrator`
+    passes the classifier's own predictions, which the calibrated maps keep almost
+    everywhere. ``c_i`` belongs to bin ``b`` (centre ``t_b = (b + 1/2)/B``) with weight
+    ``a_ib = softmax_b(-(c_i - t_b)^2 / (2h^2))``, ``h = 1/B``. With sample weights ``s_i``
+    (summing to 1), bin mass ``n_b = Σ s_i a_ib``, ``acc_b`` and ``conf_b`` the
+    ``a``-weighted means of ``correct`` and ``c``, the value is ``Σ_b n_b ρ(acc_b - conf_b)``
+    with ``ρ(x) = sqrt(x² + δ²) - δ``, ``δ = 10⁻³``, a smooth ``|x|``.
+    """
+    conf = probs.gather(-1, pred[:, None])[:, 0]
+    centres = (torch.arange(n_bins, dtype=probs.dtype) + 0.5) / n_bins
+    a = torch.softmax(-(conf[:, None] - centres).square() * (n_bins**2 / 2.0), dim=-1)
+    aw = a * weights[:, None]
+    mass = aw.sum(dim=0)
+    safe = mass.clamp_min(1e-300)
+    acc = (aw * correct[:, None]).sum(dim=0) / safe
+    cbin = (aw * conf[:, None]).sum(dim=0) / safe
+    gap = acc - cbin
+    return (mass * (torch.sqrt(gap.square() + _SOFT_ABS_DELTA**2) - _SOFT_ABS_DELTA)).sum()
+
+
+def fuzzy_objective(
+    theta: torch.Tensor,
+    lp: torch.Tensor,
+    conf: torch.Tensor,
+    y_idx: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    n_regions: int,
+    diagonal: bool,
+    reg_lambda: float,
+    reg_mu: float,
+    soft_ece_weight: float = 0.0,
+    shift: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""The training objective of :class:`FuzzyDirichletCalibrator` as a differentiable scalar.
+
+    ``lp`` ``(C, n, K)`` holds the (standardised) log-probabilities of ``C`` versions of the
+    data (the clean logits and the noisy copies), ``conf`` ``(C, n)`` their top
+    confidences, ``weights`` ``(n,)`` sample weights summing to 1. The value is the mean
+    over versions of the weighted NLL (plus ``soft_ece_weight`` times :func:`soft_ece`),
+    plus ODIR (``λ/(K(K-1)) Σ_{i≠j} w_ij² + μ/K Σ b_j²``) summed over the regions' maps in
+    original coordinates. ``theta`` packs centres, log-widths, coefficients and intercepts
+    (in the coordinates of the standardised features ``(ℓ - shift) / scale``).
+    """
+    k = lp.shape[-1]
+    centers, widths, coefs, intercepts = _unpack(theta, n_regions, k, diagonal)
+    gates = _gates(conf, centers, widths)
+    out = _mixed_logits(lp, gates, coefs, intercepts)
+    logq = torch.log_softmax(out, dim=-1)
+    nll = -logq.gather(-1, y_idx.expand(lp.shape[0], -1)[..., None])[..., 0]  # (C, n)
+    value = (nll * weights).sum(dim=-1).mean()
+    if soft_ece_weight:
+        probs = logq.exp()
+        pred = lp.argmax(dim=-1)  # the classifier's predictions (log-probabilities are monotone in z)
+        correct = (pred == y_idx).to(probs.dtype)
+        value = value + soft_ece_weight * torch.stack(
+            [soft_ece(probs[c], pred[c], correct[c], weights) for c in range(lp.shape[0])]
+        ).mean()
+    # ODIR on the maps in original coordinates (W = W~ diag(1/s), b = b~ - W m), evaluated at
+    # the equivalent map with the smallest ODIR (W + 1 v^T and b + c 1 give the same
+    # probabilities), so the objective is exactly flat along the equivalences, as in
+    # DirichletCalibrator; for a diagonal W only b has such an equivalence.
+    if shift is None:
+        shift = torch.zeros(k, dtype=theta.dtype)
+        scale = torch.ones(k, dtype=theta.dtype)
+    w_orig = coefs / scale
+    b_orig = intercepts - (w_orig * shift if diagonal else w_orig @ shift)
+    b_c = b_orig - b_orig.mean(dim=-1, keepdim=True)
+    value = value + (reg_mu / k) * b_c.square().sum()
+    if not diagonal and k > 1:
+        off_mask = 1.0 - torch.eye(k, dtype=theta.dtype)
+        off_sum = (w_orig * off_mask).sum(dim=-2, keepdim=True)  # per column
+        off = (w_orig - off_sum / (k - 1)) * off_mask
+        value = value + (reg_lambda / (k * (k - 1))) * off.square().sum()
+    return value
+
+
+def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """Inverted-CDF quantiles (so weights and repeated rows agree exactly)."""
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    cum = np.cumsum(w)
+    idx = np.searchsorted(cum, qs * cum[-1], side="left")
+    return v[np.clip(idx, 0, len(v) - 1)]
+
+
+# --------------------------------------------------------------------------- torch module
+class _FuzzyDirichletMap(torch.nn.Module):
+    def __init__(self, centers: np.ndarray, widths: np.ndarray, coefs: np.ndarray, intercepts: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("centers", torch.tensor(centers, dtype=torch.float32))
+        self.register_buffer("widths", torch.tensor(widths, dtype=torch.float32))
+        self.register_buffer("coefs", torch.tensor(coefs, dtype=torch.float32))
+        self.register_buffer("intercepts", torch.tensor(intercepts, dtype=torch.float32))
+        self.diagonal = coefs.ndim == 2
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        z = logits if logits.dtype == torch.float64 else logits.float()
+        lp = torch.log_softmax(z, dim=-1)
+        conf = lp.max(dim=-1).values.exp()
+        centers, widths = self.centers.to(z.dtype), self.widths.to(z.dtype)
+        coefs, intercepts = self.coefs.to(z.dtype), self.intercepts.to(z.dtype)
+        log_mu = -(conf.unsqueeze(-1) - centers).square() / (2.0 * widths.square())
+        gates = torch.softmax(log_mu, dim=-1)
+        if self.diagonal:
+            per_region = lp.unsqueeze(-2) * coefs + intercepts
+        else:
+            per_region = torch.einsum("nk,rjk->nrj", lp, coefs) + intercepts
+        out = (gates.unsqueeze(-1) * per_region).sum(dim=-2)
+        return out.to(logits.dtype)
+
+
+# --------------------------------------------------------------------------- the estimator
+class FuzzyDirichletCalibrator(BaseLogitCalibrator):
+    r"""Confidence-gated Dirichlet calibration, trained to survive INT4 quantization.
+
+    With ``ℓ = log_softmax(z)`` and ``c = max softmax(z)`` (the classifier's top
+    confidence), ``R`` fuzzy regions over ``c`` with Gaussian memberships
+    ``μ_r(c) = exp(-(c - m_r)² / (2σ_r²))`` (learnable centres ``m_r`` and widths ``σ_r``)
+    give weights ``w_r = μ_r / Σ_s μ_s``; each region has a Dirichlet map
+    ``g_r(ℓ) = W_r ℓ + b_r`` (Kull et al., 2019), and
+
+    .. math::  q(z) = \operatorname{softmax}\Big(\sum_r w_r(c)\, g_r(\ell)\Big).
+
+    A prediction can belong partly to several regions, so the correction changes smoothly
+    with the confidence (e.g. over-confident at the top, under-confident in the middle).
+    With ``n_regions=1`` and ``noise=None`` it is :class:`DirichletCalibrator`.
+
+    Parameters
+    ----------
+    n_regions : int, default=3
+        Number of fuzzy regions ``R >= 1``.
+    map : {"auto", "full", "diagonal"}, default="auto"
+        Form of every ``W_r``, as in :class:`DirichletCalibrator` (``"auto"``: full up to 20
+        classes, diagonal above).
+    noise : {"int4", None} or callable, default="int4"
+        ``"int4"``: the objective also averages over ``n_noise_copies`` copies of the logits
+        passed through emulated per-row INT4 fake quantization (see
+        :func:`int4_noise_copies`: copy 0 is plain INT4 rounding, the others shift the grid
+        by a random sub-step offset so they differ). ``None``: clean logits only. A callable
+        ``f(logits, generator) -> noisy_logits`` (float64 ``(n, K)`` tensor and a seeded
+        ``torch.Generator``) makes each copy instead.
+    n_noise_copies : int, default=2
+        Noisy copies per fit (ignored when ``noise=None``). The copies are drawn once, from
+        ``random_state``, and fixed for the whole fit, so the objective is deterministic
+        and L-BFGS applies; the clean logits always take part as well.
+    loss : {"nll", "nll+soft_ece"}, default="nll"
+        Mean NLL, or NLL plus ``soft_ece_weight`` times a differentiable top-label ECE
+        (:func:`soft_ece`: Gaussian soft binning of the calibrated confidence into 15 bins,
+        smoothed absolute gaps).
+    region_names : sequence of str or None, default=None
+        One name per region, lowest centre first. ``None``: ``("low", "moderate", "high")``
+        for 3 regions, ``("low", "high")`` for 2, ``("all",)`` for 1, five names from
+        ``"very low"`` to ``"very high"`` for 5, ``"region 1"``, ... otherwise.
+    reg_lambda : float, default=1e-3
+        ODIR weight of the mean squared off-diagonal entry of each ``W_r``.
+    reg_mu : float or None, default=None
+        ODIR weight of the mean squared intercept of each ``b_r``; ``None`` uses ``reg_lambda``.
+    soft_ece_weight : float, default=1.0
+        Weight of the soft-ECE term when ``loss="nll+soft_ece"``.
+    max_iter : int, default=500
+        Maximum L-BFGS iterations.
+    tol : float, default=1e-9
+        L-BFGS stops when the largest gradient component is below ``tol`` (or the
+        objective stops changing).
+    random_state : int, RandomState, Generator or None, default=None
+        Seeds the noisy copies. ``None`` uses seed 0, so fits are reproducible by
+        default (the copies are part of the objective); pass other seeds to vary them.
+
+    Attributes
+    ----------
+    centers_ : ndarray of shape (n_regions,)
+        Membership centres ``m_r``, ascending (regions are sorted by centre after the fit).
+    widths_ : ndarray of shape (n_regions,)
+        Membership widths ``σ_r > 0``.
+    coefs_ : ndarray of shape (n_regions, K, K) or (n_regions, K)
+        ``W_r`` (diagonals only for ``map_ == "diagonal"``).
+    intercepts_ : ndarray of shape (n_regions, K)
+        ``b_r``.
+    map_ : {"full", "diagonal"}
+    n_iter_ : int
+        L-BFGS iterations.
+    n_parameters_ : int
+        ``2R + R (K² + K)`` (full) or ``2R + 2RK`` (diagonal).
+    nbytes_ : int
+        Storage size of the parameters in float32: ``4 * n_parameters_``.
+
+    Warns
+    -----
+    ConvergenceWarning
+        When L-BFGS stops at ``max_iter`` with a gradient above ``tol`` or meets a
+        non-finite objective; the best finite iterate is kept (never NaN parameters).
+
+    Notes
+    -----
+    **Fitting.** Full-batch L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search) on
+    float64 parameters with autograd, on log-probabilities standardised per column (a
+    reparameterisation: the objective is unchanged). Start: centres at the
+    ``(r + 1/2)/R`` quantiles of ``c``, widths from their spacing, every map at temperature
+    scaling (``W = I/T``, ``b = 0``). The objective is non-convex in the gates; its
+    minimum is reached from this start in tests but is not guaranteed global.
+
+    **Identifiability.** ``W_r + 1 v^T`` and ``b_r + c 1`` give the same probabilities;
+    the fitted maps are the representatives with the smallest ODIR, as for
+    :class:`DirichletCalibrator`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from precal.calibration.fuzzy import FuzzyDirichletCalibrator
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, size=300)
+    >>> logits = 3.0 * (np.eye(3)[y] + rng.normal(size=(300, 3)))
+    >>> cal = FuzzyDirichletCalibrator(random_state=0).fit(logits, y)
+    >>> cal.n_parameters_, cal.nbytes_
+    (42, 168)
+    >>> sorted(set(cal.predict_confidence_label(logits)) - {"low", "moderate", "high"})
+    []
+    """
+
+    _state_keys = ("centers_", "widths_", "coefs_", "intercepts_", "n_iter_")
+
+    def __init__(
+        self,
+        *,
+        n_regions: int = 3,
+        map: str = "auto",  # noqa: A002 - the parameter name DESIGN.md fixes
+        noise: str | Callable[..., Any] | None = "int4",
+        n_noise_copies: int = 2,
+        loss: str = "nll",
+        region_names: Any = None,
+        reg_lambda: float = 1e-3,
+        reg_mu: float | None = None,
+        soft_ece_weight: float = 1.0,
+        max_iter: int = 500,
+        tol: float = 1e-9,
+        random_state: Any = None,
+    ) -> None:
+        self.n_regions = n_regions
+        self.map = map
+        self.noise = noise
+        self.n_noise_copies = n_noise_copies
+        self.loss = loss
+        self.region_names = region_names
+        self.reg_lambda = reg_lambda
+        self.reg_mu = reg_mu
+        self.soft_ece_weight = soft_ece_weight
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    # ------------------------------------------------------------ validation
+    def _validate_hyperparameters(self) -> None:
+        if isinstance(self.n_regions, bool) or not isinstance(self.n_regions, numbers.Integral) or self.n_regions < 1:
+            raise ValueError(f"n_regions must be an integer >= 1, got {self.n_regions!r}.")
+        if not isinstance(self.map, str) or self.map not in MAPS:
+            raise ValueError(f"map must be one of {MAPS}, got {self.map!r}.")
+        if not (self.noise is None or callable(self.noise) or (isinstance(self.noise, str) and self.noise in NOISES)):
+            raise ValueError(f"noise must be 'int4', None or a callable f(logits, generator), got {self.noise!r}.")
+        if not isinstance(self.loss, str) or self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
+        check_scalar(self.n_noise_copies, "n_noise_copies", numbers.Integral, min_val=0)
+        self._names()
+        for name in ("reg_lambda", "reg_mu", "soft_ece_weight"):
+            value = getattr(self, name)
+            if name == "reg_mu" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}.")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite float >= 0, got {value!r}.")
+        check_scalar(self.max_iter, "max_iter", numbers.Integral, min_val=1)
+        check_scalar(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither")
+
+    def _names(self) -> tuple[str, ...]:
+        r = int(self.n_regions)
+        if self.region_names is None:
+            return _DEFAULT_NAMES.get(r, tuple(f"region {i + 1}" for i in range(r)))
+        names = self.region_names
+        if isinstance(names, str) or not all(isinstance(s, str) for s in names):
+            raise ValueError(f"region_names must be a sequence of strings, got {names!r}.")
+        if len(names) != r:
+            raise ValueError(f"region_names has {len(names)} names but n_regions={r}; give one name per region.")
+        return tuple(names)
+
+    def _resolve_map(self, n_classes: int) -> str:
+        if self.map == "auto":
+            return "full" if n_classes <= AUTO_FULL_MAX_CLASSES else "diagonal"
+        return self.map
+
+    def _generator(self) -> torch.Generator:
+        rs = check_random_state(0 if self.random_state is None else self.random_state)
+        return torch.Generator().manual_seed(int(rs.randint(0, 2**31 - 1)))
+
+    def _noisy_copies(self, z: torch.Tensor) -> torch.Tensor:
+        """The fixed noisy copies of the fit, ``(n_noise_copies, n, K)`` float64 (none without noise)."""
+        n_copies = int(self.n_noise_copies) if self.noise is not None else 0
+        if n_copies == 0:
+            return z.new_empty((0,) + tuple(z.shape))
+        gen = self._generator()
+        if self.noise == "int4":
+            return int4_noise_copies(z, n_copies, gen)
+        copies = []
+        for _ in range(n_copies):
+            out = torch.as_tensor(self.noise(z.clone(), gen)).to(torch.float64)
+            if out.shape != z.shape or not torch.isfinite(out).all():
+                raise ValueError(
+                    f"noise callable must return finite logits of shape {tuple(z.shape)}, got shape {tuple(out.shape)}."
+                )
+            copies.append(out)
+        return torch.stack(copies)
+
+    # ------------------------------------------------------------ fit
+    def _fit(self, logits: np.ndarray, y_idx: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        names = self._names()
+        r = int(self.n_regions)
+        n, k = logits.shape
+        resolved = self._resolve_map(k)
+        diagonal = resolved == "diagonal"
+        reg_lambda = float(self.reg_lambda)
+        reg_mu = reg_lambda if self.reg_mu is None else float(self.reg_mu)
+        f64 = torch.float64
+        z = torch.from_numpy(np.array(logits, dtype=np.float64))  # a private, writable copy
+        yi = torch.as_tensor(np.asarray(y_idx), dtype=torch.int64)
+        w_np = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        w_np = w_np / w_np.sum()
+        weights = torch.as_tensor(w_np)
+
+        versions = torch.cat([z[None], self._noisy_copies(z)])  # (C, n, K)
+        lp = torch.log_softmax(versions, dim=-1)
+        conf = lp.max(dim=-1).values.exp()
+        # per-column standardisation of the clean log-probabilities (weighted)
+        shift = (weights[:, None] * lp[0]).sum(dim=0)
+        scale = ((weights[:, None] * (lp[0] - shift).square()).sum(dim=0)).sqrt()
+        scale = torch.where(scale > 1e-12 * (1.0 + shift.abs()), scale, torch.ones_like(scale))
+        if not (torch.isfinite(shift).all() and torch.isfinite(scale).all()):
+            shift, scale = torch.zeros(k, dtype=f64), torch.ones(k, dtype=f64)
+        lp_std = (lp - shift) / scale
+
+        # start: quantile centres, widths from their spacing, temperature scaling per map
+        c0 = conf[0].numpy()
+        centers0 = _weighted_quantiles(c0, w_np, (np.arange(r) + 0.5) / r)
+        if r > 1 and np.min(np.diff(centers0)) < 1e-3:
+            lo, hi = 1.0 / k, 1.0
+            centers0 = lo + (hi - lo) * (np.arange(r) + 0.5) / r
+        spacing = (centers0[-1] - centers0[0]) / (r - 1) if r > 1 else float(np.std(c0))
+        sigma_min = _min_width(r, k)
+        widths0 = np.full(r, min(max(spacing, 2.0 * sigma_min), 1.0))
+        lo = 1.0 / k
+        frac = np.clip((centers0 - lo) / (1.0 - lo), 1e-3, 1.0 - 1e-3)
+        centers0 = lo + (1.0 - lo) * frac
+        beta = 1.0 / fit_temperature(z, yi, sample_weight).temperature
+        if diagonal:
+            w0 = np.full((r, k), beta)
+            b0 = np.zeros((r, k))
+        else:
+            w0 = np.broadcast_to(beta * np.eye(k), (r, k, k)).copy()
+            b0 = np.zeros((r, k))
+        s, m = scale.numpy(), shift.numpy()
+        # standardised coordinates: W~ = W diag(s), b~ = b + W m
+        w0_std = w0 * s
+        b0_std = b0 + (w0 * m if diagonal else w0 @ m)
+        theta0 = np.concatenate([
+            np.log(frac / (1.0 - frac)),  # inverse of the sigmoids in _unpack
+            np.log((widths0 - sigma_min) / (_MAX_WIDTH - widths0)),
+            w0_std.ravel(),
+            b0_std.ravel(),
+        ])
+        theta = torch.tensor(theta0, dtype=f64, requires_grad=True)
+
+        ece_weight = float(self.soft_ece_weight) if self.loss == "nll+soft_ece" else 0.0
+        best = {"f": math.inf, "x": theta0.copy()}
+        saw_nonfinite = [False]
+
+        def objective(t: torch.Tensor) -> torch.Tensor:
+            return fuzzy_objective(
+                t, lp_std, conf, yi, weights, n_regions=r, diagonal=diagonal, reg_lambda=reg_lambda,
+                reg_mu=reg_mu, soft_ece_weight=ece_weight, shift=shift, scale=scale,
+            )
+
+        optimizer = torch.optim.LBFGS(
+            [theta], lr=1.0, max_iter=int(self.max_iter), max_eval=int(self.max_iter) * 5,
+            tolerance_grad=float(self.tol), tolerance_change=float(self.tol) ** 1.3, history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            value = objective(theta)
+            value.backward()
+            f = float(value.detach())
+            if not (math.isfinite(f) and torch.isfinite(theta.grad).all()):
+                saw_nonfinite[0] = True
+            elif f < best["f"] and torch.isfinite(theta).all():
+                best["f"], best["x"] = f, theta.detach().numpy().copy()
+            return value
+
+        optimizer.step(closure)
+        n_iter = int(optimizer.state[theta].get("n_iter", 0)) if theta in optimizer.state else 0
+        x = best["x"]
+        t_best = torch.tensor(x, dtype=f64, requires_grad=True)
+        g_inf = float(torch.autograd.grad(objective(t_best), t_best)[0].abs().max())
+        # at max_iter the gates often still creep along a flat valley (a width at its floor, a
+        # centre at 1) where the probabilities hardly change: warn only for a real gradient
+        if saw_nonfinite[0] or (n_iter >= int(self.max_iter) and g_inf > max(float(self.tol), 1e-4)):
+            reason = (
+                "the objective was not finite at a trial point" if saw_nonfinite[0]
+                else f"max_iter={self.max_iter} reached with largest gradient component {g_inf:.2e}"
+            )
+            warnings.warn(
+                f"FuzzyDirichletCalibrator: L-BFGS stopped before converging after {n_iter} iterations ({reason}); "
+                "keeping the best iterate. Increase max_iter or the regularisation (reg_lambda, reg_mu).",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+        centers, widths, coefs_std, ints_std = (v.numpy() for v in _unpack(torch.as_tensor(x), r, k, diagonal))
+        coefs = coefs_std / s
+        intercepts = ints_std - (coefs * m if diagonal else coefs @ m)
+        intercepts = intercepts - intercepts.mean(axis=1, keepdims=True)
+        if not diagonal and k > 1:
+            off_sum = coefs.sum(axis=1) - np.diagonal(coefs, axis1=1, axis2=2)  # (R, K): per column
+            coefs = coefs - off_sum[:, None, :] / (k - 1)
+        order = np.argsort(centers, kind="stable")
+        params = (centers[order], widths[order], coefs[order], intercepts[order])
+        if not all(np.isfinite(p).all() for p in params) or not (params[1] > 0).all():  # pragma: no cover
+            params = (centers0, widths0, w0, b0)
+        self.centers_, self.widths_, self.coefs_, self.intercepts_ = (np.array(p, dtype=np.float64) for p in params)
+        self.map_ = resolved
+        self.n_iter_ = n_iter
+        self.region_names_ = np.array(names)
+
+    # ------------------------------------------------------------ prediction
+    def _gate_weights(self, conf: np.ndarray) -> np.ndarray:
+        log_mu = -((conf[:, None] - self.centers_) ** 2) / (2.0 * self.widths_**2)
+        log_mu -= log_mu.max(axis=1, keepdims=True)
+        mu = np.exp(log_mu)
+        return mu / mu.sum(axis=1, keepdims=True)
+
+    def _calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
+        lp = log_softmax(np.asarray(logits, dtype=np.float64))
+        gates = self._gate_weights(np.exp(lp.max(axis=1)))
+        if self.coefs_.ndim == 2:
+            per_region = lp[:, None, :] * self.coefs_ + self.intercepts_
+        else:
+            per_region = np.einsum("nk,rjk->nrj", lp, self.coefs_) + self.intercepts_
+        return np.einsum("nr,nrk->nk", gates, per_region)
+
+    def predict_confidence_label(self, X: Any) -> np.ndarray:
+        """Linguistic confidence of each calibrated prediction: a region name per sample.
+
+        The label is the region with the largest membership weight at the *calibrated* top
+        confidence ``max_k q_k`` (the probability the user is shown, which after
+        calibration matches the accuracy of such predictions), not at the raw ``c`` that
+        drives the gates: "high" then means a prediction that is in fact likely right.
+        Regions are ordered by centre, so names run from low to high confidence.
+        """
+        q = self.predict_proba(X)
+        return self.region_names_[np.argmax(self._gate_weights(q.max(axis=1)), axis=1)]
+
+    @property
+    def n_parameters_(self) -> int:
+        """Number of fitted parameters: centres, widths, coefficients and intercepts."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "coefs_")
+        return int(self.centers_.size + self.widths_.size + self.coefs_.size + self.intercepts_.size)
+
+    @property
+    def nbytes_(self) -> int:
+        """Storage size of the parameters in float32 bytes (``4 * n_parameters_``)."""
+        return 4 * self.n_parameters_
+
+    def _torch_map(self) -> torch.nn.Module:
+        return _FuzzyDirichletMap(self.centers_, self.widths_, self.coefs_, self.intercepts_)
+
+    # ------------------------------------------------------------ persistence
+    def _set_state(self, state: dict[str, Any]) -> None:
+        """Load the fitted state; shapes and values are checked before anything is set."""
+        missing = set(self._state_keys) - set(state)
+        if missing:
+            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
+        self._validate_hyperparameters()
+        k, r = len(self.classes_), int(self.n_regions)
+        arrays = {}
+        for key in ("centers_", "widths_", "coefs_", "intercepts_"):
+            value = state[key]
+            if not isinstance(value, list):
+                raise ValueError(f"Calibrator state {key!r} must be a list of finite numbers, got {value!r}.")
+            try:
+                arr = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"Calibrator state {key!r} must be a (nested) list of numbers: {exc}") from exc
+            if not np.isfinite(arr).all():
+                raise ValueError(f"Calibrator state {key!r} holds non-finite values.")
+            arrays[key] = arr
+        shapes = {"centers_": [(r,)], "widths_": [(r,)], "coefs_": [(r, k, k), (r, k)], "intercepts_": [(r, k)]}
+        for key, allowed in shapes.items():
+            if arrays[key].shape not in allowed:
+                raise ValueError(
+                    f"Calibrator state {key!r} must have shape {' or '.join(map(str, allowed))} for {r} regions "
+                    f"and {k} classes, got {arrays[key].shape}."
+                )
+        if not (arrays["widths_"] > 0).all():
+            raise ValueError("Calibrator state 'widths_' must be positive (finite) numbers.")
+        n_iter = state["n_iter_"]
+        if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Real):
+            raise ValueError(f"Calibrator state 'n_iter_' must be a number, got {n_iter!r}.")
+        if not (math.isfinite(n_iter) and n_iter >= 0 and n_iter == int(n_iter)):
+            raise ValueError(f"Calibrator state 'n_iter_' must be a finite integer >= 0, got {n_iter!r}.")
+        self.centers_, self.widths_ = arrays["centers_"], arrays["widths_"]
+        self.coefs_, self.intercepts_ = arrays["coefs_"], arrays["intercepts_"]
+        self.n_iter_ = int(n_iter)
+        self.map_ = "diagonal" if self.coefs_.ndim == 2 else "full"
+        self.region_names_ = np.array(self._names())

@@ -1,0 +1,236 @@
+"""FuzzyDirichletCalibrator: confidence-gated Dirichlet maps trained under emulated INT4 noise."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+
+from precal.calibration.dirichlet import DirichletCalibrator
+from precal.calibration.fuzzy import (
+    FuzzyDirichletCalibrator,
+    _unpack,
+    fuzzy_objective,
+    int4_noise_copies,
+)
+
+from ..conftest import make_logits
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_logits(n=400, k=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    z, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return FuzzyDirichletCalibrator(random_state=0).fit(z, y)
+
+
+def test_one_region_without_noise_is_dirichlet_calibration(data):
+    z, y = data
+    for map_ in ("full", "diagonal"):
+        ref = DirichletCalibrator(map=map_, tol=1e-12).fit(z, y)
+        fz = FuzzyDirichletCalibrator(n_regions=1, noise=None, map=map_, tol=1e-12).fit(z, y)
+        assert fz.map_ == ref.map_ == map_
+        assert_allclose(fz.score(z, y), ref.score(z, y), atol=1e-6)
+        assert_allclose(fz.predict_proba(z), ref.predict_proba(z), atol=1e-5)
+        assert_allclose(fz.coefs_[0], ref.coef_, atol=1e-3)
+        assert_allclose(fz.intercepts_[0], ref.intercept_, atol=1e-3)
+    # the same regularisation: a stronger ODIR moves both the same way
+    ref = DirichletCalibrator(reg_lambda=0.3, reg_mu=0.1, tol=1e-12).fit(z, y)
+    fz = FuzzyDirichletCalibrator(n_regions=1, noise=None, reg_lambda=0.3, reg_mu=0.1, tol=1e-12).fit(z, y)
+    assert_allclose(fz.predict_proba(z), ref.predict_proba(z), atol=1e-5)
+
+
+def test_rows_sum_to_one_and_shapes(fitted, data):
+    z, y = data
+    p = fitted.predict_proba(z)
+    assert p.shape == z.shape and np.isfinite(p).all()
+    assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    assert fitted.map_ == "full"
+    assert fitted.centers_.shape == fitted.widths_.shape == (3,)
+    assert fitted.coefs_.shape == (3, 4, 4) and fitted.intercepts_.shape == (3, 4)
+    assert np.all(np.diff(fitted.centers_) >= 0)  # regions sorted by centre
+    assert np.all(fitted.widths_ > 0) and np.all((fitted.centers_ >= 0.25) & (fitted.centers_ <= 1.0))
+    assert fitted.n_iter_ >= 1
+
+
+def test_fit_is_deterministic_for_a_fixed_random_state(data):
+    z, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = FuzzyDirichletCalibrator(random_state=3, max_iter=60).fit(z, y)
+        b = FuzzyDirichletCalibrator(random_state=3, max_iter=60).fit(z, y)
+        c = FuzzyDirichletCalibrator(random_state=4, max_iter=60).fit(z, y)
+    assert_array_equal(a.predict_proba(z), b.predict_proba(z))
+    assert not np.array_equal(a.predict_proba(z), c.predict_proba(z))  # other noise copies
+
+
+def test_noise_copies_differ_and_are_seeded(data):
+    z, _ = data
+    zt = torch.from_numpy(z)
+    copies = int4_noise_copies(zt, 3, torch.Generator().manual_seed(0))
+    again = int4_noise_copies(zt, 3, torch.Generator().manual_seed(0))
+    other = int4_noise_copies(zt, 3, torch.Generator().manual_seed(1))
+    assert copies.shape == (3,) + z.shape and copies.dtype == torch.float64
+    assert torch.equal(copies, again)
+    assert not torch.equal(copies[1:], other[1:])
+    for i in range(3):
+        assert not torch.equal(copies[i], zt)
+        for j in range(i):
+            assert not torch.equal(copies[i], copies[j])
+    # copy 0 is plain per-row INT4 rounding; every copy errs by at most about one INT4 step
+    from precal.emulate import quantize
+
+    assert torch.equal(copies[0], quantize(zt, "int4", axis=0))
+    step = zt.abs().amax(dim=1, keepdim=True) / 7.0
+    assert ((copies - zt).abs() <= 1.01 * step).all()
+    # the estimator's copies follow random_state
+    est = FuzzyDirichletCalibrator(random_state=5, n_noise_copies=2)
+    assert torch.equal(est._noisy_copies(zt), clone(est)._noisy_copies(zt))
+    assert est._noisy_copies(zt).shape == (2,) + z.shape
+    assert FuzzyDirichletCalibrator(noise=None)._noisy_copies(zt).shape[0] == 0
+
+
+def test_callable_noise(data):
+    z, y = data
+    calls = []
+
+    def jitter(logits, generator):
+        calls.append(generator)
+        return logits + 0.1 * torch.randn(logits.shape, generator=generator, dtype=logits.dtype)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cal = FuzzyDirichletCalibrator(noise=jitter, n_noise_copies=2, random_state=0, max_iter=40).fit(z, y)
+    assert len(calls) == 2 and isinstance(calls[0], torch.Generator)
+    assert_allclose(cal.predict_proba(z).sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        FuzzyDirichletCalibrator(noise=lambda x, g: x[:, :2]).fit(z, y)
+
+
+def test_objective_gradient_matches_finite_differences():
+    z, y = make_logits(n=12, k=3, seed=1)
+    zt = torch.from_numpy(z)
+    versions = torch.cat([zt[None], int4_noise_copies(zt, 2, torch.Generator().manual_seed(0))])
+    lp = torch.log_softmax(versions, dim=-1)
+    conf = lp.max(dim=-1).values.exp()
+    yi = torch.from_numpy(y)
+    w = torch.full((12,), 1.0 / 12, dtype=torch.float64)
+    shift = torch.tensor([-1.0, -2.0, -1.5], dtype=torch.float64)
+    scale = torch.tensor([1.5, 2.0, 1.0], dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    for diagonal, r in ((False, 2), (True, 3)):
+        n_theta = 2 * r + r * (3 if diagonal else 9) + r * 3
+        theta = torch.tensor(rng.normal(scale=0.5, size=n_theta), requires_grad=True)
+        for ece in (0.0, 1.0):
+            def f(t):
+                return fuzzy_objective(t, (lp - shift) / scale, conf, yi, w, n_regions=r, diagonal=diagonal,
+                                       reg_lambda=0.2, reg_mu=0.1, soft_ece_weight=ece, shift=shift, scale=scale)
+            assert torch.autograd.gradcheck(f, (theta,), eps=1e-6, atol=1e-6)
+
+
+def test_confidence_labels(fitted, data):
+    z, _ = data
+    labels = fitted.predict_confidence_label(z)
+    assert labels.shape == (len(z),)
+    assert set(labels) <= {"low", "moderate", "high"}
+    # the region with the largest membership at the calibrated top confidence
+    q = fitted.predict_proba(z).max(axis=1)
+    mu = np.exp(-((q[:, None] - fitted.centers_) ** 2) / (2 * fitted.widths_**2))
+    assert_array_equal(labels, np.array(["low", "moderate", "high"])[mu.argmax(axis=1)])
+    # at each region's own centre that region's label wins when the widths are equal
+    same = clone(fitted)
+    same.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
+    same.widths_ = np.full(3, 0.1)
+    assert_array_equal(same._gate_weights(same.centers_).argmax(axis=1), [0, 1, 2])
+
+
+def test_custom_region_names_and_defaults(data):
+    z, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cal = FuzzyDirichletCalibrator(n_regions=2, region_names=["unsure", "sure"], max_iter=30).fit(z, y)
+    assert set(cal.predict_confidence_label(z)) <= {"unsure", "sure"}
+    assert FuzzyDirichletCalibrator(n_regions=2)._names() == ("low", "high")
+    assert FuzzyDirichletCalibrator(n_regions=1)._names() == ("all",)
+    assert FuzzyDirichletCalibrator(n_regions=4)._names() == ("region 1", "region 2", "region 3", "region 4")
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"n_regions": 0}, "n_regions"),
+        ({"n_regions": 2.5}, "n_regions"),
+        ({"map": "dense"}, "map"),
+        ({"noise": "int3"}, "noise"),
+        ({"loss": "brier"}, "loss"),
+        ({"region_names": ("a", "b")}, "region_names"),
+        ({"region_names": "low"}, "region_names"),
+        ({"n_noise_copies": -1}, "n_noise_copies"),
+        ({"reg_lambda": -1.0}, "reg_lambda"),
+        ({"soft_ece_weight": float("nan")}, "soft_ece_weight"),
+    ],
+)
+def test_bad_hyperparameters_raise(data, params, match):
+    z, y = data
+    with pytest.raises(ValueError, match=match):
+        FuzzyDirichletCalibrator(**params).fit(z, y)
+
+
+def test_json_round_trip_and_torch_export(fitted, data):
+    z, _ = data
+    blob = json.loads(json.dumps(fitted.to_dict()))
+    again = FuzzyDirichletCalibrator.from_dict(blob)
+    assert_array_equal(again.predict_proba(z), fitted.predict_proba(z))
+    assert_array_equal(again.predict_confidence_label(z), fitted.predict_confidence_label(z))
+    assert again.get_params() == fitted.get_params()
+    with torch.no_grad():
+        p32 = fitted.to_torch(output="proba")(torch.from_numpy(z).float()).numpy()
+        p64 = fitted.to_torch(output="proba")(torch.from_numpy(z)).numpy()
+    assert_allclose(p32, fitted.predict_proba(z), atol=1e-5)
+    assert_allclose(p64, fitted.predict_proba(z), atol=1e-5)  # float32 buffers, as every calibrator
+    for key, value in (("coefs_", [[1.0]]), ("widths_", [-1.0, 1.0, 1.0]), ("centers_", [0.5])):
+        bad = json.loads(json.dumps(blob))
+        bad["state"][key] = value
+        with pytest.raises(ValueError, match=key):
+            FuzzyDirichletCalibrator.from_dict(bad)
+
+
+def test_parameter_count_and_size(fitted, data):
+    z, y = data
+    r, k = 3, 4
+    assert fitted.n_parameters_ == 2 * r + r * (k * k + k) == 66
+    assert fitted.nbytes_ == 4 * fitted.n_parameters_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        diag = FuzzyDirichletCalibrator(map="diagonal", n_regions=5, max_iter=20).fit(z, y)
+    assert diag.n_parameters_ == 2 * 5 + 5 * 2 * k
+    theta = torch.zeros(diag.n_parameters_, dtype=torch.float64)
+    assert [t.numel() for t in _unpack(theta, 5, k, True)] == [5, 5, 5 * k, 5 * k]
+
+
+def test_loss_with_soft_ece(data):
+    z, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cal = FuzzyDirichletCalibrator(loss="nll+soft_ece", noise=None, max_iter=100).fit(z, y)
+    p = cal.predict_proba(z)
+    assert np.isfinite(p).all()
+    assert_allclose(p.sum(axis=1), 1.0)
+
+
+def test_non_convergence_warns_and_keeps_finite_parameters(data):
+    z, y = data
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        cal = FuzzyDirichletCalibrator(max_iter=2).fit(z, y)
+    for name in ("centers_", "widths_", "coefs_", "intercepts_"):
+        assert np.isfinite(getattr(cal, name)).all()
