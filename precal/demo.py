@@ -97,8 +97,9 @@ def digits_logits(*, random_state: int = 0, epochs: int = 40) -> DemoData:
     x_cal, x_te, y_cal, y_te = train_test_split(
         x_hold, y_hold, test_size=0.5, stratify=y_hold, random_state=random_state
     )
-    torch.manual_seed(random_state)
-    model = DigitsCNN()
+    with torch.random.fork_rng():  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(random_state)
+        model = DigitsCNN()
     _train(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs=epochs, seed=random_state)
     cal_inputs, test_inputs = torch.from_numpy(x_cal), torch.from_numpy(x_te)
     with torch.no_grad():

@@ -62,3 +62,15 @@ def test_console_script_runs_the_default_demo():
     assert "uncalibrated" in proc.stdout and "temperature scaling" in proc.stdout
     version = subprocess.run(cmd[:-1] + ["--version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.startswith("precal ")
+
+
+def test_demo_leaves_the_callers_torch_rng_alone():
+    import torch
+
+    from precal.demo import digits_logits
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    digits_logits(epochs=1)
+    assert torch.equal(torch.rand(3), expected)
