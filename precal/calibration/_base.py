@@ -17,6 +17,8 @@ small hooks and inherit the whole scikit-learn contract:
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -110,9 +112,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         for k in self._state_keys:
             value = state[k]
             if isinstance(value, list):
-                value = np.asarray(value, dtype=np.float64)
-                if not np.isfinite(value).all():
-                    raise ValueError(f"Calibrator state {k!r} holds non-finite values.")
+                value = state_array(state, k)
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"Calibrator state {k!r} must be a number or a list of numbers, got {value!r}.")
             elif not np.isfinite(value):
@@ -316,6 +316,30 @@ def _as_output(values: np.ndarray, X: Any, return_tensor: bool) -> Any:
         return values
     device = X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
     return torch.from_numpy(np.ascontiguousarray(values)).to(device)
+
+
+def state_array(state: dict[str, Any], key: str) -> np.ndarray:
+    """``state[key]``, a (nested) list of finite numbers, as a float64 array (else ValueError)."""
+    value = state[key]
+    if not isinstance(value, list):
+        raise ValueError(f"Calibrator state {key!r} must be a list of finite numbers, got {value!r}.")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Calibrator state {key!r} must be a (nested) list of numbers: {exc}") from exc
+    if not np.isfinite(arr).all():
+        raise ValueError(f"Calibrator state {key!r} holds non-finite values.")
+    return arr
+
+
+def state_count(state: dict[str, Any], key: str) -> int:
+    """``state[key]`` as a non-negative integer count such as ``n_iter_`` (else ValueError)."""
+    value = state[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Calibrator state {key!r} must be a number, got {value!r}.")
+    if not (math.isfinite(value) and value >= 0 and value == int(value)):
+        raise ValueError(f"Calibrator state {key!r} must be a finite integer >= 0, got {value!r}.")
+    return int(value)
 
 
 def _to_json_value(value: Any) -> Any:

@@ -16,7 +16,7 @@ from sklearn.utils import check_scalar
 from threadpoolctl import threadpool_limits
 
 from .._numerics import as_tensor, log_softmax
-from ._base import BaseLogitCalibrator
+from ._base import BaseLogitCalibrator, state_array, state_count
 from .temperature import fit_temperature
 
 __all__ = [
@@ -718,16 +718,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
             raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
         arrays = {}
         for key in ("coef_", "intercept_"):
-            value = state[key]
-            if not isinstance(value, list):
-                raise ValueError(f"Calibrator state {key!r} must be a list of finite numbers, got {value!r}.")
-            try:
-                arr = np.asarray(value, dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"Calibrator state {key!r} must be a (nested) list of numbers: {exc}") from exc
-            if not np.isfinite(arr).all():
-                raise ValueError(f"Calibrator state {key!r} holds non-finite values.")
-            arrays[key] = arr
+            arrays[key] = state_array(state, key)
         if arrays["coef_"].shape not in ((k, k), (k,)):
             raise ValueError(
                 f"Calibrator state 'coef_' must be a {k} x {k} nested list (full map) or a list of {k} numbers "
@@ -737,12 +728,8 @@ class DirichletCalibrator(BaseLogitCalibrator):
             raise ValueError(
                 f"Calibrator state 'intercept_' must be a list of {k} numbers, got shape {arrays['intercept_'].shape}."
             )
-        n_iter = state["n_iter_"]
-        if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Real):
-            raise ValueError(f"Calibrator state 'n_iter_' must be a number, got {n_iter!r}.")
-        if not (math.isfinite(n_iter) and n_iter >= 0 and n_iter == int(n_iter)):
-            raise ValueError(f"Calibrator state 'n_iter_' must be a finite integer >= 0, got {n_iter!r}.")
+        n_iter = state_count(state, "n_iter_")
         self.coef_ = arrays["coef_"]
         self.intercept_ = arrays["intercept_"]
-        self.n_iter_ = int(n_iter)
+        self.n_iter_ = n_iter
         self.map_ = "diagonal" if self.coef_.ndim == 1 else "full"

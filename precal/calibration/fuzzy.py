@@ -25,7 +25,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state, check_scalar
 
 from .._numerics import log_softmax
-from ._base import BaseLogitCalibrator
+from ._base import BaseLogitCalibrator, state_array, state_count
 from .dirichlet import AUTO_FULL_MAX_CLASSES, MAPS
 from .temperature import fit_temperature
 
@@ -619,16 +619,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         k, r = len(self.classes_), int(self.n_regions)
         arrays = {}
         for key in ("centers_", "widths_", "coefs_", "intercepts_"):
-            value = state[key]
-            if not isinstance(value, list):
-                raise ValueError(f"Calibrator state {key!r} must be a list of finite numbers, got {value!r}.")
-            try:
-                arr = np.asarray(value, dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"Calibrator state {key!r} must be a (nested) list of numbers: {exc}") from exc
-            if not np.isfinite(arr).all():
-                raise ValueError(f"Calibrator state {key!r} holds non-finite values.")
-            arrays[key] = arr
+            arrays[key] = state_array(state, key)
         shapes = {"centers_": [(r,)], "widths_": [(r,)], "coefs_": [(r, k, k), (r, k)], "intercepts_": [(r, k)]}
         for key, allowed in shapes.items():
             if arrays[key].shape not in allowed:
@@ -638,13 +629,9 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
                 )
         if not (arrays["widths_"] > 0).all():
             raise ValueError("Calibrator state 'widths_' must be positive (finite) numbers.")
-        n_iter = state["n_iter_"]
-        if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Real):
-            raise ValueError(f"Calibrator state 'n_iter_' must be a number, got {n_iter!r}.")
-        if not (math.isfinite(n_iter) and n_iter >= 0 and n_iter == int(n_iter)):
-            raise ValueError(f"Calibrator state 'n_iter_' must be a finite integer >= 0, got {n_iter!r}.")
+        n_iter = state_count(state, "n_iter_")
         self.centers_, self.widths_ = arrays["centers_"], arrays["widths_"]
         self.coefs_, self.intercepts_ = arrays["coefs_"], arrays["intercepts_"]
-        self.n_iter_ = int(n_iter)
+        self.n_iter_ = n_iter
         self.map_ = "diagonal" if self.coefs_.ndim == 2 else "full"
         self.region_names_ = np.array(self._names())
