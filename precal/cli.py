@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, run_demo
+    from .demo import format_summary, run_demo
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}.")
@@ -44,15 +44,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    print(
-        f"precal demo: digits (scikit-learn), small CNN trained on {result.n_train} images; "
-        f"calibrated on {result.n_calibration}, scored on {result.n_test} held-out images."
-    )
-    temps = ", ".join(f"{k} {v:.3f}" for k, v in result.fitted["temperature"].items())
-    print(f"fitted temperatures: {temps}")
-    lams = ", ".join(f"{k} {v['lambda']:.3g}" for k, v in result.fitted["pacs"].items())
-    print(f"PACS lambda (0 = temperature scaling): {lams}\n")
-    print(format_table(result.rows))
+    print(format_summary(result))
     return 0
 
 

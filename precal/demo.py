@@ -28,7 +28,7 @@ from .metrics import (
     negative_log_likelihood,
 )
 
-__all__ = ["DigitsCNN", "DemoResult", "DEMO_CONFIGS", "config_precision", "digits_logits", "run_demo", "format_table"]
+__all__ = ["DigitsCNN", "DemoResult", "DEMO_CONFIGS", "config_precision", "digits_logits", "run_demo", "format_table", "format_summary"]
 
 #: Precision configs the demo runs (see :mod:`precal.emulate.model`).
 DEMO_CONFIGS = ("fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4")
@@ -181,3 +181,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
 
     return "\n".join([line(keys), line(["-" * w for w in widths]), *(line(c) for c in cells)])
+
+
+def format_summary(result: DemoResult) -> str:
+    """The text ``precal demo`` prints: what was run, what was fitted, and the score table."""
+    temps = ", ".join(f"{k} {v:.3f}" for k, v in result.fitted["temperature"].items())
+    lams = ", ".join(f"{k} {v['lambda']:.3g}" for k, v in result.fitted["pacs"].items())
+    return "\n".join([
+        f"precal demo: digits (scikit-learn), small CNN trained on {result.n_train} images; "
+        f"calibrated on {result.n_calibration}, scored on {result.n_test} held-out images.",
+        f"fitted temperatures: {temps}",
+        f"PACS lambda (0 = temperature scaling): {lams}",
+        "",
+        format_table(result.rows),
+    ])
