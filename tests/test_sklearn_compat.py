@@ -9,9 +9,9 @@ in one place, with the reason, and are expected to fail; every other check must 
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from precal import DirichletCalibrator, PACSCalibrator, TemperatureScaling
+from precal import DirichletCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
 
-CALIBRATORS = [TemperatureScaling(), PACSCalibrator(), DirichletCalibrator()]
+CALIBRATORS = [TemperatureScaling(), PACSCalibrator(), DirichletCalibrator(), FuzzyDirichletCalibrator()]
 
 _NOT_LOGITS = (
     "fits on feature matrices whose column count differs from the number of classes "
@@ -31,8 +31,18 @@ EXPECTED_FAILED_CHECKS = {
     "check_decision_proba_consistency": _COLUMNS_ARE_CLASSES,
 }
 
+_NON_CONVEX = (
+    "FuzzyDirichlet's objective is non-convex in its gates and flat along them where the regions' maps "
+    "agree; the weighted and the repeated-row fits have the same objective but L-BFGS-B reaches different "
+    "points of that flat valley (probabilities differ by ~1e-3, not the check's 1e-7). The calibrator "
+    "contract test checks the equivalence to 2e-3 (tests/calibration/test_calibrator_contract.py)"
+)
+
+
 def _expected_failures(estimator):
     failures = dict(EXPECTED_FAILED_CHECKS)
+    if isinstance(estimator, FuzzyDirichletCalibrator):
+        failures["check_sample_weight_equivalence_on_dense_data"] = _NON_CONVEX
     if isinstance(estimator, DirichletCalibrator):
         # its decision_function (W log p + b) ranks like predict_proba even on 4 columns
         failures.pop("check_decision_proba_consistency")

@@ -362,10 +362,17 @@ def test_huge_logits_everywhere(calibrator, logits_y, magnitude):
 
 @pytest.mark.slow
 def test_a_million_samples_of_three_classes(calibrator):
-    if isinstance(calibrator, FuzzyDirichletCalibrator):
-        pytest.skip("FuzzyDirichlet fits full-batch without chunking yet (issue 5): not scaled to 1e6 rows")
     z, y = make_logits(n=1_000_000, k=3, seed=5, dtype=np.float32)
-    calibrator.fit(z, y)
+    if isinstance(calibrator, FuzzyDirichletCalibrator):
+        # Its objective costs ~R times Dirichlet's per pass and stage 2 takes hundreds of
+        # passes (minutes at 1e6 rows): this checks that the chunked fit runs at this size and
+        # stays valid, with a capped iteration count and without noisy copies.
+        calibrator.set_params(max_iter=15, noise=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            calibrator.fit(z, y)
+    else:
+        calibrator.fit(z, y)
     p = calibrator.predict_proba(z[:1000])
     assert_allclose(p.sum(axis=1), 1.0)
 

@@ -13,6 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from precal.calibration.dirichlet import DirichletCalibrator
 from precal.calibration.fuzzy import (
     FuzzyDirichletCalibrator,
+    _n_theta,
     _unpack,
     fuzzy_objective,
     int4_noise_copies,
@@ -129,12 +130,14 @@ def test_objective_gradient_matches_finite_differences():
     scale = torch.tensor([1.5, 2.0, 1.0], dtype=torch.float64)
     rng = np.random.default_rng(0)
     for diagonal, r in ((False, 2), (True, 3)):
-        n_theta = 2 * r + r * (3 if diagonal else 9) + r * 3
+        n_theta = 2 * r + (r + 1) * ((3 if diagonal else 9) + 3)
+        assert _n_theta(r, 3, diagonal) == n_theta
         theta = torch.tensor(rng.normal(scale=0.5, size=n_theta), requires_grad=True)
         for ece in (0.0, 1.0):
             def f(t):
                 return fuzzy_objective(t, (lp - shift) / scale, conf, yi, w, n_regions=r, diagonal=diagonal,
-                                       reg_lambda=0.2, reg_mu=0.1, soft_ece_weight=ece, shift=shift, scale=scale)
+                                       reg_lambda=0.2, reg_mu=0.1, reg_region=0.3, soft_ece_weight=ece,
+                                       shift=shift, scale=scale)
             assert torch.autograd.gradcheck(f, (theta,), eps=1e-6, atol=1e-6)
 
 
@@ -214,7 +217,7 @@ def test_parameter_count_and_size(fitted, data):
         warnings.simplefilter("ignore", ConvergenceWarning)
         diag = FuzzyDirichletCalibrator(map="diagonal", n_regions=5, max_iter=20).fit(z, y)
     assert diag.n_parameters_ == 2 * 5 + 5 * 2 * k
-    theta = torch.zeros(diag.n_parameters_, dtype=torch.float64)
+    theta = torch.zeros(_n_theta(5, k, True), dtype=torch.float64)
     assert [t.numel() for t in _unpack(theta, 5, k, True)] == [5, 5, 5 * k, 5 * k]
 
 
@@ -234,3 +237,27 @@ def test_non_convergence_warns_and_keeps_finite_parameters(data):
         cal = FuzzyDirichletCalibrator(max_iter=2).fit(z, y)
     for name in ("centers_", "widths_", "coefs_", "intercepts_"):
         assert np.isfinite(getattr(cal, name)).all()
+
+
+def test_chunked_objective_gives_the_same_fit(data, monkeypatch):
+    """The fit accumulates the NLL's gradient chunk by chunk; chunks must not change the result."""
+    import precal.calibration.fuzzy as fuzzy
+
+    z, y = data
+    params = {"random_state": 0, "max_iter": 30, "loss": "nll+soft_ece"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        whole = FuzzyDirichletCalibrator(**params).fit(z, y)
+        monkeypatch.setattr(fuzzy, "_CHUNK_ELEMENTS", 7 * 3 * 3 * 16)  # 7 rows per chunk
+        chunked = FuzzyDirichletCalibrator(**params).fit(z, y)
+    assert_allclose(chunked.predict_proba(z), whole.predict_proba(z), atol=1e-9)
+    assert_allclose(chunked.coefs_, whole.coefs_, atol=1e-7)
+
+
+def test_strong_region_penalty_nests_dirichlet_calibration(data):
+    """``reg_region -> inf`` ties every region to the shared map: Dirichlet calibration."""
+    z, y = data
+    ref = DirichletCalibrator().fit(z, y)
+    fz = FuzzyDirichletCalibrator(noise=None, reg_region=1e6).fit(z, y)
+    assert_allclose(fz.predict_proba(z), ref.predict_proba(z), atol=1e-4)
+    assert_allclose(fz.coefs_, np.broadcast_to(fz.coefs_[0], fz.coefs_.shape), atol=1e-4)
