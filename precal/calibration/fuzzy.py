@@ -699,14 +699,21 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
     def predict_confidence_label(self, X: Any) -> np.ndarray:
         """Linguistic confidence of each calibrated prediction: a region name per sample.
 
-        The label is the region with the largest membership weight at the *calibrated* top
-        confidence ``max_k q_k`` (the probability the user is shown, which after
-        calibration matches the accuracy of such predictions), not at the raw ``c`` that
-        drives the gates: "high" then means a prediction that is in fact likely right.
-        Regions are ordered by centre, so names run from low to high confidence.
+        The label is the region whose centre is nearest to the *calibrated* top confidence
+        ``max_k q_k`` (the probability the user is shown, which after calibration matches
+        the accuracy of such predictions), not to the raw ``c`` that drives the gates:
+        "high" then means a prediction that is in fact likely right. The cuts lie halfway
+        between adjacent centres, so the labels run monotonically from the lowest to the
+        highest region as the confidence rises. (The largest normalised membership would
+        not: with unequal widths the widest Gaussian wins far from every centre, which
+        labelled 0.6 "high" and 0.85 "moderate" on real data.)
         """
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "centers_")
         q = self.predict_proba(X)
-        return self.region_names_[np.argmax(self._gate_weights(q.max(axis=1)), axis=1)]
+        cuts = (self.centers_[1:] + self.centers_[:-1]) / 2.0
+        return self.region_names_[np.searchsorted(cuts, q.max(axis=1), side="right")]
 
     @property
     def n_parameters_(self) -> int:
