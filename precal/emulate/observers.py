@@ -24,6 +24,8 @@ from .quantize import fake_quantize_int, int_qparams
 
 __all__ = ["RangeObserver", "OBSERVERS"]
 
+#: Names of the activation-range observers :class:`RangeObserver` knows (the ``observer``
+#: argument of :func:`~precal.emulate.emulate_model` and :class:`~precal.emulate.QuantConfig`).
 OBSERVERS = ("minmax", "percentile", "mse")
 
 

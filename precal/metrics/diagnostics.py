@@ -5,16 +5,19 @@ reference precision (``p_ref``, e.g. float32) and a low one (``p_low``, e.g. a b
 softmax), except :func:`gradient_underflow` and :func:`underflow_margin`, which look at the
 cross-entropy gradient of logits whose softmax is evaluated in a float format.
 
-- :func:`precision_split`: per-sample top-confidence gap, low minus reference [Gu]_;
+- :func:`precision_split`: per-sample top-confidence gap, low minus reference
+  (the PACS paper);
 - :func:`swap_analysis`: changed predictions, change in error rate, their ratio and the
-  histogram of swaps over reference confidence [Xia]_;
+  histogram of swaps over reference confidence (Xia et al., 2021);
 - :func:`confidence_shift`: change of the true-class confidence per bin of reference
-  confidence [Pro]_;
+  confidence (Proskurina et al., 2024);
 - :func:`jensen_shannon`, :func:`entropy`, :func:`true_class_confidence`: per-sample
-  divergence, predictive entropy and true-class probability [Lin]_, [Pro]_;
+  divergence, predictive entropy and true-class probability (Lin, 1991;
+  Proskurina et al., 2024);
 - :func:`gradient_underflow`, :func:`underflow_margin`: samples whose cross-entropy
-  gradient is exactly 0 in a format, and the logit margin where that starts [Gu]_;
-- :func:`saturation_report`: exact 1.0 confidences, exact zeros, tied confidences [Gu]_.
+  gradient is exactly 0 in a format, and the logit margin where that starts (the PACS paper);
+- :func:`saturation_report`: exact 1.0 confidences, exact zeros, tied confidences
+  (the PACS paper).
 
 Inputs follow :mod:`precal.metrics.calibration`: probabilities ``(n_samples, n_classes)``
 (binary: 1-D positive-class probabilities), numpy arrays or torch tensors, checked by
@@ -36,16 +39,15 @@ confidence of exactly 1.0 lands in the last bin. Argmax ties go to the first col
 
 References
 ----------
-.. [Gu] J. Gu, F. Nie, H. Tang, Y. Sun. "Precision-Induced Miscalibration: Understanding
-   and Correcting Confidence Distortion in Quantized Neural Networks". ICML 2026.
-   https://openreview.net/forum?id=zCkFbxKeF5
-.. [Xia] G. Xia, S. Ha, T. Azevedo, P. Maji. "An Underexplored Dilemma between Confidence
-   and Calibration in Quantized Neural Networks". NeurIPS 2021 Workshop (I Can't Believe
-   It's Not Better). arXiv:2111.08163.
-.. [Pro] I. Proskurina, L. Brun, G. Metzler, J. Velcin. "When Quantization Affects
-   Confidence of Large Language Models?". Findings of NAACL 2024. arXiv:2405.00632.
-.. [Lin] J. Lin. "Divergence measures based on the Shannon entropy". IEEE Transactions on
-   Information Theory 37(1), 1991. doi:10.1109/18.61115.
+- "Precision-Induced Miscalibration: Understanding and Correcting Confidence Distortion
+  in Quantized Neural Networks" (the PACS paper; project seed 000, authors not given there).
+- G. Xia, S. Ha, T. Azevedo, P. Maji. "An Underexplored Dilemma between Confidence
+  and Calibration in Quantized Neural Networks". NeurIPS 2021 Workshop (I Can't Believe
+  It's Not Better). arXiv:2111.08163.
+- I. Proskurina, L. Brun, G. Metzler, J. Velcin. "When Quantization Affects
+  Confidence of Large Language Models?". Findings of NAACL 2024. arXiv:2405.00632.
+- J. Lin. "Divergence measures based on the Shannon entropy". IEEE Transactions on
+  Information Theory 37(1), 1991. doi:10.1109/18.61115.
 """
 
 from __future__ import annotations
@@ -233,13 +235,15 @@ def precision_split(p_ref: Any, p_low: Any, *, threshold: float = 0.01) -> Preci
 
     Notes
     -----
-    The "precision split" of [Gu]_: the same model reports different confidences at
-    different precisions; the gap grows with the logit norm and is largest for confident but
-    not saturated samples.
+    The "precision split" of the PACS paper [1]: the same model reports different
+    confidences at different precisions; the gap grows with the logit norm and is largest
+    for confident but not saturated samples.
 
     References
     ----------
-    See the module references: [Gu]_.
+    .. [1] "Precision-Induced Miscalibration: Understanding and Correcting Confidence
+       Distortion in Quantized Neural Networks" (project seed 000). All references of these
+       diagnostics: :mod:`precal.metrics.diagnostics`.
 
     Examples
     --------
@@ -381,7 +385,9 @@ def swap_analysis(y_true: Any, p_ref: Any, p_low: Any, *, n_bins: int = 10, labe
 
     References
     ----------
-    See the module references: [Xia]_.
+    .. [1] G. Xia, S. Ha, T. Azevedo, P. Maji. "An Underexplored Dilemma between Confidence
+       and Calibration in Quantized Neural Networks". NeurIPS 2021 Workshop.
+       arXiv:2111.08163.
 
     Examples
     --------
@@ -469,7 +475,8 @@ def confidence_shift(
 
     References
     ----------
-    See the module references: [Pro]_.
+    .. [1] I. Proskurina, L. Brun, G. Metzler, J. Velcin. "When Quantization Affects
+       Confidence of Large Language Models?". Findings of NAACL 2024. arXiv:2405.00632.
 
     Examples
     --------
@@ -518,7 +525,8 @@ def jensen_shannon(p: Any, q: Any) -> np.ndarray:
 
     References
     ----------
-    See the module references: [Lin]_.
+    .. [1] J. Lin. "Divergence measures based on the Shannon entropy". IEEE Transactions on
+       Information Theory 37(1), 1991. doi:10.1109/18.61115.
 
     Examples
     --------
@@ -554,8 +562,10 @@ def entropy(p: Any) -> np.ndarray:
 
     References
     ----------
-    C. E. Shannon. "A Mathematical Theory of Communication". Bell System Technical Journal
-    27(3), 1948. Use for quantized models: [Pro]_ (module references).
+    .. [1] C. E. Shannon. "A Mathematical Theory of Communication". Bell System Technical
+       Journal 27(3), 1948.
+    .. [2] I. Proskurina, L. Brun, G. Metzler, J. Velcin. "When Quantization Affects
+       Confidence of Large Language Models?". Findings of NAACL 2024. arXiv:2405.00632.
 
     Examples
     --------
@@ -591,7 +601,8 @@ def true_class_confidence(y_true: Any, p: Any, *, labels: Any = None) -> np.ndar
 
     References
     ----------
-    See the module references: [Pro]_.
+    .. [1] I. Proskurina, L. Brun, G. Metzler, J. Velcin. "When Quantization Affects
+       Confidence of Large Language Models?". Findings of NAACL 2024. arXiv:2405.00632.
 
     Examples
     --------
@@ -724,7 +735,9 @@ def gradient_underflow(logits: Any, y: Any, precision: str | FloatFormat, *, lab
 
     References
     ----------
-    See the module references: [Gu]_.
+    .. [1] "Precision-Induced Miscalibration: Understanding and Correcting Confidence
+       Distortion in Quantized Neural Networks" (project seed 000). All references of these
+       diagnostics: :mod:`precal.metrics.diagnostics`.
 
     Examples
     --------
@@ -829,7 +842,9 @@ def underflow_margin(precision: str | FloatFormat, n_classes: int = 2, *, softma
 
     References
     ----------
-    See the module references: [Gu]_.
+    .. [1] "Precision-Induced Miscalibration: Understanding and Correcting Confidence
+       Distortion in Quantized Neural Networks" (project seed 000). All references of these
+       diagnostics: :mod:`precal.metrics.diagnostics`.
 
     Examples
     --------
@@ -928,7 +943,9 @@ def saturation_report(p: Any) -> SaturationReport:
 
     References
     ----------
-    See the module references: [Gu]_.
+    .. [1] "Precision-Induced Miscalibration: Understanding and Correcting Confidence
+       Distortion in Quantized Neural Networks" (project seed 000). All references of these
+       diagnostics: :mod:`precal.metrics.diagnostics`.
 
     Examples
     --------

@@ -65,11 +65,23 @@ _SCORERS: dict[str, Any] = {
 }
 _ALIASES: dict[str, str] = {info.short_name: info.scorer_name for info in METRICS}
 
+#: Scorer of ``-expected_calibration_error(y, estimator.predict_proba(X))``;
+#: the same object as ``get_scorer("neg_expected_calibration_error")``.
 ece_scorer = _SCORERS["neg_expected_calibration_error"]
+#: Scorer of ``-adaptive_calibration_error(y, estimator.predict_proba(X))``;
+#: the same object as ``get_scorer("neg_adaptive_calibration_error")``.
 ace_scorer = _SCORERS["neg_adaptive_calibration_error"]
+#: Scorer of ``-maximum_calibration_error(y, estimator.predict_proba(X))``;
+#: the same object as ``get_scorer("neg_maximum_calibration_error")``.
 mce_scorer = _SCORERS["neg_maximum_calibration_error"]
+#: Scorer of ``-classwise_calibration_error(y, estimator.predict_proba(X))``;
+#: the same object as ``get_scorer("neg_classwise_calibration_error")``.
 classwise_ece_scorer = _SCORERS["neg_classwise_calibration_error"]
+#: Scorer of ``-brier_score(y, estimator.predict_proba(X))``;
+#: the same object as ``get_scorer("neg_brier_score")``.
 brier_scorer = _SCORERS["neg_brier_score"]
+#: Scorer of ``-negative_log_likelihood(y, estimator.predict_proba(X))``;
+#: the same object as ``get_scorer("neg_negative_log_likelihood")``.
 nll_scorer = _SCORERS["neg_negative_log_likelihood"]
 
 
