@@ -4,8 +4,10 @@ Data: scikit-learn's bundled handwritten digits (1 797 real 8x8 images, 10 class
 is downloaded). A small CNN is trained on half of the images; the other half is split into
 a calibration half and a test half. The emulator runs the trained network at each precision
 config (activation observers calibrated on training images); at each precision,
-temperature scaling and PACS are fitted on the calibration logits and every method is
-scored on the test logits.
+temperature scaling, PACS and the fuzzy-gated Dirichlet calibrator are fitted on the
+calibration logits and every method is scored on the test logits. The fuzzy calibrator's
+linguistic confidence labels ("low", "moderate", "high") are counted on the test logits,
+with the accuracy of the predictions under each label.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from ._numerics import softmax
-from .calibration import PACSCalibrator, TemperatureScaling
+from .calibration import FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
 from .emulate import parse_config, sweep
 from .metrics import (
     adaptive_calibration_error,
@@ -28,7 +30,10 @@ from .metrics import (
     negative_log_likelihood,
 )
 
-__all__ = ["DigitsCNN", "DemoResult", "DEMO_CONFIGS", "config_precision", "digits_logits", "run_demo", "format_table", "format_summary"]
+__all__ = [
+    "DigitsCNN", "DemoResult", "DEMO_CONFIGS", "config_precision", "confidence_label_counts", "digits_logits",
+    "run_demo", "format_table", "format_summary",
+]
 
 #: Precision configs the demo runs (see :mod:`precal.emulate.model`).
 DEMO_CONFIGS = ("fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4")
@@ -142,15 +147,17 @@ def run_demo(
     held_out = torch.cat([data.cal_inputs, data.test_inputs])
     logits = sweep(data.model, held_out, configs, calibration_data=data.train_inputs, progress=progress)
     rows: list[dict[str, Any]] = []
-    fitted: dict[str, dict[str, Any]] = {"temperature": {}, "pacs": {}}
+    fitted: dict[str, dict[str, Any]] = {"temperature": {}, "pacs": {}, "fuzzy_labels": {}}
     for config, z in logits.items():
         z_cal, z_test = z[:n_cal].astype(np.float64), z[n_cal:].astype(np.float64)
         ts = TemperatureScaling().fit(z_cal, data.cal_labels)
         pacs = PACSCalibrator(precision=config_precision(config)).fit(z_cal, data.cal_labels)
+        fuzzy = FuzzyDirichletCalibrator(random_state=random_state).fit(z_cal, data.cal_labels)
         fitted["temperature"][config] = ts.temperature_
         fitted["pacs"][config] = {"T0": pacs.temperature_, "lambda": pacs.lambda_, "precision": pacs.precision}
+        fitted["fuzzy_labels"][config] = confidence_label_counts(fuzzy, z_test, data.test_labels)
         for method, prob in (("uncalibrated", softmax(z_test)), ("temperature scaling", ts.predict_proba(z_test)),
-                             ("PACS", pacs.predict_proba(z_test))):
+                             ("PACS", pacs.predict_proba(z_test)), ("fuzzy Dirichlet", fuzzy.predict_proba(z_test))):
             rows.append({"method": method, "precision": config, **_scores(data.test_labels, prob)})
     return DemoResult(
         rows=rows,
@@ -159,6 +166,21 @@ def run_demo(
         n_test=len(data.test_labels),
         fitted=fitted,
     )
+
+
+def confidence_label_counts(
+    calibrator: FuzzyDirichletCalibrator, logits: np.ndarray, labels: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """Per linguistic label of a fitted fuzzy calibrator: how many predictions carry it and
+    how often they are right, ``{name: {"count": n, "accuracy": a}}`` in region order
+    (``a`` is ``None`` for a label no prediction carries)."""
+    names = calibrator.predict_confidence_label(logits)
+    right = calibrator.predict(logits) == labels
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(calibrator.region_names_.tolist()):
+        mask = names == name
+        out[name] = {"count": int(mask.sum()), "accuracy": float(right[mask].mean()) if mask.any() else None}
+    return out
 
 
 def config_precision(config: str) -> str:
@@ -194,4 +216,9 @@ def format_summary(result: DemoResult) -> str:
         f"PACS lambda (0 = temperature scaling): {lams}",
         "",
         format_table(result.rows),
+        "",
+        "fuzzy Dirichlet confidence labels on the test images (count, accuracy of those predictions):",
+        *(f"  {config}: " + ", ".join(f"{name} {v['count']} ({v['accuracy']:.0%})" if v["count"] else f"{name} 0"
+                                       for name, v in labels.items())
+          for config, labels in result.fitted.get("fuzzy_labels", {}).items()),
     ])

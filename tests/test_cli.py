@@ -1,51 +1,464 @@
-"""The ``precal`` command, called in-process and as a real console script."""
+"""The ``precal`` command: in-process with click's CliRunner, and as a real process."""
 
 import json
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
 
-from precal.cli import main
-from precal.demo import format_table, run_demo
+from precal._numerics import softmax
+from precal.cli import cli, main
+from precal.demo import DemoResult, DigitsCNN, format_table, run_demo
+from precal.emulate import sweep
+from precal.metrics import expected_calibration_error
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+
+N, K = 120, 3
 
 
+def invoke(*args, **kwargs):
+    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+def assert_one_line_error(result, *fragments):
+    """Exit code 2, one line on stderr naming the command, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
+    err = result.stderr.strip()
+    assert "\n" not in err, err
+    assert "Traceback" not in err and err.startswith("precal") and ": error: " in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# ------------------------------------------------------------------------- files
+@pytest.fixture(scope="module")
+def zy():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, K, size=N)
+    z = (3.0 * (1.2 * np.eye(K)[y] + rng.normal(size=(N, K)))).astype(np.float32)
+    return z, y
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, zy):
+    z, y = zy
+    d = tmp_path_factory.mktemp("evaluate")
+    np.savez(d / "zy.npz", logits=z, labels=y)
+    np.savez(d / "named.npz", logits_test=z, labels_test=y)
+    np.save(d / "z.npy", z)
+    np.save(d / "y.npy", y)
+    np.savetxt(d / "y.txt", y, fmt="%d")
+    torch.save({"logits": torch.from_numpy(z), "labels": torch.from_numpy(y)}, d / "zy.pt")
+    names = ["cat", "dog", "fox"]
+    lines = [",".join([*names, "label"])] + [",".join([*(f"{v:.9g}" for v in zi), names[yi]]) for zi, yi in zip(z, y)]
+    (d / "zy.csv").write_text("\n".join(lines) + "\n")
+    (d / "y.csv").write_text("label\n" + "\n".join(map(str, y)) + "\n")
+    # bad inputs
+    (d / "text.npy").write_text("not an array\n")
+    (d / "truncated.npz").write_bytes((d / "zy.npz").read_bytes()[:200])
+    np.save(d / "y_short.npy", y[:-1])
+    np.save(d / "y_range.npy", y + K)
+    torch.save([torch.zeros(3)], d / "list.pt")
+    (d / "z.h5").write_bytes(b"\x89HDF")
+    (d / "y.json").write_text("[0, 1]")
+    zn = z.copy()
+    zn[3, 1] = np.nan
+    np.savez(d / "nan.npz", logits=zn, labels=y)
+    (d / "nolabel.csv").write_text("a,b,c\n1,2,3\n")
+    return d
+
+
+# ------------------------------------------------------------------------- help and version
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ([], ["evaluate", "sweep", "demo"]),
+        (["evaluate"], [".npz", ".npy", ".csv", "--labels", "--precision", "--report", "--json", "--seed", "--cv"]),
+        (["sweep"], ["module:factory", ".pt2", "TorchScript", "--configs", "--calibration-inputs", "--device"]),
+        (["demo"], ["--seed", "--epochs", "--json"]),
+    ],
+)
+def test_every_command_has_help(command, expected):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0 and result.stdout.startswith(f"Usage: precal {' '.join(command)}".rstrip())
+    for text in expected:
+        assert text in result.stdout
+
+
+def test_version():
+    from precal import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"precal {__version__}"
+
+
+def test_unknown_command_is_one_line():
+    assert_one_line_error(invoke("calibrate"), "No such command 'calibrate'")
+
+
+# ------------------------------------------------------------------------- evaluate
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["zy.npz"],
+        ["zy.pt"],
+        ["z.npy", "--labels", "y.npy"],
+        ["z.npy", "--labels", "y.txt"],
+        ["z.npy", "--labels", "y.csv"],
+        ["zy.csv"],
+        ["named.npz", "--logits-key", "logits_test", "--labels-key", "labels_test"],
+    ],
+    ids=["npz", "pt", "npy+npy", "npy+txt", "npy+csv", "csv", "npz-keys"],
+)
+def test_evaluate_reads_every_file_kind(files, zy, args):
+    z, y = zy
+    args = [files / args[0], *[files / a if a.startswith(("y.", "z.")) else a for a in args[1:]]]
+    result = invoke("evaluate", *args, "--cv", 2, "--n-bootstrap", 5, "--calibrators", "ts", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["inputs"]["n_samples"] == N and out["inputs"]["n_classes"] == K
+    assert [r["method"] for r in out["rows"]] == ["uncalibrated", "temperature scaling"]
+    ece = out["rows"][0]["metrics"]["ece"]["estimate"]
+    assert ece == pytest.approx(expected_calibration_error(y, softmax(z.astype(np.float64))), rel=1e-6)
+    assert out["rows"][1]["metrics"]["nll"]["estimate"] < out["rows"][0]["metrics"]["nll"]["estimate"]
+
+
+def test_evaluate_prints_a_table_with_intervals(files):
+    result = invoke("evaluate", files / "zy.npz", "--cv", 2, "--n-bootstrap", 10, "--calibrators", "ts,pacs")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    assert lines[header].split()[:3] == ["method", "accuracy", "%"]
+    body = lines[header + 2: header + 5]
+    assert [line.split()[0] for line in body] == ["uncalibrated", "temperature", "PACS"]
+    assert all("[" in line and "]" in line for line in body)
+    assert "2-fold stratified cross-validation" in result.stdout
+
+
+def test_evaluate_precision_rounds_and_diagnoses(files):
+    result = invoke("evaluate", files / "zy.npz", "--precision", "BF16", "--cv", 2, "--n-bootstrap", 0,
+                    "--calibrators", "ts,pacs", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["settings"]["precision"] == "bf16" and out["settings"]["pacs_precision"] == "bf16"
+    assert [r["logits"] for r in out["rows"]] == ["as given", "bf16", "bf16", "bf16"]
+    names = {d["name"] for d in out["diagnostics"]}
+    assert {"share swapped", "mean |confidence gap|", "mean true-class shift", "softmax in bf16: share at 1.0"} <= names
+
+
+def test_evaluate_without_calibrators_scores_the_logits_alone(files):
+    result = invoke("evaluate", files / "zy.npz", "--calibrators", "none", "--cv", 2, "--n-bootstrap", 0, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [r["method"] for r in json.loads(result.stdout)["rows"]] == ["uncalibrated"]
+
+
+def test_evaluate_writes_a_report(files, tmp_path):
+    pytest.importorskip("matplotlib")
+    result = invoke("evaluate", files / "zy.npz", "--precision", "fp8_e4m3", "--cv", 2, "--n-bootstrap", 5,
+                    "--calibrators", "ts", "--report", tmp_path / "rep")
+    assert result.exit_code == 0, result.stderr
+    assert "Report written to" in result.stdout
+    written = {p.name for p in (tmp_path / "rep").iterdir()}
+    assert {"report.html", "report.md", "results.json", "calibrators.json", "reliability.png"} <= written
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "Precision diagnostics" in page
+
+
+def test_report_without_matplotlib_fails_first_with_the_install_hint(files, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = invoke("evaluate", files / "zy.npz", "--cv", 2, "--report", tmp_path / "rep")
+    assert_one_line_error(result, "pip install 'precal[plot]'")
+    assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["missing.npz"], ["'LOGITS'", "does not exist"]),
+        (["text.npy", "--labels", "y.npy"], ["not a .npy file"]),
+        (["truncated.npz"], ["truncated.npz", "not a .npz file"]),
+        (["zy.npz", "--logits-key", "nope"], ["no key 'nope'", "keys: logits, labels"]),
+        (["named.npz"], ["no key 'logits'", "--logits-key"]),
+        (["z.npy"], ["--labels FILE"]),
+        (["z.npy", "--labels", "y_short.npy"], ["119 entries", "120 rows"]),
+        (["z.npy", "--labels", "y_range.npy"], ["class indices 0..2"]),
+        (["list.pt"], ["not a tensor"]),
+        (["z.h5"], ["suffix '.h5'"]),
+        (["z.npy", "--labels", "y.json"], ["suffix '.json'"]),
+        (["nan.npz"], ["1 NaN or inf"]),
+        (["nolabel.csv"], ["no label column 'label'"]),
+        (["zy.npz", "--calibrators", "ts,platt"], ["--calibrators", "unknown calibrator(s) 'platt'"]),
+        (["zy.npz", "--precision", "bf17"], ["--precision", "unknown format 'bf17'", "bf16"]),
+        (["zy.npz", "--cv", "1"], ["--cv"]),
+        (["zy.npz", "--n-bootstrap", "-2"], ["--n-bootstrap"]),
+        (["zy.npz", "--cv", "60"], ["n_splits=60"]),
+        (["zy.npz", "--cv", "200"], ["at least 200 samples"]),
+    ],
+)
+def test_evaluate_bad_input_is_one_line(files, args, fragments):
+    extra = [] if "--n-bootstrap" in args else ["--n-bootstrap", "0"]
+    args = [files / args[0], *[files / a if a.startswith(("y", "z")) else a for a in args[1:]]]
+    assert_one_line_error(invoke("evaluate", *args, *extra), *fragments)
+
+
+def test_warnings_are_relayed_as_single_lines(files, tmp_path, zy):
+    z, y = zy
+    y = y.copy()
+    y[y == 2] = 1
+    y[0] = 2  # one sample of class 2: fewer than the folds
+    np.savez(tmp_path / "rare.npz", logits=z, labels=y)
+    result = invoke("evaluate", tmp_path / "rare.npz", "--cv", 2, "--n-bootstrap", 0, "--calibrators", "ts")
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line]
+    assert warnings and all(line.startswith("precal evaluate: warning: ") for line in warnings)
+    assert any("least populated class" in line for line in warnings)
+
+
+# ------------------------------------------------------------------------- sweep
+FACTORY = '''
+import torch
+from precal.demo import DigitsCNN
+
+
+def build():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return DigitsCNN().eval()
+
+
+class Flatten(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :10]
+
+
+class Untraceable(torch.nn.Module):
+    """Conv + BatchNorm with a data-dependent branch, which torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4 * 64, 10)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        if h.sum() > 0:
+            h = h.relu()
+        return self.fc(h.flatten(1))
+'''
+
+
+def _reference_model():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return DigitsCNN().eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A factory module, the same model exported (dynamic batch) and scripted, inputs and labels."""
+    d = tmp_path_factory.mktemp("sweep")
+    (d / "precal_cli_test_models.py").write_text(FACTORY)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(40, 1, 8, 8, generator=gen)
+    calib = torch.rand(32, 1, 8, 8, generator=gen)
+    y = torch.randint(0, 10, (40,), generator=gen)
+    np.savez(d / "inputs.npz", inputs=x.numpy(), labels=y.numpy())
+    np.save(d / "calib.npy", calib.numpy())
+    np.save(d / "rgb.npy", torch.rand(4, 3, 8, 8, generator=gen).numpy())
+    (d / "text.npy").write_text("not an array\n")
+    model = _reference_model()
+    batch = torch.export.Dim("batch", min=1)
+    torch.export.save(torch.export.export(model, (x[:8],), dynamic_shapes={"x": {0: batch}}), d / "model.pt2")
+    torch.jit.script(model).save(str(d / "model.ts"))
+    torch.save(model.state_dict(), d / "weights.pt")
+    with torch.no_grad():
+        expected = model(x).numpy()
+    return {"dir": d, "x": x.numpy(), "calib": calib.numpy(), "y": y.numpy(), "fp32": expected}
+
+
+@pytest.fixture
+def in_models_dir(models, monkeypatch):
+    monkeypatch.chdir(models["dir"])  # `module:factory` imports from the current directory
+    return models["dir"]
+
+
+def test_sweep_factory_runs_every_config(models, in_models_dir, tmp_path):
+    out = tmp_path / "logits.npz"
+    result = invoke("sweep", "precal_cli_test_models:build", "inputs.npz", "--configs", "fp32,bf16,w8a8",
+                    "--calibration-inputs", "calib.npy", "--out", out, "--batch-size", 16, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    with np.load(out) as npz:
+        saved = dict(npz)
+    assert sorted(saved) == ["bf16", "fp32", "labels", "w8a8"]
+    assert all(saved[c].shape == (40, 10) and saved[c].dtype == np.float32 for c in ("fp32", "bf16", "w8a8"))
+    np.testing.assert_array_equal(saved["fp32"], models["fp32"])
+    np.testing.assert_array_equal(saved["labels"], models["y"])
+    expected = sweep(_reference_model(), models["x"], ["bf16", "w8a8"], calibration_data=models["calib"],
+                     batch_size=16, progress=False)
+    for config in ("bf16", "w8a8"):
+        np.testing.assert_array_equal(saved[config], expected[config])
+    assert not np.array_equal(saved["bf16"], saved["fp32"])  # the emulation did something
+    summary = json.loads(result.stdout)
+    assert summary["model"]["kind"] == "factory" and summary["device"] == "cpu"
+    rows = {r["config"]: r for r in summary["configs"]}
+    assert rows["fp32"]["agreement"] == 1.0 and rows["fp32"]["shape"] == [40, 10]
+    p = softmax(models["fp32"].astype(np.float64))
+    assert rows["fp32"]["mean_max_prob"] == pytest.approx(p.max(axis=1).mean())
+    assert rows["fp32"]["accuracy"] == pytest.approx(np.mean(models["fp32"].argmax(1) == models["y"]))
+
+
+def test_sweep_untraceable_factory_runs_int_configs_with_a_warning(in_models_dir, tmp_path):
+    out = tmp_path / "logits.npz"
+    result = invoke("sweep", "precal_cli_test_models:Untraceable", "inputs.npz", "--configs", "fp32,w8a8",
+                    "--calibration-inputs", "calib.npy", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("precal sweep: warning: ")]
+    assert "BatchNorm folding skipped" in result.stderr
+    with np.load(out) as npz:
+        assert npz["w8a8"].shape == (40, 10) and not np.array_equal(npz["w8a8"], npz["fp32"])
+
+
+@pytest.mark.parametrize("model_file", ["model.pt2", "model.ts"])
+def test_sweep_compiled_models_run_fp32(models, in_models_dir, tmp_path, model_file):
+    out = tmp_path / "logits.npz"
+    result = invoke("sweep", model_file, "inputs.npz", "--configs", "fp32", "--out", out, "--batch-size", 16)
+    assert result.exit_code == 0, result.stderr
+    with np.load(out) as npz:
+        saved = dict(npz)
+    assert sorted(saved) == ["fp32", "labels"]
+    np.testing.assert_allclose(saved["fp32"], models["fp32"], rtol=1e-6, atol=1e-6)
+    assert "argmax agrees with fp32 %" in result.stdout and "fp32" in result.stdout
+
+
+@pytest.mark.parametrize("model_file", ["model.pt2", "model.ts"])
+@pytest.mark.parametrize("config", ["bf16", "w8a8"])
+def test_sweep_refuses_to_emulate_compiled_models(models, in_models_dir, tmp_path, model_file, config):
+    result = invoke("sweep", model_file, "inputs.npz", "--configs", f"fp32,{config}", "--calibration-inputs",
+                    "calib.npy", "--out", tmp_path / "o.npz")
+    assert_one_line_error(result, f"config(s) {config} cannot be emulated", "--configs fp32", "module:factory")
+    assert not (tmp_path / "o.npz").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["precal_cli_test_models:build", "inputs.npz", "--configs", "fp32,w9a9"], ["--configs", "w9a9"]),
+        (["precal_cli_test_models:build", "inputs.npz", "--configs", "fp32,fp7"], ["Unknown config 'fp7'"]),
+        (["precal_cli_test_models:build", "inputs.npz", "--configs", "w8a8"], ["--calibration-inputs FILE"]),
+        (["precal_cli_test_models:build", "rgb.npy", "--configs", "fp32"], ["model failed", "1 channels"]),
+        (["model.ts", "rgb.npy", "--configs", "fp32"], ["model failed", "1 channels"]),
+        (["model.pt2", "rgb.npy", "--configs", "fp32"], ["model failed", "Guard failed"]),
+        (["precal_cli_test_models:Flatten", "inputs.npz", "--configs", "fp32,bf16"], ["no nn.Linear"]),
+        (["precal_cli_test_models:nope", "inputs.npz"], ["has no attribute 'nope'"]),
+        (["no_such_pkg_xyz:build", "inputs.npz"], ["cannot import 'no_such_pkg_xyz'"]),
+        (["weights.pt", "inputs.npz", "--configs", "fp32"], ["state_dict", "module:factory"]),
+        (["missing.pt2", "inputs.npz", "--configs", "fp32"], ["No such file"]),
+        (["nothing_here", "inputs.npz", "--configs", "fp32"], ["neither an existing file"]),
+        (["model.ts", "text.npy", "--configs", "fp32"], ["not a .npy file"]),
+        (["model.ts", "missing.npy"], ["'INPUTS'", "does not exist"]),
+        (["model.ts", "inputs.npz", "--configs", "fp32", "--inputs-key", "images"], ["no key 'images'"]),
+        (["model.ts", "inputs.npz", "--configs", "fp32", "--batch-size", "0"], ["--batch-size"]),
+        (["model.ts", "inputs.npz", "--configs", "fp32", "--device", "tpu9"], ["--device", "tpu9"]),
+    ],
+)
+def test_sweep_bad_input_is_one_line(in_models_dir, tmp_path, args, fragments):
+    assert_one_line_error(invoke("sweep", *args, "--out", tmp_path / "o.npz"), *fragments)
+
+
+def test_sweep_out_must_be_npz(in_models_dir, tmp_path):
+    assert_one_line_error(invoke("sweep", "model.ts", "inputs.npz", "--configs", "fp32", "--out", tmp_path / "o.txt"),
+                          "--out", "must end in .npz")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_sweep_cuda_without_cuda_is_one_line(in_models_dir, tmp_path):
+    result = invoke("sweep", "model.ts", "inputs.npz", "--configs", "fp32", "--device", "cuda", "--out",
+                    tmp_path / "o.npz")
+    assert_one_line_error(result, "CUDA is not available")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sweep_runs_on_cuda(models, in_models_dir, tmp_path):
+    out = tmp_path / "logits.npz"
+    result = invoke("sweep", "precal_cli_test_models:build", "inputs.npz", "--configs", "fp32,bf16,w8a8",
+                    "--calibration-inputs", "calib.npy", "--device", "auto", "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["device"] == "cuda"
+    with np.load(out) as npz:
+        np.testing.assert_allclose(npz["fp32"], models["fp32"], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------- demo
+def test_demo_passes_its_options_and_prints_the_summary(monkeypatch):
+    import precal.demo
+
+    calls = []
+    result_obj = DemoResult(rows=[{"method": "uncalibrated", "precision": "fp32", "ece": 0.1, "ace": float("nan")}],
+                            n_train=3,
+                            n_calibration=2, n_test=1, fitted={"temperature": {"fp32": 1.5}})
+
+    def fake_run_demo(**kwargs):
+        calls.append(kwargs)
+        return result_obj
+
+    monkeypatch.setattr(precal.demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(precal.demo, "format_summary", lambda r: f"SUMMARY of {len(r.rows)} row(s)")
+    result = invoke("demo", "--seed", 7, "--epochs", 3)
+    assert result.exit_code == 0 and result.stdout == "SUMMARY of 1 row(s)\n"
+    assert calls[0]["random_state"] == 7 and calls[0]["epochs"] == 3
+    result = invoke("demo", "--json")
+    out = json.loads(result.stdout)
+    assert out["rows"][0].pop("ace") is None  # strict JSON: NaN becomes null
+    expected = result_obj.to_dict()
+    expected["rows"][0].pop("ace")
+    assert out == expected and calls[1]["random_state"] == 0
+
+
+def test_bad_argument_gives_one_line_error(capsys):
+    assert main(["demo", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("precal demo: error:") and "--epochs" in err and "\n" not in err
+
+
+@pytest.mark.slow
 def test_demo_json_has_scores_before_and_after(capsys):
     assert main(["demo", "--epochs", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    rows = out["rows"]
-    assert [r["precision"] for r in rows[::3]] == ["fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4"]
-    assert [r["method"] for r in rows[:3]] == ["uncalibrated", "temperature scaling", "PACS"]
-    for row in rows:
-        assert set(row) >= {"accuracy", "ece", "ace", "nll", "brier"}
+    by_precision = {}
+    for row in out["rows"]:
+        assert set(row) >= {"method", "precision", "accuracy", "ece", "ace", "nll", "brier"}
         assert 0.5 < row["accuracy"] <= 1.0
-    for before, ts, pacs in zip(rows[::3], rows[1::3], rows[2::3]):
-        assert before["precision"] == ts["precision"] == pacs["precision"]
+        by_precision.setdefault(row["precision"], {})[row["method"]] = row
+    assert {"fp32", "bf16", "w4a4"} <= set(by_precision)
+    for rows in by_precision.values():
+        before = rows["uncalibrated"]
         # neither temperature scaling nor PACS changes the argmax
-        assert before["accuracy"] == ts["accuracy"] == pacs["accuracy"]
-        assert ts["nll"] <= before["nll"] + 0.05  # fitted on another half: close to or below
+        assert before["accuracy"] == rows["temperature scaling"]["accuracy"] == rows["PACS"]["accuracy"]
+        assert rows["temperature scaling"]["nll"] <= before["nll"] + 0.05  # fitted on another half
     assert all(t > 0 for t in out["fitted"]["temperature"].values())
-    assert all(p["lambda"] >= 0 for p in out["fitted"]["pacs"].values())
     assert out["n_calibration"] + out["n_test"] + out["n_train"] == 1797
 
 
+@pytest.mark.slow
 def test_demo_is_deterministic():
     a = run_demo(random_state=1, epochs=2)
     b = run_demo(random_state=1, epochs=2)
     assert a.rows == b.rows
 
 
+@pytest.mark.slow
 def test_demo_table_output(capsys):
     assert main(["demo", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "temperature scaling" in out and "ece" in out and "w4a4" in out and "fitted temperatures" in out
-
-
-def test_bad_argument_gives_one_line_error(capsys):
-    assert main(["demo", "--epochs", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("precal demo: error:") and "\n" not in err
 
 
 def test_format_table_aligns_columns():
@@ -53,20 +466,7 @@ def test_format_table_aligns_columns():
     assert len({len(line.rstrip()) for line in table}) == 1
 
 
-@pytest.mark.slow
-def test_console_script_runs_the_default_demo():
-    exe = shutil.which("precal")
-    cmd = [exe, "demo"] if exe else [sys.executable, "-m", "precal.cli", "demo"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "uncalibrated" in proc.stdout and "temperature scaling" in proc.stdout
-    version = subprocess.run(cmd[:-1] + ["--version"], capture_output=True, text=True, timeout=60)
-    assert version.stdout.startswith("precal ")
-
-
 def test_demo_leaves_the_callers_torch_rng_alone():
-    import torch
-
     from precal.demo import digits_logits
 
     torch.manual_seed(123)
@@ -74,3 +474,58 @@ def test_demo_leaves_the_callers_torch_rng_alone():
     torch.manual_seed(123)
     digits_logits(epochs=1)
     assert torch.equal(torch.rand(3), expected)
+
+
+# ------------------------------------------------------------------------- real processes
+def _run(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "precal", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def test_python_dash_m_precal_help():
+    proc = _run("--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: precal ") and "evaluate" in proc.stdout
+
+
+@pytest.mark.slow
+def test_process_evaluate_happy_path_and_bad_file(files, tmp_path):
+    proc = _run("evaluate", files / "zy.npz", "--cv", 2, "--n-bootstrap", 5, "--calibrators", "ts", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["inputs"]["n_samples"] == N
+    for args, fragment in [([files / "text.npy", "--labels", files / "y.npy"], "not a .npy file"),
+                           ([files / "zy.npz", "--calibrators", "platt"], "unknown calibrator"),
+                           ([tmp_path / "missing.npz"], "does not exist")]:
+        proc = _run("evaluate", *args)
+        assert proc.returncode == 2 and proc.stdout == ""
+        err = proc.stderr.strip()
+        assert "\n" not in err and "Traceback" not in err and fragment in err, err
+
+
+@pytest.mark.slow
+def test_process_sweep_imports_a_factory_from_the_current_directory(models, tmp_path):
+    out = tmp_path / "logits.npz"
+    proc = _run("sweep", "precal_cli_test_models:build", "inputs.npz", "--configs", "fp32,w4a4",
+                "--calibration-inputs", "calib.npy", "--out", out, cwd=models["dir"])
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as npz:
+        np.testing.assert_array_equal(npz["fp32"], models["fp32"])
+    assert "w4a4" in proc.stdout and "Logits written to" in proc.stdout
+    proc = _run("sweep", "model.pt2", "inputs.npz", "--configs", "w4a4", "--out", out, cwd=models["dir"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_console_script_runs_the_default_demo():
+    exe = shutil.which("precal")
+    cmd = [exe, "demo"] if exe else [sys.executable, "-m", "precal", "demo"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "uncalibrated" in proc.stdout and "temperature scaling" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    version = subprocess.run(cmd[:-1] + ["--version"], capture_output=True, text=True, timeout=60)
+    assert version.stdout.startswith("precal ")
+
+
+def test_main_returns_the_exit_code_without_exiting(tmp_path):
+    assert main(["--version"]) == 0
+    assert main(["evaluate", str(tmp_path / "missing.npz")]) == 2

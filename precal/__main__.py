@@ -1,0 +1,8 @@
+"""``python -m precal``: the ``precal`` command (see :mod:`precal.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

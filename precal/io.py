@@ -1,0 +1,579 @@
+"""Reading the files the ``precal`` command takes: logits and labels, model inputs, models.
+
+Array files
+-----------
+========  ============================================================================
+suffix    content
+========  ============================================================================
+``.npy``  one array (``numpy.save``); read without pickle.
+``.npz``  named arrays (``numpy.savez``); read without pickle. Logits are under
+          ``logits`` and labels under ``labels`` unless a key is named; a file with a
+          single array needs no key.
+``.pt``   (also ``.pth``) a tensor, or a dict of tensors (``torch.save``); read with
+          ``torch.load(weights_only=True)``, which executes no code from the file.
+          Keys as for ``.npz``.
+``.csv``  logits only: a header row, one column per class (the header is the class
+          name) plus a label column (default ``label``); labels are class names from
+          the header or column indices ``0..K-1``.
+``.txt``  labels only: one integer class index per line, no header.
+========  ============================================================================
+
+Labels are always *column indices* of the logits (``0..K-1``), so each logits column is
+one class; a ``.csv`` may spell them as the column names.
+
+Models
+------
+:func:`load_model` takes a ``torch.export`` program (``.pt2``), a TorchScript file, or an
+import path ``module.sub:factory`` whose attribute is an ``nn.Module`` or a callable
+returning one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib
+import logging
+import os
+import sys
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "FileFormatError",
+    "LogitsData",
+    "LoadedModel",
+    "ARRAY_SUFFIXES",
+    "read_arrays",
+    "select_array",
+    "read_csv_table",
+    "load_logits",
+    "load_inputs",
+    "load_model",
+]
+
+#: Suffixes :func:`read_arrays` understands.
+ARRAY_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
+_LOGITS_SUFFIXES = (*ARRAY_SUFFIXES, ".csv")
+_LABELS_SUFFIXES = (*ARRAY_SUFFIXES, ".csv", ".txt")
+
+
+class FileFormatError(ValueError):
+    """A file that cannot be read as what it should hold (wrong format, key, shape or values)."""
+
+
+def _suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in allowed:
+        raise FileFormatError(
+            f"{what} file {str(path)!r} has suffix {suffix or '(none)'!r}; expected one of {', '.join(allowed)}."
+        )
+    return suffix
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """First sentence of the first line: torch's reader errors append long generic advice."""
+    line = _first_line(exc)
+    head, sep, _ = line.partition(". ")
+    return head + ("." if sep else "")
+
+
+def _tensor_to_numpy(value: Any, path: Path, key: str) -> np.ndarray:
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise FileFormatError(
+            f"{str(path)!r}: entry {key!r} is a {type(value).__name__}, not a tensor; a .pt array file holds a "
+            "tensor or a dict of tensors."
+        )
+    t = value.detach().cpu()
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.float()  # bfloat16 and float8 have no numpy dtype; float32 holds them exactly
+    return t.numpy()
+
+
+def read_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """All arrays in a ``.npy``, ``.npz`` or ``.pt`` file, by key.
+
+    A ``.npy`` file and a ``.pt`` file holding one tensor give ``{"": array}``. Nothing is
+    unpickled: object arrays and ``.pt`` files holding anything but tensors are refused.
+    bfloat16/float8 tensors come back as float32 (exact).
+
+    Raises
+    ------
+    FileFormatError
+        Unknown suffix, or a file that is not what its suffix says.
+    OSError
+        The file cannot be opened.
+    """
+    path = Path(path)
+    suffix = _suffix(path, ARRAY_SUFFIXES, "array")
+    if not path.is_file():
+        raise FileNotFoundError(f"No such file: {str(path)!r}.")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if suffix == ".npy" and magic != b"\x93NUMPY":
+        raise FileFormatError(
+            f"{str(path)!r} is not a .npy file (it lacks the NumPy header; write it with numpy.save)."
+        )
+    if suffix == ".npz" and not zipfile.is_zipfile(path):
+        raise FileFormatError(f"{str(path)!r} is not a .npz file (not a zip archive; write it with numpy.savez).")
+    try:
+        if suffix == ".npy":
+            return {"": np.load(path, allow_pickle=False)}
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        import torch
+
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except FileFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every reader failure means "not this format"
+        raise FileFormatError(f"cannot read {str(path)!r} as a {suffix} array file: {_first_sentence(exc)}") from exc
+    if isinstance(content, Mapping):
+        if not content:
+            raise FileFormatError(f"{str(path)!r} holds an empty dict.")
+        return {str(key): _tensor_to_numpy(value, path, str(key)) for key, value in content.items()}
+    return {"": _tensor_to_numpy(content, path, "")}
+
+
+def select_array(
+    arrays: Mapping[str, np.ndarray], key: str | None, default: str, *, path: Any, option: str
+) -> tuple[np.ndarray, str | None]:
+    """The array under ``key``; else under ``default``; else the file's only array.
+
+    Returns the array and the key it was found under (``None`` for a bare array).
+    ``option`` names the command-line option that picks a key, for the error message.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from precal.io import select_array
+    >>> arrays = {"logits_test": np.zeros((4, 3)), "labels_test": np.zeros(4)}
+    >>> select_array(arrays, "logits_test", "logits", path="r.npz", option="--logits-key")[1]
+    'logits_test'
+    >>> select_array(arrays, None, "logits", path="r.npz", option="--logits-key")
+    Traceback (most recent call last):
+    ...
+    precal.io.FileFormatError: 'r.npz' has no key 'logits' (keys: logits_test, labels_test); choose one with --logits-key.
+    """
+    keys = [k for k in arrays if k]
+    if key is not None:
+        if key not in arrays or not key:
+            where = f"keys: {', '.join(keys)}" if keys else "it holds a single unnamed array"
+            raise FileFormatError(f"{str(path)!r} has no key {key!r} ({where}).")
+        return arrays[key], key
+    if default in arrays:
+        return arrays[default], default
+    if len(arrays) == 1:
+        (only_key, value), = arrays.items()
+        return value, only_key or None
+    raise FileFormatError(
+        f"{str(path)!r} has no key {default!r} (keys: {', '.join(keys)}); choose one with {option}."
+    )
+
+
+def read_csv_table(path: str | os.PathLike[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a comma-separated file (blank lines skipped; every row as wide as the header)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [row for row in csv.reader(fh) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{str(path)!r} is not a UTF-8 text file ({exc.reason}).") from exc
+    except csv.Error as exc:
+        raise FileFormatError(f"cannot parse {str(path)!r} as CSV: {exc}") from exc
+    if not rows:
+        raise FileFormatError(f"{str(path)!r} is empty.")
+    header = [cell.strip() for cell in rows[0]]
+    body = rows[1:]
+    for line_no, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise FileFormatError(
+                f"{str(path)!r} line {line_no} has {len(row)} field(s) but the header has {len(header)}."
+            )
+    return header, [[cell.strip() for cell in row] for row in body]
+
+
+def _csv_logits(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    header, body = read_csv_table(path)
+    if len(set(header)) != len(header):
+        raise FileFormatError(f"{str(path)!r}: the header has repeated column names: {header}.")
+    label_at = header.index(label_column) if label_column in header else None
+    class_cols = [i for i in range(len(header)) if i != label_at]
+    names = [header[i] for i in class_cols]
+    if not body:
+        raise FileFormatError(f"{str(path)!r} has a header but no rows.")
+    logits = np.empty((len(body), len(class_cols)), dtype=np.float64)
+    for r, row in enumerate(body):
+        for c, i in enumerate(class_cols):
+            try:
+                logits[r, c] = float(row[i])
+            except ValueError:
+                raise FileFormatError(
+                    f"{str(path)!r} line {r + 2}, column {header[i]!r}: {row[i]!r} is not a number"
+                    f"{'' if label_at is not None else f' (no label column {label_column!r}; use --label-column)'}."
+                ) from None
+    labels = None if label_at is None else np.array([row[label_at] for row in body])
+    return logits, labels, names
+
+
+def _read_label_file(path: Path, key: str | None, label_column: str) -> tuple[np.ndarray, str | None]:
+    suffix = _suffix(path, _LABELS_SUFFIXES, "labels")
+    if suffix == ".txt":
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise FileFormatError(f"{str(path)!r} is not a UTF-8 text file ({exc.reason}).") from exc
+        return np.array([line.strip() for line in text.splitlines() if line.strip()]), None
+    if suffix == ".csv":
+        header, body = read_csv_table(path)
+        if label_column in header:
+            at = header.index(label_column)
+        elif len(header) == 1:
+            at = 0
+        else:
+            raise FileFormatError(
+                f"{str(path)!r} has columns {header} but no label column {label_column!r}; use --label-column."
+            )
+        return np.array([row[at] for row in body]), header[at]
+    return select_array(read_arrays(path), key, "labels", path=path, option="--labels-key")
+
+
+def _label_indices(values: np.ndarray, n_classes: int, class_names: list[str] | None, where: str) -> np.ndarray:
+    """Labels as int64 column indices in ``0..n_classes-1``."""
+    arr = np.asarray(values)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise FileFormatError(f"labels in {where} must be 1-D (one class index per sample), got shape {arr.shape}.")
+    if arr.shape[0] == 0:
+        raise FileFormatError(f"labels in {where} are empty.")
+    if arr.dtype.kind in "US":
+        text = arr.astype(str)
+        names = {name: i for i, name in enumerate(class_names or [])}
+        out = np.empty(text.shape[0], dtype=np.int64)
+        for i, label in enumerate(text):
+            if label in names:
+                out[i] = names[label]
+                continue
+            try:
+                out[i] = int(label)
+            except ValueError:
+                known = f" or one of the column names {list(names)}" if names else ""
+                raise FileFormatError(
+                    f"label {label!r} (sample {i}) in {where} is not a class index 0..{n_classes - 1}{known}."
+                ) from None
+        arr = out
+    elif arr.dtype.kind == "b":
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or np.any(np.mod(arr, 1) != 0):
+            raise FileFormatError(f"labels in {where} must be integer class indices; found non-integer values.")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind not in "iu":
+        raise FileFormatError(f"labels in {where} must be integer class indices, got dtype {arr.dtype}.")
+    arr = arr.astype(np.int64)
+    bad = (arr < 0) | (arr >= n_classes)
+    if bad.any():
+        raise FileFormatError(
+            f"labels in {where} must be class indices 0..{n_classes - 1} (one per logits column); "
+            f"found {sorted(set(arr[bad].tolist()))[:5]}."
+        )
+    return arr
+
+
+def _check_logits(values: np.ndarray, where: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
+        raise FileFormatError(f"logits in {where} must be numbers, got dtype {arr.dtype}.")
+    if arr.ndim != 2:
+        raise FileFormatError(
+            f"logits in {where} must be 2-D (n_samples, n_classes), got shape {arr.shape}"
+            f"{'; for one logit per sample (binary), store the two columns [0, z]' if arr.ndim == 1 else ''}."
+        )
+    if arr.shape[0] == 0 or arr.shape[1] < 2:
+        raise FileFormatError(f"logits in {where} need at least 1 row and 2 columns, got shape {arr.shape}.")
+    if arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise FileFormatError(f"logits in {where} contain {int((~finite).sum())} NaN or inf value(s).")
+    return arr
+
+
+@dataclass(frozen=True)
+class LogitsData:
+    """Logits, labels and where they came from.
+
+    Attributes
+    ----------
+    logits : ndarray of shape (n_samples, n_classes)
+        Float logits as stored (float16/32/64; bfloat16 read as float32).
+    labels : ndarray of int64, shape (n_samples,)
+        Column index of each sample's true class.
+    class_names : list of str or None
+        Column names of a ``.csv`` file.
+    source : dict
+        ``logits`` / ``labels`` file paths and the keys or column used.
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    class_names: list[str] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def load_logits(
+    logits_path: str | os.PathLike[str],
+    labels_path: str | os.PathLike[str] | None = None,
+    *,
+    logits_key: str | None = None,
+    labels_key: str | None = None,
+    label_column: str = "label",
+) -> LogitsData:
+    """Read logits and their labels (see the module docstring for the file formats).
+
+    Parameters
+    ----------
+    logits_path : path
+        ``.npy``, ``.npz``, ``.pt``/``.pth`` or ``.csv``.
+    labels_path : path, optional
+        A separate labels file (``.npy``, ``.npz``, ``.pt``, ``.csv``, ``.txt``); required
+        when the logits file holds no labels. It takes precedence over labels in the logits
+        file.
+    logits_key, labels_key : str, optional
+        Keys in ``.npz``/``.pt`` files; defaults ``"logits"`` and ``"labels"``.
+    label_column : str, default="label"
+        Label column of ``.csv`` files.
+
+    Raises
+    ------
+    FileFormatError
+        Unreadable file, missing key, wrong shape, NaN/inf logits, labels that are not class
+        indices, or labels and logits of different lengths.
+    """
+    path = Path(logits_path)
+    suffix = _suffix(path, _LOGITS_SUFFIXES, "logits")
+    source: dict[str, Any] = {"logits": str(path)}
+    class_names = None
+    labels = None
+    if suffix == ".csv":
+        if not path.is_file():
+            raise FileNotFoundError(f"No such file: {str(path)!r}.")
+        raw, labels, class_names = _csv_logits(path, label_column)
+        if labels is not None:
+            source["labels"], source["labels_key"] = str(path), label_column
+        arrays: Mapping[str, np.ndarray] = {}
+    else:
+        arrays = read_arrays(path)
+        raw, source["logits_key"] = select_array(arrays, logits_key, "logits", path=path, option="--logits-key")
+    logits = _check_logits(raw, repr(str(path)))
+    if labels_path is not None:
+        lpath = Path(labels_path)
+        labels, key = _read_label_file(lpath, labels_key, label_column)
+        source["labels"], source["labels_key"] = str(lpath), key
+    elif suffix != ".csv":
+        lkey = labels_key or "labels"
+        if lkey not in arrays or not lkey:
+            if labels_key is not None:
+                select_array(arrays, labels_key, "labels", path=path, option="--labels-key")  # raises
+            if list(arrays) == [""]:
+                raise FileFormatError(f"{str(path)!r} holds the logits only; pass the labels with --labels FILE.")
+            keys = ", ".join(k for k in arrays if k)
+            raise FileFormatError(
+                f"{str(path)!r} holds no labels (no key 'labels'; keys: {keys}); "
+                "pass --labels FILE, or --labels-key KEY."
+            )
+        labels, source["labels"], source["labels_key"] = arrays[lkey], str(path), lkey
+    elif labels is None:
+        raise FileFormatError(
+            f"{str(path)!r} has no label column {label_column!r}; use --label-column NAME or --labels FILE."
+        )
+    y = _label_indices(labels, logits.shape[1], class_names, repr(source["labels"]))
+    if y.shape[0] != logits.shape[0]:
+        raise FileFormatError(
+            f"labels ({source['labels']!r}) have {y.shape[0]} entries but the logits have {logits.shape[0]} rows."
+        )
+    return LogitsData(logits, y, class_names, source)
+
+
+def load_inputs(path: str | os.PathLike[str], key: str | None = None, *, option: str = "--inputs-key"
+                ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """Model inputs from an array file, plus its ``labels`` array when it has one.
+
+    Inputs are under ``key``, else ``inputs``, else the file's only array (or, in a file of
+    two arrays, the one that is not ``labels``). float64 inputs become float32 (models are
+    float32). Returns ``(inputs, labels or None, key used)``.
+    """
+    path = Path(path)
+    arrays = read_arrays(path)
+    labels = arrays.get("labels") if key != "labels" else None
+    candidates = arrays
+    if key is None and "inputs" not in arrays and labels is not None and len(arrays) == 2:
+        candidates = {k: v for k, v in arrays.items() if k != "labels"}
+    inputs, used = select_array(candidates, key, "inputs", path=path, option=option)
+    if inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise FileFormatError(
+            f"inputs in {str(path)!r} need a batch dimension with at least 1 row, got shape {inputs.shape}."
+        )
+    if inputs.dtype.kind not in "biuf":
+        raise FileFormatError(f"inputs in {str(path)!r} must be numeric, got dtype {inputs.dtype}.")
+    if inputs.dtype == np.float64:
+        inputs = inputs.astype(np.float32)
+    if labels is not None and (labels.ndim != 1 or labels.shape[0] != inputs.shape[0] or labels.dtype.kind not in "iu"):
+        labels = None  # not labels of these inputs: ignore rather than guess
+    return inputs, labels, used
+
+
+# ---------------------------------------------------------------------------- models
+ModelKind = Literal["export", "torchscript", "factory"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read by :func:`load_model`: the module, its kind and a description."""
+
+    module: Any
+    kind: ModelKind
+    description: str
+
+
+@contextlib.contextmanager
+def _quiet_torch_export() -> Iterator[None]:
+    """torch.export.load logs a traceback at WARNING level before raising; we report the error instead."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch.export.pt2_archive._package")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """The current directory on ``sys.path`` for the block, as ``python -m`` has it (the
+    ``precal`` console script does not), so a module next to the user is found."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _import_factory(spec: str) -> Any:
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise ValueError(f"MODEL {spec!r}: an import path must look like 'package.module:factory'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"MODEL {spec!r}: cannot import {module_name!r}: {_first_line(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001 - user code failed while importing
+        raise ValueError(f"MODEL {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: "
+                         f"{_first_line(exc)}") from exc
+    obj: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"MODEL {spec!r}: {module_name!r} has no attribute {attr_path!r}.")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_model(spec: str, *, map_location: str = "cpu") -> LoadedModel:
+    """Load a model for :func:`precal.emulate.sweep`.
+
+    Parameters
+    ----------
+    spec : str
+        * a ``.pt2`` file written by ``torch.export.save``: ``torch.export.load(spec).module()``;
+        * any other existing file: a TorchScript archive (``torch.jit.save``), loaded with
+          ``torch.jit.load``;
+        * ``package.module:attr`` (``attr`` may be dotted): the module is imported (the
+          current directory is put on ``sys.path``) and ``attr`` is used as the model if it
+          is an ``nn.Module``, else called without arguments and must return one.
+    map_location : str, default="cpu"
+        Device TorchScript tensors are loaded onto.
+
+    Returns
+    -------
+    LoadedModel
+        In eval mode.
+
+    Raises
+    ------
+    ValueError
+        A file that is not a model of its kind (a ``state_dict`` is named as such), an import
+        path that does not import, or a factory that fails or returns no ``nn.Module``.
+    """
+    import torch
+
+    path = Path(spec)
+    if path.suffix.lower() == ".pt2":
+        if not path.is_file():
+            raise FileNotFoundError(f"No such file: {spec!r}.")
+        if not zipfile.is_zipfile(path):
+            raise FileFormatError(f"{spec!r} is not a torch.export archive (not a zip file).")
+        try:
+            with _quiet_torch_export():
+                module = torch.export.load(path).module()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not a loadable program"
+            raise FileFormatError(f"cannot load {spec!r} with torch.export.load: {_first_sentence(exc)}") from exc
+        return LoadedModel(module, "export", f"torch.export program {spec}")
+    if path.is_dir():
+        raise FileFormatError(f"MODEL {spec!r} is a directory; pass a .pt2 or TorchScript file, or module:factory.")
+    if path.is_file():
+        try:
+            module = torch.jit.load(path, map_location=map_location)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not TorchScript"
+            try:
+                content = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - not a tensor file either
+                content = None
+            if isinstance(content, Mapping):
+                raise FileFormatError(
+                    f"{spec!r} holds a dict of tensors (a state_dict?), not a TorchScript module: weights need "
+                    "their architecture, so pass 'module:factory' where factory builds the model and loads them."
+                ) from exc
+            raise FileFormatError(
+                f"cannot load {spec!r} as TorchScript (torch.jit.load: {_first_sentence(exc)}); MODEL must be a "
+                ".pt2 torch.export program, a TorchScript file or 'module:factory'."
+            ) from exc
+        return LoadedModel(module.eval(), "torchscript", f"TorchScript module {spec}")
+    if ":" not in spec:
+        raise FileNotFoundError(
+            f"MODEL {spec!r} is neither an existing file (.pt2 torch.export program, TorchScript) nor an "
+            "import path 'module:factory'."
+        )
+    with _cwd_importable():
+        obj = _import_factory(spec)
+        if not isinstance(obj, torch.nn.Module):
+            if not callable(obj):
+                raise ValueError(f"MODEL {spec!r} is a {type(obj).__name__}: neither an nn.Module nor a callable.")
+            try:
+                obj = obj()
+            except Exception as exc:  # noqa: BLE001 - user code failed
+                raise ValueError(
+                    f"MODEL {spec!r}: calling it failed: {type(exc).__name__}: {_first_line(exc)}"
+                ) from exc
+    if not isinstance(obj, torch.nn.Module):
+        raise ValueError(f"MODEL {spec!r} returned a {type(obj).__name__}, not a torch.nn.Module.")
+    return LoadedModel(obj.eval(), "factory", f"{type(obj).__name__} from {spec}")

@@ -1,0 +1,660 @@
+"""The ``precal evaluate`` report: cross-validated calibrators, metrics with bootstrap
+intervals, precision diagnostics, and their text, Markdown, HTML and JSON renderings.
+
+:func:`evaluate` does the work on arrays; :func:`format_text` is what the command prints,
+:func:`write_report` writes ``report.html`` (self-contained: figures embedded as base64
+PNG), ``report.md`` (same tables, figures as PNG files beside it), ``results.json``
+(:meth:`Evaluation.to_dict`) and ``calibrators.json`` (each calibrator fitted on all rows,
+as :meth:`~precal.calibration.BaseLogitCalibrator.to_dict` data).
+
+Every calibrated row is scored **out of fold**: the rows are split into ``cv`` stratified
+folds and each fold's probabilities come from a calibrator fitted on the other folds, so a
+calibrator is never scored on the rows it was fitted on (as
+``sklearn.model_selection.cross_val_predict``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
+
+from . import __version__
+from ._numerics import softmax
+from .calibration import DirichletCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
+from .demo import format_table
+from .emulate import format_info, round_logits, softmax_in_format
+from .emulate.formats import FloatFormat
+from .metrics import (
+    adaptive_calibration_error,
+    brier_score,
+    calibration_error_ci,
+    confidence_shift,
+    expected_calibration_error,
+    gradient_underflow,
+    jensen_shannon,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    precision_split,
+    saturation_report,
+    swap_analysis,
+    underflow_margin,
+)
+from .metrics.diagnostics import SwapAnalysis
+
+__all__ = [
+    "CALIBRATORS",
+    "METRICS",
+    "Evaluation",
+    "make_calibrator",
+    "evaluate",
+    "format_text",
+    "to_markdown",
+    "to_html",
+    "render_figures",
+    "require_matplotlib",
+    "write_report",
+    "jsonable",
+]
+
+
+def _ts(precision: str, random_state: int) -> Any:
+    return TemperatureScaling()
+
+
+def _pacs(precision: str, random_state: int) -> Any:
+    return PACSCalibrator(precision=precision)
+
+
+def _dirichlet(precision: str, random_state: int) -> Any:
+    return DirichletCalibrator()
+
+
+def _fuzzy(precision: str, random_state: int) -> Any:
+    return FuzzyDirichletCalibrator(random_state=random_state)
+
+
+#: Short name -> (display name, builder(precision, random_state)).
+CALIBRATORS: dict[str, tuple[str, Callable[[str, int], Any]]] = {
+    "ts": ("temperature scaling", _ts),
+    "pacs": ("PACS", _pacs),
+    "dirichlet": ("Dirichlet", _dirichlet),
+    "fuzzy": ("fuzzy Dirichlet", _fuzzy),
+}
+
+#: Metrics of the table, in column order; the first four are shares shown in percent.
+METRICS = ("accuracy", "ece", "ace", "mce", "nll", "brier")
+_PERCENT = ("accuracy", "ece", "ace", "mce")
+_HEADERS = {"accuracy": "accuracy %", "ece": "ECE %", "ace": "ACE %", "mce": "MCE %", "nll": "NLL", "brier": "Brier"}
+AS_GIVEN = "as given"
+
+
+def make_calibrator(name: str, *, precision: str = "fp32", random_state: int = 0) -> Any:
+    """A fresh calibrator by short name (``ts``, ``pacs``, ``dirichlet``, ``fuzzy``).
+
+    ``precision`` is PACS's format; ``random_state`` seeds FuzzyDirichlet's noise copies.
+
+    Examples
+    --------
+    >>> from precal.report import make_calibrator
+    >>> make_calibrator("pacs", precision="fp8_e4m3")
+    PACSCalibrator(precision='fp8_e4m3')
+    """
+    if name not in CALIBRATORS:
+        raise ValueError(f"Unknown calibrator {name!r}; choose from {', '.join(CALIBRATORS)}.")
+    return CALIBRATORS[name][1](precision, random_state)
+
+
+def _accuracy(y_true: Any, y_prob: Any, *, labels: Any = None) -> float:
+    """Share of rows whose highest probability is the true class (a metric for :func:`calibration_error_ci`)."""
+    return float(np.mean(np.asarray(y_prob).argmax(axis=1) == np.asarray(y_true)))
+
+
+_ESTIMATORS: dict[str, Callable[..., float]] = {
+    "accuracy": _accuracy,
+    "ece": expected_calibration_error,
+    "ace": adaptive_calibration_error,
+    "mce": maximum_calibration_error,
+    "nll": negative_log_likelihood,
+    "brier": brier_score,
+}
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found; :meth:`to_dict` is its JSON form.
+
+    Attributes
+    ----------
+    inputs : dict
+        Where the data came from and its shape.
+    settings : dict
+        Calibrators (with parameters), precision, folds, seed, bootstrap settings.
+    rows : list of dict
+        One per method: ``method``, ``calibrator`` (short name or None), ``logits``
+        (``"as given"`` or the precision) and ``metrics``: ``{name: {"estimate", "low",
+        "high"}}`` (``low``/``high`` None without bootstrap).
+    diagnostics : list of dict or None
+        With a precision: ``{"name", "value", "description"}`` rows comparing the given
+        logits with the rounded ones.
+    confidence_shift : list of dict or None
+        Per bin of reference confidence: ``bin``, ``count``, ``mean_shift``.
+    fitted : dict
+        Per calibrator: scalar fitted parameters per fold and fit time.
+    calibrators : dict
+        Per calibrator: ``to_dict()`` of one fitted on all rows (only with ``fit_full``).
+    """
+
+    inputs: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]]
+    diagnostics: list[dict[str, Any]] | None
+    confidence_shift: list[dict[str, Any]] | None
+    fitted: dict[str, Any]
+    calibrators: dict[str, Any] = field(default_factory=dict)
+    labels: np.ndarray | None = field(default=None, repr=False)
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    reference_probabilities: np.ndarray | None = field(default=None, repr=False)
+    swaps: SwapAnalysis | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (no per-sample arrays); NaN becomes None."""
+        return jsonable({
+            "precal_version": __version__,
+            "inputs": self.inputs,
+            "settings": self.settings,
+            "rows": self.rows,
+            "diagnostics": self.diagnostics,
+            "confidence_shift": self.confidence_shift,
+            "fitted": self.fitted,
+        })
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON data: numpy scalars and arrays become Python numbers and
+    lists, NaN and inf become None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _row_label(row: dict[str, Any]) -> str:
+    return f"{row['method']} ({row['logits']})"
+
+
+def _precision_diagnostics(
+    y: np.ndarray, z_ref: np.ndarray, z_low: np.ndarray, precision: str, p_ref: np.ndarray, p_low: np.ndarray,
+    n_bins: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], SwapAnalysis]:
+    split = precision_split(p_ref, p_low)
+    swaps = swap_analysis(y, p_ref, p_low)
+    shift = confidence_shift(y, p_ref, p_low, n_bins=10)
+    js = jensen_shannon(p_ref, p_low)
+    rows = [
+        ("share swapped", swaps.share_swapped, "share of samples whose predicted class changed"),
+        ("right -> wrong", swaps.n_right_to_wrong, "swapped samples that were right and became wrong"),
+        ("wrong -> right", swaps.n_wrong_to_right, "swapped samples that were wrong and became right"),
+        ("error change", swaps.error_change, "error rate at the precision minus error rate as given"),
+        ("swap ratio", swaps.ratio, "error change / share swapped, in [-1, 1]"),
+        ("mean confidence gap", split.mean_gap, "mean of top confidence at the precision minus as given"),
+        ("mean |confidence gap|", split.mean_abs_gap, "mean absolute top-confidence gap"),
+        ("max |confidence gap|", split.max_abs_gap, "largest absolute top-confidence gap"),
+        (f"share |gap| > {split.threshold:g}", split.share_above_threshold, "share of samples whose gap exceeds it"),
+        ("mean true-class shift", shift.mean_shift, "mean change of the true-class probability"),
+        ("mean JS divergence", float(js.mean()), "mean Jensen-Shannon divergence (nats) between the two"),
+    ]
+    fmt = format_info(precision)
+    if isinstance(fmt, FloatFormat):
+        import torch
+
+        sm = softmax_in_format(torch.from_numpy(np.ascontiguousarray(z_ref, dtype=np.float32)), fmt.name)
+        sat = saturation_report(sm)
+        under = gradient_underflow(z_ref, y, fmt.name)
+        rows += [
+            (f"softmax in {fmt.name}: share at 1.0", sat.share_saturated,
+             f"share of top confidences that are exactly 1.0 when the softmax itself runs in {fmt.name}"),
+            (f"softmax in {fmt.name}: exact zeros", sat.n_exact_zeros, "probabilities that are exactly 0"),
+            (f"softmax in {fmt.name}: zero gradient", under.share_true_class_zero,
+             "share of samples whose true-class cross-entropy gradient is exactly 0"),
+            (f"underflow margin ({fmt.name})", underflow_margin(fmt.name, z_ref.shape[1]),
+             "logit margin beyond which the true-class probability rounds to 1.0"),
+        ]
+    diag = [{"name": n, "value": v, "description": d} for n, v, d in rows]
+    last = len(shift.counts) - 1
+    bins = [
+        {"bin": f"[{lo:.1f}, {hi:.1f}{']' if b == last else ')'}", "count": int(c), "mean_shift": float(m)}
+        for b, (lo, hi, c, m) in enumerate(zip(shift.bin_edges[:-1], shift.bin_edges[1:], shift.counts,
+                                                shift.bin_mean_shift))
+    ]
+    return diag, bins, swaps
+
+
+def _scalar_state(est: Any) -> dict[str, float]:
+    state = est.to_dict()["state"]
+    return {k: v for k, v in state.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def evaluate(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    calibrators: Sequence[str] = ("ts", "pacs", "dirichlet"),
+    precision: str | None = None,
+    cv: int = 5,
+    n_bootstrap: int = 200,
+    confidence_level: float = 0.95,
+    n_bins: int = 15,
+    random_state: int = 0,
+    fit_full: bool = False,
+    progress: bool = False,
+    inputs: dict[str, Any] | None = None,
+) -> Evaluation:
+    """Score the uncalibrated logits and each calibrator, out of fold, with bootstrap intervals.
+
+    Parameters
+    ----------
+    logits : ndarray of shape (n_samples, n_classes)
+    labels : ndarray of int, shape (n_samples,)
+        Column index of each sample's class.
+    calibrators : sequence of str
+        Short names from :data:`CALIBRATORS`.
+    precision : str, optional
+        Evaluate as if the logits came out of a model deployed at this format: the logits
+        are rounded with :func:`precal.emulate.round_logits` before calibration, PACS gets
+        ``precision``, and the precision diagnostics compare the given logits with the
+        rounded ones. Without it the logits are used as given and PACS's ``ε`` is fp32's.
+    cv : int, default=5
+        Stratified folds (shuffled, seeded by ``random_state``).
+    n_bootstrap : int, default=200
+        Bootstrap resamples per metric (:func:`precal.metrics.calibration_error_ci`; the
+        same resamples for every row, so differences between rows are paired); 0 skips
+        the intervals.
+    confidence_level : float, default=0.95
+    n_bins : int, default=15
+        Bins of ECE, ACE and MCE.
+    random_state : int, default=0
+        Seeds the folds, FuzzyDirichlet and the bootstrap.
+    fit_full : bool, default=False
+        Also fit each calibrator on all rows and keep its ``to_dict()`` in
+        :attr:`Evaluation.calibrators` (what to deploy).
+    progress : bool, default=False
+        tqdm bars on stderr (shown only when it is a terminal).
+    inputs : dict, optional
+        Description of the data's source, copied into the result.
+
+    Returns
+    -------
+    Evaluation
+    """
+    from tqdm.auto import tqdm
+
+    logits = np.asarray(logits)
+    labels = np.asarray(labels)
+    if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise ValueError(f"cv must be an integer >= 2, got {cv!r}.")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}.")
+    if logits.shape[0] < cv:
+        raise ValueError(f"cv={cv} folds need at least {cv} samples, got {logits.shape[0]}.")
+    names = list(dict.fromkeys(calibrators))
+    for name in names:
+        make_calibrator(name)  # unknown names fail before any work
+    if precision is not None:
+        precision = format_info(precision).name  # canonical name; unknown formats raise here
+    pacs_precision = precision or "fp32"
+    z_ref = logits.astype(np.float64)
+    p_ref = softmax(z_ref)
+    if precision is not None:
+        z = round_logits(np.ascontiguousarray(logits, dtype=np.float32), precision).astype(np.float64)
+        if not np.isfinite(z).all():
+            raise ValueError(f"Rounding the logits to {precision} overflows: the largest |logit| is "
+                             f"{np.abs(logits).max():g}, beyond the format's range.")
+    else:
+        z = z_ref
+    p_uncal = softmax(z)
+    tag = precision or AS_GIVEN
+
+    rows: list[dict[str, Any]] = [{"method": "uncalibrated", "calibrator": None, "logits": AS_GIVEN}]
+    probs: dict[str, np.ndarray] = {}
+    probs[_row_label(rows[0])] = p_ref
+    if precision is not None:
+        rows.append({"method": "uncalibrated", "calibrator": None, "logits": precision})
+        probs[_row_label(rows[-1])] = p_uncal
+
+    folds = list(StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state).split(z, labels))
+    fitted: dict[str, Any] = {}
+    full: dict[str, Any] = {}
+    total_fits = len(names) * (cv + int(fit_full))
+    with tqdm(total=total_fits, desc="precal evaluate: fitting", unit="fit", leave=False,
+              disable=None if progress else True) as bar:
+        for name in names:
+            display = CALIBRATORS[name][0]
+            base = make_calibrator(name, precision=pacs_precision, random_state=random_state)
+            out = np.empty_like(p_uncal)
+            per_fold: dict[str, list[float]] = {}
+            start = time.perf_counter()
+            for train, test in folds:
+                bar.set_postfix_str(name)
+                est = clone(base).fit(z[train], labels[train])
+                out[test] = est.predict_proba(z[test])
+                for key, value in _scalar_state(est).items():
+                    per_fold.setdefault(key, []).append(value)
+                bar.update(1)
+            fitted[name] = {"params": base.get_params(), "per_fold": per_fold,
+                            "fit_seconds": time.perf_counter() - start}
+            if fit_full:
+                full[name] = clone(base).fit(z, labels).to_dict()
+                bar.update(1)
+            rows.append({"method": display, "calibrator": name, "logits": tag})
+            probs[_row_label(rows[-1])] = out
+
+    with tqdm(total=len(rows) * len(METRICS), desc="precal evaluate: bootstrap", unit="metric", leave=False,
+              disable=None if progress else True) as bar:
+        for row in rows:
+            p = probs[_row_label(row)]
+            metrics: dict[str, Any] = {}
+            for metric in METRICS:
+                fn: Any = _accuracy if metric == "accuracy" else metric
+                params = {"n_bins": n_bins} if metric in ("ece", "ace", "mce") else {}
+                if n_bootstrap:
+                    ci = calibration_error_ci(labels, p, metric=fn, n_bootstrap=n_bootstrap,
+                                              confidence_level=confidence_level, random_state=random_state, **params)
+                    metrics[metric] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
+                else:
+                    metrics[metric] = {"estimate": _ESTIMATORS[metric](labels, p, **params), "low": None, "high": None}
+                bar.update(1)
+            row["metrics"] = metrics
+
+    diagnostics = bins = swaps = None
+    if precision is not None:
+        diagnostics, bins, swaps = _precision_diagnostics(labels, z_ref, z, precision, p_ref, p_uncal, n_bins)
+
+    counts = np.bincount(labels, minlength=logits.shape[1])
+    info = dict(inputs or {})
+    info.update({
+        "n_samples": int(logits.shape[0]),
+        "n_classes": int(logits.shape[1]),
+        "logits_dtype": str(logits.dtype),
+        "class_counts_min_max": [int(counts.min()), int(counts.max())],
+        "max_abs_logit": float(np.abs(z_ref).max()),
+        "mean_logit_norm": float(np.linalg.norm(z_ref, axis=1).mean()),
+    })
+    settings = {
+        "calibrators": {name: CALIBRATORS[name][0] for name in names},
+        "precision": precision,
+        "pacs_precision": pacs_precision,
+        "cv": int(cv),
+        "seed": int(random_state),
+        "n_bootstrap": int(n_bootstrap),
+        "confidence_level": float(confidence_level),
+        "n_bins": int(n_bins),
+    }
+    return Evaluation(info, settings, rows, diagnostics, bins, fitted, full, labels, probs, p_ref, swaps)
+
+
+# ------------------------------------------------------------------------- rendering
+def _cell(metric: str, values: dict[str, Any], digits: int | None = None) -> str:
+    scale = 100.0 if metric in _PERCENT else 1.0
+    d = digits if digits is not None else (2 if metric in _PERCENT else 4)
+    text = f"{scale * values['estimate']:.{d}f}"
+    if values.get("low") is not None:
+        text += f" [{scale * values['low']:.{d}f}, {scale * values['high']:.{d}f}]"
+    return text
+
+
+def metric_table(ev: Evaluation) -> list[dict[str, str]]:
+    """The metric table as rows of formatted strings (percent for accuracy/ECE/ACE/MCE)."""
+    with_logits = ev.settings["precision"] is not None  # else every row is "as given"
+    return [
+        {"method": row["method"], **({"logits": row["logits"]} if with_logits else {}),
+         **{_HEADERS[m]: _cell(m, row["metrics"][m]) for m in METRICS}}
+        for row in ev.rows
+    ]
+
+
+def diagnostics_table(ev: Evaluation) -> list[dict[str, Any]]:
+    """The precision diagnostics as rows ``{"diagnostic", "value"}`` (empty without a precision)."""
+    out = []
+    for d in ev.diagnostics or []:
+        v = d["value"]
+        out.append({"diagnostic": d["name"], "value": v if isinstance(v, int) else f"{v:.4g}"})
+    return out
+
+
+def _summary_lines(ev: Evaluation) -> list[str]:
+    s, i = ev.settings, ev.inputs
+    src = i.get("logits", "logits")
+    if i.get("logits_key"):
+        src += f" [{i['logits_key']}]"
+    lines = [
+        f"precal evaluate: {src}: {i['n_samples']} samples, {i['n_classes']} classes.",
+        f"Calibrators scored out of fold ({s['cv']}-fold stratified cross-validation, seed {s['seed']}); "
+        + (f"{100 * s['confidence_level']:g}% bootstrap intervals from {s['n_bootstrap']} resamples in brackets."
+           if s["n_bootstrap"] else "no bootstrap intervals."),
+    ]
+    if s["precision"]:
+        lines.append(f"Logits rounded to {s['precision']} (as a model deployed at {s['precision']} would emit them); "
+                     f"PACS precision {s['pacs_precision']}.")
+    return lines
+
+
+def format_text(ev: Evaluation) -> str:
+    """What ``precal evaluate`` prints: a summary, the metric table and the diagnostics."""
+    parts = [*_summary_lines(ev), "", format_table(metric_table(ev))]
+    if ev.diagnostics:
+        parts += ["", f"Precision diagnostics: logits as given vs rounded to {ev.settings['precision']}", "",
+                  format_table(diagnostics_table(ev))]
+    return "\n".join(parts)
+
+
+def _md_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
+    lines += ["| " + " | ".join(str(r[k]).replace("|", "\\|") for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return " .. ".join(_describe(v) for v in value)
+    return str(value)
+
+
+def _inputs_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    rows = [{"item": k.replace("_", " "), "value": _describe(v)} for k, v in ev.inputs.items() if v is not None]
+    s = ev.settings
+    rows += [
+        {"item": "calibrators", "value": ", ".join(s["calibrators"].values())},
+        {"item": "precision", "value": s["precision"] or "none (logits as given)"},
+        {"item": "PACS precision", "value": s["pacs_precision"]},
+        {"item": "cross-validation", "value": f"{s['cv']} stratified folds, seed {s['seed']}"},
+        {"item": "bootstrap", "value": f"{s['n_bootstrap']} resamples, {100 * s['confidence_level']:g}% percentile "
+                                       "interval" if s["n_bootstrap"] else "none"},
+        {"item": "bins (ECE/ACE/MCE)", "value": s["n_bins"]},
+    ]
+    return rows
+
+
+def _fitted_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    rows = []
+    for name, info in ev.fitted.items():
+        params = ", ".join(f"{k} {np.mean(v):.4g} (folds {min(v):.4g}..{max(v):.4g})"
+                           for k, v in info["per_fold"].items() if k != "n_iter_")
+        rows.append({"calibrator": CALIBRATORS[name][0], "fitted parameters (mean over folds)": params or "-",
+                     "fit time s (all folds)": f"{info['fit_seconds']:.2f}"})
+    return rows
+
+
+_FIGURE_TITLES = {
+    "reliability": "Reliability diagrams (out-of-fold probabilities)",
+    "precision_split": "Precision split: the uncalibrated model as given and at the precision",
+    "swaps": "Swapped predictions over confidence as given",
+}
+
+
+def require_matplotlib() -> None:
+    """Raise ImportError with the install command when matplotlib (the ``plot`` extra) is missing."""
+    try:
+        import matplotlib.figure  # noqa: F401 - only whether it imports
+    except ImportError as exc:
+        raise ImportError("the report needs matplotlib: pip install 'precal[plot]'") from exc
+
+
+def render_figures(ev: Evaluation) -> dict[str, bytes]:
+    """PNG bytes of the report's figures: reliability diagrams, and with a precision the
+    precision-split diagram and the swap histogram."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    from .plotting import precision_split_diagram, reliability_diagram, swap_histogram
+
+    def png(fig: Any) -> bytes:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+    out: dict[str, bytes] = {}
+    labels = list(ev.probabilities)
+    ncols = min(3, len(labels))
+    nrows = -(-len(labels) // ncols)
+    fig = Figure(figsize=(4.0 * ncols, 4.0 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, label in zip(axes, labels):
+        reliability_diagram(ev.labels, ev.probabilities[label], ax=ax, n_bins=ev.settings["n_bins"])
+        ax.set_title(label, fontsize="medium")
+    for ax in axes[len(labels):]:
+        ax.set_visible(False)
+    out["reliability"] = png(fig)
+    if ev.settings["precision"] is not None and ev.swaps is not None:
+        low = ev.probabilities[f"uncalibrated ({ev.settings['precision']})"]
+        ax = precision_split_diagram(ev.labels, ev.reference_probabilities, low,
+                                     names=(AS_GIVEN, ev.settings["precision"]), n_bins=ev.settings["n_bins"])
+        out["precision_split"] = png(ax.figure)
+        ax = swap_histogram(ev.swaps, label=ev.settings["precision"])
+        out["swaps"] = png(ax.figure)
+    return out
+
+
+def to_markdown(ev: Evaluation, figure_files: dict[str, str] | None = None) -> str:
+    """The report as Markdown; ``figure_files`` maps figure names to PNG paths to link."""
+    parts = ["# precal evaluate report", "", *_summary_lines(ev), "", "## Inputs and settings", "",
+             _md_table(_inputs_rows(ev)), "", "## Calibration metrics", "",
+             "Calibrated rows are out-of-fold predictions; brackets hold the bootstrap interval.", "",
+             _md_table(metric_table(ev))]
+    if ev.diagnostics:
+        parts += ["", f"## Precision diagnostics: as given vs {ev.settings['precision']}", "",
+                  _md_table([{"diagnostic": d["name"], "value": r["value"], "meaning": d["description"]}
+                             for d, r in zip(ev.diagnostics, diagnostics_table(ev))]),
+                  "", "True-class confidence shift by bin of confidence as given:", "",
+                  _md_table([{"bin": b["bin"], "samples": b["count"],
+                              "mean shift": "-" if not math.isfinite(b["mean_shift"]) else f"{b['mean_shift']:.4g}"}
+                             for b in ev.confidence_shift or []])]
+    parts += ["", "## Fitted calibrators", "", _md_table(_fitted_rows(ev))]
+    for name, path in (figure_files or {}).items():
+        parts += ["", f"## {_FIGURE_TITLES.get(name, name)}", "", f"![{name}]({path})"]
+    parts += ["", _footer()]
+    return "\n".join(parts) + "\n"
+
+
+def _footer() -> str:
+    import torch
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"precal {__version__}, numpy {np.__version__}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}; written {stamp}.")
+
+
+def _html_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in keys) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;
+font-variant-numeric:tabular-nums}th{background:#f3f3f3}img{max-width:100%}p.note{color:#555}"""
+
+
+def to_html(ev: Evaluation, figures: dict[str, bytes] | None = None) -> str:
+    """The report as one self-contained HTML page (figures as base64 PNG data URIs)."""
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+        "<title>precal evaluate report</title>", f"<style>{_CSS}</style></head><body>",
+        "<h1>precal evaluate report</h1>", *(f"<p>{esc(line)}</p>" for line in _summary_lines(ev)),
+        "<h2>Inputs and settings</h2>", _html_table(_inputs_rows(ev)),
+        "<h2>Calibration metrics</h2>",
+        "<p class='note'>Calibrated rows are out-of-fold predictions: each sample is scored by a calibrator "
+        "fitted on the other folds. Brackets hold the bootstrap percentile interval; accuracy, ECE, ACE and MCE "
+        "in percent. Lower is better for every column but accuracy.</p>",
+        _html_table(metric_table(ev)),
+    ]
+    if ev.diagnostics:
+        parts += [
+            f"<h2>Precision diagnostics: as given vs {esc(str(ev.settings['precision']))}</h2>",
+            _html_table([{"diagnostic": d["name"], "value": r["value"], "meaning": d["description"]}
+                         for d, r in zip(ev.diagnostics, diagnostics_table(ev))]),
+            "<p>True-class confidence shift by bin of confidence as given:</p>",
+            _html_table([{"bin": b["bin"], "samples": b["count"],
+                          "mean shift": "-" if not math.isfinite(b["mean_shift"]) else f"{b['mean_shift']:.4g}"}
+                         for b in ev.confidence_shift or []]),
+        ]
+    parts += ["<h2>Fitted calibrators</h2>", _html_table(_fitted_rows(ev))]
+    for name, data in (figures or {}).items():
+        encoded = base64.b64encode(data).decode("ascii")
+        parts += [f"<h2>{esc(_FIGURE_TITLES.get(name, name))}</h2>",
+                  f"<img alt='{esc(name)}' src='data:image/png;base64,{encoded}'>"]
+    parts += [f"<p class='note'>{esc(_footer())}</p>", "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(ev: Evaluation, directory: str | Path) -> list[Path]:
+    """Write ``report.html``, ``report.md``, ``results.json``, the figures as PNG and, when
+    the evaluation kept them, ``calibrators.json``; returns the paths written."""
+    figures = render_figures(ev)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    files: dict[str, str] = {}
+    for name, data in figures.items():
+        path = out / f"{name}.png"
+        path.write_bytes(data)
+        files[name] = path.name
+        written.append(path)
+    for name, text in (("report.html", to_html(ev, figures)), ("report.md", to_markdown(ev, files)),
+                       ("results.json", json.dumps(ev.to_dict(), indent=2) + "\n")):
+        (out / name).write_text(text, encoding="utf-8")
+        written.append(out / name)
+    if ev.calibrators:
+        path = out / "calibrators.json"
+        path.write_text(json.dumps(ev.calibrators, indent=2) + "\n", encoding="utf-8")
+        written.append(path)
+    return written

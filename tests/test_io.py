@@ -1,0 +1,303 @@
+"""precal.io: the files the ``precal`` command reads (logits, labels, inputs, models)."""
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_array_equal
+
+from precal.demo import DigitsCNN
+from precal.io import FileFormatError, load_inputs, load_logits, load_model, read_arrays, select_array
+
+# TorchScript is deprecated in torch >= 2.9 but still what many deployed models are saved as
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture
+def zy():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=40)
+    z = (3.0 * np.eye(3)[y] + rng.normal(size=(40, 3))).astype(np.float32)
+    return z, y
+
+
+def _write_csv(path, header, rows):
+    path.write_text("\n".join([",".join(header), *(",".join(map(str, r)) for r in rows)]) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------ read_arrays / select_array
+def test_read_arrays_reads_every_array_kind(tmp_path, zy):
+    z, y = zy
+    np.save(tmp_path / "z.npy", z)
+    np.savez(tmp_path / "zy.npz", logits=z, labels=y)
+    torch.save(torch.from_numpy(z), tmp_path / "t.pt")
+    torch.save({"logits": torch.from_numpy(z), "labels": torch.from_numpy(y)}, tmp_path / "d.pth")
+    assert_array_equal(read_arrays(tmp_path / "z.npy")[""], z)
+    npz = read_arrays(tmp_path / "zy.npz")
+    assert set(npz) == {"logits", "labels"} and npz["labels"].dtype == y.dtype
+    assert_array_equal(read_arrays(tmp_path / "t.pt")[""], z)
+    d = read_arrays(tmp_path / "d.pth")
+    assert_array_equal(d["logits"], z)
+    assert_array_equal(d["labels"], y)
+
+
+def test_bfloat16_tensors_come_back_as_exact_float32(tmp_path, zy):
+    t = torch.from_numpy(zy[0]).bfloat16()
+    torch.save({"logits": t}, tmp_path / "b.pt")
+    out = read_arrays(tmp_path / "b.pt")["logits"]
+    assert out.dtype == np.float32
+    assert torch.equal(torch.from_numpy(out).bfloat16().float(), torch.from_numpy(out))  # on the bf16 grid
+    assert_array_equal(out, t.float().numpy())
+
+
+@pytest.mark.parametrize("name", ["text.npy", "text.npz", "text.pt"])
+def test_a_text_file_with_an_array_suffix_is_refused(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("this is not an array\n")
+    with pytest.raises(FileFormatError, match=r"text\.(npy|npz|pt)"):
+        read_arrays(path)
+
+
+def test_pickled_object_arrays_are_refused(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(FileFormatError, match="pickled"):
+        read_arrays(tmp_path / "obj.npy")
+
+
+def test_a_pt_file_must_hold_tensors(tmp_path):
+    torch.save([torch.zeros(2), torch.ones(2)], tmp_path / "list.pt")
+    with pytest.raises(FileFormatError, match="tensor"):
+        read_arrays(tmp_path / "list.pt")
+    torch.save({}, tmp_path / "empty.pt")
+    with pytest.raises(FileFormatError, match="empty"):
+        read_arrays(tmp_path / "empty.pt")
+
+
+def test_unknown_suffix_and_missing_file(tmp_path):
+    (tmp_path / "a.h5").write_bytes(b"x")
+    with pytest.raises(FileFormatError, match=r"'\.h5'.*\.npy"):
+        read_arrays(tmp_path / "a.h5")
+    with pytest.raises(FileNotFoundError):
+        read_arrays(tmp_path / "missing.npy")
+
+
+def test_select_array_prefers_key_then_default_then_single_array():
+    a, b = np.zeros(1), np.ones(1)
+    assert select_array({"x": a, "logits": b}, "x", "logits", path="f", option="--k") == (a, "x")
+    assert select_array({"x": a, "logits": b}, None, "logits", path="f", option="--k") == (b, "logits")
+    assert select_array({"only": a}, None, "logits", path="f", option="--k") == (a, "only")
+    assert select_array({"": a}, None, "logits", path="f", option="--k") == (a, None)
+    with pytest.raises(FileFormatError, match=r"no key 'logits' \(keys: x, y\); choose one with --k"):
+        select_array({"x": a, "y": b}, None, "logits", path="f", option="--k")
+    with pytest.raises(FileFormatError, match=r"no key 'z' \(keys: x, y\)"):
+        select_array({"x": a, "y": b}, "z", "logits", path="f", option="--k")
+
+
+# ------------------------------------------------------------------ load_logits
+def test_load_logits_from_npz_with_default_and_named_keys(tmp_path, zy):
+    z, y = zy
+    np.savez(tmp_path / "a.npz", logits=z, labels=y)
+    np.savez(tmp_path / "b.npz", logits_test=z, labels_test=y, logits_val=z[:5], labels_val=y[:5])
+    d = load_logits(tmp_path / "a.npz")
+    assert_array_equal(d.logits, z)
+    assert_array_equal(d.labels, y)
+    assert d.labels.dtype == np.int64 and d.source["logits_key"] == "logits" and d.source["labels_key"] == "labels"
+    d = load_logits(tmp_path / "b.npz", logits_key="logits_test", labels_key="labels_test")
+    assert_array_equal(d.logits, z)
+    assert_array_equal(d.labels, y)
+    with pytest.raises(FileFormatError, match="choose one with --logits-key"):
+        load_logits(tmp_path / "b.npz")
+    with pytest.raises(FileFormatError, match="no labels.*--labels FILE"):
+        load_logits(tmp_path / "b.npz", logits_key="logits_test")
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "pt", "txt", "csv"])
+def test_load_logits_from_npy_with_a_separate_labels_file(tmp_path, zy, kind):
+    z, y = zy
+    np.save(tmp_path / "z.npy", z)
+    path = tmp_path / f"y.{kind}"
+    if kind == "npy":
+        np.save(path, y)
+    elif kind == "npz":
+        np.savez(path, labels=y)
+    elif kind == "pt":
+        torch.save(torch.from_numpy(y), path)
+    elif kind == "txt":
+        np.savetxt(path, y, fmt="%d")
+    else:
+        _write_csv(path, ["label"], [[v] for v in y])
+    d = load_logits(tmp_path / "z.npy", path)
+    assert_array_equal(d.labels, y)
+    assert d.source["labels"] == str(path)
+
+
+def test_npy_logits_without_labels_say_how_to_give_them(tmp_path, zy):
+    np.save(tmp_path / "z.npy", zy[0])
+    with pytest.raises(FileFormatError, match="logits only; pass the labels with --labels"):
+        load_logits(tmp_path / "z.npy")
+
+
+def test_separate_labels_take_precedence(tmp_path, zy):
+    z, y = zy
+    np.savez(tmp_path / "a.npz", logits=z, labels=np.zeros_like(y))
+    np.save(tmp_path / "y.npy", y)
+    assert_array_equal(load_logits(tmp_path / "a.npz", tmp_path / "y.npy").labels, y)
+
+
+def test_load_logits_from_csv_with_class_names_or_indices(tmp_path, zy):
+    z, y = zy
+    names = ["cat", "dog", "fox"]
+    rows = [[*(f"{v:.9g}" for v in zi), names[yi]] for zi, yi in zip(z, y)]
+    d = load_logits(_write_csv(tmp_path / "a.csv", [*names, "label"], rows))
+    np.testing.assert_allclose(d.logits, z, rtol=1e-7)
+    assert_array_equal(d.labels, y)
+    assert d.class_names == names
+    rows = [[yi, *(f"{v:.9g}" for v in zi)] for zi, yi in zip(z, y)]  # label column first, integer labels
+    d = load_logits(_write_csv(tmp_path / "b.csv", ["truth", *names], rows), label_column="truth")
+    assert_array_equal(d.labels, y)
+
+
+def test_csv_problems_are_named(tmp_path):
+    with pytest.raises(FileFormatError, match="no label column 'label'"):
+        load_logits(_write_csv(tmp_path / "a.csv", ["a", "b"], [[1, 2]]))
+    with pytest.raises(FileFormatError, match="line 3, column 'b': 'x' is not a number"):
+        load_logits(_write_csv(tmp_path / "b.csv", ["a", "b", "label"], [[1, 2, 0], [1, "x", 1]]))
+    with pytest.raises(FileFormatError, match="line 2 has 2 field"):
+        load_logits(_write_csv(tmp_path / "c.csv", ["a", "b", "label"], [[1, 2]]))
+    with pytest.raises(FileFormatError, match="'wolf'.*column names"):
+        load_logits(_write_csv(tmp_path / "d.csv", ["a", "b", "label"], [[1, 2, "wolf"]]))
+    with pytest.raises(FileFormatError, match="no rows"):
+        load_logits(_write_csv(tmp_path / "e.csv", ["a", "b", "label"], []))
+    (tmp_path / "f.csv").write_text("")
+    with pytest.raises(FileFormatError, match="empty"):
+        load_logits(tmp_path / "f.csv")
+
+
+def test_labels_must_match_the_logits(tmp_path, zy):
+    z, y = zy
+    np.save(tmp_path / "z.npy", z)
+    cases = {
+        "short.npy": (y[:-3], "have 37 entries but the logits have 40 rows"),
+        "range.npy": (y + 3, r"class indices 0\.\.2.*found \[3, 4, 5\]"),
+        "neg.npy": (y - 1, r"found \[-1\]"),
+        "frac.npy": (y + 0.5, "integer class indices"),
+        "two_d.npy": (np.stack([y, y], axis=1), "1-D"),
+    }
+    for name, (labels, message) in cases.items():
+        np.save(tmp_path / name, labels)
+        with pytest.raises(FileFormatError, match=message):
+            load_logits(tmp_path / "z.npy", tmp_path / name)
+    np.save(tmp_path / "float.npy", y.astype(np.float64))  # integral floats are fine
+    assert_array_equal(load_logits(tmp_path / "z.npy", tmp_path / "float.npy").labels, y)
+
+
+@pytest.mark.parametrize(
+    ("logits", "message"),
+    [
+        (np.zeros(5), "2-D.*two columns"),
+        (np.zeros((5, 1)), "at least 1 row and 2 columns"),
+        (np.zeros((0, 3)), "at least 1 row"),
+        (np.array([[0.0, np.nan], [np.inf, 1.0]]), "2 NaN or inf"),
+        (np.array([["a", "b"]]), "must be numbers"),
+    ],
+)
+def test_bad_logits_are_refused(tmp_path, logits, message):
+    np.savez(tmp_path / "z.npz", logits=logits, labels=np.zeros(len(logits), dtype=np.int64))
+    with pytest.raises(FileFormatError, match=message):
+        load_logits(tmp_path / "z.npz")
+
+
+def test_integer_logits_become_float(tmp_path):
+    np.savez(tmp_path / "z.npz", logits=np.array([[3, -1], [0, 2]], dtype=np.int8), labels=[0, 1])
+    d = load_logits(tmp_path / "z.npz")
+    assert d.logits.dtype == np.float64 and d.logits.tolist() == [[3, -1], [0, 2]]
+
+
+# ------------------------------------------------------------------ load_inputs
+def test_load_inputs_keys_labels_and_dtype(tmp_path):
+    x = np.random.default_rng(0).random((6, 1, 8, 8))
+    y = np.arange(6)
+    np.savez(tmp_path / "a.npz", inputs=x, labels=y)
+    np.savez(tmp_path / "b.npz", images=x.astype(np.float32), labels=y)
+    np.savez(tmp_path / "c.npz", images=x, other=x)
+    np.save(tmp_path / "d.npy", x)
+    inputs, labels, key = load_inputs(tmp_path / "a.npz")
+    assert inputs.dtype == np.float32 and key == "inputs"
+    assert_array_equal(labels, y)
+    np.testing.assert_array_equal(inputs, x.astype(np.float32))
+    inputs, labels, key = load_inputs(tmp_path / "b.npz")  # the one array that is not labels
+    assert key == "images" and labels is not None
+    with pytest.raises(FileFormatError, match="choose one with --inputs-key"):
+        load_inputs(tmp_path / "c.npz")
+    assert load_inputs(tmp_path / "c.npz", "other")[2] == "other"
+    inputs, labels, key = load_inputs(tmp_path / "d.npy")
+    assert labels is None and key is None and inputs.shape == x.shape
+    np.savez(tmp_path / "e.npz", inputs=x, labels=y[:3])  # not these inputs' labels: ignored
+    assert load_inputs(tmp_path / "e.npz")[1] is None
+    np.save(tmp_path / "f.npy", np.float32(1.0))
+    with pytest.raises(FileFormatError, match="batch dimension"):
+        load_inputs(tmp_path / "f.npy")
+
+
+# ------------------------------------------------------------------ load_model
+@pytest.fixture(scope="module")
+def digits_model():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return DigitsCNN().eval()
+
+
+def test_load_model_reads_export_and_torchscript(tmp_path, digits_model):
+    x = torch.rand(4, 1, 8, 8)
+    torch.export.save(torch.export.export(digits_model, (x,)), tmp_path / "m.pt2")
+    torch.jit.script(digits_model).save(tmp_path / "m.ts")
+    exported = load_model(str(tmp_path / "m.pt2"))
+    scripted = load_model(str(tmp_path / "m.ts"))
+    assert exported.kind == "export" and scripted.kind == "torchscript"
+    with torch.no_grad():
+        expected = digits_model(x)
+        assert torch.allclose(exported.module(x), expected, atol=1e-6)
+        assert torch.allclose(scripted.module(x), expected, atol=1e-6)
+
+
+def test_load_model_imports_factories(tmp_path, monkeypatch):
+    (tmp_path / "io_test_factories.py").write_text(
+        "import torch\n"
+        "from precal.demo import DigitsCNN\n"
+        "def build():\n    return DigitsCNN()\n"
+        "class Holder:\n    model = torch.nn.Linear(3, 2)\n"
+        "def not_a_model():\n    return 42\n"
+        "def broken():\n    raise RuntimeError('no weights here')\n"
+        "VALUE = 3\n"
+    )
+    monkeypatch.chdir(tmp_path)  # the current directory is importable, as with `python -m`
+    assert load_model("io_test_factories:build").kind == "factory"
+    assert isinstance(load_model("io_test_factories:Holder.model").module, torch.nn.Linear)
+    assert isinstance(load_model("precal.demo:DigitsCNN").module, DigitsCNN)
+    assert str(tmp_path) not in __import__("sys").path  # put back afterwards
+    with pytest.raises(ValueError, match="returned a int, not a torch.nn.Module"):
+        load_model("io_test_factories:not_a_model")
+    with pytest.raises(ValueError, match="calling it failed: RuntimeError: no weights here"):
+        load_model("io_test_factories:broken")
+    with pytest.raises(ValueError, match="neither an nn.Module nor a callable"):
+        load_model("io_test_factories:VALUE")
+    with pytest.raises(ValueError, match="has no attribute 'missing'"):
+        load_model("io_test_factories:missing")
+    with pytest.raises(ValueError, match="cannot import 'no_such_module_xyz'"):
+        load_model("no_such_module_xyz:build")
+
+
+def test_load_model_names_what_is_wrong_with_a_file(tmp_path, digits_model):
+    torch.save(digits_model.state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(FileFormatError, match="state_dict.*module:factory"):
+        load_model(str(tmp_path / "weights.pt"))
+    (tmp_path / "junk.pt").write_text("junk")
+    with pytest.raises(FileFormatError, match="cannot load .* as TorchScript"):
+        load_model(str(tmp_path / "junk.pt"))
+    (tmp_path / "junk.pt2").write_text("junk")
+    with pytest.raises(FileFormatError, match="not a torch.export archive"):
+        load_model(str(tmp_path / "junk.pt2"))
+    with pytest.raises(FileNotFoundError, match="neither an existing file"):
+        load_model(str(tmp_path / "nothing"))
+    with pytest.raises(FileFormatError, match="directory"):
+        load_model(str(tmp_path))

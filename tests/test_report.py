@@ -1,0 +1,224 @@
+"""precal.report: the evaluation behind ``precal evaluate`` and its renderings."""
+
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from precal import PACSCalibrator, TemperatureScaling, load_calibrator
+from precal._numerics import softmax
+from precal.calibration import precision_epsilon
+from precal.emulate import round_logits
+from precal.metrics import (
+    adaptive_calibration_error,
+    brier_score,
+    calibration_error_ci,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    precision_split,
+    swap_analysis,
+)
+from precal.report import (
+    METRICS,
+    evaluate,
+    format_text,
+    make_calibrator,
+    metric_table,
+    require_matplotlib,
+    to_html,
+    to_markdown,
+    write_report,
+)
+from tests.conftest import make_logits
+
+
+@pytest.fixture(scope="module")
+def data():
+    z, y = make_logits(n=240, k=3, scale=3.0, seed=1)
+    return z.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def ev(data):
+    z, y = data
+    return evaluate(z, y, calibrators=["ts", "pacs"], precision="fp8_e4m3", cv=3, n_bootstrap=30, random_state=2,
+                    fit_full=True, inputs={"logits": "synthetic"})
+
+
+def _probs(ev, method, logits):
+    return ev.probabilities[f"{method} ({logits})"]
+
+
+def test_rows_cover_uncalibrated_at_both_precisions_and_each_calibrator(ev):
+    assert [(r["method"], r["logits"]) for r in ev.rows] == [
+        ("uncalibrated", "as given"), ("uncalibrated", "fp8_e4m3"),
+        ("temperature scaling", "fp8_e4m3"), ("PACS", "fp8_e4m3")]
+    for row in ev.rows:
+        assert list(row["metrics"]) == list(METRICS)
+        for m in row["metrics"].values():
+            assert m["low"] <= m["high"]  # a percentile interval need not hold a biased estimate (ECE, NLL)
+
+
+def test_uncalibrated_rows_are_the_softmax_of_given_and_rounded_logits(ev, data):
+    z, y = data
+    assert_allclose(_probs(ev, "uncalibrated", "as given"), softmax(z.astype(np.float64)))
+    rounded = round_logits(z, "fp8_e4m3").astype(np.float64)
+    assert_allclose(_probs(ev, "uncalibrated", "fp8_e4m3"), softmax(rounded))
+
+
+def test_metric_estimates_equal_the_library_metrics(ev, data):
+    _, y = data
+    fns = {"ece": expected_calibration_error, "ace": adaptive_calibration_error, "mce": maximum_calibration_error,
+           "nll": negative_log_likelihood, "brier": brier_score}
+    for row in ev.rows:
+        p = _probs(ev, row["method"], row["logits"])
+        assert row["metrics"]["accuracy"]["estimate"] == pytest.approx(np.mean(p.argmax(axis=1) == y))
+        for name, fn in fns.items():
+            assert row["metrics"][name]["estimate"] == pytest.approx(fn(y, p))
+
+
+def test_intervals_are_the_library_bootstrap_with_the_seed(ev, data):
+    _, y = data
+    p = _probs(ev, "PACS", "fp8_e4m3")
+    ci = calibration_error_ci(y, p, metric="ace", n_bootstrap=30, random_state=2, n_bins=15)
+    got = ev.rows[3]["metrics"]["ace"]
+    assert (got["estimate"], got["low"], got["high"]) == pytest.approx((ci.estimate, ci.low, ci.high))
+
+
+def test_calibrated_rows_are_out_of_fold_as_cross_val_predict(ev, data):
+    z, y = data
+    rounded = round_logits(z, "fp8_e4m3").astype(np.float64)
+    cv = StratifiedKFold(n_splits=3, shuffle=True, random_state=2)
+    expected = cross_val_predict(TemperatureScaling(), rounded, y, cv=cv, method="predict_proba")
+    assert_allclose(_probs(ev, "temperature scaling", "fp8_e4m3"), expected, rtol=1e-10, atol=1e-12)
+    expected = cross_val_predict(PACSCalibrator(precision="fp8_e4m3"), rounded, y, cv=cv, method="predict_proba")
+    assert_allclose(_probs(ev, "PACS", "fp8_e4m3"), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_pacs_gets_the_precision_and_fitted_parameters_are_per_fold(ev):
+    assert ev.settings["pacs_precision"] == "fp8_e4m3"
+    assert ev.fitted["pacs"]["per_fold"]["epsilon_"] == [precision_epsilon("fp8_e4m3")] * 3
+    assert len(ev.fitted["ts"]["per_fold"]["temperature_"]) == 3
+    assert ev.fitted["pacs"]["params"]["precision"] == "fp8_e4m3"
+
+
+def test_calibrators_fitted_on_all_rows_round_trip_through_json(ev, data):
+    z, y = data
+    rounded = round_logits(z, "fp8_e4m3").astype(np.float64)
+    ts = load_calibrator(json.loads(json.dumps(ev.calibrators["ts"])))
+    assert ts.temperature_ == pytest.approx(TemperatureScaling().fit(rounded, y).temperature_)
+
+
+def test_precision_diagnostics_are_the_library_diagnostics(ev, data):
+    z, y = data
+    p_ref = softmax(z.astype(np.float64))
+    p_low = softmax(round_logits(z, "fp8_e4m3").astype(np.float64))
+    diag = {d["name"]: d["value"] for d in ev.diagnostics}
+    swaps = swap_analysis(y, p_ref, p_low)
+    assert diag["share swapped"] == swaps.share_swapped
+    assert diag["right -> wrong"] == swaps.n_right_to_wrong
+    assert diag["mean |confidence gap|"] == pytest.approx(precision_split(p_ref, p_low).mean_abs_gap)
+    assert "softmax in fp8_e4m3: share at 1.0" in diag  # a float format: the in-format softmax too
+    assert sum(b["count"] for b in ev.confidence_shift) == len(y)
+
+
+def test_integer_precision_has_no_in_format_softmax(data):
+    z, y = data
+    ev = evaluate(z, y, calibrators=[], precision="int8", cv=2, n_bootstrap=0)
+    names = [d["name"] for d in ev.diagnostics]
+    assert "share swapped" in names and not any("softmax in" in n for n in names)
+
+
+def test_precision_names_are_canonical(data):
+    z, y = data
+    ev = evaluate(z, y, calibrators=["pacs"], precision="BF16", cv=2, n_bootstrap=0)
+    assert ev.settings["precision"] == ev.settings["pacs_precision"] == "bf16"
+    assert ev.fitted["pacs"]["params"]["precision"] == "bf16"
+    with pytest.raises(ValueError, match="bf17"):
+        evaluate(z, y, precision="bf17", cv=2)
+
+
+def test_without_precision_logits_are_used_as_given(data):
+    z, y = data
+    ev = evaluate(z, y, calibrators=["ts"], cv=2, n_bootstrap=0)
+    assert [r["logits"] for r in ev.rows] == ["as given", "as given"]
+    assert ev.diagnostics is None and ev.settings["pacs_precision"] == "fp32"
+    assert all(m["low"] is None for m in ev.rows[1]["metrics"].values())
+    assert "logits" not in metric_table(ev)[0]  # one value for every row: no column
+    assert "[" not in format_text(ev).split("\n\n")[1]  # no intervals
+
+
+def test_evaluation_is_deterministic_for_a_seed(data):
+    z, y = data
+    a = evaluate(z, y, calibrators=["ts"], cv=2, n_bootstrap=10, random_state=5).to_dict()
+    b = evaluate(z, y, calibrators=["ts"], cv=2, n_bootstrap=10, random_state=5).to_dict()
+    for d in (a, b):
+        d["fitted"]["ts"].pop("fit_seconds")
+    assert a == b
+
+
+def test_bad_arguments_are_value_errors(data):
+    z, y = data
+    with pytest.raises(ValueError, match="cv must be an integer >= 2"):
+        evaluate(z, y, cv=1)
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        evaluate(z, y, n_bootstrap=-1)
+    with pytest.raises(ValueError, match="Unknown calibrator 'platt'"):
+        evaluate(z, y, calibrators=["platt"])
+    with pytest.raises(ValueError, match="at least 5 samples"):
+        evaluate(z[:3], y[:3], cv=5)
+    with pytest.raises(ValueError, match="overflows"):
+        evaluate(np.array([[1e5, 0.0], [0.0, 1e5]] * 4), np.array([0, 1] * 4), precision="fp16", cv=2)
+    with pytest.raises(ValueError, match="Unknown calibrator"):
+        make_calibrator("nope")
+
+
+def test_json_form_is_strict_json(ev):
+    text = json.dumps(ev.to_dict(), allow_nan=False)
+    back = json.loads(text)
+    assert back["settings"]["precision"] == "fp8_e4m3" and len(back["rows"]) == 4
+    assert back["inputs"]["n_samples"] == 240 and back["inputs"]["logits"] == "synthetic"
+
+
+def test_text_table_has_one_line_per_row_with_intervals(ev):
+    text = format_text(ev)
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    body = lines[header + 2: header + 2 + len(ev.rows)]
+    assert [line.split()[0] for line in body] == ["uncalibrated", "uncalibrated", "temperature", "PACS"]
+    assert all(re.search(r"\d+\.\d+ \[\d+\.\d+, \d+\.\d+\]", line) for line in body)
+    assert "Precision diagnostics" in text and "share swapped" in text
+
+
+def test_markdown_and_html_hold_the_same_tables(ev):
+    md, page = to_markdown(ev, {"reliability": "reliability.png"}), to_html(ev, {"reliability": b"\x89PNG"})
+    for row in metric_table(ev):
+        assert "| " + " | ".join(row.values()) + " |" in md
+        assert all(f"<td>{v}</td>" in page for v in row.values())
+    assert "![reliability](reliability.png)" in md
+    assert "data:image/png;base64,iVBORw==" in page
+
+
+def test_write_report_writes_a_self_contained_page(ev, tmp_path):
+    pytest.importorskip("matplotlib")
+    written = write_report(ev, tmp_path / "out")
+    names = sorted(p.name for p in written)
+    assert names == ["calibrators.json", "precision_split.png", "reliability.png", "report.html", "report.md",
+                     "results.json", "swaps.png"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing outside the file
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == json.loads(json.dumps(ev.to_dict()))
+    for png in ("reliability", "precision_split", "swaps"):
+        assert (tmp_path / "out" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'precal\[plot\]'"):
+        require_matplotlib()
