@@ -393,6 +393,11 @@ def emulate_model(
     all_cfgs = [cfg, *[c for c in layer_cfgs.values() if c is not None]]
     if all(c.is_identity for c in all_cfgs):
         return emulated
+    if not known:
+        raise ValueError(
+            f"Config {cfg.name!r} has nothing to emulate: the model has no nn.Linear or nn.Conv layers "
+            f"({type(model).__name__}; a TorchScript or torch.export graph hides them). Pass the nn.Module itself."
+        )
     if any(c.weight_format and c.fold_bn for c in all_cfgs):
         fold_batchnorm(emulated)
     layers: list[EmulatedLayer] = []

@@ -240,3 +240,14 @@ def test_observers_ranges():
         RangeObserver("median")
     with pytest.raises(RuntimeError, match="seen no"):
         RangeObserver().range(fmt)
+
+
+@pytest.mark.parametrize("config", ["bf16", "w8a16"])
+def test_a_model_without_linear_or_conv_layers_is_refused(config):
+    """A compiled graph (TorchScript, torch.export) hides its layers: emulating it would be a silent no-op."""
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    with pytest.raises(ValueError, match="nothing to emulate"):
+        emulate_model(torch.nn.ReLU(), config)
+    with pytest.raises(ValueError, match="nothing to emulate"):
+        emulate_model(scripted, config)
+    assert emulate_model(torch.nn.ReLU(), "fp32") is not None  # fp32 needs no layers
