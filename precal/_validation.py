@@ -4,6 +4,15 @@ Calibrators take *logits*, metrics take *probabilities*; nothing here guesses on
 other by looking at the value range. Each check raises a ``ValueError`` (or ``TypeError``)
 that names the argument, what was expected and what was received. Inputs are never
 modified in place: conversions always produce new arrays or read-only views.
+
+Two opt-in modes keep large inputs where they are:
+
+* ``keep_tensor=True`` (:func:`check_logits`): a torch tensor is validated with torch on its
+  own device and returned as a tensor, so CUDA logits never travel to the host.
+* ``stream=True`` (:func:`check_logits`, :func:`check_probabilities`): a 2-D ``numpy.memmap``
+  that :func:`precal._chunks.file_rows` can stream is validated block by block from its
+  file and returned as a :class:`~precal._chunks.FileRows`, so the process never holds
+  more than one block of it.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils import check_array, column_or_1d
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
+
+from ._chunks import FileRows, file_rows, row_blocks, rows_per_block
 
 __all__ = [
     "as_numpy",
@@ -89,8 +100,10 @@ def _as_float(arr: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def check_logits(X: Any, *, name: str = "X", allow_1d: bool = True) -> np.ndarray:
-    """Validate logits and return a finite float32/float64 numpy array.
+def check_logits(
+    X: Any, *, name: str = "X", allow_1d: bool = True, keep_tensor: bool = False, stream: bool = False
+) -> Any:
+    """Validate logits and return them as finite float32/float64 data.
 
     Parameters
     ----------
@@ -100,19 +113,32 @@ def check_logits(X: Any, *, name: str = "X", allow_1d: bool = True) -> np.ndarra
         Name used in error messages.
     allow_1d : bool
         Whether 1-D input (single-logit binary) is accepted.
+    keep_tensor : bool, default=False
+        Return a torch tensor input as a validated tensor on its own device (checked with
+        torch: nothing is copied to the host) instead of a numpy array.
+    stream : bool, default=False
+        Return a 2-D ``numpy.memmap`` with at least 2 columns that can be read from its file
+        (:func:`precal._chunks.file_rows`) as a :class:`~precal._chunks.FileRows`, after
+        checking it block by block; the process holds one block at a time.
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray, torch.Tensor or FileRows
         1-D or 2-D, dtype float32 or float64 (float16/bfloat16 upcast to float32,
-        integers to float64). May share memory with the input; never written to.
+        integers to float64; a streamed float16 file is upcast block by block). May share
+        memory with the input; never written to.
     """
     if sp.issparse(X):
         raise TypeError(f"{name} is a sparse matrix: sparse input is not supported, logits must be dense.")
+    if keep_tensor and _is_tensor(X):
+        return _check_logits_tensor(X, name, allow_1d)
+    if stream:
+        rows = file_rows(X)
+        if rows is not None and rows.shape[1] >= 2:
+            _check_finite_blocks(rows, name)
+            return rows
     arr = _as_float(as_numpy(X), name)
-    if arr.ndim == 0 or arr.ndim > 2 or (arr.ndim == 1 and not allow_1d):
-        expected = "2-D (n_samples, n_classes)" + (" or 1-D (n_samples,)" if allow_1d else "")
-        raise ValueError(f"{name} must be {expected} logits, got an array with shape {arr.shape} ({arr.ndim}-D).")
+    _check_logits_ndim(arr.shape, name, allow_1d)
     arr = check_array(
         arr,
         ensure_2d=False,
@@ -126,7 +152,61 @@ def check_logits(X: Any, *, name: str = "X", allow_1d: bool = True) -> np.ndarra
     return arr
 
 
-def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
+def _is_tensor(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def _check_logits_ndim(shape: tuple[int, ...], name: str, allow_1d: bool) -> None:
+    ndim = len(shape)
+    if ndim == 0 or ndim > 2 or (ndim == 1 and not allow_1d):
+        expected = "2-D (n_samples, n_classes)" + (" or 1-D (n_samples,)" if allow_1d else "")
+        raise ValueError(f"{name} must be {expected} logits, got an array with shape {tuple(shape)} ({ndim}-D).")
+
+
+def _check_logits_tensor(X: Any, name: str, allow_1d: bool) -> Any:
+    """:func:`check_logits` for a torch tensor, in torch on the tensor's device.
+
+    The same checks and messages as the numpy path (scikit-learn's wording); the only
+    values that reach the host are two booleans (all finite? any NaN?).
+    """
+    import torch
+
+    t = X.detach()
+    if t.is_complex():
+        raise ValueError(f"Complex data not supported: {name} must be real-valued, got dtype {t.dtype}.")
+    if not t.is_floating_point():
+        t = t.to(torch.float64)  # integers and bools, as the numpy path does
+    elif t.dtype not in (torch.float32, torch.float64):
+        t = t.float()  # float16, bfloat16, float8: exact in float32
+    _check_logits_ndim(tuple(t.shape), name, allow_1d)
+    if t.shape[0] == 0:
+        raise ValueError(
+            f"Found array with 0 sample(s) (shape={tuple(t.shape)}) while a minimum of 1 is required ({name})."
+        )
+    if t.dim() == 2 and t.shape[1] == 0:
+        raise ValueError(
+            f"Found array with 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required ({name})."
+        )
+    if not bool(torch.isfinite(t).all()):
+        if bool(torch.isnan(t).any()):
+            raise ValueError(f"Input {name} contains NaN.")
+        raise ValueError(f"Input {name} contains infinity or a value too large for {t.dtype}.")
+    return t
+
+
+def _check_finite_blocks(rows: FileRows, name: str) -> None:
+    """Finiteness of streamed logits, block by block (scikit-learn's messages)."""
+    for _, block in rows.blocks(rows_per_block(rows.shape[1])):
+        lo, hi = _aminmax(block)  # NaN propagates into both, inf shows in them
+        if np.isnan(lo) or np.isnan(hi):
+            raise ValueError(f"Input {name} contains NaN.")
+        if np.isinf(lo) or np.isinf(hi):
+            raise ValueError(f"Input {name} contains infinity or a value too large for dtype({str(rows.dtype)!r}).")
+
+
+def check_probabilities(y_prob: Any, *, name: str = "y_prob", stream: bool = False) -> Any:
     """Validate class probabilities and return them as a ``(n_samples, n_classes)`` float array.
 
     1-D input is the positive-class probability of a binary problem and becomes
@@ -135,22 +215,33 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
     probabilities rounded to float16 or bfloat16 are accepted while logits are rejected.
     float32 and float64 are kept as they are (float16/bfloat16 become float32, integers
     float64): the checks and the metrics read the array without an upcast copy.
+
+    With ``stream=True`` a 2-D ``numpy.memmap`` (at least 2 columns) that can be read from
+    its file (:func:`precal._chunks.file_rows`) is checked block by block and returned as a
+    :class:`~precal._chunks.FileRows`, so the process holds one block at a time.
     """
     if sp.issparse(y_prob):
         raise TypeError(f"{name} is a sparse matrix: sparse input is not supported, probabilities must be dense.")
     source_dtype = _source_float_dtype(y_prob)
-    arr = _as_float(as_numpy(y_prob), name)
-    if arr.ndim == 0 or arr.ndim > 2:
-        raise ValueError(
-            f"{name} must be 2-D (n_samples, n_classes) or 1-D (n_samples,) probabilities, "
-            f"got an array with shape {arr.shape}."
+    rows = file_rows(y_prob) if stream else None
+    if rows is not None and rows.shape[1] >= 2:
+        data: Any = rows
+    else:
+        arr = _as_float(as_numpy(y_prob), name)
+        if arr.ndim == 0 or arr.ndim > 2:
+            raise ValueError(
+                f"{name} must be 2-D (n_samples, n_classes) or 1-D (n_samples,) probabilities, "
+                f"got an array with shape {arr.shape}."
+            )
+        data = check_array(
+            arr, ensure_2d=False, dtype=[np.float64, np.float32], ensure_all_finite=False, input_name=name, copy=False
         )
-    arr = check_array(
-        arr, ensure_2d=False, dtype=[np.float64, np.float32], ensure_all_finite=False, input_name=name, copy=False
-    )
-    # One pass gives min and max; NaN propagates into them and inf shows in them, so this
-    # is also the finiteness check.
-    lo, hi = (float(v) for v in _aminmax(arr))
+    eps = _LOW_PRECISION_EPS[source_dtype] if isinstance(source_dtype, str) else float(np.finfo(source_dtype).eps)
+    tol = max(1e-6, float(np.sqrt(eps)))
+    # One pass gives min, max and the rows that do not sum to 1; NaN propagates into min
+    # and max and inf shows in them, so this is also the finiteness check.
+    check_rows = data.ndim == 2 and data.shape[1] > 1
+    lo, hi, n_bad, first_bad, first_sum = _scan_probabilities(data, tol if check_rows else None)
     if np.isnan(lo) or np.isnan(hi):
         raise ValueError(f"Input {name} contains NaN.")
     if np.isinf(lo) or np.isinf(hi):
@@ -160,26 +251,48 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob") -> np.ndarray:
             f"{name} must hold probabilities in [0, 1], got values in [{lo:.6g}, {hi:.6g}]. "
             "If these are logits, apply a softmax first (or use a calibrator's predict_proba)."
         )
-    if arr.ndim == 1:
-        arr = arr.astype(np.float64)  # 1 - p exactly, whatever the input dtype
-        arr = np.stack([1.0 - arr, arr], axis=1)
-    elif arr.shape[1] == 1:
+    if data.ndim == 1:
+        arr = data.astype(np.float64)  # 1 - p exactly, whatever the input dtype
+        return np.stack([1.0 - arr, arr], axis=1)
+    if data.shape[1] == 1:
         raise ValueError(
             f"{name} has a single column; pass binary probabilities as 1-D (positive class) or as (n_samples, 2)."
         )
-    eps = _LOW_PRECISION_EPS[source_dtype] if isinstance(source_dtype, str) else float(np.finfo(source_dtype).eps)
-    tol = max(1e-6, float(np.sqrt(eps)))
-    # torch's row reduction (cascade summation, far below tol in float32 too) is several
-    # times faster than numpy's over short rows
-    row_sums = _row_sums(arr)
-    bad = np.abs(row_sums - 1.0) > tol
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+    if n_bad:
         raise ValueError(
             f"{name} rows must sum to 1 (tolerance {tol:.1e} for dtype {source_dtype}); "
-            f"{int(bad.sum())} row(s) do not, e.g. row {i} sums to {row_sums[i]:.8g}."
+            f"{n_bad} row(s) do not, e.g. row {first_bad} sums to {first_sum:.8g}."
         )
-    return arr
+    return data
+
+
+def _scan_probabilities(data: Any, tol: float | None) -> tuple[float, float, int, int, float]:
+    """Min, max, and (with ``tol``) the count, first index and sum of rows not summing to 1.
+
+    Reads ``data`` (array or :class:`FileRows`) block by block; empty input gives
+    ``(0, 0, 0, -1, nan)``.
+    """
+    lo, hi = np.inf, -np.inf
+    n_bad, first_bad, first_sum = 0, -1, float("nan")
+    k = data.shape[1] if data.ndim == 2 else 1
+    if data.shape[0] == 0:
+        return 0.0, 0.0, 0, -1, first_sum
+    for start, block in row_blocks(data, rows_per_block(k)):
+        b_lo, b_hi = (float(v) for v in _aminmax(block))
+        lo, hi = (b_lo, b_hi) if np.isnan(b_lo) or np.isnan(b_hi) else (min(lo, b_lo), max(hi, b_hi))
+        if np.isnan(lo):
+            return lo, hi, n_bad, first_bad, first_sum
+        if tol is not None:
+            # torch's row reduction (cascade summation, far below tol in float32 too) is
+            # several times faster than numpy's over short rows
+            sums = _row_sums(block)
+            bad = np.abs(sums - 1.0) > tol
+            count = int(np.count_nonzero(bad))
+            if count and first_bad < 0:
+                i = int(np.flatnonzero(bad)[0])
+                first_bad, first_sum = start + i, float(sums[i])
+            n_bad += count
+    return lo, hi, n_bad, first_bad, first_sum
 
 
 def _aminmax(arr: np.ndarray) -> tuple[Any, Any]:

@@ -12,6 +12,20 @@ small hooks and inherit the whole scikit-learn contract:
     apply the fitted map to validated ``(n, K)`` logits; return float64 ``(n, K)``.
 ``_torch_map()`` / ``_get_state()`` / ``_set_state(state)``
     the same map as an ``nn.Module``, and the fitted state as JSON-able data.
+
+Two class flags say what ``_fit`` and ``_calibrated_logits`` are given:
+
+``_device_native = True``
+    they receive torch tensors: the logits on the input tensor's device (numpy input
+    becomes a CPU tensor sharing its memory), ``y_idx`` (int64) and ``sample_weight``
+    (float64, or ``None``) on the same device; ``_calibrated_logits`` returns a float64
+    tensor there. Logits given as a CUDA tensor are validated, fitted and calibrated on the
+    GPU; only scalars (and the labels, host to device) cross. Otherwise the hooks receive
+    numpy arrays and tensors are copied to the host first.
+``_streams_memmaps = True``
+    ``_fit`` may also receive a :class:`~precal._chunks.FileRows`: a 2-D ``numpy.memmap``
+    that it reads block by block from its file (``y_idx`` and ``sample_weight`` then are
+    CPU tensors), so logits larger than memory can be fitted.
 """
 
 from __future__ import annotations
@@ -26,7 +40,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .._numerics import binary_logit_to_two_columns, log_softmax, softmax
+from .._chunks import FileRows
+from .._numerics import as_tensor, binary_logit_to_two_columns, is_tensor, log_softmax, softmax, to_numpy
 from .._validation import as_numpy, check_logits, check_same_length, check_sample_weight, encode_labels
 
 __all__ = ["BaseLogitCalibrator", "CalibratorModule", "FORMAT_NAME", "FORMAT_VERSION"]
@@ -83,6 +98,10 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
 
     _estimator_type = "classifier"
     _state_keys: ClassVar[tuple[str, ...]] = ()
+    #: ``_fit`` and ``_calibrated_logits`` take torch tensors on any device (see the module docstring).
+    _device_native: ClassVar[bool] = False
+    #: ``_fit`` streams 2-D ``numpy.memmap`` logits from their file (see the module docstring).
+    _streams_memmaps: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -120,11 +139,11 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             setattr(self, k, value)
 
     # ------------------------------------------------------------ validation
-    def _validate_fit_data(self, X: Any, y: Any, sample_weight: Any) -> tuple[np.ndarray, np.ndarray, Any]:
+    def _validate_fit_data(self, X: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
         self._validate_hyperparameters()
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
-        logits = check_logits(X)
+        logits = check_logits(X, keep_tensor=self._device_native, stream=self._streams_memmaps)
         y_arr = as_numpy(y)
         if y_arr.ndim == 0:
             raise ValueError(f"y must be 1-D (n_samples,) class labels, got a scalar {y_arr!r}.")
@@ -145,11 +164,20 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             self.n_features_in_ = logits.shape[1]
         self.classes_ = classes
         weights = check_sample_weight(sample_weight, logits.shape[0])
+        if self._device_native or isinstance(logits, FileRows):
+            if isinstance(logits, np.ndarray):
+                logits = as_tensor(logits)
+            device = torch.device("cpu") if isinstance(logits, FileRows) else logits.device
+            y_idx = as_tensor(y_idx).to(device)  # labels and weights: host to device
+            if weights is not None:
+                weights = as_tensor(weights).to(device)
         return logits, y_idx, weights
 
-    def _validated_logits(self, X: Any) -> np.ndarray:
+    def _validated_logits(self, X: Any) -> Any:
+        """Validated ``(n, K)`` logits of ``X``: a tensor on ``X``'s device for device-native
+        calibrators (numpy input as a CPU tensor), else a numpy array."""
         check_is_fitted(self)
-        logits = check_logits(X)
+        logits = check_logits(X, keep_tensor=self._device_native)
         n_features = 1 if logits.ndim == 1 else logits.shape[1]
         if logits.ndim == 1 and self.n_features_in_ > 1:
             raise ValueError(
@@ -164,7 +192,14 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             )
         if self.n_features_in_ == 1:
             logits = binary_logit_to_two_columns(logits)
+        if self._device_native and isinstance(logits, np.ndarray):
+            logits = as_tensor(logits)
         return logits
+
+    def _calibrated(self, X: Any) -> Any:
+        """Calibrated float64 logits of ``X``: a tensor on ``X``'s device (device-native
+        calibrators) or a numpy array."""
+        return self._calibrated_logits(self._validated_logits(X))
 
     # ------------------------------------------------------------ public API
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> BaseLogitCalibrator:
@@ -172,8 +207,12 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like or torch.Tensor of shape (n_samples, n_classes) or (n_samples,)
-            Logits of the classifier (not probabilities).
+        X : array-like, numpy.memmap or torch.Tensor of shape (n_samples, n_classes) or (n_samples,)
+            Logits of the classifier (not probabilities). A torch tensor is fitted on its
+            device by calibrators that support it (``TemperatureScaling``,
+            ``PACSCalibrator``, ``DirichletCalibrator``): CUDA logits stay on the GPU. A
+            2-D ``numpy.memmap`` is read block by block from its file by
+            ``TemperatureScaling`` and ``PACSCalibrator``, so it may be larger than memory.
         y : array-like of shape (n_samples,)
             True labels.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -192,24 +231,26 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
 
         ``return_tensor=True`` returns a float64 torch tensor on ``X``'s device (CPU for numpy
         input) instead of a numpy array; the same holds for :meth:`predict_proba` and
-        :meth:`predict_log_proba`.
+        :meth:`predict_log_proba`. Device-native calibrators compute it on that device.
         """
-        out = self._calibrated_logits(self._validated_logits(X))
+        out = self._calibrated(X)
         if self.n_features_in_ == 1:
             out = out[:, 1] - out[:, 0]
         return _as_output(out, X, return_tensor)
 
     def predict_proba(self, X: Any, *, return_tensor: bool = False) -> Any:
         """Calibrated probabilities, shape ``(n_samples, n_classes)``; rows sum to 1."""
-        return _as_output(softmax(self._calibrated_logits(self._validated_logits(X))), X, return_tensor)
+        return _as_output(softmax(self._calibrated(X)), X, return_tensor)
 
     def predict_log_proba(self, X: Any, *, return_tensor: bool = False) -> Any:
         """Log of the calibrated probabilities, computed stably in log space."""
-        return _as_output(log_softmax(self._calibrated_logits(self._validated_logits(X))), X, return_tensor)
+        return _as_output(log_softmax(self._calibrated(X)), X, return_tensor)
 
     def predict(self, X: Any) -> np.ndarray:
         """The class with the highest calibrated probability."""
-        calibrated = self._calibrated_logits(self._validated_logits(X))
+        calibrated = self._calibrated(X)
+        if is_tensor(calibrated):
+            return self.classes_[to_numpy(calibrated.argmax(dim=1))]
         return self.classes_[np.argmax(calibrated, axis=1)]
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
@@ -217,10 +258,16 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
 
         Equals ``-log_loss(y, predict_proba(X))`` without probability clipping.
         """
-        logp = self.predict_log_proba(X)
+        logp = log_softmax(self._calibrated(X))
         check_same_length(X=logp, y=y)
         _, y_idx = encode_labels(y, logp.shape[1], labels=self.classes_, min_classes=1)
         weights = check_sample_weight(sample_weight, logp.shape[0])
+        if is_tensor(logp):
+            picked = logp.gather(1, as_tensor(y_idx).to(logp.device)[:, None])[:, 0]
+            if weights is None:
+                return float(picked.mean())
+            w = as_tensor(weights).to(logp.device)
+            return float((picked * w).sum() / w.sum())
         return float(np.average(logp[np.arange(len(y_idx)), y_idx], weights=weights))
 
     def to_torch(self, output: Literal["logits", "proba"] = "logits") -> torch.nn.Module:
@@ -310,11 +357,17 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         return tags
 
 
-def _as_output(values: np.ndarray, X: Any, return_tensor: bool) -> Any:
-    """numpy by default; with ``return_tensor`` a torch tensor on ``X``'s device."""
+def _as_output(values: Any, X: Any, return_tensor: bool) -> Any:
+    """numpy by default; with ``return_tensor`` a torch tensor on ``X``'s device.
+
+    ``values`` (numpy, or a tensor already on ``X``'s device) are the calibrated outputs:
+    only a numpy result asked for by the caller is copied to the host.
+    """
     if not return_tensor:
-        return values
+        return to_numpy(values)
     device = X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
+    if is_tensor(values):
+        return values.to(device)
     return torch.from_numpy(np.ascontiguousarray(values)).to(device)
 
 

@@ -15,9 +15,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_scalar
 from threadpoolctl import threadpool_limits
 
-from .._numerics import as_tensor, log_softmax
+from .._numerics import log_softmax, to_tensor
 from ._base import BaseLogitCalibrator, state_array, state_count
-from .temperature import fit_temperature
+from .temperature import _on_device, fit_temperature
 
 __all__ = [
     "DirichletCalibrator",
@@ -144,10 +144,11 @@ def _nll_pass(
     f64 = torch.float64
     diagonal = coef.dim() == 1
     n = features.n
-    total = torch.zeros((), dtype=f64)
-    grad_w = torch.zeros(coef.shape, dtype=f64) if need_grad else None
-    grad_b = torch.zeros(intercept.shape, dtype=f64) if need_grad else None
-    errors = 0
+    device = coef.device
+    total = torch.zeros((), dtype=f64, device=device)
+    grad_w = torch.zeros(coef.shape, dtype=f64, device=device) if need_grad else None
+    grad_b = torch.zeros(intercept.shape, dtype=f64, device=device) if need_grad else None
+    errors = torch.zeros((), dtype=torch.int64, device=device)
     coef_t = coef if diagonal else coef.T
     for rows in _row_chunks(n, features.k):
         feats = features(rows)
@@ -158,7 +159,7 @@ def _nll_pass(
         wc = None if weights is None else weights[rows]
         if count_errors:
             wrong = a.scatter(1, yc, -math.inf).amax(dim=1) >= a_true
-            errors += int(wrong.sum() if wc is None else (wrong & (wc > 0)).sum())
+            errors += wrong.sum() if wc is None else (wrong & (wc > 0)).sum()
         e = a.exp_()
         s = e.sum(dim=1)
         nll = torch.log(s.to(f64)) - a_true.to(f64)
@@ -180,9 +181,9 @@ def _nll_pass(
             grad_b /= n
     return (
         float(total),
-        None if grad_w is None else grad_w.numpy(),
-        None if grad_b is None else grad_b.numpy(),
-        errors,
+        None if grad_w is None else grad_w.cpu().numpy(),
+        None if grad_b is None else grad_b.cpu().numpy(),
+        int(errors),
     )
 
 
@@ -256,18 +257,19 @@ def dirichlet_objective(
     (value, grad_coef, grad_intercept) : float, ndarray, ndarray
         float64, gradients shaped like ``coef`` and ``intercept``.
     """
-    lp = torch.as_tensor(log_probs)
+    lp = to_tensor(log_probs)
     if lp.dtype not in (torch.float32, torch.float64):
         lp = lp.float()
     coef = np.asarray(coef, dtype=np.float64)
     intercept = np.asarray(intercept, dtype=np.float64)
-    yi = torch.as_tensor(y_idx, dtype=torch.int64)
+    yi = _on_device(y_idx, torch.int64, lp.device)
     w = None
     if sample_weight is not None:
-        w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
+        w = _on_device(sample_weight, torch.float64, lp.device)
         w = w / w.sum()
     f, g_w, g_b, _ = _nll_pass(
-        _Rows(lp), yi, torch.from_numpy(coef).to(lp.dtype), torch.from_numpy(intercept).to(lp.dtype), w
+        _Rows(lp), yi, torch.from_numpy(coef).to(lp.device, lp.dtype),
+        torch.from_numpy(intercept).to(lp.device, lp.dtype), w,
     )
     p, pg_w, pg_b = odir_penalty(coef, intercept, reg_lambda, reg_mu)
     return f + p, g_w + pg_w, g_b + pg_b
@@ -368,7 +370,7 @@ def fit_dirichlet(
         iterations, whether it converged, the optimiser's message, and the number of
         training rows the fitted map misclassifies (0 flags separable data).
     """
-    z = torch.as_tensor(logits)
+    z = to_tensor(logits)
     if z.dim() != 2:
         raise ValueError(f"logits must be 2-D (n, K), got shape {tuple(z.shape)}.")
     n, k = z.shape
@@ -380,16 +382,17 @@ def fit_dirichlet(
         dtype = f64 if small or huge else torch.float32
     if dtype not in (torch.float32, f64):
         raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {dtype!r}.")
-    yi = torch.as_tensor(y_idx, dtype=torch.int64)
+    device = z.device
+    yi = _on_device(y_idx, torch.int64, device)
     weights = None
     if sample_weight is not None:
-        weights = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
+        weights = _on_device(sample_weight, torch.float64, device)
         weights = weights / weights.sum()
 
     # Column means and standard deviations of the log-probabilities (float64 sums).
-    cache = torch.empty((n, k), dtype=dtype) if n * k <= _CACHE_ELEMENTS else None
-    s1 = torch.zeros(k, dtype=f64)
-    s2 = torch.zeros(k, dtype=f64)
+    cache = torch.empty((n, k), dtype=dtype, device=device) if n * k <= _CACHE_ELEMENTS else None
+    s1 = torch.zeros(k, dtype=f64, device=device)
+    s2 = torch.zeros(k, dtype=f64, device=device)
     for rows in _row_chunks(n, k):
         lp = torch.log_softmax(z[rows].to(dtype), dim=1)
         if cache is not None:
@@ -408,13 +411,13 @@ def fit_dirichlet(
     scale = var.sqrt()
     scale = torch.where(scale > 1e-12 * (1.0 + shift.abs()), scale, torch.ones_like(scale))
     if not (torch.isfinite(shift).all() and torch.isfinite(scale).all()):  # |log p| ~ 1e154+
-        shift, scale = torch.zeros(k, dtype=f64), torch.ones(k, dtype=f64)
+        shift, scale = torch.zeros(k, dtype=f64, device=device), torch.ones(k, dtype=f64, device=device)
     if cache is not None:
         cache.sub_(shift.to(dtype)).mul_((1.0 / scale).to(dtype))
         features: Any = _Rows(cache)
     else:
         features = _StandardisedLogProbs(z, shift, scale, dtype)
-    m, s = shift.numpy(), scale.numpy()
+    m, s = shift.cpu().numpy(), scale.cpu().numpy()  # K numbers each: the parameters' coordinates
 
     n_w = k if diagonal else k * k
 
@@ -429,9 +432,13 @@ def fit_dirichlet(
     best = {"f": math.inf, "x": None}
     saw_nonfinite = [False]
 
+    def params(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The optimiser's float64 vector as ``(W~, b~)`` tensors on the data's device."""
+        w_t = torch.from_numpy(x[:n_w] if diagonal else x[:n_w].reshape(k, k))
+        return w_t.to(device, dtype), torch.from_numpy(x[n_w:]).to(device, dtype)
+
     def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
-        w_t = torch.from_numpy(x[:n_w] if diagonal else x[:n_w].reshape(k, k)).to(dtype)
-        b_t = torch.from_numpy(x[n_w:]).to(dtype)
+        w_t, b_t = params(x)
         f, g_w, g_b, _ = _nll_pass(features, yi, w_t, b_t, weights)
         coef, intercept = to_original(x)
         p, pg_w, pg_b = _reduced_odir(coef, intercept, reg_lambda, reg_mu)
@@ -485,10 +492,8 @@ def fit_dirichlet(
     if saw_nonfinite[0]:
         converged = False
         message += "; the objective overflowed at a trial point (kept the best finite iterate)"
-    w_t = torch.from_numpy(x[:n_w] if diagonal else x[:n_w].reshape(k, k)).to(dtype)
-    _, _, _, n_errors = _nll_pass(
-        features, yi, w_t, torch.from_numpy(x[n_w:]).to(dtype), weights, need_grad=False, count_errors=True
-    )
+    w_t, b_t = params(x)
+    _, _, _, n_errors = _nll_pass(features, yi, w_t, b_t, weights, need_grad=False, count_errors=True)
     return DirichletFit(
         coef=coef,
         intercept=intercept,
@@ -629,6 +634,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
     """
 
     _state_keys = ("coef_", "intercept_", "n_iter_")
+    _device_native = True
 
     def __init__(
         self,
@@ -664,13 +670,13 @@ class DirichletCalibrator(BaseLogitCalibrator):
             return "full" if n_classes <= AUTO_FULL_MAX_CLASSES else "diagonal"
         return self.map
 
-    def _fit(self, logits: np.ndarray, y_idx: np.ndarray, sample_weight: np.ndarray | None) -> None:
+    def _fit(self, logits: torch.Tensor, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
         resolved = self._resolve_map(logits.shape[1])
         reg_lambda = float(self.reg_lambda)
         reg_mu = reg_lambda if self.reg_mu is None else float(self.reg_mu)
         result = fit_dirichlet(
-            as_tensor(logits),
-            as_tensor(y_idx),
+            logits,
+            y_idx,
             sample_weight,
             diagonal=resolved == "diagonal",
             reg_lambda=reg_lambda,
@@ -700,11 +706,13 @@ class DirichletCalibrator(BaseLogitCalibrator):
         self.map_ = resolved
         self.n_iter_ = result.n_iter
 
-    def _calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
-        lp = log_softmax(logits)
-        if self.coef_.ndim == 1:
-            return lp * self.coef_ + self.intercept_
-        return lp @ self.coef_.T + self.intercept_
+    def _calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        lp = log_softmax(logits)  # float64, on the logits' device
+        coef = torch.from_numpy(self.coef_).to(lp.device)
+        intercept = torch.from_numpy(self.intercept_).to(lp.device)
+        if coef.dim() == 1:
+            return lp * coef + intercept
+        return lp @ coef.T + intercept
 
     def _torch_map(self) -> torch.nn.Module:
         return _DirichletMap(self.coef_, self.intercept_)

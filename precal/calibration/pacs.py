@@ -13,10 +13,11 @@ from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_scalar
 
-from .._numerics import as_tensor, log_softmax
+from .._chunks import FileRows, rows_per_block
+from .._numerics import as_tensor, is_tensor
 from ..emulate.formats import format_info
 from ._base import BaseLogitCalibrator
-from .temperature import _CHUNK_ELEMENTS, fit_temperature
+from .temperature import _CACHE_ELEMENTS, _CHUNK_ELEMENTS, fit_temperature, tensor_blocks
 
 __all__ = ["PACSCalibrator", "precision_epsilon", "pacs_risk", "pacs_objective", "RISKS"]
 
@@ -48,46 +49,70 @@ def precision_epsilon(precision: str | float) -> float:
     return eps
 
 
-def pacs_risk(logits: np.ndarray, epsilon: float, *, risk: str = "norm", norm: float = 2) -> np.ndarray:
+def pacs_risk(logits: Any, epsilon: float, *, risk: str = "norm", norm: float = 2) -> Any:
     r"""Per-sample precision risk ``r(x) = ε ||z(x)||_p s(p̂(x))`` on validated 2-D logits.
 
     ``s ≡ 1`` for ``risk="norm"``; ``s = 4 p̂ (1 - p̂)`` for ``risk="peaked"``, with ``p̂`` the
     top softmax probability, so the risk peaks for confident-but-not-saturated samples as
-    the bound ``2 ε ||z|| p (1 - p)`` on the confidence distortion does.
+    the bound ``2 ε ||z|| p (1 - p)`` on the confidence distortion does. Computed in
+    float64 with torch; a numpy array in gives a numpy array out, a tensor gives a tensor
+    on its device.
     """
-    z = np.asarray(logits, dtype=np.float64)
-    r = epsilon * np.linalg.norm(z, ord=norm, axis=1)
+    if is_tensor(logits):
+        return _risk(logits, epsilon, risk, norm)
+    return _risk(as_tensor(np.asarray(logits)), epsilon, risk, norm).numpy()
+
+
+def _risk(z: torch.Tensor, epsilon: float, risk: str, norm: float) -> torch.Tensor:
+    """:func:`pacs_risk` on a tensor, float64, on its device."""
+    z = z.to(torch.float64)
+    r = epsilon * torch.linalg.vector_norm(z, ord=norm, dim=1)
     if risk == "peaked":
-        p_top = np.exp(log_softmax(z).max(axis=1))
+        # top softmax probability 1 / sum_k exp(z_k - max z)
+        p_top = 1.0 / (z - z.amax(dim=1, keepdim=True)).exp_().sum(dim=1)
         r = r * 4.0 * p_top * (1.0 - p_top)
     return r
 
 
-def _nll_and_slopes(u: torch.Tensor, u_true: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _nll_and_slopes(
+    logits: torch.Tensor | FileRows, u_true: torch.Tensor, beta: torch.Tensor, *, shifted: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row NLL of ``softmax(beta_i z_i)`` and its derivative in ``beta_i`` (float64).
 
     ``u = z - max z`` row-wise (so ``e^{beta u} <= 1``); ``nll_i = log sum_k e^{beta_i u_ik} -
-    beta_i u_i,y``, ``d nll_i / d beta_i = E_{p_i}[u_i] - u_i,y``.
+    beta_i u_i,y``, ``d nll_i / d beta_i = E_{p_i}[u_i] - u_i,y``. With ``shifted=False`` the
+    rows of ``logits`` (a tensor, or a memory-mapped file read chunk by chunk) are shifted
+    chunk by chunk here. Results live on ``u_true``'s device.
     """
-    n, k = u.shape
-    rows = max(1, _CHUNK_ELEMENTS // max(k, 1))
-    nll = torch.empty(n, dtype=torch.float64)
-    slope = torch.empty(n, dtype=torch.float64)
-    for start in range(0, n, rows):
-        uc = u[start : start + rows]
-        b = beta[start : start + rows].to(uc.dtype)[:, None]
-        w = torch.mul(uc, b).exp_()
-        s0 = w.sum(dim=1).to(torch.float64)
-        mean_u = w.mul_(uc).sum(dim=1).to(torch.float64) / s0
-        ut = u_true[start : start + rows]
-        bt = beta[start : start + rows]
-        nll[start : start + rows] = torch.log(s0) - bt * ut
-        slope[start : start + rows] = mean_u - ut
+    n, k = logits.shape
+    rows = rows_per_block(k, _CHUNK_ELEMENTS)
+    nll = torch.empty(n, dtype=torch.float64, device=u_true.device)
+    slope = torch.empty(n, dtype=torch.float64, device=u_true.device)
+    for start, z in tensor_blocks(logits, rows):
+        stop = start + z.shape[0]
+        uc = z if shifted else z - z.amax(dim=1, keepdim=True)
+        # float64 from here on: in float32 the objective has a rounding floor (~1e-12) that
+        # L-BFGS-B's line search cannot see through, and it spends tens of extra passes there
+        uc = uc.to(torch.float64)
+        w = torch.mul(uc, beta[start:stop, None]).exp_()
+        s0 = w.sum(dim=1)
+        mean_u = w.mul_(uc).sum(dim=1) / s0
+        ut = u_true[start:stop]
+        bt = beta[start:stop]
+        nll[start:stop] = torch.log(s0) - bt * ut
+        slope[start:stop] = mean_u - ut
     return nll, slope
 
 
 def pacs_objective(
-    theta: np.ndarray, u: torch.Tensor, u_true: torch.Tensor, rho: torch.Tensor, weights: torch.Tensor, t_ts: float
+    theta: np.ndarray,
+    u: torch.Tensor | FileRows,
+    u_true: torch.Tensor,
+    rho: torch.Tensor,
+    weights: torch.Tensor,
+    t_ts: float,
+    *,
+    shifted: bool = True,
 ) -> tuple[float, np.ndarray]:
     """Weighted mean NLL of PACS and its exact gradient in the fit's coordinates ``(a, b)``.
 
@@ -95,15 +120,18 @@ def pacs_objective(
     temperature proportional to the risk) is a straight valley that L-BFGS-B follows to its
     bound. With ``beta_i = 1/T(x_i)`` and ``g_i = E_{p_i}[z_i] - z_{i,y_i}``:
     ``df/da = sum_i w_i g_i (-beta_i / (a + b rho_i))`` and ``df/db`` the same times ``rho_i``.
-    ``u`` are row-shifted logits (``z - max z``), ``u_true`` their true-class entries,
-    ``weights`` sum to 1.
+    ``u`` are row-shifted logits (``z - max z``; with ``shifted=False`` raw logits, shifted
+    chunk by chunk, e.g. a memory-mapped file), ``u_true`` their true-class entries,
+    ``weights`` sum to 1. The sums run on the tensors' device; only the value and the two
+    gradient entries come back.
     """
     a, b = float(theta[0]), float(theta[1])
     scale = a + b * rho
     beta = 1.0 / (t_ts * scale)
-    nll, slope = _nll_and_slopes(u, u_true, beta)
+    nll, slope = _nll_and_slopes(u, u_true, beta, shifted=shifted)
     common = weights * slope * -beta / scale
-    return float((weights * nll).sum()), np.array([float(common.sum()), float((common * rho).sum())])
+    grad = torch.stack([common.sum(), (common * rho).sum()]).tolist()
+    return float((weights * nll).sum()), np.array(grad)
 
 
 class _PACSMap(torch.nn.Module):
@@ -193,7 +221,17 @@ class PACSCalibrator(BaseLogitCalibrator):
     ``∂f/∂β_i = E_{p_i}[z_i] - z_{i,y_i}`` chained through ``β_i = 1/T(x_i)``. The linear
     form matters: the NLL is often lowest as ``a -> 0`` (a temperature proportional to the
     risk, i.e. normalised logits), a valley that is straight in ``(a, b)`` but curved in
-    ``(T0, λ)``, where an optimiser crawls along it.
+    ``(T0, λ)``, where an optimiser crawls along it. Each evaluation is one pass over the
+    data, chunk by chunk (about ``2**20`` elements), with float32 logits upcast to float64
+    one chunk at a time: computed in float32 the objective has a rounding floor (~1e-12)
+    that L-BFGS-B's line search cannot see through, and it spent 66-91 evaluations instead
+    of 11-21 on 30 000 x 1 000 float32 logits (issue #7 scale benchmark); a float64
+    evaluation costs more, the fit as a whole less.
+
+    **Scale and devices.** Given a torch tensor the whole fit runs on the tensor's device
+    (only ``(a, b)``, the objective and its gradient pass through the host for scipy); a
+    2-D ``numpy.memmap`` is read chunk by chunk from its file in every pass, so logits
+    larger than memory can be fitted (the result equals the in-memory fit).
 
     **Shift.** The risk uses the raw logits (rounding error depends on their actual
     magnitudes), so unlike temperature scaling PACS is not invariant to adding a constant
@@ -219,6 +257,8 @@ class PACSCalibrator(BaseLogitCalibrator):
     """
 
     _state_keys = ("temperature_", "lambda_", "epsilon_", "temperature_scaling_", "n_iter_")
+    _device_native = True
+    _streams_memmaps = True
 
     def __init__(
         self,
@@ -244,31 +284,52 @@ class PACSCalibrator(BaseLogitCalibrator):
         check_scalar(self.max_iter, "max_iter", numbers.Integral, min_val=1)
         check_scalar(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither")
 
-    def _risk(self, logits: np.ndarray, epsilon: float) -> np.ndarray:
-        return pacs_risk(logits, epsilon, risk=self.risk, norm=self.norm)
+    def _risk(self, logits: torch.Tensor, epsilon: float) -> torch.Tensor:
+        return _risk(logits, epsilon, self.risk, self.norm)
 
-    def _fit(self, logits: np.ndarray, y_idx: np.ndarray, sample_weight: np.ndarray | None) -> None:
+    def _fit(self, logits: torch.Tensor | FileRows, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
         eps = precision_epsilon(self.precision)
-        z = as_tensor(logits)
-        if z.dtype not in (torch.float32, torch.float64):
-            z = z.float()
-        yi = as_tensor(y_idx)
-        ts = fit_temperature(z, yi, None if sample_weight is None else as_tensor(sample_weight))
-        u = z - z.amax(dim=1, keepdim=True)
-        u_true = u.gather(1, yi[:, None])[:, 0].to(torch.float64)
-        r = self._risk(logits, eps)
+        ts = fit_temperature(logits, y_idx, sample_weight)
+        n, k = logits.shape
+        device = y_idx.device
+        f64 = torch.float64
+        # One pass: each row's true-class shifted logit u_y = z_y - max z, and its risk.
+        # In-memory inputs of up to 2**27 elements keep the shifted rows for the
+        # objective's passes; larger ones and memory-mapped files are shifted chunk by
+        # chunk in every pass.
+        cache = None
+        if not isinstance(logits, FileRows) and logits.numel() <= _CACHE_ELEMENTS:
+            cache = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        u_true = torch.empty(n, dtype=f64, device=device)
+        r = torch.empty(n, dtype=f64, device=device)
+        for start, z in tensor_blocks(logits, rows_per_block(k, _CHUNK_ELEMENTS)):
+            stop = start + z.shape[0]
+            u = z - z.amax(dim=1, keepdim=True)
+            if cache is not None:
+                cache[start:stop] = u
+            u_true[start:stop] = u.gather(1, y_idx[start:stop, None])[:, 0].to(f64)
+            r[start:stop] = self._risk(z, eps)
+        w = torch.ones(n, dtype=f64, device=device) if sample_weight is None else sample_weight
+        w = w / w.sum()
         # The weighted mean risk sets the units of c (sample weights act as repetitions).
-        r_ref = float(np.average(r, weights=sample_weight))
+        r_ref = float((w * r).sum())
         if not r_ref > 0:
             r_ref = 1.0
-        rho = torch.from_numpy(r / r_ref)
-        w = torch.ones(len(y_idx), dtype=torch.float64) if sample_weight is None else torch.from_numpy(sample_weight)
-        w = w / w.sum()
+        rho = r / r_ref
+        source, shifted = (logits, False) if cache is None else (cache, True)
 
         t_ts = float(ts.temperature)
 
+        last: dict[bytes, tuple[float, np.ndarray]] = {}
+
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            return pacs_objective(theta, u, u_true, rho, w, t_ts)
+            # one pass over the data per new point: scipy starts by evaluating the start again
+            key = np.asarray(theta, dtype=np.float64).tobytes()
+            if key not in last:
+                last.clear()
+                last[key] = pacs_objective(theta, source, u_true, rho, w, t_ts, shifted=shifted)
+            value, grad = last[key]
+            return value, grad.copy()
 
         start = np.array([1.0, 0.0])
         f_start = objective(start)[0]
@@ -291,15 +352,19 @@ class PACSCalibrator(BaseLogitCalibrator):
         self.temperature_scaling_ = t_ts
         self.n_iter_ = int(result.nit)
 
-    def sample_temperature(self, X: Any) -> np.ndarray:
-        """Per-sample temperatures ``T(x) = T0 (1 + λ r(x))`` at the current ``precision``."""
-        logits = self._validated_logits(X)
+    def sample_temperature(self, X: Any) -> Any:
+        """Per-sample temperatures ``T(x) = T0 (1 + λ r(x))`` at the current ``precision``.
+
+        A numpy array for array input; a float64 tensor on ``X``'s device for tensor input.
+        """
+        t = self._sample_temperature(self._validated_logits(X))
+        return t if is_tensor(X) else t.numpy()
+
+    def _sample_temperature(self, logits: torch.Tensor) -> torch.Tensor:
         return self.temperature_ * (1.0 + self.lambda_ * self._risk(logits, precision_epsilon(self.precision)))
 
-    def _calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
-        z = np.asarray(logits, dtype=np.float64)
-        t = self.temperature_ * (1.0 + self.lambda_ * self._risk(z, precision_epsilon(self.precision)))
-        return z / t[:, None]
+    def _calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.to(torch.float64) / self._sample_temperature(logits)[:, None]
 
     def _torch_map(self) -> torch.nn.Module:
         return _PACSMap(self.temperature_, self.lambda_, precision_epsilon(self.precision), self.risk, self.norm)

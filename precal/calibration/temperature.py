@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_scalar
 
-from .._numerics import as_tensor
+from .._chunks import FileRows, file_rows, row_blocks, rows_per_block
+from .._numerics import as_tensor, to_tensor
 from ._base import BaseLogitCalibrator
 
 __all__ = ["TemperatureScaling", "fit_temperature", "temperature_nll_derivatives", "TemperatureFit"]
@@ -21,8 +22,10 @@ __all__ = ["TemperatureScaling", "fit_temperature", "temperature_nll_derivatives
 #: ``log(beta) in [-10, 10]`` so both libraries search the same interval.
 BETA_BOUNDS = (math.exp(-10.0), math.exp(10.0))
 
-#: Rows per chunk: bounds the float64 work buffer to about 32 MB whatever ``n``.
-_CHUNK_ELEMENTS = 1 << 22
+#: Rows per chunk: about 2**20 elements, so each work buffer holds 4 MB of float32 (8 MB of
+#: float64) whatever ``n``; chunks of this size stay in cache and were faster than 2**22 on a
+#: single CPU thread.
+_CHUNK_ELEMENTS = 1 << 20
 
 #: Up to this many elements (512 MB of float32) the row-shifted logits are computed once and
 #: kept for all passes; beyond it each pass shifts chunk by chunk (memory stays bounded).
@@ -33,7 +36,7 @@ _WARM_START_ROWS = 4096
 
 
 def temperature_nll_derivatives(
-    logits: torch.Tensor,
+    logits: torch.Tensor | FileRows,
     y_idx: torch.Tensor,
     beta: float,
     sample_weight: torch.Tensor | None = None,
@@ -57,12 +60,13 @@ def temperature_nll_derivatives(
     small numbers. Element-wise work and the sums over classes run in the logits' dtype
     (float32 or float64; torch sums with cascade summation, relative error near the dtype's
     eps); the per-row results are combined and summed over samples in float64. Rows are processed in
-    chunks of at most ``2**22`` elements on the tensors' device, so memory stays bounded
-    for any ``n``.
+    chunks of about ``2**20`` elements on the tensors' device, so memory stays bounded
+    for any ``n``; a :class:`~precal._chunks.FileRows` (a memory-mapped file) is read chunk
+    by chunk from its file.
 
     Parameters
     ----------
-    logits : torch.Tensor of shape (n, K)
+    logits : torch.Tensor or FileRows of shape (n, K)
         float32 or float64 (other dtypes are upcast to float32).
     y_idx : torch.Tensor of int64, shape (n,)
     beta : float
@@ -79,21 +83,22 @@ def temperature_nll_derivatives(
     -------
     (f, f', f'') : tuple of float
     """
-    if logits.dtype not in (torch.float32, torch.float64):
+    if not isinstance(logits, FileRows) and logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()
     f64 = torch.float64
     n, k = logits.shape
-    rows = max(1, _CHUNK_ELEMENTS // max(k, 1))
-    total = torch.zeros(3, dtype=f64, device=logits.device)
-    for start in range(0, n, rows):
-        z = logits[start : start + rows]
+    rows = rows_per_block(k, _CHUNK_ELEMENTS)
+    device = logits.device if isinstance(logits, torch.Tensor) else torch.device("cpu")
+    total = torch.zeros(3, dtype=f64, device=device)
+    for start, z in tensor_blocks(logits, rows):
+        stop = start + z.shape[0]
         if shifted:
             u = z
         elif shifted_out is not None:
-            u = torch.sub(z, z.amax(dim=1, keepdim=True), out=shifted_out[start : start + rows])
+            u = torch.sub(z, z.amax(dim=1, keepdim=True), out=shifted_out[start:stop])
         else:
             u = z - z.amax(dim=1, keepdim=True)  # u <= 0, max_k u = 0
-        u_true = u.gather(1, y_idx[start : start + rows, None])[:, 0].to(f64)
+        u_true = u.gather(1, y_idx[start:stop, None])[:, 0].to(f64)
         w = torch.mul(u, beta).exp_()  # e^{beta u}, one work buffer reused in place below
         s0 = w.sum(dim=1).to(f64)  # >= 1
         mean_u = w.mul_(u).sum(dim=1).to(f64) / s0
@@ -102,11 +107,35 @@ def temperature_nll_derivatives(
             [torch.log(s0) - beta * u_true, mean_u - u_true, (mean_u2 - mean_u.square()).clamp_min(0.0)]
         )
         if sample_weight is not None:
-            terms = terms * sample_weight[start : start + rows].to(f64)
+            terms = terms * sample_weight[start:stop].to(f64)
         total += terms.sum(dim=1)
     denom = float(n) if sample_weight is None else float(sample_weight.to(f64).sum())
     f, g, h = (total / denom).tolist()
     return f, g, h
+
+
+def _on_device(x: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``x`` (array-like or tensor) as a ``dtype`` tensor on ``device`` (no copy when it already is one)."""
+    return to_tensor(x).to(device=device, dtype=dtype)
+
+
+def tensor_blocks(logits: torch.Tensor | FileRows, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, block)`` over the rows of a tensor (views on its device) or a :class:`FileRows`
+    (CPU tensors over a buffer that the next block overwrites)."""
+    for start, block in row_blocks(logits, rows):
+        yield start, as_tensor(block) if isinstance(block, np.ndarray) else block
+
+
+def logits_source(logits: Any) -> torch.Tensor | FileRows:
+    """A :class:`FileRows` for a streamable memory-mapped array (see :func:`precal._chunks.file_rows`),
+    else ``logits`` as a tensor (float32/float64, on its device)."""
+    if isinstance(logits, FileRows):
+        return logits
+    rows = file_rows(logits) if isinstance(logits, np.ndarray) else None
+    if rows is not None:
+        return rows
+    z = to_tensor(logits)
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
 @dataclass(frozen=True)
@@ -137,10 +166,13 @@ def fit_temperature(
     minimiser on a strided subsample of 4 096 rows, which saves one or two full passes.
     Inputs of up to 2**27 elements keep the row-shifted logits of the first pass (one extra
     copy) for the later passes; larger ones are processed chunk by chunk with no copy.
+    Tensors are fitted on their device. A memory-mapped file (``numpy.memmap`` or
+    :class:`~precal._chunks.FileRows`) is read chunk by chunk from the file in every pass
+    (see :mod:`precal._chunks`): memory stays at a few chunks whatever its size.
 
     Parameters
     ----------
-    logits : array-like or torch.Tensor of shape (n, K)
+    logits : array-like, numpy.memmap, FileRows or torch.Tensor of shape (n, K)
         Validated, finite logits (any float dtype, any device).
     y_idx : array-like of int, shape (n,)
         Column index of each sample's true class.
@@ -158,16 +190,17 @@ def fit_temperature(
     TemperatureFit
         ``temperature``, the number of passes and whether it converged.
     """
-    z = torch.as_tensor(logits)
-    yi = torch.as_tensor(y_idx, dtype=torch.int64, device=z.device)
-    w = None if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float64, device=z.device)
-    if z.dim() != 2:
+    z = logits_source(logits)
+    if z.ndim != 2:
         raise ValueError(f"logits must be 2-D (n, K), got shape {tuple(z.shape)}.")
-    if z.dtype not in (torch.float32, torch.float64):
-        z = z.float()
-    # Small enough inputs keep their row-shifted copy (written by the first full pass)
-    # so that later passes skip the shift.
-    cache = torch.empty_like(z, memory_format=torch.contiguous_format) if z.numel() <= _CACHE_ELEMENTS else None
+    streamed = isinstance(z, FileRows)
+    device = torch.device("cpu") if streamed else z.device
+    yi = _on_device(y_idx, torch.int64, device)
+    w = None if sample_weight is None else _on_device(sample_weight, torch.float64, device)
+    # Small enough in-memory inputs keep their row-shifted copy (written by the first full
+    # pass) so that later passes skip the shift.
+    small = not streamed and z.numel() <= _CACHE_ELEMENTS
+    cache = torch.empty_like(z, memory_format=torch.contiguous_format) if small else None
     beta = 1.0
     n = z.shape[0]
     if n > 4 * _WARM_START_ROWS:
@@ -175,13 +208,14 @@ def fit_temperature(
         # minimiser, so the full-data Newton iteration needs two or three passes.
         stride = n // _WARM_START_ROWS
         sub_w = None if w is None else w[::stride]
-        beta = 1.0 / _newton(z[::stride], yi[::stride], sub_w, 1.0, max_iter, 1e-3, None)[0]
+        sub_z = as_tensor(z.take(np.arange(0, n, stride))) if streamed else z[::stride]
+        beta = 1.0 / _newton(sub_z, yi[::stride], sub_w, 1.0, max_iter, 1e-3, None)[0]
     temperature, n_iter, converged = _newton(z, yi, w, beta, max_iter, tol, cache)
     return TemperatureFit(temperature=temperature, n_iter=n_iter, converged=converged)
 
 
 def _newton(
-    z: torch.Tensor, yi: torch.Tensor, w: torch.Tensor | None, beta: float, max_iter: int, tol: float,
+    z: torch.Tensor | FileRows, yi: torch.Tensor, w: torch.Tensor | None, beta: float, max_iter: int, tol: float,
     cache: torch.Tensor | None,
 ) -> tuple[float, int, bool]:
     """Safeguarded Newton on the convex ``f(beta)``; returns ``(1/beta, passes, converged)``.
@@ -282,6 +316,8 @@ class TemperatureScaling(BaseLogitCalibrator):
     """
 
     _state_keys = ("temperature_", "n_iter_")
+    _device_native = True
+    _streams_memmaps = True
 
     def __init__(self, *, max_iter: int = 100, tol: float = 1e-4) -> None:
         self.max_iter = max_iter
@@ -291,14 +327,8 @@ class TemperatureScaling(BaseLogitCalibrator):
         check_scalar(self.max_iter, "max_iter", int, min_val=1)
         check_scalar(self.tol, "tol", float, min_val=0.0, include_boundaries="neither")
 
-    def _fit(self, logits: np.ndarray, y_idx: np.ndarray, sample_weight: np.ndarray | None) -> None:
-        result = fit_temperature(
-            as_tensor(logits),
-            as_tensor(y_idx),
-            None if sample_weight is None else as_tensor(sample_weight),
-            max_iter=self.max_iter,
-            tol=self.tol,
-        )
+    def _fit(self, logits: torch.Tensor | FileRows, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
+        result = fit_temperature(logits, y_idx, sample_weight, max_iter=self.max_iter, tol=self.tol)
         if not result.converged:
             warnings.warn(
                 f"TemperatureScaling did not converge in max_iter={self.max_iter} passes "
@@ -309,8 +339,8 @@ class TemperatureScaling(BaseLogitCalibrator):
         self.temperature_ = float(result.temperature)
         self.n_iter_ = int(result.n_iter)
 
-    def _calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
-        return np.asarray(logits, dtype=np.float64) / self.temperature_
+    def _calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.to(torch.float64) / self.temperature_
 
     def _torch_map(self) -> torch.nn.Module:
         return _TemperatureMap(1.0 / self.temperature_)

@@ -16,6 +16,15 @@ Each public function validates its input and calls a private ``_*`` core on vali
 arrays (``y_idx`` integer column indices, ``prob`` float32/float64 ``(n, K)``, sums
 always accumulated in float64); the bootstrap in
 :func:`calibration_error_ci` reuses those cores.
+
+Memory-mapped input: the cores read ``prob`` in blocks of rows and keep only sufficient
+statistics (per-bin counts and sums, per-sample top-label confidence and correctness, which
+the equal-mass bins of the ACE sort) plus ``n``-sized vectors. A 2-D ``numpy.memmap`` of
+probabilities (``np.load(path, mmap_mode="r")``) is validated and read block by block from
+its file (:mod:`precal._chunks`), so every metric except :func:`calibration_error_ci`
+(whose resamples gather rows) works on files larger than memory, with the in-memory
+result up to float64 summation order. Probabilities of a large logits file come from a
+calibrator's ``predict_proba`` applied block by block, e.g. into an ``np.lib.format.open_memmap``.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from sklearn.utils import check_random_state, check_scalar
 
+from .._chunks import row_blocks, rows_per_block
 from .._numerics import as_tensor
 from .._validation import check_probabilities, check_same_length, encode_labels
 
@@ -45,10 +55,14 @@ __all__ = [
 
 Strategy = Literal["uniform", "quantile"]
 
+#: Elements per block of rows read by the cores (8 MB of float64 work per temporary).
+_BLOCK_ELEMENTS = 1 << 20
+
 
 # ---------------------------------------------------------------- validation
-def _validate(y_true: Any, y_prob: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    prob = check_probabilities(y_prob)
+def _validate(y_true: Any, y_prob: Any, labels: Any, *, stream: bool = True) -> tuple[np.ndarray, Any]:
+    """Label indices and validated probabilities: an array, or a ``FileRows`` for a memmap (``stream``)."""
+    prob = check_probabilities(y_prob, stream=stream)
     check_same_length(y_true=y_true, y_prob=prob)
     _, y_idx = encode_labels(y_true, prob.shape[1], labels=labels, name="y_true", min_classes=1)
     return y_idx, prob
@@ -106,15 +120,26 @@ def _bin_sums(idx: np.ndarray, conf: np.ndarray, correct: np.ndarray, n_bins: in
     )
 
 
-def _top_label(y_idx: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top-label confidence and correctness; argmax ties go to the first column.
+def _blocks(prob: Any) -> Any:
+    """``(start, block)`` over the rows of ``prob`` (array or ``FileRows``), about 2**20 elements each."""
+    return row_blocks(prob, rows_per_block(prob.shape[1], _BLOCK_ELEMENTS))
+
+
+def _top_label(y_idx: np.ndarray, prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and correctness (float64, one per sample); argmax ties go to the first column.
 
     torch's row reduction is used because numpy's ``argmax`` over short rows is slow; both
     return the first maximal index.
     """
-    conf_t, pred_t = as_tensor(prob).max(dim=1)
-    pred = pred_t.numpy()
-    return conf_t.numpy().astype(np.float64), (pred == y_idx).astype(np.float64)
+    n = prob.shape[0]
+    conf = np.empty(n, dtype=np.float64)
+    correct = np.empty(n, dtype=np.float64)
+    for start, block in _blocks(prob):
+        stop = start + block.shape[0]
+        conf_t, pred_t = as_tensor(block).max(dim=1)
+        conf[start:stop] = conf_t.numpy()
+        correct[start:stop] = pred_t.numpy() == y_idx[start:stop]
+    return conf, correct
 
 
 # ---------------------------------------------------------------- cores
@@ -137,32 +162,44 @@ def _mce(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
     return float(np.max(np.abs(acc_sum[full] - conf_sum[full]) / count[full]))
 
 
-def _classwise(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
-    prob = np.asarray(prob, dtype=np.float64)
+def _classwise(y_idx: np.ndarray, prob: Any, n_bins: int = 15) -> float:
     n, k = prob.shape
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = _uniform_bin_index(prob, edges)
-    flat = (bins + np.arange(k)[None, :] * n_bins).ravel()
-    onehot = np.zeros_like(prob)
-    onehot[np.arange(n), y_idx] = 1.0
-    conf_sum = np.bincount(flat, weights=prob.ravel(), minlength=k * n_bins)
-    acc_sum = np.bincount(flat, weights=onehot.ravel(), minlength=k * n_bins)
+    offsets = np.arange(k) * n_bins  # (class, bin) -> class * n_bins + bin
+    conf_sum = np.zeros(k * n_bins)
+    acc_sum = np.zeros(k * n_bins)
+    for start, block in _blocks(prob):
+        p = np.asarray(block, dtype=np.float64)
+        m = p.shape[0]
+        yb = y_idx[start : start + m]
+        bins = _uniform_bin_index(p, edges)
+        conf_sum += np.bincount((bins + offsets).ravel(), weights=p.ravel(), minlength=k * n_bins)
+        # a sample counts as correct for its own class only, in the bin of that class's probability
+        acc_sum += np.bincount(offsets[yb] + bins[np.arange(m), yb], minlength=k * n_bins)
     per_class = np.abs(acc_sum - conf_sum).reshape(k, n_bins).sum(axis=1) / n
     return float(per_class.mean())
 
 
-def _brier(y_idx: np.ndarray, prob: np.ndarray, scale_by_half: bool | str = "auto") -> float:
+def _brier(y_idx: np.ndarray, prob: Any, scale_by_half: bool | str = "auto") -> float:
     n = prob.shape[0]
-    diff = np.array(prob, dtype=np.float64)  # a copy: the input is never written to
-    diff[np.arange(n), y_idx] -= 1.0
-    value = float(np.mean(np.sum(diff * diff, axis=1)))
+    total = 0.0
+    for start, block in _blocks(prob):
+        diff = np.array(block, dtype=np.float64)  # a copy: the input is never written to
+        m = diff.shape[0]
+        diff[np.arange(m), y_idx[start : start + m]] -= 1.0
+        total += float(np.sum(np.sum(diff * diff, axis=1)))
+    value = total / n
     half = prob.shape[1] == 2 if scale_by_half == "auto" else bool(scale_by_half)
     return value / 2.0 if half else value
 
 
-def _nll(y_idx: np.ndarray, prob: np.ndarray) -> float:
-    p_true = prob[np.arange(prob.shape[0]), y_idx].astype(np.float64)
-    return float(-np.mean(np.log(np.clip(p_true, np.finfo(np.float64).eps, None))))
+def _nll(y_idx: np.ndarray, prob: Any) -> float:
+    total = 0.0
+    for start, block in _blocks(prob):
+        m = block.shape[0]
+        p_true = block[np.arange(m), y_idx[start : start + m]].astype(np.float64)
+        total += float(np.sum(np.log(np.clip(p_true, np.finfo(np.float64).eps, None))))
+    return -total / prob.shape[0]
 
 
 # ---------------------------------------------------------------- public metrics
@@ -442,7 +479,7 @@ def calibration_error_ci(
                  include_boundaries="neither")
     if "n_bins" in metric_params:
         _check_n_bins(metric_params["n_bins"])
-    y_idx, prob = _validate(y_true, y_prob, labels)
+    y_idx, prob = _validate(y_true, y_prob, labels, stream=False)  # resamples gather rows: in memory
     if callable(metric):
         classes = np.arange(prob.shape[1])
 
