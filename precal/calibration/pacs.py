@@ -240,7 +240,7 @@ class PACSCalibrator(BaseLogitCalibrator):
     References
     ----------
     "Precision-Induced Miscalibration: Understanding and Correcting Confidence Distortion
-    in Quantized Neural Networks". ICML 2026 (poster; submission 1849).
+    in Quantized Neural Networks". Project seed 000 (no authors or venue given there).
 
     Examples
     --------
