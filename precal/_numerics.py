@@ -6,9 +6,12 @@ on their device, so the calibrators' prediction path never moves a tensor to the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["log_softmax", "softmax", "binary_logit_to_two_columns", "as_tensor", "to_tensor", "is_tensor", "to_numpy"]
 

@@ -211,7 +211,8 @@ def test_cuda_fit_stays_on_the_gpu(factory, attrs, forbid_host_copies):
 def test_cuda_labels_and_weights_as_cuda_tensors(factory):
     z, y = heteroscedastic(n=1000)
     w = np.random.default_rng(2).uniform(0.5, 1.5, size=len(y))
-    est = factory().fit(torch.from_numpy(z).cuda(), torch.from_numpy(y).cuda(), sample_weight=torch.from_numpy(w).cuda())
+    zc, yc, wc = (torch.from_numpy(a).cuda() for a in (z, y, w))
+    est = factory().fit(zc, yc, sample_weight=wc)
     ref = factory().fit(z, y, sample_weight=w)
     assert_allclose(est.predict_proba(z), ref.predict_proba(z), rtol=1e-7, atol=1e-9)
     assert est.predict_proba(torch.from_numpy(z).cuda(), return_tensor=True).is_cuda

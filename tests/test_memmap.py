@@ -298,7 +298,8 @@ def _can_reset_peak_rss():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _can_reset_peak_rss(), reason="measures peak resident memory with /proc/self/clear_refs (Linux)")
+@pytest.mark.skipif(not _can_reset_peak_rss(),
+                    reason="measures peak resident memory with /proc/self/clear_refs (Linux)")
 def test_peak_memory_stays_far_below_the_file_size(tmp_path):
     n, k = 160_000, 1000  # 610 MiB of float32 logits, as many of probabilities
     rng = np.random.default_rng(0)
