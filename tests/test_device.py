@@ -26,16 +26,6 @@ from .conftest import make_logits
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
-FUZZY_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FuzzyDirichletCalibrator is not device-native yet: BaseLogitCalibrator._fit hands it numpy "
-        "(check_logits copies the tensor to the host with as_numpy), and fuzzy.py works in numpy/CPU "
-        "(FuzzyDirichletCalibrator._fit: np.array(logits, float64), np.ones/np.tile weights, .numpy() on "
-        "the confidences for the quantile start; _calibrated_logits and _gate_weights in numpy)"
-    ),
-)
-
 #: (calibrator factory, fitted attributes compared with the numpy fit)
 CASES = [
     pytest.param(TemperatureScaling, ("temperature_",), id="TemperatureScaling"),
@@ -44,7 +34,7 @@ CASES = [
     pytest.param(lambda: DirichletCalibrator(map="diagonal"), ("coef_", "intercept_"), id="DirichletDiagonal"),
     pytest.param(
         lambda: FuzzyDirichletCalibrator(max_iter=30), ("centers_", "widths_", "coefs_", "intercepts_"),
-        id="FuzzyDirichletCalibrator", marks=FUZZY_XFAIL,
+        id="FuzzyDirichletCalibrator",
     ),
 ]
 

@@ -209,8 +209,9 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         ----------
         X : array-like, numpy.memmap or torch.Tensor of shape (n_samples, n_classes) or (n_samples,)
             Logits of the classifier (not probabilities). A torch tensor is fitted on its
-            device by calibrators that support it (``TemperatureScaling``,
-            ``PACSCalibrator``, ``DirichletCalibrator``): CUDA logits stay on the GPU. A
+            device by every precal calibrator: CUDA logits stay on the GPU, and only the
+            fitted parameters (and, for the L-BFGS-B fits, the parameter vector of each
+            iteration) cross to the host. A
             2-D ``numpy.memmap`` is read block by block from its file by
             ``TemperatureScaling`` and ``PACSCalibrator``, so it may be larger than memory.
         y : array-like of shape (n_samples,)

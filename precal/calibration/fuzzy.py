@@ -74,7 +74,9 @@ def int4_noise_copies(logits: torch.Tensor, n_copies: int, generator: torch.Gene
     so each copy rounds every logit to a differently placed grid of the same step (a
     subtractive dither): the rounding errors differ between copies but keep the size INT4
     gives. The offsets are shared by all rows of a copy, so a copy is a fixed function of
-    the row: repeating a row and weighting it give the same training data.
+    the row: repeating a row and weighting it give the same training data. The offsets are
+    drawn on the CPU ``generator`` and moved to the logits' device, so a CUDA fit sees the
+    same copies as a CPU one.
     """
     from ..emulate import quantize
 
@@ -83,8 +85,9 @@ def int4_noise_copies(logits: torch.Tensor, n_copies: int, generator: torch.Gene
     step = z.abs().amax(dim=1, keepdim=True) / 7.0
     copies = []
     for j in range(n_copies):
-        u = torch.zeros(k, dtype=torch.float64) if j == 0 else torch.rand(k, generator=generator, dtype=torch.float64)
-        offset = (u - 0.5 if j else u) * step
+        cpu = {"dtype": torch.float64, "device": "cpu"}  # the generator's device
+        u = torch.zeros(k, **cpu) if j == 0 else torch.rand(k, generator=generator, **cpu)
+        offset = (u - 0.5 if j else u).to(z.device) * step
         copies.append(quantize(z + offset, "int4", axis=0).to(torch.float64) - offset)
     return torch.stack(copies) if copies else z.new_empty((0,) + tuple(z.shape))
 
@@ -169,7 +172,7 @@ def soft_ece(
     with ``ρ(x) = sqrt(x² + δ²) - δ``, ``δ = 10⁻³``, a smooth ``|x|``.
     """
     conf = probs.gather(-1, pred[:, None])[:, 0]
-    centres = (torch.arange(n_bins, dtype=probs.dtype) + 0.5) / n_bins
+    centres = (torch.arange(n_bins, dtype=probs.dtype, device=probs.device) + 0.5) / n_bins
     a = torch.softmax(-(conf[:, None] - centres).square() * (n_bins**2 / 2.0), dim=-1)
     aw = a * weights[:, None]
     mass = aw.sum(dim=0)
@@ -227,7 +230,7 @@ def _penalty(
     w_o, b_o = original(shared_w, shared_b)
     value = (reg_mu / k) * (b_o - b_o.mean()).square().sum()
     if not diagonal and k > 1:
-        off_mask = 1.0 - torch.eye(k, dtype=theta.dtype)
+        off_mask = 1.0 - torch.eye(k, dtype=theta.dtype, device=theta.device)
         off_sum = (w_o * off_mask).sum(dim=0, keepdim=True)  # per column
         off = (w_o - off_sum / (k - 1)) * off_mask
         value = value + (reg_lambda / (k * (k - 1))) * off.square().sum()
@@ -276,8 +279,8 @@ def fuzzy_objective(
     """
     k = lp.shape[-1]
     if shift is None or scale is None:
-        shift = torch.zeros(k, dtype=theta.dtype)
-        scale = torch.ones(k, dtype=theta.dtype)
+        shift = torch.zeros(k, dtype=theta.dtype, device=theta.device)
+        scale = torch.ones(k, dtype=theta.dtype, device=theta.device)
     value = _data_term(theta, lp, conf, y_idx, weights, n_regions=n_regions, diagonal=diagonal)
     if soft_ece_weight:
         value = value + soft_ece_weight * _soft_ece_term(
@@ -289,13 +292,14 @@ def fuzzy_objective(
     )
 
 
-def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: np.ndarray) -> np.ndarray:
-    """Inverted-CDF quantiles (so weights and repeated rows agree exactly)."""
-    order = np.argsort(values, kind="stable")
-    v, w = values[order], weights[order]
-    cum = np.cumsum(w)
-    idx = np.searchsorted(cum, qs * cum[-1], side="left")
-    return v[np.clip(idx, 0, len(v) - 1)]
+def _weighted_quantiles(values: torch.Tensor, weights: torch.Tensor, qs: np.ndarray) -> np.ndarray:
+    """Inverted-CDF quantiles of a 1-D tensor on its device (so weights and repeated rows
+    agree exactly); only the ``len(qs)`` results come back to the host."""
+    v, order = torch.sort(values, stable=True)
+    cum = torch.cumsum(weights[order], dim=0)
+    targets = torch.as_tensor(qs, dtype=cum.dtype, device=cum.device) * cum[-1]
+    idx = torch.searchsorted(cum, targets, side="left").clamp_(0, len(v) - 1)
+    return v[idx].cpu().numpy()
 
 
 # --------------------------------------------------------------------------- torch module
@@ -353,7 +357,8 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         :func:`int4_noise_copies`: copy 0 is plain INT4 rounding, the others shift the grid
         by a random sub-step offset so they differ). ``None``: clean logits only. A callable
         ``f(logits, generator) -> noisy_logits`` (float64 ``(n, K)`` tensor and a seeded
-        ``torch.Generator``) makes each copy instead.
+        ``torch.Generator``) makes each copy instead; it is given the logits on their
+        device, and its output is moved there.
     n_noise_copies : int, default=2
         Noisy copies per fit (ignored when ``noise=None``). The copies are drawn once, from
         ``random_state``, and fixed for the whole fit, so the objective is deterministic
@@ -453,6 +458,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
     []
     """
 
+    _device_native = True
     _state_keys = ("centers_", "widths_", "coefs_", "intercepts_", "n_iter_")
 
     def __init__(
@@ -539,7 +545,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
             return int4_noise_copies(z, n_copies, gen)
         copies = []
         for _ in range(n_copies):
-            out = torch.as_tensor(self.noise(z.clone(), gen)).to(torch.float64)
+            out = torch.as_tensor(self.noise(z.clone(), gen)).to(device=z.device, dtype=torch.float64)
             if out.shape != z.shape or not torch.isfinite(out).all():
                 raise ValueError(
                     f"noise callable must return finite logits of shape {tuple(z.shape)}, got shape {tuple(out.shape)}."
@@ -548,7 +554,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         return torch.stack(copies)
 
     # ------------------------------------------------------------ fit
-    def _fit(self, logits: np.ndarray, y_idx: np.ndarray, sample_weight: np.ndarray | None) -> None:
+    def _fit(self, logits: torch.Tensor, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
         names = self._names()
         r = int(self.n_regions)
         n, k = logits.shape
@@ -559,18 +565,18 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         reg_region = float(self.reg_region)
         ece_weight = float(self.soft_ece_weight) if self.loss == "nll+soft_ece" else 0.0
         f64 = torch.float64
-        z = torch.from_numpy(np.array(logits, dtype=np.float64))  # a private, writable copy
-        yi = torch.as_tensor(np.asarray(y_idx), dtype=torch.int64)
-        w_np = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        w_np = w_np / w_np.sum()
-        weights = torch.as_tensor(w_np)
+        device = logits.device  # everything below stays there; only the parameters go to scipy
+        z = logits.to(f64)  # never written to: the versions below are new tensors
+        yi = y_idx.to(torch.int64)
+        weights = torch.ones(n, dtype=f64, device=device) if sample_weight is None else sample_weight.to(f64)
+        weights = weights / weights.sum()
 
         versions = torch.cat([z[None], self._noisy_copies(z)])  # (C, n, K)
         n_versions = versions.shape[0]
 
         # Stage 1: the best single map over all versions (the R = 1 optimum) by DirichletCalibrator's fitter.
         first = fit_dirichlet(
-            versions.reshape(-1, k), yi.repeat(n_versions), np.tile(w_np, n_versions), diagonal=diagonal,
+            versions.reshape(-1, k), yi.repeat(n_versions), weights.repeat(n_versions), diagonal=diagonal,
             reg_lambda=reg_lambda, reg_mu=reg_mu, max_iter=int(self.max_iter), tol=float(self.tol),
         )
         if r == 1 and not ece_weight:  # one region is Dirichlet calibration
@@ -587,20 +593,19 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         scale = ((weights[:, None] * (lp[0] - shift).square()).sum(dim=0)).sqrt()
         scale = torch.where(scale > 1e-12 * (1.0 + shift.abs()), scale, torch.ones_like(scale))
         if not (torch.isfinite(shift).all() and torch.isfinite(scale).all()):
-            shift, scale = torch.zeros(k, dtype=f64), torch.ones(k, dtype=f64)
+            shift, scale = torch.zeros(k, dtype=f64, device=device), torch.ones(k, dtype=f64, device=device)
         lp_std = (lp - shift) / scale
         del lp, versions
 
-        c0 = conf[0].numpy()
-        centers0 = _weighted_quantiles(c0, w_np, (np.arange(r) + 0.5) / r)
+        centers0 = _weighted_quantiles(conf[0], weights, (np.arange(r) + 0.5) / r)
         lo = 1.0 / k
         if r > 1 and np.min(np.diff(centers0)) < 1e-3:
             centers0 = lo + (1.0 - lo) * (np.arange(r) + 0.5) / r
-        spacing = (centers0[-1] - centers0[0]) / (r - 1) if r > 1 else float(np.std(c0))
+        spacing = (centers0[-1] - centers0[0]) / (r - 1) if r > 1 else float(conf[0].std(correction=0))
         sigma_min = _min_width(r, k)
         widths0 = np.full(r, min(max(spacing, 2.0 * sigma_min), 1.0))
         frac = np.clip((centers0 - lo) / (1.0 - lo), 1e-3, 1.0 - 1e-3)
-        s, m = scale.numpy(), shift.numpy()
+        s, m = scale.cpu().numpy(), shift.cpu().numpy()
         w1, b1 = first.coef, first.intercept
         n_w = k if diagonal else k * k
         theta0 = np.concatenate([
@@ -617,7 +622,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         saw_nonfinite = [False]
 
         def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
-            theta = torch.tensor(x, dtype=f64, requires_grad=True)
+            theta = torch.tensor(x, dtype=f64, device=device, requires_grad=True)
             total = 0.0
             for start in range(0, n, chunk):  # the NLL is a sum over rows: backward chunk by chunk
                 rows = slice(start, start + chunk)
@@ -632,7 +637,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
                             shift=shift, scale=scale, **opts)
             term.backward()
             total += float(term.detach())
-            grad = theta.grad.numpy()
+            grad = theta.grad.cpu().numpy()
             if not (math.isfinite(total) and np.isfinite(grad).all()):
                 saw_nonfinite[0] = True
                 return math.inf, np.zeros_like(x)
@@ -653,7 +658,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         elif result.status == 1 or (result.status == 2 and g_inf > math.sqrt(float(self.tol))):
             self._warn(f"{result.message} (largest gradient component {g_inf:.2e})", int(result.nit))
 
-        centers, widths, coefs_std, ints_std = (v.numpy() for v in _unpack(torch.as_tensor(x), r, k, diagonal))
+        centers, widths, coefs_std, ints_std = (v.numpy() for v in _unpack(torch.from_numpy(x), r, k, diagonal))
         coefs = coefs_std / s
         intercepts = ints_std - (coefs * m if diagonal else coefs @ m)
         self._set_fitted(centers, widths, coefs, intercepts, resolved, first.n_iter + int(result.nit), names)
@@ -684,20 +689,13 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         self.region_names_ = np.array(names)
 
     # ------------------------------------------------------------ prediction
-    def _gate_weights(self, conf: np.ndarray) -> np.ndarray:
-        log_mu = -((conf[:, None] - self.centers_) ** 2) / (2.0 * self.widths_**2)
-        log_mu -= log_mu.max(axis=1, keepdims=True)
-        mu = np.exp(log_mu)
-        return mu / mu.sum(axis=1, keepdims=True)
-
-    def _calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
-        lp = log_softmax(np.asarray(logits, dtype=np.float64))
-        gates = self._gate_weights(np.exp(lp.max(axis=1)))
-        if self.coefs_.ndim == 2:
-            per_region = lp[:, None, :] * self.coefs_ + self.intercepts_
-        else:
-            per_region = np.einsum("nk,rjk->nrj", lp, self.coefs_) + self.intercepts_
-        return np.einsum("nr,nrk->nk", gates, per_region)
+    def _calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        lp = log_softmax(logits)  # float64, on the logits' device
+        params = (torch.from_numpy(a).to(lp.device) for a in (self.centers_, self.widths_, self.coefs_,
+                                                              self.intercepts_))
+        centers, widths, coefs, intercepts = params
+        gates = _gates(lp.amax(dim=1).exp(), centers, widths)
+        return _mixed_logits(lp, gates, coefs, intercepts)
 
     def predict_confidence_label(self, X: Any) -> np.ndarray:
         """Linguistic confidence of each calibrated prediction: a region name per sample.
