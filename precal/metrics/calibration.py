@@ -143,23 +143,33 @@ def _top_label(y_idx: np.ndarray, prob: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- cores
-def _ece(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15, strategy: str = "uniform") -> float:
-    conf, correct = _top_label(y_idx, prob)
+def _ece_of_top_label(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15, strategy: str = "uniform") -> float:
     idx, _ = _bin_index(conf, n_bins, strategy)
     _, conf_sum, acc_sum = _bin_sums(idx, conf, correct, n_bins)
     return float(np.abs(acc_sum - conf_sum).sum() / len(conf))
 
 
-def _ace(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
-    return _ece(y_idx, prob, n_bins, "quantile")
-
-
-def _mce(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
-    conf, correct = _top_label(y_idx, prob)
+def _mce_of_top_label(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
     idx, _ = _bin_index(conf, n_bins, "uniform")
     count, conf_sum, acc_sum = _bin_sums(idx, conf, correct, n_bins)
     full = count > 0
     return float(np.max(np.abs(acc_sum[full] - conf_sum[full]) / count[full]))
+
+
+def _ace_of_top_label(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    return _ece_of_top_label(conf, correct, n_bins, "quantile")
+
+
+def _ece(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15, strategy: str = "uniform") -> float:
+    return _ece_of_top_label(*_top_label(y_idx, prob), n_bins, strategy)
+
+
+def _ace(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
+    return _ace_of_top_label(*_top_label(y_idx, prob), n_bins)
+
+
+def _mce(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
+    return _mce_of_top_label(*_top_label(y_idx, prob), n_bins)
 
 
 def _classwise(y_idx: np.ndarray, prob: Any, n_bins: int = 15) -> float:
@@ -180,26 +190,36 @@ def _classwise(y_idx: np.ndarray, prob: Any, n_bins: int = 15) -> float:
     return float(per_class.mean())
 
 
+def _brier_rows(y_idx: np.ndarray, block: Any) -> np.ndarray:
+    """Per-sample squared error ``Σ_k (p_k - 1[y = k])²`` of a block of rows."""
+    diff = np.array(block, dtype=np.float64)  # a copy: the input is never written to
+    diff[np.arange(diff.shape[0]), y_idx] -= 1.0
+    return np.sum(diff * diff, axis=1)
+
+
+def _brier_scale(n_classes: int, scale_by_half: bool | str) -> float:
+    half = n_classes == 2 if scale_by_half == "auto" else bool(scale_by_half)
+    return 0.5 if half else 1.0
+
+
 def _brier(y_idx: np.ndarray, prob: Any, scale_by_half: bool | str = "auto") -> float:
-    n = prob.shape[0]
     total = 0.0
     for start, block in _blocks(prob):
-        diff = np.array(block, dtype=np.float64)  # a copy: the input is never written to
-        m = diff.shape[0]
-        diff[np.arange(m), y_idx[start : start + m]] -= 1.0
-        total += float(np.sum(np.sum(diff * diff, axis=1)))
-    value = total / n
-    half = prob.shape[1] == 2 if scale_by_half == "auto" else bool(scale_by_half)
-    return value / 2.0 if half else value
+        total += float(np.sum(_brier_rows(y_idx[start : start + block.shape[0]], block)))
+    return total / prob.shape[0] * _brier_scale(prob.shape[1], scale_by_half)
+
+
+def _nll_rows(y_idx: np.ndarray, block: Any) -> np.ndarray:
+    """Per-sample ``-log p_y`` of a block of rows (``p_y`` clipped at float64's eps)."""
+    p_true = block[np.arange(block.shape[0]), y_idx].astype(np.float64)
+    return -np.log(np.clip(p_true, np.finfo(np.float64).eps, None))
 
 
 def _nll(y_idx: np.ndarray, prob: Any) -> float:
     total = 0.0
     for start, block in _blocks(prob):
-        m = block.shape[0]
-        p_true = block[np.arange(m), y_idx[start : start + m]].astype(np.float64)
-        total += float(np.sum(np.log(np.clip(p_true, np.finfo(np.float64).eps, None))))
-    return -total / prob.shape[0]
+        total += float(np.sum(_nll_rows(y_idx[start : start + block.shape[0]], block)))
+    return total / prob.shape[0]
 
 
 # ---------------------------------------------------------------- public metrics
@@ -423,6 +443,24 @@ _CORES: dict[str, Callable[..., float]] = {
 }
 
 
+def _per_sample_rows(rows: Callable[[np.ndarray, Any], np.ndarray], y_idx: np.ndarray, prob: Any) -> np.ndarray:
+    return np.concatenate([rows(y_idx[start : start + block.shape[0]], block) for start, block in _blocks(prob)])
+
+
+def _resampling_summary(metric: str, y_idx: np.ndarray, prob: np.ndarray, params: dict[str, Any]):
+    """``(per-sample arrays, f)`` with ``metric`` of a resample ``s`` equal to ``f(*(a[s] for a in arrays))``,
+    or None when the metric needs whole rows (class-wise ECE)."""
+    if metric in ("ece", "ace", "mce"):
+        of_top_label = {"ece": _ece_of_top_label, "ace": _ace_of_top_label, "mce": _mce_of_top_label}[metric]
+        return _top_label(y_idx, prob), lambda conf, correct: of_top_label(conf, correct, **params)
+    if metric == "nll":
+        return (_per_sample_rows(_nll_rows, y_idx, prob),), lambda losses: float(np.mean(losses))
+    if metric == "brier":
+        scale = _brier_scale(prob.shape[1], params.get("scale_by_half", "auto"))
+        return (_per_sample_rows(_brier_rows, y_idx, prob),), lambda losses: float(np.mean(losses)) * scale
+    return None
+
+
 @dataclass(frozen=True)
 class CalibrationErrorCI:
     """A metric's value on the full data and its bootstrap percentile interval."""
@@ -449,7 +487,10 @@ def calibration_error_ci(
     Resamples the ``n`` samples with replacement ``n_bootstrap`` times, evaluates the
     metric on each resample and reports the ``(1 - level)/2`` and ``(1 + level)/2``
     percentiles. Binned metrics are biased upward on small samples; the interval shows
-    the sampling spread, not that bias.
+    the sampling spread, not that bias. The named metrics other than ``"classwise_ece"``
+    depend on each sample through one or two numbers (top-label confidence and
+    correctness, or its loss), so those are computed once and resampled instead of the
+    ``(n, K)`` rows: the same values, at ``O(n)`` instead of ``O(nK)`` per resample.
 
     Parameters
     ----------
@@ -492,12 +533,18 @@ def calibration_error_ci(
             return core(yi, p, **metric_params)
     else:
         raise ValueError(f"metric must be one of {sorted(_CORES)} or a callable, got {metric!r}.")
+    estimate = evaluate(y_idx, prob)  # first: bad metric_params fail here
+    summary = None if callable(metric) else _resampling_summary(metric, y_idx, prob, metric_params)
     rng = check_random_state(random_state)
     n = len(y_idx)
     values = np.empty(n_bootstrap)
     for b in range(n_bootstrap):
         sample = rng.randint(0, n, size=n)
-        values[b] = evaluate(y_idx[sample], prob[sample])
+        if summary is None:
+            values[b] = evaluate(y_idx[sample], prob[sample])
+        else:  # the metric depends on each sample through a few numbers: resample those, not the rows
+            arrays, of_summary = summary
+            values[b] = of_summary(*(a[sample] for a in arrays))
     alpha = (1.0 - confidence_level) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return CalibrationErrorCI(evaluate(y_idx, prob), float(low), float(high), float(confidence_level))
+    return CalibrationErrorCI(estimate, float(low), float(high), float(confidence_level))

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_array_equal
 from sklearn.metrics import brier_score_loss, log_loss
 
 import precal.metrics.calibration as calibration_module
@@ -869,6 +869,28 @@ def test_ci_callable_metric():
     ci2 = calibration_error_ci(y, prob, metric=expected_calibration_error, n_bins=10, n_bootstrap=50, random_state=0)
     named2 = calibration_error_ci(y, prob, metric="ece", n_bins=10, n_bootstrap=50, random_state=0)
     assert (ci2.estimate, ci2.low, ci2.high) == pytest.approx((named2.estimate, named2.low, named2.high), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "metric,params",
+    [("ece", {}), ("ece", {"n_bins": 7}), ("ace", {"n_bins": 10}), ("mce", {}), ("nll", {}), ("brier", {}),
+     ("brier", {"scale_by_half": True})],
+)
+def test_ci_resampled_summaries_equal_resampled_rows(metric, params):
+    """Named metrics resample per-sample summaries; the public function as a callable resamples
+    whole rows with the same draws: the intervals must agree."""
+    prob, y = make_data(n=500, k=6, seed=8)
+    fn = {"ece": expected_calibration_error, "ace": adaptive_calibration_error, "mce": maximum_calibration_error,
+          "nll": negative_log_likelihood, "brier": brier_score}[metric]
+    named = calibration_error_ci(y, prob, metric=metric, n_bootstrap=200, random_state=3, **params)
+    rows = calibration_error_ci(y, prob, metric=fn, n_bootstrap=200, random_state=3, **params)
+    assert (named.estimate, named.low, named.high) == pytest.approx((rows.estimate, rows.low, rows.high), abs=1e-12)
+    assert named.low < named.high
+
+
+def test_ci_unknown_metric_parameter_raises():
+    with pytest.raises(TypeError):
+        calibration_error_ci(Y3, P3, metric="nll", n_bins=5, n_bootstrap=5)
 
 
 def test_ci_callable_with_string_labels_and_missing_class_in_resample():
