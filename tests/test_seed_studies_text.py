@@ -73,6 +73,10 @@ def test_seed_004_quick_tests_the_per_sample_changes(tmp_path, cache_dir):
     assert t["n"] == n and t["p"] is not None and 0 <= t["p"] <= 1
     assert main["true_class_confidence_low"] - main["true_class_confidence_ref"] == pytest.approx(t["mean"], abs=1e-6)
     assert 0 <= main["js"]["median"] <= main["js"]["max"] <= 0.6932
+    half = main["halves"]
+    assert half["n_low"] + half["n_high"] == n and 0 <= half["p"] <= 1
+    both = half["n_low"] * half["mean_shift_low"] + half["n_high"] * half["mean_shift_high"]
+    assert both == pytest.approx(n * t["mean"], rel=1e-5, abs=1e-6)  # the halves partition the sentences
     assert "Wilcoxon signed-rank" in (tmp_path / "seed-004.md").read_text()
     assert any(cache_dir.glob("minilm_fpb_test_w4a16-g128_*.npz")), "emulated logits are cached"
 

@@ -61,7 +61,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
 CIFAR_CALIBRATION_SIZE = 256
+#: Seeds 000 and 001 use the first rows of ``cifar10_jpeg`` only: their forward passes at six
+#: more precisions over all 9,744 images would take the full set of studies past 30 minutes on
+#: 2 CPU cores. The rows are a prefix, so the cached whole-set logits of seed 002 serve them.
+JPEG_FIRST = 5000
 MNIST_CALIBRATION_SIZE = 500
 FPB_CALIBRATION_SIZE = 256
 CALIBRATION_SEED = 0
@@ -589,14 +593,15 @@ def _cache_key(model_name: str, ds: Dataset, cfg: Any, overrides: dict[str, Any]
     return key
 
 
-def _read_cache(path: Path, digest: str, n: int, k: int) -> np.ndarray | None:
+def _read_cache(path: Path, digest: str, n: int | None, k: int) -> np.ndarray | None:
+    """The entry's float32 ``(n, k)`` logits (any number of rows when ``n`` is None), or None."""
     try:
         with np.load(path, allow_pickle=False) as d:
             z = np.asarray(d["logits"])
             stored = str(d["digest"])
     except Exception:  # noqa: BLE001 - an unreadable entry is recomputed
         return None
-    if stored != digest or z.shape != (n, k) or z.dtype != np.float32:
+    if stored != digest or z.ndim != 2 or z.shape[1] != k or (n is not None and len(z) != n) or z.dtype != np.float32:
         return None
     return z
 
@@ -613,6 +618,8 @@ def _write_cache(path: Path, digest: str, key: dict[str, Any], z: np.ndarray) ->
         raise
 
 
+#: How many :func:`emulated_logits` calls of this process read the cache and how many computed.
+CACHE_STATS = {"read": 0, "computed": 0}
 _MODEL_MEMO: dict[str, torch.nn.Module] = {}
 _DATASET_MEMO: dict[tuple[str, int | None], Dataset] = {}
 _EMULATED_MEMO: dict[str, Any] = {}
@@ -661,7 +668,10 @@ def emulated_logits(
     Returns
     -------
     ndarray of float32, shape (n_samples, n_classes)
-        Rows in the order of ``Dataset.labels``.
+        Rows in the order of ``Dataset.labels``. With ``limit``, a cached entry of the whole
+        set serves too: the limited set is its first rows, with the same observer
+        calibration, so those rows are the same model's logits of the same inputs (up to
+        float32 rounding of a different batch composition).
 
     Raises
     ------
@@ -695,7 +705,14 @@ def emulated_logits(
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         path = Path(cache_dir or default_cache_dir()) / f"{model_name}_{ds.name}_{cfg.name}_{digest[:16]}.npz"
         hit = _read_cache(path, digest, n, k)
+        if hit is None and ds.limit is not None:
+            whole = _cache_key(model_name, replace(ds, limit=None), cfg, overrides, n_calibration_batches)
+            whole_digest = hashlib.sha256(json.dumps(whole, sort_keys=True).encode()).hexdigest()
+            whole_path = path.with_name(f"{model_name}_{ds.name}_{cfg.name}_{whole_digest[:16]}.npz")
+            hit = _read_cache(whole_path, whole_digest, None, k)
+            hit = hit[:n] if hit is not None and len(hit) >= n else None
         if hit is not None:
+            CACHE_STATS["read"] += 1
             return hit
     # The emulated copy depends on the model, configs and observer-calibration inputs only, so
     # the last one is kept: the two CIFAR evaluation sets share their calibration images.
@@ -715,6 +732,7 @@ def emulated_logits(
     z = predict(_EMULATED_MEMO["model"], ds.inputs).astype(np.float32)
     if z.shape != (n, k):
         raise RuntimeError(f"{model_name} gave logits of shape {z.shape} on {ds.name}, expected {(n, k)}.")
+    CACHE_STATS["computed"] += 1
     if cache:
         _write_cache(path, digest, key, z)
     return z
@@ -946,8 +964,9 @@ def add_study_arguments(parser: Any, *, default_splits: int = 20, quick_splits: 
                         help=f"calibration/test splits (default {default_splits}; {quick_splits} with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="split seed: split s uses default_rng(seed + s)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default 2, the project machine's cores; 1 with --quick, "
-                             "which the test suite runs beside other tests)")
+                        help="torch threads of the forward passes and worker processes (of one thread) of the "
+                             "fits (default 2, the project machine's cores; 1 with --quick, which the test suite runs "
+                             "beside other tests)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="emulated-logits cache (default benchmarks/results/cache or $PRECAL_SEED_CACHE)")
     parser.add_argument("--no-cache", action="store_true", help="recompute every emulated logit, write no cache")
@@ -1041,7 +1060,9 @@ def parallel_map(fn: Any, items: list[Any], workers: int) -> list[Any]:
 
     Used for the calibrator fits, which are many small single-threaded optimisations: each
     worker is a fresh ("spawn") process with one torch thread, so ``fn`` must be a module-level
-    function and the items picklable. Results keep the order of ``items``.
+    function and the items picklable. Results keep the order of ``items``. (Not for the
+    forward passes: two single-threaded passes side by side were no faster than one on two
+    threads in a full run, and slower for the float-format emulation.)
     """
     if workers <= 1 or len(items) <= 1:
         return [fn(item) for item in items]

@@ -107,55 +107,70 @@ def n_bytes(est: Any) -> int:
 
 
 # --------------------------------------------------------------------------- the experiment
+def one_split(item: tuple[Any, ...]) -> dict[str, Any]:
+    """Every method in both scenarios on one split (module level: it runs in worker processes)."""
+    z_fp32, z_int4, y, cal, test, seed, fuzzy, keep = item
+    out: dict[str, Any] = {"reference": sd.scores(y[test], sd.softmax64(z_fp32[test])),
+                           "scores": {sc: {} for sc in SCENARIOS}, "sizes": {}, "caught": set(), "figure": {}}
+    p_uncal = sd.softmax64(z_int4[test])
+    uncal = sd.scores(y[test], p_uncal)
+    fit_z = {"int4": z_int4, "fp32_to_int4": z_fp32}
+    for scenario, z_fit in fit_z.items():
+        for name, factory in factories(seed, fuzzy).items():
+            if factory is None:
+                prob, r = p_uncal, dict(uncal)
+            else:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    est = factory().fit(z_fit[cal], y[cal])
+                out["caught"].update(f"{name} ({scenario}): {w.category.__name__}: "
+                                     f"{str(w.message).splitlines()[0]}" for w in caught)
+                out["sizes"][name] = n_bytes(est)
+                prob = est.predict_proba(z_int4[test])
+                r = sd.scores(y[test], prob)
+                if name == FUZZY and scenario == "int4":
+                    lab = est.predict_confidence_label(z_int4[test])
+                    correct = prob.argmax(axis=1) == y[test]
+                    conf = prob.max(axis=1)
+                    out["labels"] = {str(n): {"count": int(np.sum(lab == n)),
+                                              "accuracy": _mean_or_none(correct[lab == n]),
+                                              "confidence": _mean_or_none(conf[lab == n])}
+                                     for n in est.region_names_}
+                    out["gates"] = {"centers": est.centers_.tolist(), "widths": est.widths_.tolist()}
+                    if keep:
+                        out["figure"]["fuzzy"] = est
+            if keep and scenario == "int4":
+                out["figure"].setdefault("probs", {})[name] = prob
+            r["relative_ece_reduction"] = 1.0 - r["ece"] / uncal["ece"] if uncal["ece"] > 0 else 0.0
+            out["scores"][scenario][name] = r
+    return out
+
+
 def run_splits(z_fp32: np.ndarray, z_int4: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
-               seed: int, fuzzy: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every method in both scenarios on every split; label statistics of the fuzzy calibrator."""
+               seed: int, fuzzy: dict[str, Any], workers: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every method in both scenarios on every split (over ``workers`` processes); label
+    statistics of the fuzzy calibrator."""
     per: dict[str, dict[str, dict[str, list[float]]]] = {s: {m: {} for m in METHODS} for s in SCENARIOS}
     reference: dict[str, list[float]] = {}
     sizes: dict[str, int] = {"uncalibrated": 0}
     labels: list[dict[str, dict[str, float]]] = []
     gates: list[dict[str, list[float]]] = []
     caught_all: set[str] = set()
-    fit_z = {"int4": z_int4, "fp32_to_int4": z_fp32}
-    figure: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    for s, (cal, test) in enumerate(splits):
-        if s:
-            print(f"    split {s}/{len(splits)}: {time.perf_counter() - t0:.0f} s", flush=True)
-        for k, v in sd.scores(y[test], sd.softmax64(z_fp32[test])).items():
+    items = [(z_fp32, z_int4, y, cal, test, seed + s, fuzzy, s == 0) for s, (cal, test) in enumerate(splits)]
+    outs = sd.parallel_map(one_split, items, workers)  # in split order
+    for out in outs:
+        for k, v in out["reference"].items():
             reference.setdefault(k, []).append(v)
-        p_uncal = sd.softmax64(z_int4[test])
-        uncal = sd.scores(y[test], p_uncal)
-        for scenario, z_fit in fit_z.items():
-            for name, factory in factories(seed + s, fuzzy).items():
-                if factory is None:
-                    prob, r = p_uncal, dict(uncal)
-                else:
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always")
-                        est = factory().fit(z_fit[cal], y[cal])
-                    caught_all.update(f"{name} ({scenario}): {w.category.__name__}: "
-                                      f"{str(w.message).splitlines()[0]}" for w in caught)
-                    sizes[name] = n_bytes(est)
-                    prob = est.predict_proba(z_int4[test])
-                    r = sd.scores(y[test], prob)
-                    if name == FUZZY and scenario == "int4":
-                        lab = est.predict_confidence_label(z_int4[test])
-                        correct = prob.argmax(axis=1) == y[test]
-                        conf = prob.max(axis=1)
-                        labels.append({str(n): {"count": int(np.sum(lab == n)),
-                                                "accuracy": _mean_or_none(correct[lab == n]),
-                                                "confidence": _mean_or_none(conf[lab == n])}
-                                       for n in est.region_names_})
-                        gates.append({"centers": est.centers_.tolist(), "widths": est.widths_.tolist()})
-                        if s == 0:
-                            figure["fuzzy"] = est
-                if s == 0 and scenario == "int4":
-                    figure.setdefault("probs", {})[name] = prob
-                r["relative_ece_reduction"] = 1.0 - r["ece"] / uncal["ece"] if uncal["ece"] > 0 else 0.0
+        for scenario, by_method in out["scores"].items():
+            for name, r in by_method.items():
                 for k, v in r.items():
                     per[scenario][name].setdefault(k, []).append(v)
-        figure["test0"] = splits[0][1]
+        sizes.update(out["sizes"])
+        caught_all |= out["caught"]
+        if "labels" in out:
+            labels.append(out["labels"])
+            gates.append(out["gates"])
+    figure = {**outs[0]["figure"], "test0": splits[0][1]}
     summary = {sc: {m: {k: sd.mean_sd(v) for k, v in d.items()} for m, d in per[sc].items()} for sc in per}
     names = list(labels[0]) if labels else []
     label_summary = {}
@@ -300,8 +315,10 @@ def render(report: dict[str, Any]) -> tuple[str, str]:
     doc = [f"# Seed 003: fuzzy Dirichlet calibration of an INT4 transformer classifier{quick}", "",
            f"*Generated by `{RERUN}` from its results (`benchmarks/results/seeds/seed_003.json`); no number on this "
            f"page is typed by hand. Run {report['date']}, wall time {report['wall_time_s']:.0f} s "
-           f"({report['threads']} torch threads for the forward passes, {report['fit_threads']} for the fits; the "
-           f"emulated logits come from the cache when present).*", "",
+           f"(`--threads {report['threads']}`: forward passes and splits over {report['threads']} processes of "
+           f"{report['fit_threads']} torch thread; "
+           f"{report['logits_cache']['computed']} emulated logit sets computed, "
+           f"{report['logits_cache']['read']} read from the cache of earlier runs).*", "",
            f"**Seed:** {PAPER}.", "", f"**Claim:** {CLAIM}", "",
            f"**Verdict: {v['word']}.** {v['reason']}", ""] + notes
     p = report["protocol"]
@@ -406,7 +423,7 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
     args = sd.finish_study_arguments(parser, parser.parse_args(argv))
     paths = sd.output_paths(NUMBER, args)
     sd.set_threads(args.threads)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), sd.cpu_seconds()
     limit = QUICK_LIMIT if args.quick else None
     cache = sd.emulation_options(args)
     print(f"seed 003: {MODEL} on {DATASET}, fp32 and {INT4}, {args.splits} splits"
@@ -421,12 +438,12 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
         logits[config] = sd.emulated_logits(MODEL, ds, config, overrides=OVERRIDES, **cache)
         print(f"  {config}: logits in {time.perf_counter() - t0:.1f} s", flush=True)
     splits = sd.make_splits(y, args.splits, args.seed)
-    # The fits run on one thread: torch's intra-op threads make these small autograd problems
-    # 10-20x slower on two shared cores (the forward passes above use --threads).
+    # The fits run on one thread each, the splits over --threads processes: torch's intra-op
+    # threads make these small autograd problems 10-20x slower on two shared cores.
     sd.set_threads(FIT_THREADS)
     t0 = time.perf_counter()
     fuzzy = QUICK_FUZZY if args.quick else {}
-    results, fig_data = run_splits(logits[REFERENCE], logits[INT4], y, splits, args.seed, fuzzy)
+    results, fig_data = run_splits(logits[REFERENCE], logits[INT4], y, splits, args.seed, fuzzy, args.threads)
     print(f"  calibrators: {time.perf_counter() - t0:.1f} s; ECE % (INT4 → INT4) " + ", ".join(
         f"{m} {100 * results['summary']['int4'][m]['ece']['mean']:.2f}" for m in METHODS), flush=True)
     warnings_seen = results.pop("warnings")
@@ -458,7 +475,8 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
     report = sd.json_ready(report)
     report["figures"] = figures(report, fig_data, y, staged, paths)
     report["wall_time_s"] = time.perf_counter() - start
-    report["cpu_time_s"] = time.process_time() - cpu_start
+    report["cpu_time_s"] = sd.cpu_seconds() - cpu_start
+    report["logits_cache"] = dict(sd.CACHE_STATS)
     report["verdict"] = verdict(report)
     results_md, doc_md = render(report)
     staged.write_text(paths["json"], sd.dump_json(report))
