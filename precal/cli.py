@@ -270,11 +270,18 @@ _SWEEP_HELP = """Run a model at several emulated precisions and save its logits.
 
 \b
 MODEL is one of
-  FILE.pt2          a torch.export program (torch.export.save); runs 'fp32' only
-  FILE (other)      a TorchScript file (torch.jit.save); runs 'fp32' only
   module:factory    an import path; factory is an nn.Module or a callable that
                     returns one (the current directory is importable); every
-                    config runs on it
+                    config runs on it. --weights FILE loads its state_dict from
+                    a .safetensors or .pt file, as data
+  FILE.pt2          a torch.export program (torch.export.save); runs 'fp32'
+                    only; needs --trust-model-file
+  FILE (other)      a TorchScript file (torch.jit.save); runs 'fp32' only;
+                    needs --trust-model-file
+A .pt2 or TorchScript file can run code on this machine as it loads (pickle
+with weights_only=False; TorchScript's stored code): precal loads one only
+with --trust-model-file. For a model from elsewhere use module:factory with
+--weights FILE.safetensors.
 The emulator replaces a model's nn.Linear/nn.Conv1d/nn.Conv2d layers, which a
 compiled .pt2 or TorchScript graph does not expose; give those models as
 module:factory to emulate anything but fp32.
@@ -298,9 +305,12 @@ them; 'precal evaluate FILE.npz --logits-key w8a8' then evaluates one config.
 
 \b
 Examples:
-  precal sweep model.pt2 test.npz --configs fp32 --out logits.npz
   precal sweep mypkg.models:build test.npz --calibration-inputs train.npy \\
       --configs fp32,bf16,w8a8,w4a4 --out logits.npz
+  precal sweep mypkg.models:Net test.npz --weights net.safetensors \\
+      --configs fp32,bf16 --out logits.npz
+  precal sweep my_own_model.pt2 test.npz --trust-model-file --configs fp32 \\
+      --out logits.npz
 """
 
 
@@ -357,6 +367,12 @@ def _activation_configs(configs: list[str]) -> list[str]:
               help="Where to write the logits (.npz, one key per config).")
 @click.option("--calibration-inputs", "calibration_path", type=click.Path(exists=True, dir_okay=False),
               metavar="FILE", help="Inputs for the activation observers of w*a* configs (.npy/.npz/.pt).")
+@click.option("--weights", "weights_path", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Weights for a module:factory MODEL, read as data: .safetensors, or a state_dict .pt/.pth "
+                   "(torch.load with weights_only=True).")
+@click.option("--trust-model-file", is_flag=True,
+              help="Allow a .pt2 or TorchScript MODEL file. Their loaders can run code stored in the file: "
+                   "only for files from a source you trust.")
 @click.option("--inputs-key", metavar="KEY", help="Key of the inputs in INPUTS  [default: inputs]")
 @click.option("--calibration-key", metavar="KEY",
               help="Key of the inputs in --calibration-inputs  [default: inputs]")
@@ -366,20 +382,25 @@ def _activation_configs(configs: list[str]) -> list[str]:
               help="Inputs per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
 def sweep_command(model: str, inputs: str, configs: list[str], out_path: str, calibration_path: str | None,
-                  inputs_key: str | None, calibration_key: str | None, device: str, batch_size: int,
-                  as_json: bool) -> None:
+                  weights_path: str | None, trust_model_file: bool, inputs_key: str | None,
+                  calibration_key: str | None, device: str, batch_size: int, as_json: bool) -> None:
     from pathlib import Path
 
     import numpy as np
+
+    from .io import check_model_spec
+
+    if Path(out_path).suffix.lower() != ".npz":
+        raise click.BadParameter(f"{out_path!r} must end in .npz.", param_hint="'--out'")
+    with _guarded():
+        check_model_spec(model, weights=weights_path, trust=trust_model_file)  # before torch or any file is read
 
     from .emulate import sweep
     from .io import load_inputs, load_model
 
     device = _resolve_device(device)
-    if Path(out_path).suffix.lower() != ".npz":
-        raise click.BadParameter(f"{out_path!r} must end in .npz.", param_hint="'--out'")
     with _guarded():
-        loaded = load_model(model)
+        loaded = load_model(model, weights=weights_path, trust=trust_model_file)
         _check_configs_supported(loaded, configs)
         act_configs = _activation_configs(configs)
         if act_configs and calibration_path is None:

@@ -23,9 +23,16 @@ one class; a ``.csv`` may spell them as the column names.
 
 Models
 ------
-:func:`load_model` takes a ``torch.export`` program (``.pt2``), a TorchScript file, or an
-import path ``module.sub:factory`` whose attribute is an ``nn.Module`` or a callable
-returning one.
+:func:`load_model` takes an import path ``module.sub:factory`` whose attribute is an
+``nn.Module`` or a callable returning one, with optional weights as data (``.safetensors``,
+or a ``state_dict`` read with ``torch.load(weights_only=True)``). A ``torch.export`` program
+(``.pt2``) or a TorchScript file loads only with ``trust=True``: both loaders can run code
+stored in the file (see :class:`UntrustedFileError`).
+
+Size limit
+----------
+Every input file is checked against :data:`DEFAULT_MAX_INPUT_BYTES` (or the caller's
+``max_bytes``) from its headers before anything is read or decompressed.
 """
 
 from __future__ import annotations
@@ -55,6 +62,16 @@ __all__ = [
     "load_logits",
     "load_inputs",
     "load_model",
+    "load_weights",
+    "check_model_spec",
+    "model_file_kind",
+    "UntrustedFileError",
+    "InputTooLargeError",
+    "DEFAULT_MAX_INPUT_BYTES",
+    "WEIGHTS_SUFFIXES",
+    "check_input_size",
+    "input_size",
+    "format_bytes",
 ]
 
 #: Suffixes :func:`read_arrays` understands.
@@ -65,6 +82,68 @@ _LABELS_SUFFIXES = (*ARRAY_SUFFIXES, ".csv", ".txt")
 
 class FileFormatError(ValueError):
     """A file that cannot be read as what it should hold (wrong format, key, shape or values)."""
+
+
+#: Largest number of bytes one input file may expand to, by default (4 GiB): the sum of the
+#: uncompressed sizes of a zip archive's members (``.npz``, ``torch.save`` files), else the
+#: file's size. Checked from the headers before anything is decompressed, so a small
+#: archive that would expand to gigabytes (a zip bomb) fails at once; the ``precal``
+#: command's ``--max-input-size`` raises it.
+DEFAULT_MAX_INPUT_BYTES = 4 * 2**30
+
+
+class InputTooLargeError(FileFormatError):
+    """A file that expands to more bytes than the input size limit (see :func:`check_input_size`)."""
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for people: ``format_bytes(3 * 2**30)`` is ``'3 GiB'``.
+
+    Examples
+    --------
+    >>> from precal.io import format_bytes
+    >>> format_bytes(1536), format_bytes(4 * 2**30), format_bytes(12)
+    ('1.5 KiB', '4 GiB', '12 B')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.4g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def input_size(path: str | os.PathLike[str]) -> int:
+    """Bytes a file's arrays expand to, read from its headers without decompressing anything:
+    the sum of the declared uncompressed sizes of a zip archive's members, else the file size.
+
+    Python's zipfile (``numpy.load``) stops inflating a member at its declared size, so the
+    headers bound what reading can produce."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return sum(info.file_size for info in zf.infolist())
+        except (zipfile.BadZipFile, OSError):
+            pass  # a damaged archive: its reader says what is wrong
+    return path.stat().st_size
+
+
+def check_input_size(path: str | os.PathLike[str], max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> int:
+    """Refuse a file that expands to more than ``max_bytes`` (``None``: no limit); return its size.
+
+    Raises
+    ------
+    InputTooLargeError
+        With the size found, the limit and how to raise it.
+    """
+    size = input_size(path)
+    if max_bytes is not None and size > max_bytes:
+        raise InputTooLargeError(
+            f"{str(path)!r} expands to {format_bytes(size)}, more than the input size limit of "
+            f"{format_bytes(max_bytes)} (checked from its headers; nothing was decompressed). If the file is "
+            "yours and that large, raise the limit with --max-input-size (max_bytes= in precal.io)."
+        )
+    return size
 
 
 def _suffix(path: Path, allowed: tuple[str, ...], what: str) -> str:
@@ -440,6 +519,19 @@ def load_inputs(path: str | os.PathLike[str], key: str | None = None, *, option:
 # ---------------------------------------------------------------------------- models
 ModelKind = Literal["export", "torchscript", "factory"]
 
+#: Suffixes :func:`load_weights` reads: safetensors (no pickle at all) and ``torch.save``
+#: files (read with ``torch.load(weights_only=True)``).
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+class UntrustedFileError(ValueError):
+    """A model file whose loader can run code from the file, refused without ``trust=True``.
+
+    torch.export programs (``.pt2``) are partly unpickled with ``weights_only=False``, and
+    TorchScript archives hold code that ``torch.jit.load`` compiles and runs (a module's
+    ``__setstate__`` runs while the file loads and can read and write any file).
+    """
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -448,6 +540,113 @@ class LoadedModel:
     module: Any
     kind: ModelKind
     description: str
+
+
+_TRUST_HINT = (
+    "Load it only if you trust where it came from: pass --trust-model-file (precal sweep) or trust=True "
+    "(precal.io.load_model). A model from elsewhere loads safely as 'module:factory' (code you have, "
+    "building the architecture) plus its weights as data: --weights FILE.safetensors (or a state_dict .pt)."
+)
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    """Member names of a zip archive, read from its central directory (nothing is
+    decompressed or unpickled), or None for a file that is not a zip archive."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def model_file_kind(path: str | os.PathLike[str]) -> Literal["export", "torchscript", "weights", "unknown"]:
+    """What a model file is, from its suffix and its zip member names only (no code runs).
+
+    ``"export"``: a ``.pt2`` file (``torch.export.save``); ``"torchscript"``: a zip archive
+    with a ``code/`` folder (``torch.jit.save``); ``"weights"``: a ``.safetensors`` file, or
+    a ``torch.save`` archive without code (a ``state_dict``); ``"unknown"``: anything else.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".pt2":
+        return "export"
+    if suffix == ".safetensors":
+        return "weights"
+    names = _zip_names(path)
+    if names is None:
+        return "unknown"
+    parts = [name.split("/") for name in names]
+    if any(len(p) > 2 and p[1] == "code" for p in parts):
+        return "torchscript"
+    if any(len(p) == 2 and p[1] == "data.pkl" for p in parts):
+        return "weights"
+    return "unknown"
+
+
+def check_model_spec(
+    spec: str, *, weights: str | os.PathLike[str] | None = None, trust: bool = False
+) -> ModelKind:
+    """Check a MODEL argument without importing torch or running anything from a file.
+
+    Returns the kind :func:`load_model` will load. A ``.pt2`` or TorchScript file needs
+    ``trust=True``; a weights file is refused as a model (it has no architecture); ``weights``
+    goes with a ``module:factory`` only.
+
+    Raises
+    ------
+    UntrustedFileError
+        A ``.pt2`` or TorchScript file without ``trust=True``.
+    FileNotFoundError
+        ``spec`` is neither an existing file nor ``module:factory``; or ``weights`` is missing.
+    FileFormatError
+        A directory, a weights file given as the model, or a file of no known model format.
+    ValueError
+        ``weights`` with a model file.
+    """
+    path = Path(spec)
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"No such weights file: {str(weights)!r}.")
+    if path.is_dir():
+        raise FileFormatError(f"MODEL {spec!r} is a directory; pass 'module:factory' (or a trusted .pt2 or "
+                              "TorchScript file).")
+    if path.is_file():
+        kind = model_file_kind(path)
+        if kind == "weights":
+            raise FileFormatError(
+                f"MODEL {spec!r} holds weights (a state_dict or safetensors file), not a model: weights need their "
+                f"architecture, so pass 'module:factory' (which builds the model) and this file with --weights."
+            )
+        if kind == "unknown":
+            if trust:
+                kind = "torchscript"  # torch.jit.load decides, and says what is wrong
+            else:
+                raise FileFormatError(
+                    f"MODEL {spec!r} is neither a torch.export program (.pt2) nor a TorchScript archive (a zip with a "
+                    "code/ folder); MODEL must be one of those, or 'module:factory'."
+                )
+        if weights is not None:
+            raise ValueError(f"--weights goes with a 'module:factory' MODEL, not with the model file {spec!r}.")
+        if not trust:
+            what = ("a torch.export program: torch.export.load unpickles parts of it with weights_only=False"
+                    if kind == "export" else
+                    "a TorchScript archive: torch.jit.load compiles and runs the code stored in it (its "
+                    "__setstate__ methods run while it loads, and can read and write any file)")
+            raise UntrustedFileError(f"MODEL {spec!r} is {what}, so the file can run code on this machine. "
+                                     f"{_TRUST_HINT}")
+        return kind  # type: ignore[return-value]
+    if ":" not in spec and path.suffix.lower() == ".pt2":
+        raise FileNotFoundError(f"No such file: {spec!r}.")
+    if ":" not in spec:
+        raise FileNotFoundError(
+            f"MODEL {spec!r} is neither an existing file (.pt2 torch.export program, TorchScript) nor an "
+            "import path 'module:factory'."
+        )
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise ValueError(f"MODEL {spec!r}: an import path must look like 'package.module:factory'.")
+    return "factory"
 
 
 @contextlib.contextmanager
@@ -481,8 +680,6 @@ def _cwd_importable() -> Iterator[None]:
 
 def _import_factory(spec: str) -> Any:
     module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise ValueError(f"MODEL {spec!r}: an import path must look like 'package.module:factory'.")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -498,20 +695,94 @@ def _import_factory(spec: str) -> Any:
     return obj
 
 
-def load_model(spec: str, *, map_location: str = "cpu") -> LoadedModel:
+def load_weights(path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> dict[str, Any]:
+    """A ``state_dict`` from a weights file, reading data only (no code runs).
+
+    ``.safetensors`` files are read with ``safetensors.torch.load_file`` (the format has no
+    pickle: a JSON header and raw tensor bytes; needs ``pip install safetensors``);
+    ``.pt``/``.pth`` files with ``torch.load(weights_only=True)``, PyTorch's restricted
+    unpickler that builds tensors and plain containers only. ``max_bytes`` limits the
+    size the file expands to (see :func:`check_input_size`).
+
+    Raises
+    ------
+    FileFormatError
+        Unknown suffix, unreadable file, or content that is not a flat ``{name: tensor}`` dict.
+    ImportError
+        A ``.safetensors`` file without the safetensors package.
+    """
+    import torch
+
+    path = Path(path)
+    suffix = _suffix(path, WEIGHTS_SUFFIXES, "weights")
+    if not path.is_file():
+        raise FileNotFoundError(f"No such file: {str(path)!r}.")
+    check_input_size(path, max_bytes)
+    if suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise ImportError(f"reading {str(path)!r} needs safetensors: pip install safetensors") from exc
+        try:
+            state: Any = load_file(path, device="cpu")
+        except Exception as exc:  # noqa: BLE001 - any failure means "not a safetensors file"
+            raise FileFormatError(f"cannot read {str(path)!r} as a safetensors file: {_first_sentence(exc)}") from exc
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not a weights file"
+            raise FileFormatError(f"cannot read {str(path)!r} as weights (torch.load with weights_only=True): "
+                                  f"{_first_sentence(exc)}") from exc
+    if not isinstance(state, Mapping) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        what = type(state).__name__ if not isinstance(state, Mapping) else (
+            "an empty dict" if not state else f"a dict with keys {', '.join(map(str, list(state)[:5]))}")
+        raise FileFormatError(f"{str(path)!r} holds {what}, not a state_dict (a flat dict of tensors by "
+                              "parameter name).")
+    return dict(state)
+
+
+def _apply_weights(module: Any, weights: str | os.PathLike[str], spec: str, max_bytes: int | None) -> None:
+    state = load_weights(weights, max_bytes=max_bytes)
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ValueError(f"the weights in {str(weights)!r} do not fit MODEL {spec!r}: {text[:600]}") from exc
+
+
+def load_model(
+    spec: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    trust: bool = False,
+    map_location: str = "cpu",
+    max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES,
+) -> LoadedModel:
     """Load a model for :func:`precal.emulate.sweep`.
 
     Parameters
     ----------
     spec : str
-        * a ``.pt2`` file written by ``torch.export.save``: ``torch.export.load(spec).module()``;
-        * any other existing file: a TorchScript archive (``torch.jit.save``), loaded with
-          ``torch.jit.load``;
         * ``package.module:attr`` (``attr`` may be dotted): the module is imported (the
           current directory is put on ``sys.path``) and ``attr`` is used as the model if it
-          is an ``nn.Module``, else called without arguments and must return one.
+          is an ``nn.Module``, else called without arguments and must return one. This is
+          code the caller names, not data from a file, and it is the only kind loaded
+          without ``trust``.
+        * with ``trust=True`` only: a ``.pt2`` file written by ``torch.export.save``
+          (``torch.export.load(spec).module()``), or a TorchScript archive
+          (``torch.jit.save``), loaded with ``torch.jit.load``. Both loaders can run code
+          from the file; see :class:`UntrustedFileError`.
+    weights : path, optional
+        A ``state_dict`` for a ``module:factory`` model, as data: a ``.safetensors`` file or
+        a ``.pt``/``.pth`` file (see :func:`load_weights`); loaded with
+        ``load_state_dict(strict=True)`` after the factory builds the model.
+    trust : bool, default=False
+        Allow ``.pt2`` and TorchScript files. Only for files from a source you trust.
     map_location : str, default="cpu"
         Device TorchScript tensors are loaded onto.
+    max_bytes : int or None, default=DEFAULT_MAX_INPUT_BYTES
+        Largest size the weights file may expand to (:func:`check_input_size`); None: no limit.
 
     Returns
     -------
@@ -520,16 +791,18 @@ def load_model(spec: str, *, map_location: str = "cpu") -> LoadedModel:
 
     Raises
     ------
+    UntrustedFileError
+        A ``.pt2`` or TorchScript file without ``trust=True``; nothing is read from it.
     ValueError
         A file that is not a model of its kind (a ``state_dict`` is named as such), an import
-        path that does not import, or a factory that fails or returns no ``nn.Module``.
+        path that does not import, a factory that fails or returns no ``nn.Module``, or
+        weights that do not fit the model.
     """
+    kind = check_model_spec(spec, weights=weights, trust=trust)
     import torch
 
     path = Path(spec)
-    if path.suffix.lower() == ".pt2":
-        if not path.is_file():
-            raise FileNotFoundError(f"No such file: {spec!r}.")
+    if kind == "export":
         if not zipfile.is_zipfile(path):
             raise FileFormatError(f"{spec!r} is not a torch.export archive (not a zip file).")
         try:
@@ -538,31 +811,15 @@ def load_model(spec: str, *, map_location: str = "cpu") -> LoadedModel:
         except Exception as exc:  # noqa: BLE001 - any failure means "not a loadable program"
             raise FileFormatError(f"cannot load {spec!r} with torch.export.load: {_first_sentence(exc)}") from exc
         return LoadedModel(module, "export", f"torch.export program {spec}")
-    if path.is_dir():
-        raise FileFormatError(f"MODEL {spec!r} is a directory; pass a .pt2 or TorchScript file, or module:factory.")
-    if path.is_file():
+    if kind == "torchscript":
         try:
             module = torch.jit.load(path, map_location=map_location)
         except Exception as exc:  # noqa: BLE001 - any failure means "not TorchScript"
-            try:
-                content = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - not a tensor file either
-                content = None
-            if isinstance(content, Mapping):
-                raise FileFormatError(
-                    f"{spec!r} holds a dict of tensors (a state_dict?), not a TorchScript module: weights need "
-                    "their architecture, so pass 'module:factory' where factory builds the model and loads them."
-                ) from exc
             raise FileFormatError(
                 f"cannot load {spec!r} as TorchScript (torch.jit.load: {_first_sentence(exc)}); MODEL must be a "
                 ".pt2 torch.export program, a TorchScript file or 'module:factory'."
             ) from exc
         return LoadedModel(module.eval(), "torchscript", f"TorchScript module {spec}")
-    if ":" not in spec:
-        raise FileNotFoundError(
-            f"MODEL {spec!r} is neither an existing file (.pt2 torch.export program, TorchScript) nor an "
-            "import path 'module:factory'."
-        )
     with _cwd_importable():
         obj = _import_factory(spec)
         if not isinstance(obj, torch.nn.Module):
@@ -576,4 +833,8 @@ def load_model(spec: str, *, map_location: str = "cpu") -> LoadedModel:
                 ) from exc
     if not isinstance(obj, torch.nn.Module):
         raise ValueError(f"MODEL {spec!r} returned a {type(obj).__name__}, not a torch.nn.Module.")
-    return LoadedModel(obj.eval(), "factory", f"{type(obj).__name__} from {spec}")
+    description = f"{type(obj).__name__} from {spec}"
+    if weights is not None:
+        _apply_weights(obj, weights, spec, max_bytes)
+        description += f" with weights {weights}"
+    return LoadedModel(obj.eval(), "factory", description)

@@ -329,7 +329,8 @@ def test_sweep_untraceable_factory_runs_int_configs_with_a_warning(in_models_dir
 @pytest.mark.parametrize("model_file", ["model.pt2", "model.ts"])
 def test_sweep_compiled_models_run_fp32(models, in_models_dir, tmp_path, model_file):
     out = tmp_path / "logits.npz"
-    result = invoke("sweep", model_file, "inputs.npz", "--configs", "fp32", "--out", out, "--batch-size", 16)
+    result = invoke("sweep", model_file, "inputs.npz", "--trust-model-file", "--configs", "fp32", "--out", out,
+                    "--batch-size", 16)
     assert result.exit_code == 0, result.stderr
     with np.load(out) as npz:
         saved = dict(npz)
@@ -341,8 +342,8 @@ def test_sweep_compiled_models_run_fp32(models, in_models_dir, tmp_path, model_f
 @pytest.mark.parametrize("model_file", ["model.pt2", "model.ts"])
 @pytest.mark.parametrize("config", ["bf16", "w8a8"])
 def test_sweep_refuses_to_emulate_compiled_models(models, in_models_dir, tmp_path, model_file, config):
-    result = invoke("sweep", model_file, "inputs.npz", "--configs", f"fp32,{config}", "--calibration-inputs",
-                    "calib.npy", "--out", tmp_path / "o.npz")
+    result = invoke("sweep", model_file, "inputs.npz", "--trust-model-file", "--configs", f"fp32,{config}",
+                    "--calibration-inputs", "calib.npy", "--out", tmp_path / "o.npz")
     assert_one_line_error(result, f"config(s) {config} cannot be emulated", "--configs fp32", "module:factory")
     assert not (tmp_path / "o.npz").exists()
 
@@ -354,19 +355,25 @@ def test_sweep_refuses_to_emulate_compiled_models(models, in_models_dir, tmp_pat
         (["precal_cli_test_models:build", "inputs.npz", "--configs", "fp32,fp7"], ["Unknown config 'fp7'"]),
         (["precal_cli_test_models:build", "inputs.npz", "--configs", "w8a8"], ["--calibration-inputs FILE"]),
         (["precal_cli_test_models:build", "rgb.npy", "--configs", "fp32"], ["model failed", "1 channels"]),
-        (["model.ts", "rgb.npy", "--configs", "fp32"], ["model failed", "1 channels"]),
-        (["model.pt2", "rgb.npy", "--configs", "fp32"], ["model failed", "Guard failed"]),
+        (["model.ts", "rgb.npy", "--trust-model-file", "--configs", "fp32"], ["model failed", "1 channels"]),
+        (["model.pt2", "rgb.npy", "--trust-model-file", "--configs", "fp32"], ["model failed", "Guard failed"]),
+        (["model.pt2", "inputs.npz", "--configs", "fp32"], ["torch.export program", "--trust-model-file"]),
+        (["model.ts", "inputs.npz", "--configs", "fp32"], ["TorchScript archive", "--trust-model-file"]),
+        (["model.ts", "inputs.npz", "--trust-model-file", "--weights", "weights.pt"], ["--weights goes with"]),
+        (["precal_cli_test_models:build", "inputs.npz", "--weights", "model.ts"], ["suffix '.ts'"]),
         (["precal_cli_test_models:Flatten", "inputs.npz", "--configs", "fp32,bf16"], ["no nn.Linear"]),
         (["precal_cli_test_models:nope", "inputs.npz"], ["has no attribute 'nope'"]),
         (["no_such_pkg_xyz:build", "inputs.npz"], ["cannot import 'no_such_pkg_xyz'"]),
-        (["weights.pt", "inputs.npz", "--configs", "fp32"], ["state_dict", "module:factory"]),
+        (["weights.pt", "inputs.npz", "--configs", "fp32"], ["state_dict", "module:factory", "--weights"]),
         (["missing.pt2", "inputs.npz", "--configs", "fp32"], ["No such file"]),
         (["nothing_here", "inputs.npz", "--configs", "fp32"], ["neither an existing file"]),
-        (["model.ts", "text.npy", "--configs", "fp32"], ["not a .npy file"]),
+        (["model.ts", "text.npy", "--trust-model-file", "--configs", "fp32"], ["not a .npy file"]),
         (["model.ts", "missing.npy"], ["'INPUTS'", "does not exist"]),
-        (["model.ts", "inputs.npz", "--configs", "fp32", "--inputs-key", "images"], ["no key 'images'"]),
+        (["model.ts", "inputs.npz", "--trust-model-file", "--configs", "fp32", "--inputs-key", "images"],
+         ["no key 'images'"]),
         (["model.ts", "inputs.npz", "--configs", "fp32", "--batch-size", "0"], ["--batch-size"]),
-        (["model.ts", "inputs.npz", "--configs", "fp32", "--device", "tpu9"], ["--device", "tpu9"]),
+        (["model.ts", "inputs.npz", "--trust-model-file", "--configs", "fp32", "--device", "tpu9"],
+         ["--device", "tpu9"]),
     ],
 )
 def test_sweep_bad_input_is_one_line(in_models_dir, tmp_path, args, fragments):
@@ -378,10 +385,33 @@ def test_sweep_out_must_be_npz(in_models_dir, tmp_path):
                           "--out", "must end in .npz")
 
 
+def test_sweep_runs_nothing_from_a_hostile_pt2(models, in_models_dir, tmp_path):
+    """Issue 17: `precal sweep MODEL.pt2` ran a shell command stored in the file."""
+    from tests.test_io import write_hostile_pt2
+
+    marker = tmp_path / "pwned"
+    write_hostile_pt2(tmp_path / "hostile.pt2", marker)
+    result = invoke("sweep", tmp_path / "hostile.pt2", "inputs.npz", "--configs", "fp32", "--out", tmp_path / "o.npz")
+    assert_one_line_error(result, "weights_only=False", "--trust-model-file")
+    assert not marker.exists() and not (tmp_path / "o.npz").exists()
+
+
+def test_sweep_factory_with_safetensors_weights(models, in_models_dir, tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    safetensors_torch.save_file(_reference_model().state_dict(), tmp_path / "w.safetensors")
+    out = tmp_path / "logits.npz"
+    # precal.demo:DigitsCNN builds a fresh (differently initialised) network; the weights make it the reference
+    result = invoke("sweep", "precal.demo:DigitsCNN", "inputs.npz", "--weights", tmp_path / "w.safetensors",
+                    "--configs", "fp32", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    with np.load(out) as npz:
+        np.testing.assert_array_equal(npz["fp32"], models["fp32"])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_sweep_cuda_without_cuda_is_one_line(in_models_dir, tmp_path):
-    result = invoke("sweep", "model.ts", "inputs.npz", "--configs", "fp32", "--device", "cuda", "--out",
-                    tmp_path / "o.npz")
+    result = invoke("sweep", "model.ts", "inputs.npz", "--trust-model-file", "--configs", "fp32", "--device", "cuda",
+                    "--out", tmp_path / "o.npz")
     assert_one_line_error(result, "CUDA is not available")
 
 
@@ -510,7 +540,8 @@ def test_process_sweep_imports_a_factory_from_the_current_directory(models, tmp_
     with np.load(out) as npz:
         np.testing.assert_array_equal(npz["fp32"], models["fp32"])
     assert "w4a4" in proc.stdout and "Logits written to" in proc.stdout
-    proc = _run("sweep", "model.pt2", "inputs.npz", "--configs", "w4a4", "--out", out, cwd=models["dir"])
+    proc = _run("sweep", "model.pt2", "inputs.npz", "--trust-model-file", "--configs", "w4a4", "--out",
+                tmp_path / "o2.npz", cwd=models["dir"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

@@ -1,12 +1,30 @@
 """precal.io: the files the ``precal`` command reads (logits, labels, inputs, models)."""
 
+import importlib.util
+import io
+import json
+import os
+import shlex
+import zipfile
+
 import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_array_equal
 
 from precal.demo import DigitsCNN
-from precal.io import FileFormatError, load_inputs, load_logits, load_model, read_arrays, select_array
+from precal.io import (
+    FileFormatError,
+    UntrustedFileError,
+    check_model_spec,
+    load_inputs,
+    load_logits,
+    load_model,
+    load_weights,
+    model_file_kind,
+    read_arrays,
+    select_array,
+)
 
 # TorchScript is deprecated in torch >= 2.9 but still what many deployed models are saved as
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
@@ -247,12 +265,129 @@ def digits_model():
         return DigitsCNN().eval()
 
 
-def test_load_model_reads_export_and_torchscript(tmp_path, digits_model):
+class _ShellPayload:
+    """Unpickling this runs ``touch MARKER`` in a shell: what a hostile model file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def write_hostile_pt2(path, marker):
+    """A real torch.export archive whose first weight is a pickle that runs a shell command.
+
+    torch.export.load (torch 2.13) reads weights flagged ``use_pickle`` with
+    ``torch.load(weights_only=False)``, so loading this file runs ``touch MARKER``."""
+    program = torch.export.export(torch.nn.Linear(3, 2), (torch.rand(2, 3),))
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    source = zipfile.ZipFile(buf)
+    with zipfile.ZipFile(path, "w") as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("data/weights/model_weights_config.json"):
+                config = json.loads(data)
+                config["config"]["weight"]["use_pickle"] = True
+                data = json.dumps(config).encode()
+            elif info.filename.endswith("data/weights/weight_0"):
+                payload = io.BytesIO()
+                torch.save(_ShellPayload(marker), payload)
+                data = payload.getvalue()
+            out.writestr(info, data)
+    return path
+
+
+HOSTILE_TORCHSCRIPT = """
+import torch
+
+
+class Hostile(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.zeros(1)
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]):
+        self.w = state[0]
+        self.training = state[1]
+        # runs inside torch.jit.load: maps MARKER read-write (creating it) and writes into it
+        f = torch.from_file(MARKER, shared=True, size=8, dtype=torch.uint8)
+        f.fill_(65)
+        self.w = self.w + f.sum().float() * 0
+"""
+
+
+def write_hostile_torchscript(path, marker):
+    """A TorchScript archive whose ``__setstate__``, run by torch.jit.load, writes the file MARKER."""
+    # torch.jit.script needs the source of the class: write it to a module and import that
+    module_path = path.parent / "hostile_ts_source.py"
+    module_path.write_text(HOSTILE_TORCHSCRIPT.replace("MARKER", repr(str(marker))))
+    spec = importlib.util.spec_from_file_location("hostile_ts_source", module_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.jit.script(module.Hostile()).save(str(path))
+    return path
+
+
+def test_hostile_pt2_runs_nothing_without_trust(tmp_path):
+    """Issue 17: `precal.io.load_model` ran a shell command from a crafted .pt2 file."""
+    marker = tmp_path / "pwned"
+    path = write_hostile_pt2(tmp_path / "hostile.pt2", marker)
+    with pytest.raises(UntrustedFileError, match=r"weights_only=False.*--trust-model-file.*trust=True"):
+        load_model(str(path))
+    assert not marker.exists()
+    # the payload is real: the loader runs it once trusted (then fails on the non-tensor weight)
+    with pytest.raises(FileFormatError):
+        load_model(str(path), trust=True)
+    assert marker.exists()
+
+
+def test_hostile_torchscript_runs_nothing_without_trust(tmp_path):
+    """torch.jit.load runs a module's __setstate__, which can write any file: TorchScript needs trust too."""
+    marker = tmp_path / "written"
+    path = write_hostile_torchscript(tmp_path / "hostile.ts", marker)
+    assert not marker.exists()
+    with pytest.raises(UntrustedFileError, match=r"TorchScript.*__setstate__.*--trust-model-file"):
+        load_model(str(path))
+    assert not marker.exists()
+    load_model(str(path), trust=True)  # the payload is real: trusted, loading writes the file
+    assert marker.read_bytes() == b"A" * 8
+
+
+def test_untrusted_model_files_are_refused_before_torch_reads_them(tmp_path, digits_model, monkeypatch):
+    torch.export.save(torch.export.export(digits_model, (torch.rand(2, 1, 8, 8),)), tmp_path / "m.pt2")
+    torch.jit.script(digits_model).save(str(tmp_path / "m.ts"))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a loader that can run code was called")
+
+    monkeypatch.setattr(torch.export, "load", forbidden)
+    monkeypatch.setattr(torch.jit, "load", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    for name, kind in (("m.pt2", "export"), ("m.ts", "torchscript")):
+        assert model_file_kind(tmp_path / name) == kind
+        with pytest.raises(UntrustedFileError, match="--trust-model-file"):
+            load_model(str(tmp_path / name))
+        with pytest.raises(UntrustedFileError):
+            check_model_spec(str(tmp_path / name))
+        assert check_model_spec(str(tmp_path / name), trust=True) == kind
+
+
+def test_load_model_reads_export_and_torchscript_when_trusted(tmp_path, digits_model):
     x = torch.rand(4, 1, 8, 8)
     torch.export.save(torch.export.export(digits_model, (x,)), tmp_path / "m.pt2")
     torch.jit.script(digits_model).save(tmp_path / "m.ts")
-    exported = load_model(str(tmp_path / "m.pt2"))
-    scripted = load_model(str(tmp_path / "m.ts"))
+    exported = load_model(str(tmp_path / "m.pt2"), trust=True)
+    scripted = load_model(str(tmp_path / "m.ts"), trust=True)
     assert exported.kind == "export" and scripted.kind == "torchscript"
     with torch.no_grad():
         expected = digits_model(x)
@@ -285,19 +420,60 @@ def test_load_model_imports_factories(tmp_path, monkeypatch):
         load_model("io_test_factories:missing")
     with pytest.raises(ValueError, match="cannot import 'no_such_module_xyz'"):
         load_model("no_such_module_xyz:build")
+    with pytest.raises(ValueError, match="must look like 'package.module:factory'"):
+        load_model(":build")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_factory_with_weights_as_data(tmp_path, digits_model, suffix):
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        safetensors_torch = pytest.importorskip("safetensors.torch")
+        safetensors_torch.save_file(digits_model.state_dict(), path)
+    else:
+        torch.save(digits_model.state_dict(), path)
+    loaded = load_model("precal.demo:DigitsCNN", weights=path)  # a fresh, differently initialised CNN
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), digits_model(x))
+    assert loaded.kind == "factory" and str(path) in loaded.description
+
+
+def test_weights_that_do_not_fit_or_are_not_weights(tmp_path, digits_model):
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "linear.pt")
+    with pytest.raises(ValueError, match="do not fit MODEL 'precal.demo:DigitsCNN'.*Missing key"):
+        load_model("precal.demo:DigitsCNN", weights=tmp_path / "linear.pt")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(FileFormatError, match="holds list, not a state_dict"):
+        load_weights(tmp_path / "list.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00junk!")
+    pytest.importorskip("safetensors")
+    with pytest.raises(FileFormatError, match="cannot read .* as a safetensors file"):
+        load_weights(tmp_path / "junk.safetensors")
+    with pytest.raises(FileFormatError, match=r"suffix '\.bin'"):
+        load_weights(tmp_path / "w.bin")
+    torch.jit.script(digits_model).save(str(tmp_path / "m.ts"))
+    with pytest.raises(ValueError, match="--weights goes with a 'module:factory'"):
+        load_model(str(tmp_path / "m.ts"), weights=tmp_path / "linear.pt", trust=True)
 
 
 def test_load_model_names_what_is_wrong_with_a_file(tmp_path, digits_model):
     torch.save(digits_model.state_dict(), tmp_path / "weights.pt")
-    with pytest.raises(FileFormatError, match="state_dict.*module:factory"):
+    with pytest.raises(FileFormatError, match="holds weights.*module:factory.*--weights"):
         load_model(str(tmp_path / "weights.pt"))
     (tmp_path / "junk.pt").write_text("junk")
-    with pytest.raises(FileFormatError, match="cannot load .* as TorchScript"):
+    with pytest.raises(FileFormatError, match="neither a torch.export program.*nor a TorchScript archive"):
         load_model(str(tmp_path / "junk.pt"))
+    with pytest.raises(FileFormatError, match="cannot load .* as TorchScript"):
+        load_model(str(tmp_path / "junk.pt"), trust=True)
     (tmp_path / "junk.pt2").write_text("junk")
-    with pytest.raises(FileFormatError, match="not a torch.export archive"):
+    with pytest.raises(UntrustedFileError):
         load_model(str(tmp_path / "junk.pt2"))
+    with pytest.raises(FileFormatError, match="not a torch.export archive"):
+        load_model(str(tmp_path / "junk.pt2"), trust=True)
     with pytest.raises(FileNotFoundError, match="neither an existing file"):
         load_model(str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="No such weights file"):
+        load_model("precal.demo:DigitsCNN", weights=tmp_path / "nothing.safetensors")
     with pytest.raises(FileFormatError, match="directory"):
         load_model(str(tmp_path))
