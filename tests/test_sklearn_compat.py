@@ -43,9 +43,6 @@ def _expected_failures(estimator):
     failures = dict(EXPECTED_FAILED_CHECKS)
     if isinstance(estimator, FuzzyDirichletCalibrator):
         failures["check_sample_weight_equivalence_on_dense_data"] = _NON_CONVEX
-    if isinstance(estimator, DirichletCalibrator):
-        # its decision_function (W log p + b) ranks like predict_proba even on 4 columns
-        failures.pop("check_decision_proba_consistency")
     return failures
 
 

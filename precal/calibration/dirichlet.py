@@ -1,4 +1,4 @@
-"""Dirichlet calibration (Kull et al., 2019): an affine map on log-probabilities, fitted with ODIR."""
+"""Dirichlet calibration (Kull et al., 2019): an affine map on log-probabilities, fitted by Newton's method."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
+import scipy.linalg
 import torch
-from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_scalar
 from threadpoolctl import threadpool_limits
 
 from .._numerics import log_softmax, to_tensor
 from ._base import BaseLogitCalibrator, state_array, state_count
+from ._crossval import REG_GRID, check_cv, cross_validated_path, cv_splits
 from .temperature import _on_device, fit_temperature
 
 __all__ = [
@@ -34,10 +35,9 @@ MAPS = ("auto", "full", "diagonal")
 #: ``map="auto"`` fits a full ``W`` up to this many classes and a diagonal one above.
 #: A full map has ``K (K + 1)`` parameters (420 at ``K = 20``, 10 100 at ``K = 100``): beyond
 #: a few hundred parameters the held-out sets calibrators are usually fitted on (a few
-#: thousand samples) no longer pin them down without a cross-validated ODIR strength, while
-#: the diagonal map (``2 K`` parameters) stays safe; each pass also costs ``n K^2`` instead
-#: of ``n K``. Ask for ``map="full"`` explicitly when the data and a tuned ``reg_lambda``
-#: support it (the paper does so for CIFAR-100).
+#: thousand samples) pin them down only with strong regularisation, while the diagonal map
+#: (``2 K`` parameters) stays safe; each pass also costs ``n K^2`` instead of ``n K``. Ask for
+#: ``map="full"`` explicitly when the data support it (the paper does so for CIFAR-100).
 AUTO_FULL_MAX_CLASSES = 20
 
 #: Rows per chunk: about ``2**20`` elements (4 MB of float32) per work buffer whatever ``n``.
@@ -48,24 +48,34 @@ _CHUNK_ELEMENTS = 1 << 20
 _FLOAT64_MAX_ELEMENTS = 1 << 20
 
 #: Up to this many elements (512 MB of float32) the standardised log-probabilities are
-#: computed once and kept for all passes; beyond it each pass recomputes them chunk by chunk.
+#: computed once and kept for all passes (and, for large maps, the probabilities of the
+#: current iterate); beyond it each pass recomputes them chunk by chunk.
 _CACHE_ELEMENTS = 1 << 27
+
+#: Newton systems with up to this many parameters are solved with the exact dense Hessian
+#: (Cholesky); larger ones by preconditioned conjugate gradients on Hessian-vector products.
+_DENSE_MAX_PARAMS = 512
+
+#: Conjugate-gradient iterations per Newton step at most.
+_CG_MAX_ITER = 250
 
 
 # --------------------------------------------------------------------------- the math
 def odir_penalty(
-    coef: np.ndarray, intercept: np.ndarray, reg_lambda: float, reg_mu: float
+    coef: np.ndarray, intercept: np.ndarray, reg_lambda: float, reg_mu: float, reg_diag: float = 0.0
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    r"""Off-diagonal and intercept regularisation (ODIR) and its gradient.
+    r"""Off-diagonal and intercept regularisation (ODIR), plus the diagonal's spread, and the gradient.
 
     .. math::
 
         P(W, b) = \frac{\lambda}{K(K-1)} \sum_{i \ne j} w_{ij}^2 + \frac{\mu}{K} \sum_j b_j^2
+                  + \frac{\nu}{K} \sum_j (w_{jj} - \bar w)^2, \qquad \bar w = \frac1K \sum_j w_{jj}
 
-    i.e. ``λ`` times the mean squared off-diagonal entry of ``W`` plus ``μ`` times the mean
-    squared intercept (the normalisation of Kull et al., 2019; dirichletcal's
-    ``reg_norm=True``). The diagonal of ``W`` is not penalised; a diagonal ``coef`` (shape
-    ``(K,)``) has no off-diagonal entries, so only the intercept term remains.
+    The first two terms are ODIR with the normalisation of Kull et al. (2019) (dirichletcal's
+    ``reg_norm=True``): ``λ`` times the mean squared off-diagonal entry of ``W`` plus ``μ`` times
+    the mean squared intercept. The third, ``ν = reg_diag`` (0 in the paper), is the variance
+    of ``W``'s diagonal: with all three strengths large the map is ``W = I / T``, ``b = 0``,
+    temperature scaling. A diagonal ``coef`` (shape ``(K,)``) has no off-diagonal entries.
 
     Returns
     -------
@@ -77,37 +87,20 @@ def odir_penalty(
     k = intercept.shape[0]
     value = reg_mu / k * float(intercept @ intercept)
     grad_b = (2.0 * reg_mu / k) * intercept
-    if coef.ndim == 1 or k < 2:
-        return value, np.zeros_like(coef), grad_b
-    off = coef.copy()
-    np.fill_diagonal(off, 0.0)
-    scale = reg_lambda / (k * (k - 1))
-    value += scale * float(np.sum(off * off))
-    return value, (2.0 * scale) * off, grad_b
-
-
-def _reduced_odir(
-    coef: np.ndarray, intercept: np.ndarray, reg_lambda: float, reg_mu: float
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """ODIR minimised over the maps that give the same probabilities, and its gradient.
-
-    ``softmax(W ℓ + b)`` does not change when a constant is added to every row of ``W``'s
-    column ``j`` (``W + 1 v^T``: ``v^T ℓ`` is a per-row constant) or to every entry of ``b``.
-    Over these equivalent maps ODIR is smallest when each column's off-diagonal entries and
-    the entries of ``b`` have mean zero; this returns that smallest value (a function of
-    the probabilities only, so the objective is exactly flat along the equivalences).
-    """
-    k = intercept.shape[0]
-    centred_b = intercept - intercept.mean()
-    value = reg_mu / k * float(centred_b @ centred_b)
-    grad_b = (2.0 * reg_mu / k) * centred_b
-    if coef.ndim == 1 or k < 2:
-        return value, np.zeros_like(coef), grad_b
-    dev = _canonical_coef(coef)
-    np.fill_diagonal(dev, 0.0)
-    scale = reg_lambda / (k * (k - 1))
-    value += scale * float(np.sum(dev * dev))
-    return value, (2.0 * scale) * dev, grad_b
+    diag = coef if coef.ndim == 1 else np.diag(coef)
+    spread = diag - diag.mean()
+    value += reg_diag / k * float(spread @ spread)
+    grad_diag = (2.0 * reg_diag / k) * spread  # the mean's own derivative cancels: sum(spread) = 0
+    if coef.ndim == 1:
+        return value, grad_diag, grad_b
+    grad_w = np.diag(grad_diag)
+    if k >= 2:
+        off = coef.copy()
+        np.fill_diagonal(off, 0.0)
+        scale = reg_lambda / (k * (k - 1))
+        value += scale * float(np.sum(off * off))
+        grad_w = grad_w + (2.0 * scale) * off
+    return value, grad_w, grad_b
 
 
 def _canonical_coef(coef: np.ndarray) -> np.ndarray:
@@ -117,74 +110,10 @@ def _canonical_coef(coef: np.ndarray) -> np.ndarray:
     return coef - off_sum / (k - 1)
 
 
-def _row_chunks(n: int, k: int) -> Iterator[slice]:
-    rows = max(1, _CHUNK_ELEMENTS // max(k, 1))
+def _row_chunks(n: int, elements_per_row: int) -> Iterator[slice]:
+    rows = max(1, _CHUNK_ELEMENTS // max(elements_per_row, 1))
     for start in range(0, n, rows):
         yield slice(start, min(start + rows, n))
-
-
-def _nll_pass(
-    features: Any,
-    y_idx: torch.Tensor,
-    coef: torch.Tensor,
-    intercept: torch.Tensor,
-    weights: torch.Tensor | None,
-    *,
-    need_grad: bool = True,
-    count_errors: bool = False,
-) -> tuple[float, np.ndarray | None, np.ndarray | None, int]:
-    """Weighted mean NLL of ``softmax(F W^T + b)`` (or ``F * w + b``) and its gradient, chunked.
-
-    ``features`` is a callable ``slice -> (rows, K) tensor`` with attributes ``n`` and
-    ``k``. Element-wise work and the matrix products within a chunk run in the parameters'
-    dtype; per-row losses and per-chunk gradients are summed in float64. ``weights`` sum to
-    1 (``None``: uniform). With ``count_errors`` it also counts rows whose true class is not
-    the strict argmax of the calibrated logits.
-    """
-    f64 = torch.float64
-    diagonal = coef.dim() == 1
-    n = features.n
-    device = coef.device
-    total = torch.zeros((), dtype=f64, device=device)
-    grad_w = torch.zeros(coef.shape, dtype=f64, device=device) if need_grad else None
-    grad_b = torch.zeros(intercept.shape, dtype=f64, device=device) if need_grad else None
-    errors = torch.zeros((), dtype=torch.int64, device=device)
-    coef_t = coef if diagonal else coef.T
-    for rows in _row_chunks(n, features.k):
-        feats = features(rows)
-        yc = y_idx[rows, None]
-        a = torch.addcmul(intercept, feats, coef) if diagonal else torch.addmm(intercept, feats, coef_t)
-        a.sub_(a.amax(dim=1, keepdim=True))  # max_k a = 0: exp cannot overflow
-        a_true = a.gather(1, yc)[:, 0]
-        wc = None if weights is None else weights[rows]
-        if count_errors:
-            wrong = a.scatter(1, yc, -math.inf).amax(dim=1) >= a_true
-            errors += wrong.sum() if wc is None else (wrong & (wc > 0)).sum()
-        e = a.exp_()
-        s = e.sum(dim=1)
-        nll = torch.log(s.to(f64)) - a_true.to(f64)
-        total += nll.sum() if wc is None else (nll * wc).sum()
-        if need_grad:
-            e.div_(s[:, None])  # softmax q
-            e.scatter_add_(1, yc, torch.full_like(a_true, -1.0)[:, None])  # q - onehot(y)
-            if wc is not None:
-                e.mul_(wc.to(e.dtype)[:, None])
-            grad_b += e.sum(dim=0).to(f64)
-            if diagonal:
-                grad_w += e.mul_(feats).sum(dim=0).to(f64)
-            else:
-                grad_w += (e.T @ feats).to(f64)
-    if weights is None:
-        total /= n
-        if need_grad:
-            grad_w /= n
-            grad_b /= n
-    return (
-        float(total),
-        None if grad_w is None else grad_w.cpu().numpy(),
-        None if grad_b is None else grad_b.cpu().numpy(),
-        int(errors),
-    )
 
 
 class _Rows:
@@ -213,6 +142,615 @@ class _StandardisedLogProbs:
         return lp.sub_(self.shift).mul_(self.inv_scale)
 
 
+@dataclass
+class _Evaluation:
+    """The data term at one point: value, gradient, and optionally its curvature."""
+
+    f: float
+    g: np.ndarray | None = None
+    hess: np.ndarray | None = None  # dense (P, P)
+    hess_diag: np.ndarray | None = None  # (P,)
+    n_errors: int = -1
+
+
+class _DataTerm:
+    r"""The weighted mean NLL of ``softmax(a)`` and its derivatives, one block kernel over row chunks.
+
+    ``a = F W^T + b`` (full map) or ``a = F ⊙ w + b`` (diagonal map), ``F`` the features (the
+    standardised log-probabilities). The parameters are one float64 vector ``θ``: for a full map
+    the rows of ``Θ = [W | b]`` (``K × (K + 1)``, so ``a_i = Θ x_i`` with ``x_i = [F_i, 1]``),
+    for a diagonal map ``[w, b]``. With ``q_i = softmax(a_i)``, sample weights ``s_i`` summing to
+    1 and ``y_i`` one-hot labels:
+
+    .. math::
+
+        \nabla_\Theta = \sum_i s_i (q_i - y_i) x_i^T, \qquad
+        \nabla^2_\Theta = \sum_i s_i \big(\operatorname{diag}(q_i) - q_i q_i^T\big) \otimes x_i x_i^T,
+
+    and for a diagonal map ``∇_w = Σ s_i (q_i - y_i) ⊙ F_i`` and the Hessian
+    ``Σ s_i J_i^T (diag(q_i) - q_i q_i^T) J_i`` with ``J_i = [diag(F_i), I]``. Element-wise work
+    and the products within a chunk run in ``dtype``; sums over chunks in float64. The
+    probabilities of the last point evaluated with ``keep=True`` are kept (when the features
+    are) for the Hessian-vector products of the conjugate-gradient solver.
+    """
+
+    def __init__(self, features: Any, y_idx: torch.Tensor, weights: torch.Tensor | None, *, diagonal: bool,
+                 dtype: torch.dtype, device: torch.device, keep_probs: bool) -> None:
+        self.features = features
+        self.n, self.k = features.n, features.k
+        self.y = y_idx
+        self.weights = weights  # float64, summing to 1, or None (uniform)
+        self.diagonal = diagonal
+        self.dtype = dtype
+        self.device = device
+        self.n_params = 2 * self.k if diagonal else self.k * (self.k + 1)
+        self.probs = torch.empty((self.n, self.k), dtype=dtype, device=device) if keep_probs else None
+        self._kept_at: np.ndarray | None = None  # the point whose probabilities hessp uses
+        self.n_passes = 0
+
+    # ------------------------------------------------------------ parameters
+    def params(self, theta: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W, b)`` (``W`` transposed for a full map, ready for ``F @ W^T``) in ``dtype`` on the device."""
+        k = self.k
+        t = torch.from_numpy(np.ascontiguousarray(theta)).to(self.device, self.dtype)
+        if self.diagonal:
+            return t[:k], t[k:]
+        big = t.reshape(k, k + 1)
+        return big[:, :k].T.contiguous(), big[:, k].contiguous()
+
+    def _flat(self, g_w: torch.Tensor, g_b: torch.Tensor) -> np.ndarray:
+        if self.diagonal:
+            return torch.cat([g_w, g_b]).cpu().numpy()
+        return torch.cat([g_w, g_b[:, None]], dim=1).reshape(-1).cpu().numpy()
+
+    def _chunk_weights(self, rows: slice) -> torch.Tensor | None:
+        return None if self.weights is None else self.weights[rows]
+
+    # ------------------------------------------------------------ the block kernel
+    def _logits(self, feats: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(b, feats, w) if self.diagonal else torch.addmm(b, feats, w)
+
+    def evaluate(self, theta: np.ndarray, *, grad: bool = True, hess: bool = False, hess_diag: bool = False,
+                 keep: bool = False, count_errors: bool = False) -> _Evaluation:
+        """Value (and gradient, dense Hessian, Hessian diagonal) of the data term at ``theta``."""
+        f64 = torch.float64
+        k, diagonal, dev = self.k, self.diagonal, self.device
+        w, b = self.params(theta)
+        total = torch.zeros((), dtype=f64, device=dev)
+        errors = torch.zeros((), dtype=torch.int64, device=dev)
+        g_w = torch.zeros((k,) if diagonal else (k, k), dtype=f64, device=dev) if grad else None
+        g_b = torch.zeros(k, dtype=f64, device=dev) if grad else None
+        d_w = torch.zeros_like(g_w) if hess_diag and grad else None
+        d_b = torch.zeros_like(g_b) if hess_diag and grad else None
+        big = torch.zeros((self.n_params, self.n_params), dtype=f64, device=dev) if hess else None
+        store = keep and self.probs is not None
+        for rows in _row_chunks(self.n, k):
+            feats = self.features(rows)
+            yc = self.y[rows, None]
+            wc = self._chunk_weights(rows)
+            a = self._logits(feats, w, b)
+            a.sub_(a.amax(dim=1, keepdim=True))  # max_k a = 0: exp cannot overflow
+            a_true = a.gather(1, yc)[:, 0]
+            if count_errors:
+                wrong = a.scatter(1, yc, -math.inf).amax(dim=1) >= a_true
+                errors += wrong.sum() if wc is None else (wrong & (wc > 0)).sum()
+            e = a.exp_()
+            s = e.sum(dim=1)
+            nll = torch.log(s.to(f64)) - a_true.to(f64)
+            total += nll.sum() if wc is None else (nll * wc).sum()
+            if not (grad or hess or store):
+                continue
+            q = e.div_(s[:, None])  # softmax, in place of a
+            if store:
+                self.probs[rows] = q
+            wq = q if wc is None else q * wc.to(q.dtype)[:, None]
+            if grad:
+                minus = -(torch.ones_like(q[:, 0]) if wc is None else wc.to(q.dtype))
+                r = wq.scatter_add(1, yc, minus[:, None])  # s (q - onehot(y))
+                g_b += r.sum(dim=0).to(f64)
+                g_w += (r.mul_(feats).sum(dim=0) if diagonal else r.T @ feats).to(f64)
+            if hess_diag and grad:
+                v = wq - wq * q  # s q (1 - q)
+                d_b += v.sum(dim=0).to(f64)
+                f2 = feats.square()
+                d_w += (v.mul_(f2).sum(dim=0) if diagonal else v.T @ f2).to(f64)
+            if hess:
+                self._add_hessian(big, feats, q, wq)
+        scale = 1.0 / self.n if self.weights is None else 1.0
+        self.n_passes += 1
+        if keep:
+            self._kept_at = np.array(theta, dtype=np.float64, copy=True)
+        out = _Evaluation(f=float(total) * scale, n_errors=int(errors) if count_errors else -1)
+        if grad:
+            out.g = self._flat(g_w, g_b) * scale
+        if hess_diag and grad:
+            out.hess_diag = self._flat(d_w, d_b) * scale
+        if hess:
+            out.hess = big.cpu().numpy() * scale
+        return out
+
+    def _add_hessian(self, big: torch.Tensor, feats: torch.Tensor, q: torch.Tensor, wq: torch.Tensor) -> None:
+        """Add one chunk's ``Σ s_i J_i^T (diag q_i - q_i q_i^T) J_i`` to the dense Hessian ``big``."""
+        f64 = torch.float64
+        k = self.k
+        per_row = self.n_params
+        for sub in _row_chunks(feats.shape[0], per_row):
+            fs, qs, wqs = feats[sub], q[sub], wq[sub]
+            if self.diagonal:
+                u = torch.cat([qs * fs, qs], dim=1)  # (rows, 2K): J_i^T q_i
+                uw = torch.cat([wqs * fs, wqs], dim=1)
+                big -= (uw.T @ u).to(f64)
+                idx = torch.arange(k, device=big.device)
+                wf = wqs * fs
+                big[idx, idx] += (wf * fs).sum(dim=0).to(f64)
+                cross = wf.sum(dim=0).to(f64)
+                big[idx, idx + k] += cross
+                big[idx + k, idx] += cross
+                big[idx + k, idx + k] += wqs.sum(dim=0).to(f64)
+            else:
+                x = torch.cat([fs, torch.ones_like(fs[:, :1])], dim=1)  # (rows, K + 1)
+                v = (qs[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)  # q_i ⊗ x_i
+                vw = (wqs[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+                big -= (vw.T @ v).to(f64)
+                blocks = (vw.T @ x).reshape(k, k + 1, k + 1).to(f64)  # Σ s q_ij x_i x_i^T per class j
+                view = big.view(k, k + 1, k, k + 1)
+                j = torch.arange(k, device=big.device)
+                view[j, :, j, :] += blocks
+
+    def hessp(self, v: np.ndarray) -> np.ndarray:
+        """The data term's Hessian at the last point evaluated with ``keep=True`` times ``v``."""
+        f64 = torch.float64
+        k, diagonal, dev = self.k, self.diagonal, self.device
+        vw, vb = self.params(v)
+        if self._kept_at is None:  # pragma: no cover - internal misuse
+            raise RuntimeError("hessp needs a point evaluated with keep=True first")
+        w = b = None
+        if self.probs is None:
+            w, b = self.params(self._kept_at)
+        h_w = torch.zeros((k,) if diagonal else (k, k), dtype=f64, device=dev)
+        h_b = torch.zeros(k, dtype=f64, device=dev)
+        for rows in _row_chunks(self.n, k):
+            feats = self.features(rows)
+            if w is None:
+                q = self.probs[rows]
+            else:
+                q = torch.softmax(self._logits(feats, w, b), dim=1)
+            t = self._logits(feats, vw, vb).mul_(q)  # q ⊙ da
+            t.sub_(q * t.sum(dim=1, keepdim=True))  # (diag q - q q^T) da
+            wc = self._chunk_weights(rows)
+            if wc is not None:
+                t.mul_(wc.to(t.dtype)[:, None])
+            h_b += t.sum(dim=0).to(f64)
+            h_w += (t.mul_(feats).sum(dim=0) if diagonal else t.T @ feats).to(f64)
+        self.n_passes += 1
+        scale = 1.0 / self.n if self.weights is None else 1.0
+        return self._flat(h_w, h_b) * scale
+
+
+class _Penalty:
+    r"""The regularisation as a quadratic form ``½ θ^T R θ`` in the optimiser's coordinates.
+
+    The optimiser works on standardised features ``F = (ℓ - m) / s`` with ``W~ = W diag(s)`` and
+    ``b~ = b + W m``; the penalty is evaluated on the original map, at the representative of its
+    class of equivalent maps (``W + 1 v^T``, ``b + c 1`` give the same probabilities) with
+    zero-mean off-diagonal columns and a zero-mean intercept: ODIR there is the smallest over
+    the class, and the objective is exactly flat along the equivalences. Every step is linear, so
+    the gradient is ``R θ`` and Hessian-vector products are gradients.
+    """
+
+    def __init__(self, k: int, diagonal: bool, shift: np.ndarray, scale: np.ndarray,
+                 reg_lambda: float, reg_mu: float, reg_diag: float) -> None:
+        self.k, self.diagonal = k, diagonal
+        self.m, self.s = shift, scale
+        self.lam, self.mu, self.nu = reg_lambda, reg_mu, reg_diag
+        self.n_params = 2 * k if diagonal else k * (k + 1)
+        self._dense: np.ndarray | None = None
+
+    def to_original(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(W, b)`` of the original log-probabilities; ``theta`` may have trailing batch axes."""
+        k = self.k
+        batch = theta.shape[1:]
+        expand = (slice(None),) + (None,) * len(batch)
+        m, s = self.m[expand], self.s[expand]
+        if self.diagonal:
+            w = theta[:k] / s
+            return w, theta[k:] - w * m
+        big = theta.reshape((k, k + 1) + batch)
+        w = big[:, :k] / s[None]
+        return w, big[:, k] - np.einsum("jl...,l->j...", w, self.m)
+
+    def grad(self, theta: np.ndarray) -> np.ndarray:
+        """``R θ`` (``theta`` of shape ``(P,)`` or ``(P, m)``)."""
+        k = self.k
+        batch = theta.shape[1:]
+        expand = (slice(None),) + (None,) * len(batch)
+        m, s = self.m[expand], self.s[expand]
+        w, b = self.to_original(theta)
+        # Each gradient below is orthogonal, in exact arithmetic, to the directions the penalty
+        # does not see: the flat ones and the temperature (W = I). Large strengths multiply the
+        # rounding of the centred differences; projecting that rounding off again keeps it out
+        # of the weakly curved temperature direction, where it would move the solution.
+        g_b = (2.0 * self.mu / k) * (b - b.mean(axis=0))
+        g_b -= g_b.mean(axis=0)
+        if self.diagonal:
+            g_w = (2.0 * self.nu / k) * (w - w.mean(axis=0))
+            g_w -= g_w.mean(axis=0)
+            return np.concatenate([(g_w - g_b * m) / s, g_b])
+        idx = np.arange(k)
+        diag = w[idx, idx]
+        canon = w - ((w.sum(axis=0) - diag) / (k - 1))[None]
+        big_g = (2.0 * self.lam / (k * (k - 1))) * canon
+        d = canon[idx, idx]
+        big_g[idx, idx] = (2.0 * self.nu / k) * (d - d.mean(axis=0))
+        # the adjoint of the canonicalisation: W_ij (i != j) moves every entry of column j
+        g_w = big_g - big_g.sum(axis=0)[None] / (k - 1)
+        g_w[idx, idx] = big_g[idx, idx]
+        g_w -= g_w.mean(axis=0)[None]  # no component along W + 1 v^T
+        alpha = g_w[idx, idx].sum(axis=0) / (k - 1)  # nor along I - 1 1^T / K, i.e. W = I
+        g_w[idx, idx] -= alpha
+        g_w += alpha / k
+        g_wt = (g_w - g_b[:, None] * m[None]) / s[None]
+        return np.concatenate([g_wt, g_b[:, None]], axis=1).reshape((self.n_params,) + batch)
+
+    def value(self, theta: np.ndarray) -> float:
+        """``½ θ^T R θ``, from the centred terms (no cancellation)."""
+        k = self.k
+        w, b = self.to_original(theta)
+        bc = b - b.mean()
+        value = self.mu / k * float(bc @ bc)
+        if self.diagonal:
+            wc = w - w.mean()
+            return value + self.nu / k * float(wc @ wc)
+        idx = np.arange(k)
+        canon = w - ((w.sum(axis=0) - w[idx, idx]) / (k - 1))[None]
+        d = canon[idx, idx] - canon[idx, idx].mean()
+        canon[idx, idx] = 0.0
+        return value + self.lam / (k * (k - 1)) * float(np.sum(canon * canon)) + self.nu / k * float(d @ d)
+
+    def dense(self) -> np.ndarray:
+        """``R`` as a ``(P, P)`` matrix (built once)."""
+        if self._dense is None:
+            r = self.grad(np.eye(self.n_params))
+            self._dense = 0.5 * (r + r.T)
+        return self._dense
+
+    def diagonal_estimate(self) -> np.ndarray:
+        """An estimate of ``R``'s diagonal (the centring corrections left out), for preconditioning."""
+        k = self.k
+        inv_s2 = 1.0 / self.s**2
+        c_b = 2.0 * self.mu / k * (1.0 - 1.0 / k)
+        c_d = 2.0 * self.nu / k * (1.0 - 1.0 / k)
+        if self.diagonal:
+            return np.concatenate([(c_d + c_b * self.m**2) * inv_s2, np.full(k, c_b)])
+        c_o = 2.0 * self.lam / (k * (k - 1)) * (1.0 - 1.0 / (k - 1)) if k > 2 else 0.0
+        d_w = np.full((k, k), c_o)
+        np.fill_diagonal(d_w, c_d)
+        d_w = (d_w + c_b * self.m[None] ** 2) * inv_s2[None]
+        return np.concatenate([d_w, np.full((k, 1), c_b)], axis=1).ravel()
+
+
+def _null_projection(v: np.ndarray, k: int, diagonal: bool) -> np.ndarray:
+    """Orthogonal projection onto the directions along which the objective is flat.
+
+    In the optimiser's coordinates adding a constant to column ``j`` of ``W~`` adds
+    ``F_ij`` to every logit of row ``i`` (a per-row constant), and adding a constant to ``b~``
+    adds the same to every logit: the columns of ``Θ = [W~ | b~]`` filled with a constant
+    (only ``b~``'s for a diagonal map).
+    """
+    out = np.zeros_like(v)
+    if diagonal:
+        out[k:] = v[k:].mean()
+        return out
+    big = v.reshape(k, k + 1)
+    return np.broadcast_to(big.mean(axis=0), (k, k + 1)).ravel().copy()
+
+
+@dataclass(frozen=True)
+class _NewtonResult:
+    theta: np.ndarray
+    f: float
+    n_iter: int
+    n_cg: int
+    converged: bool
+    message: str
+
+
+def _pcg(apply: Any, rhs: np.ndarray, inv_diag: np.ndarray, rtol: float, max_iter: int) -> tuple[np.ndarray, int]:
+    """Preconditioned conjugate gradients for ``A x = rhs`` (``A`` positive definite)."""
+    x = np.zeros_like(rhs)
+    r = rhs.copy()
+    z = inv_diag * r
+    p = z.copy()
+    rz = float(r @ z)
+    target = rtol * float(np.linalg.norm(rhs))
+    it = 0
+    for it in range(1, max_iter + 1):
+        ap = apply(p)
+        curv = float(p @ ap)
+        if not curv > 0:  # rounding at a (numerically) singular direction: keep what we have
+            if it == 1:
+                x = z
+            break
+        alpha = rz / curv
+        x += alpha * p
+        r -= alpha * ap
+        if float(np.linalg.norm(r)) <= target:
+            break
+        z = inv_diag * r
+        rz_new = float(r @ z)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x, it
+
+
+def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: int, tol: float) -> _NewtonResult:
+    r"""Minimise data term + penalty by Newton's method with a backtracking (Armijo) line search.
+
+    Each step solves ``(∇²f + c Π) d = -∇f`` (``Π`` the projection onto the flat directions,
+    ``c`` the Hessian's mean diagonal, so the system is positive definite and ``d`` has no
+    flat component): exactly by Cholesky for up to :data:`_DENSE_MAX_PARAMS` parameters,
+    else by conjugate gradients preconditioned with the Hessian's diagonal, to a relative
+    residual ``min(0.5, sqrt(|∇f| / |∇f_0|))`` (superlinear convergence; ``1e-10`` for the
+    polishing steps below). Once the Newton
+    decrement ``δ = -∇f·d`` (twice the predicted decrease) satisfies
+    ``δ/2 <= max(tol, 16 eps) (1 + |f|)`` the objective is at its minimum to rounding; the
+    iteration then goes on until a step moves no parameter by more than
+    ``sqrt(eps) (1 + max|θ|)`` (after it, quadratic convergence leaves them at their own
+    rounding floor), at most four such steps.
+    """
+    k, diagonal = data.k, data.diagonal
+    dense = data.n_params <= _DENSE_MAX_PARAMS
+    eps = float(torch.finfo(data.dtype).eps)
+    r_dense = penalty.dense() if dense else None
+    r_diag = None if dense else penalty.diagonal_estimate()
+
+    def full(x: np.ndarray) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+        ev = data.evaluate(x, grad=True, hess=dense, hess_diag=not dense, keep=not dense)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is an infinitely bad point
+            # the penalty's gradient from its structured form (centred differences first): the
+            # dense R x would sum terms of size λ that cancel, losing digits for large λ
+            f, g = ev.f + penalty.value(x), ev.g + penalty.grad(x)
+            curv = ev.hess + r_dense if dense else ev.hess_diag + r_diag
+        if not (math.isfinite(f) and np.isfinite(g).all() and np.isfinite(curv).all()):
+            return math.inf, None, None
+        return f, g, curv
+
+    def value(x: np.ndarray) -> float:
+        f = data.evaluate(x, grad=False).f
+        with np.errstate(over="ignore", invalid="ignore"):
+            f += penalty.value(x)
+        return f if math.isfinite(f) else math.inf
+
+    f, g, curv = full(theta)
+    if not math.isfinite(f):
+        return _NewtonResult(theta, math.inf, 0, 0, False, "the objective overflowed at the start (temperature "
+                             "scaling): the logits are too large for a float64 fit")
+    g0 = max(float(np.linalg.norm(g)), 1e-300)
+    n_cg, message, converged, n_iter, polish = 0, f"max_iter={max_iter} Newton steps reached", False, 0, 0
+    while n_iter < max_iter:
+        n_iter += 1
+        if dense:
+            c = max(float(np.mean(np.diag(curv))), 1e-12)
+            d = _dense_newton_step(curv, g, c, k, diagonal)
+        else:
+            c = max(float(np.mean(curv)), 1e-12)
+
+            def apply(v: np.ndarray) -> np.ndarray:
+                return data.hessp(v) + penalty.grad(v) + c * _null_projection(v, k, diagonal)
+
+            pre = curv + c * _null_projection_diagonal(k, diagonal)
+            rtol = 1e-10 if polish else min(0.5, math.sqrt(float(np.linalg.norm(g)) / g0))
+            d, used = _pcg(apply, -g, 1.0 / np.maximum(pre, 1e-300), rtol, _CG_MAX_ITER)
+            n_cg += used
+            d = d - _null_projection(d, k, diagonal)
+        dec = -float(g @ d)
+        floor = 16.0 * eps * (1.0 + abs(f))
+        if not dec > 0:  # no descent direction left: the gradient is at rounding level
+            converged, message = True, "converged (gradient at rounding level)"
+            break
+        final = dec / 2.0 <= max(tol * (1.0 + abs(f)), floor)  # the objective is at its minimum
+        t, accepted, trial = 1.0, False, (math.inf, None, None)
+        for attempt in range(60):
+            x_new = theta + t * d
+            if attempt == 0:
+                trial = full(x_new)
+                f_new = trial[0]
+            else:
+                f_new = value(x_new)
+            if math.isfinite(f_new) and (f_new <= f - 1e-4 * t * dec or (final and f_new <= f + floor)):
+                accepted = True
+                break
+            if math.isfinite(f_new) and f_new > f:  # safeguarded quadratic interpolation
+                t = max(0.1 * t, min(0.5 * t, 0.5 * t * t * dec / (f_new - f + t * dec)))
+            else:
+                t *= 0.5
+        if not accepted:
+            converged = final
+            message = ("converged (at the rounding floor of the objective)" if final
+                       else "the line search found no decrease (rounding floor of the objective?)")
+            break
+        if t == 1.0:
+            f, g, curv = trial
+        else:
+            f, g, curv = full(x_new)
+        step = float(np.max(np.abs(x_new - theta)))
+        theta = x_new
+        if g is None:  # pragma: no cover - the value was finite, the gradient not
+            message = "the gradient is not finite"
+            break
+        if final:
+            # The objective is at its floor; the parameters along weakly curved directions may
+            # still move by up to sqrt(δ / smallest curvature). Newton steps until one is at the
+            # rounding level of the parameters put them at their floor too (one or two more).
+            polish += 1
+            if step <= math.sqrt(eps) * (1.0 + float(np.max(np.abs(theta)))) or polish >= 4:
+                converged, message = True, "converged"
+                break
+    return _NewtonResult(theta, f, n_iter, n_cg, converged, message)
+
+
+def _null_projection_diagonal(k: int, diagonal: bool) -> np.ndarray:
+    """The diagonal of the projection of :func:`_null_projection`."""
+    if diagonal:
+        return np.concatenate([np.zeros(k), np.full(k, 1.0 / k)])
+    return np.full(k * (k + 1), 1.0 / k)
+
+
+def _null_projection_matrix(k: int, diagonal: bool) -> np.ndarray:
+    """The projection of :func:`_null_projection` as a matrix."""
+    if diagonal:
+        out = np.zeros((2 * k, 2 * k))
+        out[k:, k:] = 1.0 / k
+        return out
+    return np.kron(np.full((k, k), 1.0 / k), np.eye(k + 1))
+
+
+def _dense_newton_step(hess: np.ndarray, g: np.ndarray, c: float, k: int, diagonal: bool) -> np.ndarray:
+    """Solve ``(H + c Π) d = -g`` by Cholesky (damped if ``H`` is numerically singular)."""
+    n = hess.shape[0]
+    a = hess + c * _null_projection_matrix(k, diagonal)
+    a = 0.5 * (a + a.T)
+    damping = 0.0
+    for _ in range(12):
+        try:
+            factor = scipy.linalg.cho_factor(a + damping * np.eye(n), lower=False, check_finite=False)
+            d = -scipy.linalg.cho_solve(factor, g, check_finite=False)
+            if np.isfinite(d).all():
+                return d
+        except (np.linalg.LinAlgError, ValueError):
+            pass
+        damping = max(damping * 100.0, 1e-12 * c)
+    return -g / c  # pragma: no cover - steepest descent as the last resort
+
+
+def _to_original(theta: np.ndarray, k: int, diagonal: bool, shift: np.ndarray, scale: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The map on the original log-probabilities, as its smallest-ODIR representative."""
+    if diagonal:
+        coef = theta[:k] / scale
+        intercept = theta[k:] - coef * shift
+    else:
+        big = theta.reshape(k, k + 1)
+        coef = big[:, :k] / scale[None, :]
+        intercept = big[:, k] - coef @ shift
+        coef = _canonical_coef(coef)
+    return coef, intercept - intercept.mean()
+
+
+class _Problem:
+    """One Dirichlet fit's data, prepared once: the standardised features and the data term.
+
+    Several fits (a path of regularisation strengths) reuse it, warm-started.
+    """
+
+    def __init__(self, logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, *,
+                 diagonal: bool, dtype: torch.dtype | None = None) -> None:
+        z = logits
+        n, k = z.shape
+        f64 = torch.float64
+        lo, hi = (float(v) for v in torch.aminmax(z))
+        magnitude = max(abs(lo), abs(hi), 1.0)
+        if dtype is None:
+            small = n * k <= _FLOAT64_MAX_ELEMENTS
+            # float64 logits near or beyond float32's range (3.4e38) stay float64
+            dtype = f64 if small or (z.dtype == f64 and magnitude > 1e30) else torch.float32
+        if dtype not in (torch.float32, f64):
+            raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {dtype!r}.")
+        device = z.device
+        self.logits, self.y, self.weights = z, y_idx, weights
+        self.n, self.k, self.diagonal, self.dtype = n, k, diagonal, dtype
+        self.magnitude = magnitude
+
+        # Column means and standard deviations of the log-probabilities (float64 sums of values
+        # divided by the largest possible |log p|, 2 max|z|, so squares cannot overflow).
+        unit = 2.0 * magnitude
+        cache = torch.empty((n, k), dtype=dtype, device=device) if n * k <= _CACHE_ELEMENTS else None
+        s1 = torch.zeros(k, dtype=f64, device=device)
+        s2 = torch.zeros(k, dtype=f64, device=device)
+        for rows in _row_chunks(n, k):
+            lp = torch.log_softmax(z[rows].to(dtype), dim=1)
+            if cache is not None:
+                cache[rows] = lp
+            lp64 = lp.to(f64) / unit
+            if weights is None:
+                s1 += lp64.sum(dim=0)
+                s2 += lp64.square().sum(dim=0)
+            else:  # weighted, so that weights and repeated rows give the same fit
+                wc = weights[rows, None]
+                s1 += (wc * lp64).sum(dim=0)
+                s2 += (wc * lp64.square()).sum(dim=0)
+        total_weight = n if weights is None else 1.0
+        mean = s1 / total_weight
+        var = (s2 / total_weight - mean.square()).clamp_min(0.0)
+        shift, scale = mean * unit, var.sqrt() * unit
+        scale = torch.where(scale > 1e-12 * (1.0 + shift.abs()), scale, torch.ones_like(scale))
+        if not (torch.isfinite(shift).all() and torch.isfinite(scale).all()):  # pragma: no cover - defensive
+            shift, scale = torch.zeros(k, dtype=f64, device=device), torch.ones(k, dtype=f64, device=device)
+        if cache is not None:
+            cache.sub_(shift.to(dtype)).mul_((1.0 / scale).to(dtype))
+            features: Any = _Rows(cache)
+        else:
+            features = _StandardisedLogProbs(z, shift, scale, dtype)
+        self.shift, self.scale = shift.cpu().numpy(), scale.cpu().numpy()  # K numbers each
+        keep = (not diagonal and k * (k + 1) > _DENSE_MAX_PARAMS) or (diagonal and 2 * k > _DENSE_MAX_PARAMS)
+        self.data = _DataTerm(features, y_idx, weights, diagonal=diagonal, dtype=dtype, device=device,
+                              keep_probs=keep and cache is not None)
+
+    def from_original(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """``θ`` of a map on the original log-probabilities: ``W~ = W diag(s)``, ``b~ = b + W m``."""
+        m, s = self.shift, self.scale
+        if self.diagonal:
+            return np.concatenate([coef * s, intercept + coef * m])
+        return np.concatenate([coef * s[None, :], (intercept + coef @ m)[:, None]], axis=1).ravel()
+
+    def to_original(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _to_original(theta, self.k, self.diagonal, self.shift, self.scale)
+
+    def start(self) -> np.ndarray:
+        """Temperature scaling, ``W = I / T``, ``b = 0``: the best map along the identity ray."""
+        # fit_temperature keeps 1/T in [e^-10, e^10]; logits far beyond any real network's are
+        # scaled by a power of two first (exact), so the start is temperature scaling there too
+        unit = 2.0 ** max(0, math.frexp(self.magnitude)[1] - 20)
+        z = self.logits if unit == 1.0 else self.logits / unit
+        beta = 1.0 / fit_temperature(z, self.y, self.weights).temperature / unit
+        k = self.k
+        return self.from_original(np.full(k, beta) if self.diagonal else beta * np.eye(k), np.zeros(k))
+
+    def solve(self, theta: np.ndarray, reg_lambda: float, reg_mu: float, reg_diag: float, *,
+              max_iter: int, tol: float) -> _NewtonResult:
+        penalty = _Penalty(self.k, self.diagonal, self.shift, self.scale, reg_lambda, reg_mu, reg_diag)
+        return _newton(theta, self.data, penalty, max_iter=max_iter, tol=tol)
+
+    def n_errors(self, theta: np.ndarray) -> int:
+        """Rows of positive weight whose true class is not the strict argmax of the fitted map."""
+        return self.data.evaluate(theta, grad=False, count_errors=True).n_errors
+
+
+def _heldout_nll(logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, coef: np.ndarray,
+                 intercept: np.ndarray, rows: torch.Tensor) -> tuple[float, float]:
+    """``(Σ s_i NLL_i, Σ s_i)`` of the map ``(coef, intercept)`` over ``rows`` (float64)."""
+    f64 = torch.float64
+    device = logits.device
+    w = torch.from_numpy(coef).to(device)
+    b = torch.from_numpy(intercept).to(device)
+    total = torch.zeros((), dtype=f64, device=device)
+    weight = torch.zeros((), dtype=f64, device=device)
+    step = max(1, _CHUNK_ELEMENTS // logits.shape[1])
+    for start in range(0, len(rows), step):
+        idx = rows[start : start + step]
+        lp = torch.log_softmax(logits[idx].to(f64), dim=1)
+        a = lp * w + b if w.dim() == 1 else torch.addmm(b, lp, w.T)
+        nll = torch.logsumexp(a, dim=1) - a.gather(1, y_idx[idx, None])[:, 0]
+        if weights is None:
+            total += nll.sum()
+            weight += len(idx)
+        else:
+            wc = weights[idx]
+            total += (nll * wc).sum()
+            weight += wc.sum()
+    return float(total), float(weight)
+
+
 def dirichlet_objective(
     log_probs: Any,
     y_idx: Any,
@@ -222,21 +760,21 @@ def dirichlet_objective(
     *,
     reg_lambda: float = 0.0,
     reg_mu: float = 0.0,
+    reg_diag: float = 0.0,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     r"""The Dirichlet calibration objective and its exact gradient.
 
     .. math::
 
         L(W, b) = \frac{1}{\sum_i s_i} \sum_i s_i \Big[\log\sum_k e^{a_{ik}} - a_{i y_i}\Big]
-                  + \frac{\lambda}{K(K-1)} \sum_{i \ne j} w_{ij}^2 + \frac{\mu}{K} \sum_j b_j^2,
-        \qquad a_i = W \ell_i + b
+                  + P(W, b), \qquad a_i = W \ell_i + b
 
-    with ``ℓ_i = log_softmax(z_i)`` the log-probabilities of the classifier and ``s_i`` the
-    sample weights. The gradient of the data term is ``(Q - Y)^T ℓ / n`` for ``W`` and the
-    column means of ``Q - Y`` for ``b`` (``Q = softmax(a)``, ``Y`` one-hot labels); for a
-    diagonal ``W = diag(w)`` it is the column means of ``(Q - Y) ⊙ ℓ``. Rows are processed in
-    chunks of about ``2**20`` elements in the dtype of ``log_probs`` (float32 or float64),
-    with float64 sums across rows, so memory stays bounded for any ``n``.
+    with ``ℓ_i = log_softmax(z_i)`` the log-probabilities of the classifier, ``s_i`` the sample
+    weights and ``P`` :func:`odir_penalty`. The gradient of the data term is
+    ``(Q - Y)^T ℓ / n`` for ``W`` and the column means of ``Q - Y`` for ``b`` (``Q = softmax(a)``,
+    ``Y`` one-hot labels); for a diagonal ``W = diag(w)`` it is the column means of
+    ``(Q - Y) ⊙ ℓ``. Rows are processed in chunks of about ``2**20`` elements in the dtype of
+    ``log_probs`` (float32 or float64), with float64 sums across rows.
 
     Parameters
     ----------
@@ -249,8 +787,8 @@ def dirichlet_objective(
     intercept : array-like of shape (K,)
         ``b``.
     sample_weight : array-like of shape (n,), optional
-    reg_lambda, reg_mu : float, default=0
-        ODIR strengths (see :func:`odir_penalty`).
+    reg_lambda, reg_mu, reg_diag : float, default=0
+        Regularisation strengths (see :func:`odir_penalty`).
 
     Returns
     -------
@@ -267,12 +805,14 @@ def dirichlet_objective(
     if sample_weight is not None:
         w = _on_device(sample_weight, torch.float64, lp.device)
         w = w / w.sum()
-    f, g_w, g_b, _ = _nll_pass(
-        _Rows(lp), yi, torch.from_numpy(coef).to(lp.device, lp.dtype),
-        torch.from_numpy(intercept).to(lp.device, lp.dtype), w,
-    )
-    p, pg_w, pg_b = odir_penalty(coef, intercept, reg_lambda, reg_mu)
-    return f + p, g_w + pg_w, g_b + pg_b
+    k = intercept.shape[0]
+    diagonal = coef.ndim == 1
+    data = _DataTerm(_Rows(lp), yi, w, diagonal=diagonal, dtype=lp.dtype, device=lp.device, keep_probs=False)
+    theta = np.concatenate([coef, intercept]) if diagonal else np.concatenate([coef, intercept[:, None]], 1).ravel()
+    ev = data.evaluate(theta)
+    g_w, g_b = (ev.g[:k], ev.g[k:]) if diagonal else (ev.g.reshape(k, k + 1)[:, :k], ev.g.reshape(k, k + 1)[:, k])
+    p, pg_w, pg_b = odir_penalty(coef, intercept, reg_lambda, reg_mu, reg_diag)
+    return ev.f + p, g_w + pg_w, g_b + pg_b
 
 
 # --------------------------------------------------------------------------- the fit
@@ -287,6 +827,30 @@ class DirichletFit:
     converged: bool
     message: str
     n_errors: int
+    #: conjugate-gradient iterations (0 when the Newton systems were solved densely)
+    n_cg: int = 0
+    #: passes over the data (values, gradients, Hessians, Hessian-vector products)
+    n_passes: int = 0
+
+
+def _fit_problem(problem: _Problem, reg_lambda: float, reg_mu: float, reg_diag: float, *, max_iter: int,
+                 tol: float, init: tuple[np.ndarray, np.ndarray] | None) -> DirichletFit:
+    theta0 = problem.start() if init is None else problem.from_original(*(np.asarray(v, np.float64) for v in init))
+    result = problem.solve(theta0, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol)
+    coef, intercept = problem.to_original(result.theta)
+    if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):  # pragma: no cover - defensive
+        coef, intercept = (np.ones(problem.k) if problem.diagonal else np.eye(problem.k)), np.zeros(problem.k)
+    return DirichletFit(
+        coef=coef,
+        intercept=intercept,
+        objective=float(result.f),
+        n_iter=result.n_iter,
+        converged=result.converged,
+        message=result.message,
+        n_errors=problem.n_errors(result.theta),
+        n_cg=result.n_cg,
+        n_passes=problem.data.n_passes,
+    )
 
 
 def fit_dirichlet(
@@ -297,66 +861,77 @@ def fit_dirichlet(
     diagonal: bool = False,
     reg_lambda: float = 0.0,
     reg_mu: float = 0.0,
-    max_iter: int = 1000,
-    tol: float = 1e-8,
+    reg_diag: float = 0.0,
+    max_iter: int = 100,
+    tol: float = 1e-14,
     dtype: torch.dtype | None = None,
     init: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DirichletFit:
-    r"""Minimise :func:`dirichlet_objective` over ``(W, b)`` by full-batch L-BFGS-B.
+    r"""Minimise :func:`dirichlet_objective` over ``(W, b)`` by Newton's method on exact derivatives.
 
-    **Optimiser.** scipy's L-BFGS-B (memory 10, Moré-Thuente line search, no bounds) on the
-    exact gradient. The problem is smooth and convex with at most ``K^2 + K`` parameters,
-    so a quasi-Newton method on the full batch converges in tens of passes over the data
-    with no learning rate to tune, and scipy's implementation says why it stopped (which
-    ``torch.optim.LBFGS`` does not). Objective and gradient are computed in torch, chunked
-    over rows; only the parameters travel to scipy, as float64.
+    **Optimiser.** The objective is smooth and convex (the multinomial log-likelihood of a
+    linear model in ``ℓ`` plus a quadratic penalty), so Newton's method with a backtracking
+    line search converges from any start, quadratically near the minimum, in a handful of
+    steps and with nothing to tune. The gradient and Hessian are exact:
+    ``∇² = Σ_i s_i (diag(q_i) - q_i q_i^T) ⊗ x_i x_i^T`` with ``x_i = [ℓ_i, 1]`` (for a diagonal
+    map, ``J_i^T (diag(q_i) - q_i q_i^T) J_i`` with ``J_i = [diag(ℓ_i), I]``). Up to 512
+    parameters (full maps up to 22 classes, diagonal maps up to 256) the Hessian is formed and
+    each step solved by Cholesky; larger problems solve each step by conjugate gradients on
+    exact Hessian-vector products (one pass each, using the probabilities kept from the
+    gradient pass), preconditioned by the Hessian's diagonal, to a relative residual that
+    shrinks with the gradient (an inexact Newton method; superlinear). Everything runs in
+    torch on the logits' device, chunked over rows (one block kernel computes values,
+    gradients, Hessians and Hessian-vector products); only ``K``-sized vectors and, for dense
+    steps, the ``P × P`` Hessian travel to the host.
+
+    **Stopping.** The iteration stops after the step whose Newton decrement ``δ = -∇L·d``
+    satisfies ``δ/2 <= max(tol, 16 eps)(1 + |L|)`` (``eps`` of the working dtype): ``δ/2``
+    estimates how far the objective is above its minimum, and the step taken then leaves an
+    error of order ``δ²``, so with the default ``tol`` the parameters are at the
+    floating-point floor (a gradient of order 1e-15 in float64). Fits of the same objective
+    from different starts, or on weighted versus repeated rows, then agree to rounding.
 
     **Start.** Temperature scaling, ``W = I / T``, ``b = 0`` (:func:`fit_temperature`, a few
-    cheap passes): the best map on the ray through the identity (the uncalibrated model).
-    L-BFGS-B never keeps a worse point, so the fitted NLL is never above temperature
-    scaling's, whatever ``reg_lambda`` and ``reg_mu`` (ODIR is zero there).
+    cheap passes): the best map on the ray through the identity. Every accepted step lowers
+    the objective and the penalty is zero there, so the fitted NLL is never above temperature
+    scaling's.
 
     **Equivalent maps.** ``softmax(W ℓ + b)`` is unchanged by ``W -> W + 1 v^T`` and
-    ``b -> b + c 1``. The optimiser minimises the NLL plus the smallest ODIR over each class
-    of equivalent maps (a closed form: zero-mean off-diagonal columns and intercept), which
-    leaves the objective exactly flat along the equivalences instead of curved by the tiny
-    ``λ/(K(K-1))`` — otherwise L-BFGS spends hundreds of iterations on them. The map
-    returned is that smallest-ODIR representative: the minimiser of the paper's objective.
+    ``b -> b + c 1``. The penalty is evaluated at the representative with zero-mean
+    off-diagonal columns and intercept (for ODIR the smallest over the class), so the objective
+    is exactly flat along the equivalences; each Newton system adds the projection onto those
+    directions, which makes it positive definite and the step free of them. The map returned is
+    that representative: for ``reg_diag = 0`` the minimiser of the paper's objective.
 
     **Preconditioning.** The columns of ``ℓ = log_softmax(z)`` have means of several units
-    and unequal spreads, which makes the problem ill-conditioned in ``(W, b)``. The optimiser
-    works on standardised features ``ℓ̃ = (ℓ - m) / s`` (column means ``m``, standard
-    deviations ``s``) with ``W̃ = W diag(s)`` and ``b̃ = b + W m``: the same function in better
-    scaled coordinates, mapped back exactly (several times fewer iterations for full maps).
-    Inputs of up to ``2**27`` elements keep ``ℓ̃`` (one copy of the logits); larger ones
-    recompute it chunk by chunk in every pass, so memory stays bounded.
+    and unequal spreads. The optimiser works on standardised features ``ℓ̃ = (ℓ - m) / s``
+    (weighted column means ``m``, standard deviations ``s``) with ``W̃ = W diag(s)`` and
+    ``b̃ = b + W m``: the same function in better scaled coordinates (Newton's steps do not
+    depend on them, the conjugate-gradient solves do), mapped back exactly. Inputs of up to
+    ``2**27`` elements keep ``ℓ̃`` (one copy of the logits) and, for conjugate-gradient
+    steps, the current probabilities (a second); larger ones recompute both chunk by chunk in
+    every pass, so memory stays bounded.
 
-    **Precision.** Fits on up to ``2**20`` elements (``n K``) run in float64. Larger ones
-    run element-wise work and matrix products in float32, chunk by chunk (about ``2**20``
-    elements per chunk), and sum the per-row losses and per-chunk gradients in float64:
-    ``exp`` and the products are several times faster in float32, and the mean over many
-    rows averages the float32 rounding of the objective down to ~1e-6 / sqrt(n).
+    **Precision.** Fits on up to ``2**20`` elements (``n K``) run in float64. Larger ones run
+    element-wise work and matrix products in float32, chunk by chunk, and sum over chunks in
+    float64; they stop at float32's floor (``16 eps`` above), about 1e-6 in the objective.
 
-    **Stopping.** L-BFGS-B stops when the relative decrease of the objective in one
-    iteration, or the largest gradient component (standardised coordinates), is at most
-    ``tol``. A line search that finds no decrease (the rounding floor of a float32
-    objective) counts as converged when that gradient is at most ``sqrt(tol)``. The best
-    finite iterate seen is returned whatever happens; a non-finite objective (overflowing
-    parameters) is an infinitely bad trial point, and makes the fit report non-convergence.
+    A step that overflows (non-finite objective) is shortened by the line search; the fit
+    never returns non-finite parameters.
 
     Parameters
     ----------
     logits : array-like or torch.Tensor of shape (n, K)
-        Validated, finite logits (CPU).
+        Validated, finite logits (on any device).
     y_idx : array-like of int, shape (n,)
     sample_weight : array-like of shape (n,), optional
     diagonal : bool, default=False
         Fit ``W = diag(w)`` instead of a full matrix.
-    reg_lambda, reg_mu : float, default=0
-        ODIR strengths (see :func:`odir_penalty`).
-    max_iter : int, default=1000
-        L-BFGS-B iterations.
-    tol : float, default=1e-8
+    reg_lambda, reg_mu, reg_diag : float, default=0
+        Regularisation strengths (see :func:`odir_penalty`).
+    max_iter : int, default=100
+        Newton steps at most.
+    tol : float, default=1e-14
         See "Stopping".
     dtype : torch.float32 or torch.float64, optional
         Force the working precision (default: see "Precision").
@@ -367,144 +942,23 @@ def fit_dirichlet(
     -------
     DirichletFit
         ``coef`` (``(K, K)``, or ``(K,)`` when diagonal), ``intercept``, the objective,
-        iterations, whether it converged, the optimiser's message, and the number of
-        training rows the fitted map misclassifies (0 flags separable data).
+        Newton steps, whether it converged, why it stopped, the number of training rows the
+        fitted map misclassifies (0 flags separable data), conjugate-gradient iterations and
+        passes over the data.
     """
     z = to_tensor(logits)
     if z.dim() != 2:
         raise ValueError(f"logits must be 2-D (n, K), got shape {tuple(z.shape)}.")
-    n, k = z.shape
-    f64 = torch.float64
-    if dtype is None:
-        small = n * k <= _FLOAT64_MAX_ELEMENTS
-        # float64 logits near or beyond float32's range (3.4e38) stay float64
-        huge = z.dtype == f64 and max(abs(float(v)) for v in torch.aminmax(z)) > 1e30
-        dtype = f64 if small or huge else torch.float32
-    if dtype not in (torch.float32, f64):
-        raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {dtype!r}.")
-    device = z.device
-    yi = _on_device(y_idx, torch.int64, device)
+    if z.dtype not in (torch.float32, torch.float64):
+        z = z.float()
+    yi = _on_device(y_idx, torch.int64, z.device)
     weights = None
     if sample_weight is not None:
-        weights = _on_device(sample_weight, torch.float64, device)
+        weights = _on_device(sample_weight, torch.float64, z.device)
         weights = weights / weights.sum()
-
-    # Column means and standard deviations of the log-probabilities (float64 sums).
-    cache = torch.empty((n, k), dtype=dtype, device=device) if n * k <= _CACHE_ELEMENTS else None
-    s1 = torch.zeros(k, dtype=f64, device=device)
-    s2 = torch.zeros(k, dtype=f64, device=device)
-    for rows in _row_chunks(n, k):
-        lp = torch.log_softmax(z[rows].to(dtype), dim=1)
-        if cache is not None:
-            cache[rows] = lp
-        lp64 = lp.to(f64)
-        if weights is None:
-            s1 += lp64.sum(dim=0)
-            s2 += lp64.square().sum(dim=0)
-        else:  # weighted, so that weights and repeated rows give the same fit
-            wc = weights[rows, None]
-            s1 += (wc * lp64).sum(dim=0)
-            s2 += (wc * lp64.square()).sum(dim=0)
-    total_weight = n if weights is None else 1.0
-    shift = s1 / total_weight
-    var = (s2 / total_weight - shift.square()).clamp_min(0.0)
-    scale = var.sqrt()
-    scale = torch.where(scale > 1e-12 * (1.0 + shift.abs()), scale, torch.ones_like(scale))
-    if not (torch.isfinite(shift).all() and torch.isfinite(scale).all()):  # |log p| ~ 1e154+
-        shift, scale = torch.zeros(k, dtype=f64, device=device), torch.ones(k, dtype=f64, device=device)
-    if cache is not None:
-        cache.sub_(shift.to(dtype)).mul_((1.0 / scale).to(dtype))
-        features: Any = _Rows(cache)
-    else:
-        features = _StandardisedLogProbs(z, shift, scale, dtype)
-    m, s = shift.cpu().numpy(), scale.cpu().numpy()  # K numbers each: the parameters' coordinates
-
-    n_w = k if diagonal else k * k
-
-    def to_original(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w_t, b_t = x[:n_w], x[n_w:]
-        if diagonal:
-            coef = w_t / s
-            return coef, b_t - coef * m
-        coef = w_t.reshape(k, k) / s[None, :]
-        return coef, b_t - coef @ m
-
-    best = {"f": math.inf, "x": None}
-    saw_nonfinite = [False]
-
-    def params(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The optimiser's float64 vector as ``(W~, b~)`` tensors on the data's device."""
-        w_t = torch.from_numpy(x[:n_w] if diagonal else x[:n_w].reshape(k, k))
-        return w_t.to(device, dtype), torch.from_numpy(x[n_w:]).to(device, dtype)
-
-    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
-        w_t, b_t = params(x)
-        f, g_w, g_b, _ = _nll_pass(features, yi, w_t, b_t, weights)
-        coef, intercept = to_original(x)
-        p, pg_w, pg_b = _reduced_odir(coef, intercept, reg_lambda, reg_mu)
-        # chain rule through W = W~ diag(1/s), b = b~ - W m
-        if diagonal:
-            g_w = g_w + (pg_w - pg_b * m) / s
-        else:
-            g_w = g_w + (pg_w - np.outer(pg_b, m)) / s[None, :]
-        g = np.concatenate([g_w.ravel(), g_b + pg_b])
-        total = f + p
-        if not (math.isfinite(total) and np.isfinite(g).all()):
-            saw_nonfinite[0] = True
-            return math.inf, np.zeros_like(x)
-        if total < best["f"]:
-            best["f"], best["x"] = total, x.copy()
-        return total, g
-
-    if init is None:
-        # temperature scaling, W = I / T and b = 0: the best map along the identity ray
-        beta = 1.0 / fit_temperature(z, yi, weights).temperature
-        c0, i0 = (np.full(k, beta) if diagonal else beta * np.eye(k)), np.zeros(k)
-    else:
-        c0, i0 = (np.asarray(v, dtype=np.float64) for v in init)
-    # in standardised coordinates: W~ = W diag(s), b~ = b + W m
-    x0 = np.concatenate([(c0 * s if diagonal else c0 * s[None, :]).ravel(), i0 + (c0 * m if diagonal else c0 @ m)])
-    # L-BFGS-B itself only does vector operations on the K^2 + K parameters: BLAS threads
-    # spinning beside torch's would cost more than they save.
     with threadpool_limits(limits=1, user_api="blas"):
-        result = minimize(
-            objective,
-            x0,
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": max_iter, "maxfun": max(15000, 4 * max_iter), "ftol": tol, "gtol": tol},
-        )
-    x = best["x"] if best["x"] is not None else x0
-    coef, intercept = to_original(x)
-    # the equivalent map with the smallest ODIR (see _reduced_odir)
-    intercept = intercept - intercept.mean()
-    if not diagonal:
-        coef = _canonical_coef(coef)
-    if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):  # pragma: no cover - defensive
-        coef, intercept = (np.ones(k) if diagonal else np.eye(k)), np.zeros(k)  # the uncalibrated model
-    message = str(result.message)
-    converged = result.status == 0
-    if result.status == 2:
-        # the line search found no decrease, usually at the rounding floor of the objective
-        # (float32 work): converged if the gradient is small there
-        g_inf = float(np.max(np.abs(result.jac))) if result.jac is not None else math.inf
-        converged = g_inf <= math.sqrt(tol)
-    if saw_nonfinite[0]:
-        converged = False
-        message += "; the objective overflowed at a trial point (kept the best finite iterate)"
-    w_t, b_t = params(x)
-    _, _, _, n_errors = _nll_pass(features, yi, w_t, b_t, weights, need_grad=False, count_errors=True)
-    return DirichletFit(
-        coef=coef,
-        intercept=intercept,
-        objective=float(best["f"]) if best["x"] is not None else math.nan,
-        n_iter=int(result.nit),
-        converged=bool(converged),
-        message=message,
-        n_errors=int(n_errors),
-    )
-
-
+        problem = _Problem(z, yi, weights, diagonal=diagonal, dtype=dtype)
+        return _fit_problem(problem, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol, init=init)
 # --------------------------------------------------------------------------- the estimator
 class _DirichletMap(torch.nn.Module):
     def __init__(self, coef: np.ndarray, intercept: np.ndarray) -> None:
@@ -533,41 +987,51 @@ class DirichletCalibrator(BaseLogitCalibrator):
         b \in \mathbb{R}^K,
 
     fitted by minimising the mean negative log-likelihood plus the off-diagonal and
-    intercept regularisation (ODIR) of the paper,
+    intercept regularisation (ODIR) of the paper and the spread of ``W``'s diagonal,
 
     .. math::
 
         \frac{1}{n}\sum_i -\log q(z_i)_{y_i}
-        + \frac{\lambda}{K(K-1)} \sum_{i \ne j} w_{ij}^2 + \frac{\mu}{K} \sum_j b_j^2 .
+        + \frac{\lambda}{K(K-1)} \sum_{i \ne j} w_{ij}^2 + \frac{\mu}{K} \sum_j b_j^2
+        + \frac{\nu}{K} \sum_j (w_{jj} - \bar w)^2 .
 
     It generalises beta calibration to many classes, and is a linear layer with softmax on
     top of the log-probabilities. ``map="diagonal"`` restricts ``W`` to a diagonal (vector
     scaling on log-probabilities, ``2K`` parameters). Temperature scaling is the special
     case ``W = I / T``, ``b = 0`` (``ℓ`` and ``z`` differ by a per-row constant, which the
-    softmax ignores), so the models are nested: full ⊇ diagonal ⊇ temperature scaling.
+    softmax ignores), so the models are nested: full ⊇ diagonal ⊇ temperature scaling, and
+    with ``λ = μ = ν -> ∞`` the fitted map *is* temperature scaling.
 
     Parameters
     ----------
     map : {"auto", "full", "diagonal"}, default="auto"
         Form of ``W``. ``"auto"`` is ``"full"`` up to 20 classes
         (:data:`AUTO_FULL_MAX_CLASSES`) and ``"diagonal"`` above: a full map has ``K(K+1)``
-        parameters and costs ``n K^2`` per pass, and beyond a few hundred parameters it
-        needs a cross-validated ODIR strength on typical calibration sets; the diagonal map
-        stays cheap and safe. Choose ``"full"`` explicitly for many classes when the data
-        support it.
-    reg_lambda : float, default=1e-3
+        parameters and costs ``n K^2`` per pass; the diagonal map stays cheap. Choose
+        ``"full"`` explicitly for many classes when the data support it.
+    reg_lambda : float or "cv", default="cv"
         ``λ >= 0``, weight of the mean squared off-diagonal entry of ``W`` (no effect on a
-        diagonal map). Cross-validate it (the paper searches powers of ten) for many
-        classes or small calibration sets.
+        diagonal map), and by default of the two other terms. ``"cv"`` chooses it by internal
+        cross-validation (``cv`` folds, held-out NLL) over the powers of ten from ``1e6``
+        (temperature scaling) down to ``1e-2`` (see Notes), then refits on all the data.
     reg_mu : float or None, default=None
-        ``μ >= 0``, weight of the mean squared intercept. ``None`` uses ``reg_lambda``: one
-        knob for both (the paper tunes them separately; pass both to do so).
-    max_iter : int, default=1000
-        Maximum L-BFGS-B iterations.
-    tol : float, default=1e-8
-        Relative decrease of the objective, and largest gradient component in the
-        optimiser's standardised coordinates, at which the fit stops
-        (see :func:`fit_dirichlet`).
+        ``μ >= 0``, weight of the mean squared intercept. ``None`` uses ``λ`` (the fixed or the
+        cross-validated one).
+    reg_diag : float or None, default=None
+        ``ν >= 0``, weight of the variance of ``W``'s diagonal (its spread around the mean
+        scale: how far the map is from a temperature). ``None`` uses ``λ``; ``0`` gives the
+        paper's ODIR exactly.
+    cv : int, cross-validation splitter or iterable, default=5
+        Folds for ``reg_lambda="cv"`` (ignored otherwise). An int assigns each row to a fold
+        by its content (its logits and label), so that repeated rows and integer sample
+        weights give the same folds; a scikit-learn splitter (e.g. ``StratifiedKFold(5)``) or
+        an iterable of ``(train, test)`` index arrays is used as given.
+    max_iter : int, default=100
+        Maximum Newton steps of each fit.
+    tol : float, default=1e-14
+        Stop after the Newton step whose predicted decrease of the objective (half the Newton
+        decrement) is at most ``tol (1 + |objective|)``; the default ends at the floating-point
+        floor (see :func:`fit_dirichlet`).
 
     Attributes
     ----------
@@ -577,8 +1041,13 @@ class DirichletCalibrator(BaseLogitCalibrator):
         ``b``.
     map_ : {"full", "diagonal"}
         The form of ``W`` fitted (``map`` with ``"auto"`` resolved).
+    reg_lambda_ : float
+        The ``λ`` of the fit: ``reg_lambda``, or the one chosen by cross-validation.
+    cv_scores_ : dict of float to float
+        With ``reg_lambda="cv"``: the pooled held-out NLL of each ``λ`` tried (empty when the
+        data could not be split, or after :meth:`from_dict`).
     n_iter_ : int
-        L-BFGS-B iterations.
+        Newton steps of the final fit.
     classes_ : ndarray of shape (n_classes,)
         Class labels, one per logit column.
     n_features_in_ : int
@@ -587,31 +1056,44 @@ class DirichletCalibrator(BaseLogitCalibrator):
     Warns
     -----
     ConvergenceWarning
-        When L-BFGS-B stops before converging (``max_iter`` reached, a failed line search,
-        an overflowing objective), and when the fitted map classifies every calibration
-        sample correctly: the likelihood then has no finite maximiser along some direction,
-        so the parameters grow until the optimiser stops and the probabilities approach 0
-        and 1. The parameters are always the best finite iterate, never NaN.
+        When the fit stops before converging (``max_iter`` reached, or a line search that finds
+        no decrease above the rounding floor), and when the fitted map classifies every
+        calibration sample correctly: the likelihood then has no finite maximiser along some
+        direction unless the regularisation provides one, so without it the parameters grow
+        until the optimiser stops and the probabilities approach 0 and 1. The parameters are
+        always finite.
 
     Notes
     -----
-    **Fitting.** Full-batch L-BFGS-B with the exact gradient (``∂/∂W = (Q - Y)^T ℓ / n``
-    plus ODIR's), computed in torch over chunks of rows with float64 sums, starting from
-    temperature scaling, so on the fitting data the NLL is never above temperature
-    scaling's. Details (preconditioning, equivalent maps, precision, stopping) are in
-    :func:`fit_dirichlet`. On one CPU thread a full map on 50 000 × 100 float32 logits fits
-    in a few seconds, and a diagonal map on 50 000 × 1 000 in under ten, using about two
-    extra copies of the logits at peak.
+    **Regularisation, chosen by cross-validation.** The three terms shrink the map towards
+    temperature scaling: ODIR towards a diagonal map without intercept, the diagonal's spread
+    towards a single scale. One strength for all three (the default) gives a path from
+    temperature scaling (``λ = 1e6``) to an unregularised Dirichlet map (``λ -> 0``); with
+    ``reg_lambda="cv"`` each of the ``cv`` folds walks it from the strongest end, warm-started,
+    until its held-out NLL has not improved for two strengths in a row, and the strength with
+    the lowest pooled held-out NLL wins (ties go to the stronger; see
+    :mod:`precal.calibration._crossval`). So the default adapts to the calibration set: small
+    or many-class sets get a map close to temperature scaling, large ones a free map. When the
+    data cannot be split (no fold with held-out rows of positive weight), ``λ = 1e6`` is used.
+    The paper's recipe, ODIR only with ``λ`` and ``μ`` searched over powers of ten, is
+    ``reg_diag=0`` with a fixed ``reg_lambda`` in a grid search.
+
+    **Fitting.** Newton's method with exact Hessians (dense up to 512 parameters, conjugate
+    gradients on Hessian-vector products above), computed in torch on the logits' device over
+    chunks of rows with float64 sums, starting from temperature scaling, so on the fitting
+    data the objective is never above temperature scaling's. It converges to the
+    floating-point floor: fits on weighted and on repeated rows agree to rounding. Details
+    in :func:`fit_dirichlet`; measured times in ``benchmarks/bench_dirichlet.py``.
 
     **Identifiability.** ``W + 1 v^T`` and ``b + c 1`` give the same probabilities; the
-    fitted ``coef_`` and ``intercept_`` are the representative with the smallest ODIR
-    (zero-mean off-diagonal entries in each column of ``W``, zero-mean ``b``), also when the
+    fitted ``coef_`` and ``intercept_`` are the representative with zero-mean off-diagonal
+    entries in each column of ``W`` (the smallest ODIR) and zero-mean ``b``, also when the
     regularisation is zero. The calibrated map is invariant to adding a constant to every
     logit of a sample.
 
-    **ODIR normalisation.** The penalty uses means (``1/(K(K-1))`` and ``1/K``) as in the
-    paper, so one ``λ`` means the same for any ``K``; dirichletcal's default
-    (``reg_norm=False``) uses plain sums.
+    **Normalisation.** The penalty uses means (``1/(K(K-1))`` and ``1/K``) as in the paper,
+    so one ``λ`` means the same for any ``K``; dirichletcal's default (``reg_norm=False``)
+    uses plain sums.
 
     References
     ----------
@@ -633,35 +1115,42 @@ class DirichletCalibrator(BaseLogitCalibrator):
     array([1., 1., 1.])
     """
 
-    _state_keys = ("coef_", "intercept_", "n_iter_")
+    _state_keys = ("coef_", "intercept_", "n_iter_", "reg_lambda_")
     _device_native = True
 
     def __init__(
         self,
         *,
         map: str = "auto",  # noqa: A002 - the parameter name DESIGN.md fixes
-        reg_lambda: float = 1e-3,
+        reg_lambda: float | str = "cv",
         reg_mu: float | None = None,
-        max_iter: int = 1000,
-        tol: float = 1e-8,
+        reg_diag: float | None = None,
+        cv: Any = 5,
+        max_iter: int = 100,
+        tol: float = 1e-14,
     ) -> None:
         self.map = map
         self.reg_lambda = reg_lambda
         self.reg_mu = reg_mu
+        self.reg_diag = reg_diag
+        self.cv = cv
         self.max_iter = max_iter
         self.tol = tol
 
     def _validate_hyperparameters(self) -> None:
         if not isinstance(self.map, str) or self.map not in MAPS:
             raise ValueError(f"map must be one of {MAPS}, got {self.map!r}.")
-        for name in ("reg_lambda", "reg_mu"):
+        for name in ("reg_lambda", "reg_mu", "reg_diag"):
             value = getattr(self, name)
-            if name == "reg_mu" and value is None:
+            if (name != "reg_lambda" and value is None) or (name == "reg_lambda" and isinstance(value, str)
+                                                            and value == "cv"):
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}.")
+                expected = "a float >= 0 or 'cv'" if name == "reg_lambda" else "a float >= 0 or None"
+                raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}.")
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite float >= 0, got {value!r}.")
+        check_cv(self.cv)
         check_scalar(self.max_iter, "max_iter", numbers.Integral, min_val=1)
         check_scalar(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither")
 
@@ -670,34 +1159,40 @@ class DirichletCalibrator(BaseLogitCalibrator):
             return "full" if n_classes <= AUTO_FULL_MAX_CLASSES else "diagonal"
         return self.map
 
+    def _strengths(self, reg_lambda: float) -> tuple[float, float, float]:
+        """``(λ, μ, ν)`` for a given ``λ``: ``reg_mu`` and ``reg_diag`` default to it."""
+        reg_mu = reg_lambda if self.reg_mu is None else float(self.reg_mu)
+        reg_diag = reg_lambda if self.reg_diag is None else float(self.reg_diag)
+        return reg_lambda, reg_mu, reg_diag
+
     def _fit(self, logits: torch.Tensor, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
         resolved = self._resolve_map(logits.shape[1])
-        reg_lambda = float(self.reg_lambda)
-        reg_mu = reg_lambda if self.reg_mu is None else float(self.reg_mu)
-        result = fit_dirichlet(
-            logits,
-            y_idx,
-            sample_weight,
-            diagonal=resolved == "diagonal",
-            reg_lambda=reg_lambda,
-            reg_mu=reg_mu,
-            max_iter=self.max_iter,
-            tol=self.tol,
-        )
+        diagonal = resolved == "diagonal"
+        z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+        weights = None if sample_weight is None else sample_weight / sample_weight.sum()
+        opts = {"max_iter": int(self.max_iter), "tol": float(self.tol)}
+        with threadpool_limits(limits=1, user_api="blas"):
+            init, scores = None, {}
+            if isinstance(self.reg_lambda, str):  # "cv"
+                reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts)
+            else:
+                reg_lambda = float(self.reg_lambda)
+            problem = _Problem(z, y_idx, weights, diagonal=diagonal)
+            result = _fit_problem(problem, *self._strengths(reg_lambda), init=init, **opts)
         if not result.converged:
             warnings.warn(
-                f"DirichletCalibrator: L-BFGS-B stopped before converging after {result.n_iter} iterations "
-                f"(max_iter={self.max_iter}; {result.message}); keeping the best iterate. Increase max_iter "
-                "or the regularisation (reg_lambda, reg_mu).",
+                f"DirichletCalibrator: the Newton iteration stopped before converging after {result.n_iter} steps "
+                f"(max_iter={self.max_iter}; {result.message}); keeping the last iterate. Increase max_iter "
+                "or the regularisation (reg_lambda, reg_mu, reg_diag).",
                 ConvergenceWarning,
                 stacklevel=3,
             )
         if result.n_errors == 0:
             warnings.warn(
                 "DirichletCalibrator: the fitted map classifies every calibration sample correctly, so the "
-                "likelihood has no finite maximiser along some direction: the parameters grew until the "
-                "optimiser stopped and the probabilities approach 0 and 1 (over-fitted). Use more calibration "
-                "data, map='diagonal', or larger reg_lambda/reg_mu.",
+                "likelihood has no finite maximiser along some direction: unless the regularisation holds them, "
+                "the parameters grow until the optimiser stops and the probabilities approach 0 and 1 "
+                "(over-fitted). Use more calibration data, map='diagonal', or larger reg_lambda/reg_mu.",
                 ConvergenceWarning,
                 stacklevel=3,
             )
@@ -705,6 +1200,35 @@ class DirichletCalibrator(BaseLogitCalibrator):
         self.intercept_ = result.intercept
         self.map_ = resolved
         self.n_iter_ = result.n_iter
+        self.reg_lambda_ = float(reg_lambda)
+        self.cv_scores_ = scores
+
+    def _cross_validate(self, z: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, diagonal: bool,
+                        opts: dict[str, Any]) -> tuple[float, tuple[np.ndarray, np.ndarray] | None, dict]:
+        """``λ`` chosen by cross-validated NLL, a warm start for the final fit, and the scores."""
+
+        def weight_of(rows: torch.Tensor) -> float:
+            return float(len(rows)) if weights is None else float(weights[rows].sum())
+
+        splits = [(tr, te) for tr, te in cv_splits(self.cv, z, y_idx) if weight_of(tr) > 0 and weight_of(te) > 0]
+
+        def make_fold(train: torch.Tensor) -> _Problem:
+            w = None if weights is None else weights[train] / weights[train].sum()
+            return _Problem(z[train], y_idx[train], w, diagonal=diagonal)
+
+        def fit(fold: _Problem, reg_lambda: float, warm: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            theta0 = fold.start() if warm is None else warm[0]
+            theta = fold.solve(theta0, *self._strengths(reg_lambda), **opts).theta
+            return (theta, *fold.to_original(theta))
+
+        def score(fold: _Problem, state: Any, test: torch.Tensor) -> tuple[float, float]:
+            return _heldout_nll(z, y_idx, weights, state[1], state[2], test)
+
+        path = cross_validated_path(REG_GRID, splits, make_fold, fit, score)
+        if path is None:
+            return REG_GRID[0], None, {}
+        init = (np.mean([s[1] for s in path.states], axis=0), np.mean([s[2] for s in path.states], axis=0))
+        return path.best, init, dict(path.scores)
 
     def _calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
         lp = log_softmax(logits)  # float64, on the logits' device
@@ -718,8 +1242,8 @@ class DirichletCalibrator(BaseLogitCalibrator):
         return _DirichletMap(self.coef_, self.intercept_)
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        """Load ``coef_`` (nested lists for a full map), ``intercept_`` and ``n_iter_``; the map
-        form follows from ``coef_``'s shape. Shapes and values are checked before anything is set."""
+        """Load ``coef_`` (nested lists for a full map), ``intercept_``, ``n_iter_`` and ``reg_lambda_``;
+        the map form follows from ``coef_``'s shape. Shapes and values are checked before anything is set."""
         k = len(self.classes_)
         missing = set(self._state_keys) - set(state)
         if missing:
@@ -737,7 +1261,12 @@ class DirichletCalibrator(BaseLogitCalibrator):
                 f"Calibrator state 'intercept_' must be a list of {k} numbers, got shape {arrays['intercept_'].shape}."
             )
         n_iter = state_count(state, "n_iter_")
+        reg = state["reg_lambda_"]
+        if isinstance(reg, bool) or not isinstance(reg, numbers.Real) or not (math.isfinite(reg) and reg >= 0):
+            raise ValueError(f"Calibrator state 'reg_lambda_' must be a finite number >= 0, got {reg!r}.")
         self.coef_ = arrays["coef_"]
         self.intercept_ = arrays["intercept_"]
         self.n_iter_ = n_iter
+        self.reg_lambda_ = float(reg)
+        self.cv_scores_ = {}
         self.map_ = "diagonal" if self.coef_.ndim == 1 else "full"

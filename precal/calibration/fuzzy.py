@@ -577,7 +577,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         # Stage 1: the best single map over all versions (the R = 1 optimum) by DirichletCalibrator's fitter.
         first = fit_dirichlet(
             versions.reshape(-1, k), yi.repeat(n_versions), weights.repeat(n_versions), diagonal=diagonal,
-            reg_lambda=reg_lambda, reg_mu=reg_mu, max_iter=int(self.max_iter), tol=float(self.tol),
+            reg_lambda=reg_lambda, reg_mu=reg_mu,
         )
         if r == 1 and not ece_weight:  # one region is Dirichlet calibration
             self._set_fitted(np.array([1.0 - 0.5 / k]), np.array([1.0]), first.coef[None], first.intercept[None],

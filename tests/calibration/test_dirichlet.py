@@ -119,15 +119,29 @@ def test_identity_map_on_already_calibrated_logits():
 def test_fitted_map_is_the_optimum_of_the_papers_objective_in_its_smallest_odir_form():
     z, y = _miscalibrated(seed=4)
     lam, mu = 0.05, 0.02
-    cal = DirichletCalibrator(map="full", reg_lambda=lam, reg_mu=mu, tol=1e-12).fit(z, y)
+    cal = DirichletCalibrator(map="full", reg_lambda=lam, reg_mu=mu, reg_diag=0.0).fit(z, y)
     _, g_w, g_b = dirichlet_objective(log_softmax(z), y, cal.coef_, cal.intercept_, reg_lambda=lam, reg_mu=mu)
-    assert np.abs(g_w).max() < 1e-5 and np.abs(g_b).max() < 1e-5
+    # Newton ends at the floating-point floor (the default tol), not at an optimiser tolerance
+    assert np.abs(g_w).max() < 1e-12 and np.abs(g_b).max() < 1e-12
     off = cal.coef_ - np.diag(np.diag(cal.coef_))
     assert_allclose(off.sum(axis=0), 0.0, atol=1e-9)  # W + 1 v^T is the same map; this v is ODIR's
     assert abs(cal.intercept_.mean()) < 1e-9
 
 
 # ------------------------------------------------------------------ the objective
+def test_diagonal_spread_penalty_formula():
+    w = np.array([[2.0, 1.0, -1.0], [0.5, 3.0, 0.0], [0.0, 2.0, 1.0]])
+    b = np.zeros(3)
+    value, g_w, _ = odir_penalty(w, b, reg_lambda=0.0, reg_mu=0.0, reg_diag=0.9)
+    d = np.array([2.0, 3.0, 1.0])
+    assert value == pytest.approx(0.9 / 3 * np.sum((d - 2.0) ** 2))
+    assert_allclose(np.diag(g_w), 2 * 0.9 / 3 * (d - 2.0))
+    assert_allclose(g_w - np.diag(np.diag(g_w)), 0.0)
+    value_d, g_d, _ = odir_penalty(d, b, reg_lambda=5.0, reg_mu=0.0, reg_diag=0.9)  # diagonal map
+    assert value_d == pytest.approx(value)
+    assert_allclose(g_d, np.diag(g_w))
+
+
 def test_odir_penalty_formula():
     w = np.array([[2.0, 1.0, -1.0], [0.5, 3.0, 0.0], [0.0, 2.0, 1.0]])
     b = np.array([1.0, -2.0, 0.5])
@@ -240,6 +254,16 @@ def test_auto_map_is_full_for_few_classes_and_diagonal_for_many(k, expected):
     ({"max_iter": 0}, ValueError, "max_iter"),
     ({"max_iter": 2.5}, TypeError, "max_iter"),
     ({"tol": 0.0}, ValueError, "tol"),
+    ({"reg_lambda": "CV"}, TypeError, "reg_lambda must be a float >= 0 or 'cv'"),
+    ({"reg_lambda": None}, TypeError, "reg_lambda"),
+    ({"reg_diag": -1.0}, ValueError, "reg_diag"),
+    ({"reg_diag": "cv"}, TypeError, "reg_diag"),
+    ({"cv": 1}, ValueError, "cv must be an int >= 2"),
+    ({"cv": True}, TypeError, "cv must be"),
+    ({"cv": 2.5}, TypeError, "cv must be"),
+    ({"cv": "kfold"}, TypeError, "cv must be"),
+    ({"cv": [(np.arange(10), np.arange(10, 60) + 1000)]}, ValueError, "not row numbers"),
+    ({"cv": [(np.arange(10),)]}, ValueError, "index pairs"),
 ])
 def test_bad_hyperparameters_raise_at_fit(params, error, match):
     z, y = make_logits(n=50, k=3)
@@ -263,19 +287,24 @@ def test_separable_data_warns_and_never_gives_non_finite_parameters(map_, scale)
     assert_array_equal(p.argmax(axis=1), y)
 
 
-def test_overflowing_objective_warns_and_keeps_the_best_finite_iterate():
+@pytest.mark.parametrize("scale", [1e8, 1e200])
+def test_absurdly_large_logits_fit_without_overflow(scale):
+    # the standardised features are O(1) whatever the scale, and the temperature start is found
+    # on logits scaled down by a power of two (fit_temperature bounds 1/T to [e^-10, e^10])
     z, y = make_logits(n=200, k=3)
-    with pytest.warns(ConvergenceWarning, match="overflowed"):
-        cal = DirichletCalibrator(map="full").fit(z * 1e200, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow, no ConvergenceWarning
+        cal = DirichletCalibrator(map="full").fit(z * scale, y)
     assert np.isfinite(cal.coef_).all() and np.isfinite(cal.intercept_).all()
-    assert np.isfinite(cal.predict_proba(z * 1e200)).all()
+    assert np.isfinite(cal.predict_proba(z * scale)).all()
+    assert _nll(cal, z * scale, y) <= _nll(TemperatureScaling().fit(z * scale, y), z * scale, y) + 1e-9
 
 
 def test_max_iter_reached_warns_and_keeps_the_best_iterate():
     z, y = _miscalibrated()
     with pytest.warns(ConvergenceWarning, match="stopped before converging"):
-        cal = DirichletCalibrator(max_iter=2).fit(z, y)
-    assert cal.n_iter_ == 2
+        cal = DirichletCalibrator(reg_lambda=0.0, max_iter=1).fit(z, y)
+    assert cal.n_iter_ == 1
     assert _nll(cal, z, y) <= _nll(TemperatureScaling().fit(z, y), z, y) + 1e-9
 
 
@@ -318,7 +347,7 @@ def test_to_dict_round_trip(map_):
     coef = data["state"]["coef_"]
     assert isinstance(coef, list) and (isinstance(coef[0], list) if map_ == "full" else isinstance(coef[0], float))
     again = DirichletCalibrator.from_dict(data)
-    assert again.map_ == map_ and again.n_iter_ == cal.n_iter_
+    assert again.map_ == map_ and again.n_iter_ == cal.n_iter_ and again.reg_lambda_ == cal.reg_lambda_ == 0.01
     assert_array_equal(again.coef_, cal.coef_)
     assert_array_equal(again.predict_proba(z), cal.predict_proba(z))
     assert again.get_params() == cal.get_params()
@@ -335,6 +364,9 @@ def test_to_dict_round_trip(map_):
     (lambda s: s.update(n_iter_=2.5), "n_iter_"),
     (lambda s: s.update(n_iter_=[3]), "n_iter_"),
     (lambda s: s.pop("intercept_"), "missing"),
+    (lambda s: s.pop("reg_lambda_"), "missing"),
+    (lambda s: s.update(reg_lambda_=-1.0), "reg_lambda_"),
+    (lambda s: s.update(reg_lambda_="cv"), "reg_lambda_"),
 ])
 def test_from_dict_rejects_malformed_state(mutate, match):
     z, y = _miscalibrated()
@@ -344,6 +376,101 @@ def test_from_dict_rejects_malformed_state(mutate, match):
         BaseLogitCalibrator.from_dict(data)
 
 
+# ------------------------------------------------------------------ regularisation by cross-validation
+def test_very_strong_regularisation_is_temperature_scaling():
+    z, y = _miscalibrated(seed=7)
+    ts = TemperatureScaling().fit(z, y)
+    for map_ in ("full", "diagonal"):
+        cal = DirichletCalibrator(map=map_, reg_lambda=1e9).fit(z, y)
+        assert_allclose(cal.predict_proba(z), ts.predict_proba(z), atol=1e-6)
+        assert_allclose(_matrix(cal.coef_), np.eye(4) / ts.temperature_, atol=1e-6)
+
+
+def test_cross_validation_regularises_small_sets_strongly_and_large_sets_weakly():
+    # class-wise miscalibration: a free map is worth its parameters only with enough data
+    small, large = (DirichletCalibrator().fit(*_miscalibrated(n=n, seed=8)) for n in (40, 5000))
+    assert small.reg_lambda_ >= 100.0 and large.reg_lambda_ <= 1.0, (small.reg_lambda_, large.reg_lambda_)
+    for cal in (small, large):
+        grid = list(cal.cv_scores_)
+        assert grid == sorted(grid, reverse=True) and cal.reg_lambda_ in grid  # strongest first
+        assert cal.cv_scores_[cal.reg_lambda_] == min(cal.cv_scores_.values())
+    # the chosen strength is the one a fixed reg_lambda gives
+    fixed = DirichletCalibrator(reg_lambda=large.reg_lambda_).fit(*_miscalibrated(n=5000, seed=8))
+    assert_allclose(fixed.coef_, large.coef_, atol=1e-9)
+
+
+@pytest.mark.parametrize("map_", ["full", "diagonal"])
+@pytest.mark.parametrize("reg_lambda", ["cv", 0.01])
+def test_weighted_and_repeated_rows_give_the_same_fit_to_rounding(map_, reg_lambda):
+    # Newton converges to the floating-point floor, and an integer cv assigns folds by content,
+    # so integer weights and repeated rows give the same strength and the same map
+    z, y = _miscalibrated(n=300, seed=9)
+    w = np.random.default_rng(2).integers(0, 4, size=len(y))
+    kw = {"map": map_, "reg_lambda": reg_lambda}
+    weighted = DirichletCalibrator(**kw).fit(z, y, sample_weight=w)
+    repeated = DirichletCalibrator(**kw).fit(np.repeat(z, w, axis=0), np.repeat(y, w))
+    shuffled = np.random.default_rng(3).permutation(int(w.sum()))
+    permuted = DirichletCalibrator(**kw).fit(np.repeat(z, w, axis=0)[shuffled], np.repeat(y, w)[shuffled])
+    for other in (repeated, permuted):
+        assert other.reg_lambda_ == weighted.reg_lambda_
+        assert_allclose(other.coef_, weighted.coef_, rtol=1e-10, atol=1e-12)
+        assert_allclose(other.decision_function(z), weighted.decision_function(z), rtol=1e-10, atol=1e-12)
+
+
+def test_content_folds_follow_the_rows_values():
+    from precal.calibration._crossval import content_folds
+
+    z, y = make_logits(n=3000, k=5, seed=4)
+    zt, yt = torch.from_numpy(z), torch.from_numpy(y)
+    folds = content_folds(zt, yt, 5).numpy()
+    assert set(folds) == set(range(5)) and np.bincount(folds).min() > 500  # about 600 rows each
+    order = np.random.default_rng(0).permutation(3000)
+    assert_array_equal(content_folds(zt[order], yt[order], 5).numpy(), folds[order])
+    doubled = content_folds(torch.cat([zt, zt]), torch.cat([yt, yt]), 5).numpy()
+    assert_array_equal(doubled, np.concatenate([folds, folds]))
+    assert_array_equal(content_folds(zt.float(), yt, 5).numpy(),
+                       content_folds(zt.float().double(), yt, 5).numpy())  # dtype does not matter
+    huge = content_folds(zt * 1e200, yt, 5).numpy()
+    assert np.bincount(huge, minlength=5).min() > 400
+
+
+def test_cv_accepts_splitters_and_index_pairs():
+    from sklearn.model_selection import KFold
+
+    z, y = _miscalibrated(n=400, seed=10)
+    by_splitter = DirichletCalibrator(cv=KFold(4)).fit(z, y)
+    by_pairs = DirichletCalibrator(cv=list(KFold(4).split(z))).fit(z, y)
+    assert by_splitter.reg_lambda_ == by_pairs.reg_lambda_
+    assert_allclose(by_splitter.coef_, by_pairs.coef_, atol=1e-12)
+    assert by_splitter.cv_scores_ == pytest.approx(by_pairs.cv_scores_, rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:DirichletCalibrator. the fitted map classifies every")
+def test_unsplittable_data_falls_back_to_the_strongest_regularisation():
+    z, y = _miscalibrated(n=30, seed=11)
+    w = np.zeros(30)
+    w[:3] = 1.0  # every test fold without weight, or every training fold
+    cal = DirichletCalibrator(cv=[(np.arange(3, 30), np.arange(3, 30))]).fit(z, y, sample_weight=w)
+    assert cal.reg_lambda_ == 1e6 and cal.cv_scores_ == {}
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_conjugate_gradient_steps_reach_the_dense_newton_optimum(monkeypatch, diagonal):
+    z, y = _miscalibrated(n=600, k=6, seed=12)
+    kw = {"diagonal": diagonal, "reg_lambda": 0.1, "reg_mu": 0.05, "reg_diag": 0.02}
+    dense = fit_dirichlet(z, y, **kw)
+    assert dense.converged and dense.n_cg == 0
+    monkeypatch.setattr(dirichlet_module, "_DENSE_MAX_PARAMS", 0)
+    cg = fit_dirichlet(z, y, **kw)
+    monkeypatch.setattr(dirichlet_module, "_CACHE_ELEMENTS", 0)  # probabilities recomputed in every product
+    cg_uncached = fit_dirichlet(z, y, **kw)
+    for fit in (cg, cg_uncached):
+        assert fit.converged and fit.n_cg > 0
+        assert_allclose(fit.coef, dense.coef, atol=1e-9)
+        assert_allclose(fit.intercept, dense.intercept, atol=1e-9)
+
+
 def test_clone_keeps_the_parameters():
-    cal = DirichletCalibrator(map="diagonal", reg_lambda=0.1, reg_mu=None, max_iter=50, tol=1e-6)
+    cal = DirichletCalibrator(map="diagonal", reg_lambda=0.1, reg_mu=None, reg_diag=0.3, cv=3, max_iter=50,
+                              tol=1e-6)
     assert clone(cal).get_params() == cal.get_params()
