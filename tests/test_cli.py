@@ -761,6 +761,69 @@ def test_console_script_runs_the_default_demo():
     assert version.stdout.startswith("precal ")
 
 
+HEAVY_MODULES = ("torch", "sklearn", "scipy", "matplotlib")
+
+IMPORT_PROBE = """
+import json, sys
+import precal.cli
+codes = []
+for argv in ARGVS:
+    try:
+        codes.append(precal.cli.main(argv))
+    except SystemExit as exc:  # --help and --version exit through click
+        codes.append(exc.code)
+heavy = [m for m in HEAVY if m in sys.modules]
+print(json.dumps({"codes": codes, "heavy": heavy}))
+"""
+
+
+def _heavy_modules_after(argvs, cwd=None):
+    code = IMPORT_PROBE.replace("ARGVS", repr(argvs)).replace("HEAVY", repr(HEAVY_MODULES))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_argument_errors_import_no_heavy_library(tmp_path):
+    """Issue 16: `precal --help` and every argument error imported torch, scikit-learn and matplotlib first."""
+    np.save(tmp_path / "z.npy", np.zeros((4, 3)))
+    (tmp_path / "model.pt2").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: a .pt2 by its suffix
+    argvs = [
+        ["--help"], ["--version"], ["evaluate", "--help"], ["sweep", "--help"], ["demo", "--help"],
+        ["calibrate"],                                                     # unknown command
+        ["evaluate", str(tmp_path / "missing.npz")],                      # missing file
+        ["evaluate", str(tmp_path / "z.npy"), "--cv", "1"],               # bad value
+        ["evaluate", str(tmp_path / "z.npy"), "--calibrators", "platt"],  # unknown name
+        ["evaluate", str(tmp_path / "z.npy"), "--max-input-size", "8"],   # over the size limit
+        ["evaluate", str(tmp_path / "z.npy"), "--report", str(tmp_path / "no" / "such" / "dir" / "x")],
+        ["sweep", "m:build", str(tmp_path / "z.npy"), "--out", str(tmp_path / "missing" / "o.npz")],
+        ["sweep", "m:build", str(tmp_path / "z.npy"), "--out", str(tmp_path / "z.npy")],
+        ["sweep", str(tmp_path / "model.pt2"), str(tmp_path / "z.npy"), "--out", str(tmp_path / "o.npz")],
+        ["demo", "--epochs", "0"],
+    ]
+    (tmp_path / "no").mkdir()
+    (tmp_path / "no" / "such").write_text("a file, not a folder")
+    result = _heavy_modules_after(argvs)
+    assert result["heavy"] == [], result
+    assert result["codes"] == [0] * 5 + [2] * 10, result
+    # the probe is real: a command that does its work imports them
+    np.savez(tmp_path / "zy.npz", logits=np.eye(3)[[0, 1, 2, 0]], labels=[0, 1, 2, 0])
+    done = _heavy_modules_after([["evaluate", str(tmp_path / "zy.npz"), "--cv", "2", "--n-bootstrap", "0",
+                                  "--calibrators", "none"]])
+    assert done["codes"] == [0] and {"torch", "sklearn"} <= set(done["heavy"]), done
+
+
+def test_import_precal_is_lazy_but_complete():
+    code = ("import sys, precal; light = [m for m in %r if m in sys.modules]; "
+            "from precal import TemperatureScaling, load_calibrator; import precal.metrics; "
+            "missing = [n for n in precal.__all__ if not hasattr(precal, n)]; "
+            "print(light, missing, set(precal.__all__) <= set(dir(precal)), TemperatureScaling.__module__)"
+            % (HEAVY_MODULES,))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "[]", "True", "precal.calibration.temperature"]
+
+
 def test_main_returns_the_exit_code_without_exiting(tmp_path):
     assert main(["--version"]) == 0
     assert main(["evaluate", str(tmp_path / "missing.npz")]) == 2
