@@ -1,4 +1,4 @@
-"""The ``precal demo`` job: a real model on real data, emulated and calibrated, in seconds.
+"""The ``precal demo`` job: a real model on real data, emulated and calibrated, end to end.
 
 Data: scikit-learn's bundled handwritten digits (1 797 real 8x8 images, 10 classes; nothing
 is downloaded). A small CNN is trained on half of the images; the other half is split into
@@ -12,6 +12,7 @@ with the accuracy of the predictions under each label.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from .metrics import (
     expected_calibration_error,
     negative_log_likelihood,
 )
+from .report import format_table
 
 __all__ = [
     "DigitsCNN", "DemoResult", "DEMO_CONFIGS", "config_precision", "confidence_label_counts", "digits_logits",
@@ -72,21 +74,31 @@ class DemoData:
     n_train: int
 
 
-def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int) -> None:
+def _bar(total: int, desc: str, unit: str, progress: bool) -> Any:
+    """A tqdm bar on stderr (shown when ``progress`` and stderr is a terminal)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None if progress else True)
+
+
+def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int,
+           progress: bool = False) -> None:
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), 64):
-            batch = order[start : start + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            opt.step()
+    with _bar(epochs, "precal demo: training", "epoch", progress) as bar:
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for start in range(0, len(x), 64):
+                batch = order[start : start + 64]
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+                opt.step()
+            bar.update(1)
     model.eval()
 
 
-def digits_logits(*, random_state: int = 0, epochs: int = 40) -> DemoData:
+def digits_logits(*, random_state: int = 0, epochs: int = 40, progress: bool = False) -> DemoData:
     """Train :class:`DigitsCNN` on half of the digits and return held-out logits.
 
     The held-out half is split again, stratified, into calibration and test sets. Long
@@ -105,7 +117,8 @@ def digits_logits(*, random_state: int = 0, epochs: int = 40) -> DemoData:
     with torch.random.fork_rng():  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(random_state)
         model = DigitsCNN()
-    _train(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs=epochs, seed=random_state)
+    _train(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs=epochs, seed=random_state,
+           progress=progress)
     cal_inputs, test_inputs = torch.from_numpy(x_cal), torch.from_numpy(x_te)
     with torch.no_grad():
         cal_logits = model(cal_inputs).numpy().astype(np.float64)
@@ -126,13 +139,16 @@ def _scores(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
 
 @dataclass
 class DemoResult:
-    """Scores of each method on the test logits, plus what was fitted."""
+    """Scores of each method on the test logits, plus what was fitted and how long each stage took."""
 
     rows: list[dict[str, Any]]
     n_train: int
     n_calibration: int
     n_test: int
     fitted: dict[str, Any] = field(default_factory=dict)
+    #: Wall-clock seconds per stage: ``training``, ``emulation``, ``calibration`` (and
+    #: ``total``, set by ``precal demo`` to include its imports).
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,30 +157,46 @@ class DemoResult:
 def run_demo(
     *, random_state: int = 0, epochs: int = 40, configs: tuple[str, ...] = DEMO_CONFIGS, progress: bool = False
 ) -> DemoResult:
-    """Train, emulate each precision, calibrate and score; see the module docstring."""
-    data = digits_logits(random_state=random_state, epochs=epochs)
+    """Train, emulate each precision, calibrate and score; see the module docstring.
+
+    ``progress`` shows tqdm bars on stderr (when it is a terminal) for the training epochs,
+    the emulated forward passes and the calibration at each precision.
+    """
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    data = digits_logits(random_state=random_state, epochs=epochs, progress=progress)
+    seconds["training"] = time.perf_counter() - start
     n_cal = len(data.cal_labels)
     held_out = torch.cat([data.cal_inputs, data.test_inputs])
+    start = time.perf_counter()
     logits = sweep(data.model, held_out, configs, calibration_data=data.train_inputs, progress=progress)
+    seconds["emulation"] = time.perf_counter() - start
+    start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     fitted: dict[str, dict[str, Any]] = {"temperature": {}, "pacs": {}, "fuzzy_labels": {}}
-    for config, z in logits.items():
-        z_cal, z_test = z[:n_cal].astype(np.float64), z[n_cal:].astype(np.float64)
-        ts = TemperatureScaling().fit(z_cal, data.cal_labels)
-        pacs = PACSCalibrator(precision=config_precision(config)).fit(z_cal, data.cal_labels)
-        fuzzy = FuzzyDirichletCalibrator(random_state=random_state).fit(z_cal, data.cal_labels)
-        fitted["temperature"][config] = ts.temperature_
-        fitted["pacs"][config] = {"T0": pacs.temperature_, "lambda": pacs.lambda_, "precision": pacs.precision}
-        fitted["fuzzy_labels"][config] = confidence_label_counts(fuzzy, z_test, data.test_labels)
-        for method, prob in (("uncalibrated", softmax(z_test)), ("temperature scaling", ts.predict_proba(z_test)),
-                             ("PACS", pacs.predict_proba(z_test)), ("fuzzy Dirichlet", fuzzy.predict_proba(z_test))):
-            rows.append({"method": method, "precision": config, **_scores(data.test_labels, prob)})
+    with _bar(len(logits), "precal demo: calibrating", "precision", progress) as bar:
+        for config, z in logits.items():
+            bar.set_postfix_str(config)
+            z_cal, z_test = z[:n_cal].astype(np.float64), z[n_cal:].astype(np.float64)
+            ts = TemperatureScaling().fit(z_cal, data.cal_labels)
+            pacs = PACSCalibrator(precision=config_precision(config)).fit(z_cal, data.cal_labels)
+            fuzzy = FuzzyDirichletCalibrator(random_state=random_state).fit(z_cal, data.cal_labels)
+            fitted["temperature"][config] = ts.temperature_
+            fitted["pacs"][config] = {"T0": pacs.temperature_, "lambda": pacs.lambda_, "precision": pacs.precision}
+            fitted["fuzzy_labels"][config] = confidence_label_counts(fuzzy, z_test, data.test_labels)
+            for method, prob in (("uncalibrated", softmax(z_test)), ("temperature scaling", ts.predict_proba(z_test)),
+                                 ("PACS", pacs.predict_proba(z_test)),
+                                 ("fuzzy Dirichlet", fuzzy.predict_proba(z_test))):
+                rows.append({"method": method, "precision": config, **_scores(data.test_labels, prob)})
+            bar.update(1)
+    seconds["calibration"] = time.perf_counter() - start
     return DemoResult(
         rows=rows,
         n_train=data.n_train,
         n_calibration=n_cal,
         n_test=len(data.test_labels),
         fitted=fitted,
+        seconds=seconds,
     )
 
 
@@ -190,21 +222,6 @@ def config_precision(config: str) -> str:
     return cfg.compute or cfg.act_format or cfg.weight_format or "fp32"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of equal keys as an aligned plain-text table; numbers right-aligned, 4 decimals."""
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    numeric = [all(isinstance(r[k], (int, float)) for r in rows) for k in keys]
-    cells = [[f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
-
-    return "\n".join([line(keys), line(["-" * w for w in widths]), *(line(c) for c in cells)])
-
-
 def format_summary(result: DemoResult) -> str:
     """The text ``precal demo`` prints: what was run, what was fitted, and the score table."""
     temps = ", ".join(f"{k} {v:.3f}" for k, v in result.fitted["temperature"].items())
@@ -221,4 +238,12 @@ def format_summary(result: DemoResult) -> str:
         *(f"  {config}: " + ", ".join(f"{name} {v['count']} ({v['accuracy']:.0%})" if v["count"] else f"{name} 0"
                                        for name, v in labels.items())
           for config, labels in result.fitted.get("fuzzy_labels", {}).items()),
+        *([_timing_line(result.seconds)] if result.seconds else []),
     ])
+
+
+def _timing_line(seconds: dict[str, float]) -> str:
+    stages = ", ".join(f"{name} {seconds[name]:.1f} s" for name in ("training", "emulation", "calibration")
+                       if name in seconds)
+    total = seconds.get("total", sum(seconds.values()))
+    return f"\nTook {total:.1f} s ({stages})."

@@ -42,12 +42,13 @@ import csv
 import importlib
 import logging
 import os
+import secrets
 import sys
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -57,6 +58,7 @@ __all__ = [
     "LoadedModel",
     "ARRAY_SUFFIXES",
     "read_arrays",
+    "open_arrays",
     "select_array",
     "read_csv_table",
     "load_logits",
@@ -72,6 +74,7 @@ __all__ = [
     "check_input_size",
     "input_size",
     "format_bytes",
+    "write_file_atomic",
 ]
 
 #: Suffixes :func:`read_arrays` understands.
@@ -181,19 +184,36 @@ def _tensor_to_numpy(value: Any, path: Path, key: str) -> np.ndarray:
     return t.numpy()
 
 
-def read_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """All arrays in a ``.npy``, ``.npz`` or ``.pt`` file, by key.
+class _NpzArrays(Mapping[str, np.ndarray]):
+    """The arrays of an open ``.npz`` archive by key, each decompressed only when asked for
+    (so a missing key fails before anything is inflated); read errors are FileFormatErrors."""
 
-    A ``.npy`` file and a ``.pt`` file holding one tensor give ``{"": array}``. Nothing is
-    unpickled: object arrays and ``.pt`` files holding anything but tensors are refused.
-    bfloat16/float8 tensors come back as float32 (exact).
+    def __init__(self, archive: Any, path: Path) -> None:
+        self._archive, self._path = archive, path
 
-    Raises
-    ------
-    FileFormatError
-        Unknown suffix, or a file that is not what its suffix says.
-    OSError
-        The file cannot be opened.
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._archive.files:
+            raise KeyError(key)
+        try:
+            return self._archive[key]
+        except Exception as exc:  # noqa: BLE001 - every reader failure means "not this format"
+            raise FileFormatError(f"cannot read {key!r} in {str(self._path)!r}: {_first_sentence(exc)}") from exc
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._archive.files)
+
+    def __len__(self) -> int:
+        return len(self._archive.files)
+
+
+@contextlib.contextmanager
+def open_arrays(
+    path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES
+) -> Iterator[Mapping[str, np.ndarray]]:
+    """The arrays in a ``.npy``, ``.npz`` or ``.pt`` file by key, as a context manager.
+
+    Like :func:`read_arrays`, but a ``.npz`` archive's arrays are decompressed one by one
+    when they are looked up, so picking keys costs nothing.
     """
     path = Path(path)
     suffix = _suffix(path, ARRAY_SUFFIXES, "array")
@@ -207,24 +227,55 @@ def read_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         )
     if suffix == ".npz" and not zipfile.is_zipfile(path):
         raise FileFormatError(f"{str(path)!r} is not a .npz file (not a zip archive; write it with numpy.savez).")
+    check_input_size(path, max_bytes)
+    if suffix == ".npz":
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - every reader failure means "not this format"
+            raise FileFormatError(f"cannot read {str(path)!r} as a .npz array file: {_first_sentence(exc)}") from exc
+        with archive:
+            yield _NpzArrays(archive, path)
+        return
     try:
         if suffix == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {key: archive[key] for key in archive.files}
-        import torch
+            content: Any = np.load(path, allow_pickle=False)
+        else:
+            import torch
 
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except FileFormatError:
-        raise
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reader failure means "not this format"
         raise FileFormatError(f"cannot read {str(path)!r} as a {suffix} array file: {_first_sentence(exc)}") from exc
-    if isinstance(content, Mapping):
+    if suffix == ".npy":
+        yield {"": content}
+    elif isinstance(content, Mapping):
         if not content:
             raise FileFormatError(f"{str(path)!r} holds an empty dict.")
-        return {str(key): _tensor_to_numpy(value, path, str(key)) for key, value in content.items()}
-    return {"": _tensor_to_numpy(content, path, "")}
+        yield {str(key): _tensor_to_numpy(value, path, str(key)) for key, value in content.items()}
+    else:
+        yield {"": _tensor_to_numpy(content, path, "")}
+
+
+def read_arrays(
+    path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES
+) -> dict[str, np.ndarray]:
+    """All arrays in a ``.npy``, ``.npz`` or ``.pt`` file, by key.
+
+    A ``.npy`` file and a ``.pt`` file holding one tensor give ``{"": array}``. Nothing is
+    unpickled: object arrays and ``.pt`` files holding anything but tensors are refused.
+    bfloat16/float8 tensors come back as float32 (exact). A file that expands to more than
+    ``max_bytes`` (None: no limit) is refused from its headers, before anything is read.
+
+    Raises
+    ------
+    FileFormatError
+        Unknown suffix, or a file that is not what its suffix says.
+    InputTooLargeError
+        The file expands to more than ``max_bytes``.
+    OSError
+        The file cannot be opened.
+    """
+    with open_arrays(path, max_bytes=max_bytes) as arrays:
+        return {key: arrays[key] for key in arrays}
 
 
 def select_array(
@@ -308,8 +359,13 @@ def _csv_logits(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray |
     return logits, labels, names
 
 
-def _read_label_file(path: Path, key: str | None, label_column: str) -> tuple[np.ndarray, str | None]:
+def _read_label_file(path: Path, key: str | None, label_column: str, max_bytes: int | None
+                     ) -> tuple[np.ndarray, str | None]:
     suffix = _suffix(path, _LABELS_SUFFIXES, "labels")
+    if suffix in (".txt", ".csv"):
+        if not path.is_file():
+            raise FileNotFoundError(f"No such file: {str(path)!r}.")
+        check_input_size(path, max_bytes)
     if suffix == ".txt":
         try:
             text = path.read_text(encoding="utf-8")
@@ -327,7 +383,8 @@ def _read_label_file(path: Path, key: str | None, label_column: str) -> tuple[np
                 f"{str(path)!r} has columns {header} but no label column {label_column!r}; use --label-column."
             )
         return np.array([row[at] for row in body]), header[at]
-    return select_array(read_arrays(path), key, "labels", path=path, option="--labels-key")
+    with open_arrays(path, max_bytes=max_bytes) as arrays:
+        return select_array(arrays, key, "labels", path=path, option="--labels-key")
 
 
 def _label_indices(values: np.ndarray, n_classes: int, class_names: list[str] | None, where: str) -> np.ndarray:
@@ -421,6 +478,7 @@ def load_logits(
     logits_key: str | None = None,
     labels_key: str | None = None,
     label_column: str = "label",
+    max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES,
 ) -> LogitsData:
     """Read logits and their labels (see the module docstring for the file formats).
 
@@ -436,34 +494,45 @@ def load_logits(
         Keys in ``.npz``/``.pt`` files; defaults ``"logits"`` and ``"labels"``.
     label_column : str, default="label"
         Label column of ``.csv`` files.
+    max_bytes : int or None, default=DEFAULT_MAX_INPUT_BYTES
+        Largest size each file may expand to, checked from its headers before it is read
+        (:func:`check_input_size`); None: no limit.
 
     Raises
     ------
     FileFormatError
         Unreadable file, missing key, wrong shape, NaN/inf logits, labels that are not class
         indices, or labels and logits of different lengths.
+    InputTooLargeError
+        A file expands to more than ``max_bytes``.
     """
     path = Path(logits_path)
     suffix = _suffix(path, _LOGITS_SUFFIXES, "logits")
-    source: dict[str, Any] = {"logits": str(path)}
-    class_names = None
-    labels = None
     if suffix == ".csv":
         if not path.is_file():
             raise FileNotFoundError(f"No such file: {str(path)!r}.")
+        check_input_size(path, max_bytes)
         raw, labels, class_names = _csv_logits(path, label_column)
-        if labels is not None:
-            source["labels"], source["labels_key"] = str(path), label_column
-        arrays: Mapping[str, np.ndarray] = {}
-    else:
-        arrays = read_arrays(path)
-        raw, source["logits_key"] = select_array(arrays, logits_key, "logits", path=path, option="--logits-key")
+        return _logits_data(path, raw, labels, class_names, {"logits": str(path)}, labels_path, labels_key,
+                            label_column, max_bytes, arrays=None)
+    with open_arrays(path, max_bytes=max_bytes) as arrays:
+        raw, key = select_array(arrays, logits_key, "logits", path=path, option="--logits-key")
+        return _logits_data(path, raw, None, None, {"logits": str(path), "logits_key": key}, labels_path,
+                            labels_key, label_column, max_bytes, arrays=arrays)
+
+
+def _logits_data(path: Path, raw: np.ndarray, labels: np.ndarray | None, class_names: list[str] | None,
+                 source: dict[str, Any], labels_path: Any, labels_key: str | None, label_column: str,
+                 max_bytes: int | None, arrays: Mapping[str, np.ndarray] | None) -> LogitsData:
+    """Check the logits, find their labels (a labels file, the same archive, or the csv's column)."""
     logits = _check_logits(raw, repr(str(path)))
+    if labels is not None:
+        source["labels"], source["labels_key"] = str(path), label_column
     if labels_path is not None:
         lpath = Path(labels_path)
-        labels, key = _read_label_file(lpath, labels_key, label_column)
+        labels, key = _read_label_file(lpath, labels_key, label_column, max_bytes)
         source["labels"], source["labels_key"] = str(lpath), key
-    elif suffix != ".csv":
+    elif arrays is not None:
         lkey = labels_key or "labels"
         if lkey not in arrays or not lkey:
             if labels_key is not None:
@@ -488,32 +557,105 @@ def load_logits(
     return LogitsData(logits, y, class_names, source)
 
 
-def load_inputs(path: str | os.PathLike[str], key: str | None = None, *, option: str = "--inputs-key"
-                ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+def load_inputs(path: str | os.PathLike[str], key: str | None = None, *, option: str = "--inputs-key",
+                max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """Model inputs from an array file, plus its ``labels`` array when it has one.
 
     Inputs are under ``key``, else ``inputs``, else the file's only array (or, in a file of
     two arrays, the one that is not ``labels``). float64 inputs become float32 (models are
-    float32). Returns ``(inputs, labels or None, key used)``.
+    float32). Returns ``(inputs, labels or None, key used)``. ``max_bytes`` as in
+    :func:`load_logits`. Float inputs must be finite: a model's outputs on NaN are NaN.
     """
     path = Path(path)
-    arrays = read_arrays(path)
-    labels = arrays.get("labels") if key != "labels" else None
-    candidates = arrays
-    if key is None and "inputs" not in arrays and labels is not None and len(arrays) == 2:
-        candidates = {k: v for k, v in arrays.items() if k != "labels"}
-    inputs, used = select_array(candidates, key, "inputs", path=path, option=option)
+    with open_arrays(path, max_bytes=max_bytes) as arrays:
+        has_labels = key != "labels" and "labels" in arrays
+        candidates: Mapping[str, np.ndarray] = arrays
+        if key is None and "inputs" not in arrays and has_labels and len(arrays) == 2:
+            candidates = {k: arrays[k] for k in arrays if k != "labels"}
+        inputs, used = select_array(candidates, key, "inputs", path=path, option=option)
+        labels = arrays["labels"] if has_labels else None
     if inputs.ndim == 0 or inputs.shape[0] == 0:
         raise FileFormatError(
             f"inputs in {str(path)!r} need a batch dimension with at least 1 row, got shape {inputs.shape}."
         )
     if inputs.dtype.kind not in "biuf":
         raise FileFormatError(f"inputs in {str(path)!r} must be numeric, got dtype {inputs.dtype}.")
+    if inputs.dtype.kind == "f":
+        finite = np.isfinite(inputs)
+        if not finite.all():
+            raise FileFormatError(f"inputs in {str(path)!r} contain {int((~finite).sum())} NaN or inf value(s); "
+                                  "a model's outputs on them would be NaN or inf.")
     if inputs.dtype == np.float64:
-        inputs = inputs.astype(np.float32)
+        with np.errstate(over="ignore"):
+            inputs = inputs.astype(np.float32)
+        if not np.isfinite(inputs).all():
+            raise FileFormatError(f"float64 inputs in {str(path)!r} exceed the float32 range (|x| > 3.4e38).")
     if labels is not None and (labels.ndim != 1 or labels.shape[0] != inputs.shape[0] or labels.dtype.kind not in "iu"):
         labels = None  # not labels of these inputs: ignore rather than guess
     return inputs, labels, used
+
+
+# ---------------------------------------------------------------------------- writing
+def write_file_atomic(
+    path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], Any], *, overwrite: bool = True
+) -> Path:
+    """Write a file in one step: into a new temporary file beside it, then renamed onto it.
+
+    Readers never see a half-written file, and a crash leaves the old file (or none). A
+    symbolic link at ``path`` is replaced by the new file, never followed, so a link planted
+    in an output folder cannot redirect the write elsewhere. The temporary file is created
+    with ``O_EXCL`` (which does not follow links either), with the usual permissions (umask).
+
+    Parameters
+    ----------
+    path : path
+        Target file; its folder must exist.
+    data : bytes or callable
+        The content, or a function that writes it to the binary file object it gets.
+    overwrite : bool, default=True
+        With False an existing ``path`` (a dangling link included) is never replaced: the
+        file is linked into place, which fails atomically when ``path`` appeared meanwhile.
+
+    Raises
+    ------
+    FileExistsError
+        ``overwrite=False`` and ``path`` exists.
+    """
+    path = Path(path)
+    directory = path.parent
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise FileExistsError(f"cannot create a temporary file in {str(directory)!r}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+            return path
+        try:
+            os.link(tmp, path)  # atomic "create if absent"; a link at path counts as present
+        except FileExistsError:
+            raise FileExistsError(f"{str(path)!r} exists; not overwritten.") from None
+        except OSError:  # a file system without hard links
+            if os.path.lexists(path):
+                raise FileExistsError(f"{str(path)!r} exists; not overwritten.") from None
+            os.replace(tmp, path)
+        return path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------------- models
@@ -606,8 +748,10 @@ def check_model_spec(
         ``weights`` with a model file.
     """
     path = Path(spec)
-    if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"No such weights file: {str(weights)!r}.")
+    if weights is not None:
+        _suffix(Path(weights), WEIGHTS_SUFFIXES, "weights")
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"No such weights file: {str(weights)!r}.")
     if path.is_dir():
         raise FileFormatError(f"MODEL {spec!r} is a directory; pass 'module:factory' (or a trusted .pt2 or "
                               "TorchScript file).")

@@ -26,34 +26,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.base import clone
-from sklearn.model_selection import StratifiedKFold
 
 from . import __version__
 from ._numerics import softmax
-from .calibration import DirichletCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
-from .demo import format_table
-from .emulate import format_info, round_logits, softmax_in_format
-from .emulate.formats import FloatFormat
-from .metrics import (
-    adaptive_calibration_error,
-    brier_score,
-    calibration_error_ci,
-    confidence_shift,
-    expected_calibration_error,
-    gradient_underflow,
-    jensen_shannon,
-    maximum_calibration_error,
-    negative_log_likelihood,
-    precision_split,
-    saturation_report,
-    swap_analysis,
-    underflow_margin,
-)
-from .metrics.diagnostics import SwapAnalysis
+
+if TYPE_CHECKING:
+    from .metrics.diagnostics import SwapAnalysis
+
+# scikit-learn, torch, the calibrators, the emulator and the metrics are imported where they
+# are used: the ``precal`` command imports this module to check its arguments, and must not
+# pay seconds of imports for a usage error.
 
 __all__ = [
     "CALIBRATORS",
@@ -68,22 +53,33 @@ __all__ = [
     "require_matplotlib",
     "write_report",
     "jsonable",
+    "printable",
+    "markdown_text",
+    "format_table",
 ]
 
 
 def _ts(precision: str, random_state: int) -> Any:
+    from .calibration import TemperatureScaling
+
     return TemperatureScaling()
 
 
 def _pacs(precision: str, random_state: int) -> Any:
+    from .calibration import PACSCalibrator
+
     return PACSCalibrator(precision=precision)
 
 
 def _dirichlet(precision: str, random_state: int) -> Any:
+    from .calibration import DirichletCalibrator
+
     return DirichletCalibrator()
 
 
 def _fuzzy(precision: str, random_state: int) -> Any:
+    from .calibration import FuzzyDirichletCalibrator
+
     return FuzzyDirichletCalibrator(random_state=random_state)
 
 
@@ -123,14 +119,15 @@ def _accuracy(y_true: Any, y_prob: Any, *, labels: Any = None) -> float:
     return float(np.mean(np.asarray(y_prob).argmax(axis=1) == np.asarray(y_true)))
 
 
-_ESTIMATORS: dict[str, Callable[..., float]] = {
-    "accuracy": _accuracy,
-    "ece": expected_calibration_error,
-    "ace": adaptive_calibration_error,
-    "mce": maximum_calibration_error,
-    "nll": negative_log_likelihood,
-    "brier": brier_score,
-}
+def _estimator(metric: str) -> Callable[..., float]:
+    """The function behind a metric of :data:`METRICS`."""
+    from . import metrics
+
+    if metric == "accuracy":
+        return _accuracy
+    return {"ece": metrics.expected_calibration_error, "ace": metrics.adaptive_calibration_error,
+            "mce": metrics.maximum_calibration_error, "nll": metrics.negative_log_likelihood,
+            "brier": metrics.brier_score}[metric]
 
 
 @dataclass
@@ -199,6 +196,38 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def printable(text: Any) -> str:
+    r"""``text`` with control characters (newlines, terminal escapes) shown as escapes, so a
+    file name cannot break a line of a table or steer a terminal.
+
+    Examples
+    --------
+    >>> from precal.report import printable
+    >>> print(printable("a\nb\x1b[2J.npz"))
+    a\nb\x1b[2J.npz
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+#: Characters of user text that Markdown (or HTML inside it) could read as markup.
+_MD_SPECIAL = frozenset("\\`*_{}[]()<>#!|~&$")
+
+
+def markdown_text(text: Any) -> str:
+    r"""User text (file names, keys) as literal Markdown: control characters escaped, and every
+    character that Markdown or HTML would read as markup backslash-escaped (CommonMark lets
+    any ASCII punctuation be escaped), so a name like ``<img src=x onerror=...>.npz`` or
+    ``[x](javascript:...)`` shows as written.
+
+    Examples
+    --------
+    >>> from precal.report import markdown_text
+    >>> print(markdown_text("<b>logits</b>_1.npz"))
+    \<b\>logits\</b\>\_1.npz
+    """
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in printable(text))
+
+
 def _row_label(row: dict[str, Any]) -> str:
     return f"{row['method']} ({row['logits']})"
 
@@ -207,6 +236,17 @@ def _precision_diagnostics(
     y: np.ndarray, z_ref: np.ndarray, z_low: np.ndarray, precision: str, p_ref: np.ndarray, p_low: np.ndarray,
     n_bins: int,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], SwapAnalysis]:
+    from .emulate import FloatFormat, format_info, softmax_in_format
+    from .metrics import (
+        confidence_shift,
+        gradient_underflow,
+        jensen_shannon,
+        precision_split,
+        saturation_report,
+        swap_analysis,
+        underflow_margin,
+    )
+
     split = precision_split(p_ref, p_low)
     swaps = swap_analysis(y, p_ref, p_low)
     shift = confidence_shift(y, p_ref, p_low, n_bins=10)
@@ -307,7 +347,12 @@ def evaluate(
     -------
     Evaluation
     """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
     from tqdm.auto import tqdm
+
+    from .emulate import format_info, round_logits
+    from .metrics import calibration_error_ci
 
     logits = np.asarray(logits)
     labels = np.asarray(labels)
@@ -382,7 +427,8 @@ def evaluate(
                                               confidence_level=confidence_level, random_state=random_state, **params)
                     metrics[metric] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
                 else:
-                    metrics[metric] = {"estimate": _ESTIMATORS[metric](labels, p, **params), "low": None, "high": None}
+                    metrics[metric] = {"estimate": _estimator(metric)(labels, p, **params), "low": None,
+                                       "high": None}
                 bar.update(1)
             row["metrics"] = metrics
 
@@ -442,11 +488,12 @@ def diagnostics_table(ev: Evaluation) -> list[dict[str, Any]]:
     return out
 
 
-def _summary_lines(ev: Evaluation) -> list[str]:
+def _summary_lines(ev: Evaluation, text: Callable[[Any], str] = printable) -> list[str]:
+    """The summary; ``text`` renders user text (the file name and key) for the output format."""
     s, i = ev.settings, ev.inputs
-    src = i.get("logits", "logits")
+    src = text(i.get("logits", "logits"))
     if i.get("logits_key"):
-        src += f" [{i['logits_key']}]"
+        src += f" [{text(i['logits_key'])}]"
     lines = [
         f"precal evaluate: {src}: {i['n_samples']} samples, {i['n_classes']} classes.",
         f"Calibrators scored out of fold ({s['cv']}-fold stratified cross-validation, seed {s['seed']}); "
@@ -459,6 +506,21 @@ def _summary_lines(ev: Evaluation) -> list[str]:
     return lines
 
 
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of equal keys as an aligned plain-text table; numbers right-aligned, 4 decimals."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    numeric = [all(isinstance(r[k], (int, float)) for r in rows) for k in keys]
+    cells = [[f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(keys), line(["-" * w for w in widths]), *(line(c) for c in cells)])
+
+
 def format_text(ev: Evaluation) -> str:
     """What ``precal evaluate`` prints: a summary, the metric table and the diagnostics."""
     parts = [*_summary_lines(ev), "", format_table(metric_table(ev))]
@@ -468,12 +530,16 @@ def format_text(ev: Evaluation) -> str:
     return "\n".join(parts)
 
 
+def _md_cell(value: Any) -> str:
+    return printable(value).replace("|", "\\|")
+
+
 def _md_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
-    lines += ["| " + " | ".join(str(r[k]).replace("|", "\\|") for k in keys) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(_md_cell, keys)) + " |", "|" + "|".join("---" for _ in keys) + "|"]
+    lines += ["| " + " | ".join(_md_cell(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -485,8 +551,10 @@ def _describe(value: Any) -> str:
     return str(value)
 
 
-def _inputs_rows(ev: Evaluation) -> list[dict[str, Any]]:
-    rows = [{"item": k.replace("_", " "), "value": _describe(v)} for k, v in ev.inputs.items() if v is not None]
+def _inputs_rows(ev: Evaluation, text: Callable[[Any], str] = printable) -> list[dict[str, Any]]:
+    """Inputs and settings; ``text`` renders the inputs' entries (file names, keys: user text)."""
+    rows = [{"item": text(str(k).replace("_", " ")), "value": text(_describe(v))}
+            for k, v in ev.inputs.items() if v is not None]
     s = ev.settings
     rows += [
         {"item": "calibrators", "value": ", ".join(s["calibrators"].values())},
@@ -518,11 +586,16 @@ _FIGURE_TITLES = {
 
 
 def require_matplotlib() -> None:
-    """Raise ImportError with the install command when matplotlib (the ``plot`` extra) is missing."""
+    """Raise ImportError with the install command when matplotlib (the ``plot`` extra) is
+    missing; found without importing it."""
+    import importlib.util
+
     try:
-        import matplotlib.figure  # noqa: F401 - only whether it imports
-    except ImportError as exc:
-        raise ImportError("the report needs matplotlib: pip install 'precal[plot]'") from exc
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ImportError("the report needs matplotlib: pip install 'precal[plot]'")
 
 
 def render_figures(ev: Evaluation) -> dict[str, bytes]:
@@ -562,8 +635,8 @@ def render_figures(ev: Evaluation) -> dict[str, bytes]:
 
 def to_markdown(ev: Evaluation, figure_files: dict[str, str] | None = None) -> str:
     """The report as Markdown; ``figure_files`` maps figure names to PNG paths to link."""
-    parts = ["# precal evaluate report", "", *_summary_lines(ev), "", "## Inputs and settings", "",
-             _md_table(_inputs_rows(ev)), "", "## Calibration metrics", "",
+    parts = ["# precal evaluate report", "", *_summary_lines(ev, markdown_text), "", "## Inputs and settings", "",
+             _md_table(_inputs_rows(ev, markdown_text)), "", "## Calibration metrics", "",
              "Calibrated rows are out-of-fold predictions; brackets hold the bootstrap interval.", "",
              _md_table(metric_table(ev))]
     if ev.diagnostics:
@@ -593,8 +666,9 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     keys = list(rows[0])
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in keys) + "</tr>" for r in rows)
+    head = "".join(f"<th>{html.escape(printable(k))}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(printable(r[k]))}</td>" for k in keys) + "</tr>"
+                   for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -638,23 +712,22 @@ def to_html(ev: Evaluation, figures: dict[str, bytes] | None = None) -> str:
 
 def write_report(ev: Evaluation, directory: str | Path) -> list[Path]:
     """Write ``report.html``, ``report.md``, ``results.json``, the figures as PNG and, when
-    the evaluation kept them, ``calibrators.json``; returns the paths written."""
+    the evaluation kept them, ``calibrators.json``; returns the paths written.
+
+    Each file is written atomically (:func:`precal.io.write_file_atomic`: a temporary file
+    renamed onto the name), so a symbolic link planted at one of these names is replaced,
+    never followed. Files of an earlier report in ``directory`` are replaced.
+    """
+    from .io import write_file_atomic
+
     figures = render_figures(ev)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    files: dict[str, str] = {}
-    for name, data in figures.items():
-        path = out / f"{name}.png"
-        path.write_bytes(data)
-        files[name] = path.name
-        written.append(path)
-    for name, text in (("report.html", to_html(ev, figures)), ("report.md", to_markdown(ev, files)),
-                       ("results.json", json.dumps(ev.to_dict(), indent=2) + "\n")):
-        (out / name).write_text(text, encoding="utf-8")
-        written.append(out / name)
+    files = {name: f"{name}.png" for name in figures}
+    contents: list[tuple[str, bytes]] = [(files[name], data) for name, data in figures.items()]
+    contents += [("report.html", to_html(ev, figures).encode("utf-8")),
+                 ("report.md", to_markdown(ev, files).encode("utf-8")),
+                 ("results.json", (json.dumps(ev.to_dict(), indent=2) + "\n").encode("utf-8"))]
     if ev.calibrators:
-        path = out / "calibrators.json"
-        path.write_text(json.dumps(ev.calibrators, indent=2) + "\n", encoding="utf-8")
-        written.append(path)
-    return written
+        contents.append(("calibrators.json", (json.dumps(ev.calibrators, indent=2) + "\n").encode("utf-8")))
+    return [write_file_atomic(out / name, data) for name, data in contents]

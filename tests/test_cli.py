@@ -1,10 +1,12 @@
 """The ``precal`` command: in-process with click's CliRunner, and as a real process."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,8 @@ from click.testing import CliRunner
 
 from precal._numerics import softmax
 from precal.cli import cli, main
-from precal.demo import DemoResult, DigitsCNN, format_table, run_demo
+from precal.demo import DemoResult, DigitsCNN, run_demo
+from precal.report import format_table
 from precal.emulate import sweep
 from precal.metrics import expected_calibration_error
 
@@ -207,6 +210,99 @@ def test_evaluate_bad_input_is_one_line(files, args, fragments):
     assert_one_line_error(invoke("evaluate", *args, *extra), *fragments)
 
 
+def test_evaluate_refuses_a_zip_bomb_before_inflating_it(files, tmp_path, monkeypatch):
+    """Issue 17: a 1.5 MB .npz of zeros made `evaluate` inflate 2.1 GB before failing on a missing key."""
+    import zipfile
+
+    from tests.test_io import write_zip_bomb
+
+    bomb = write_zip_bomb(tmp_path / "bomb.npz", 16 * 2**20, keys=("zeros", "more"))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a member was opened for reading")
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "__init__", forbidden)
+    assert_one_line_error(invoke("evaluate", bomb, "--max-input-size", "8M"),
+                          "expands to 32 MiB", "limit of 8 MiB", "--max-input-size")
+    assert_one_line_error(invoke("evaluate", bomb), "no key 'logits'")  # within the default limit: no key
+    assert_one_line_error(invoke("evaluate", files / "zy.npz", "--labels", bomb, "--max-input-size", "1M"),
+                          "bomb.npz", "expands to 32 MiB")
+
+
+def test_max_input_size_values():
+    from precal.cli import DEFAULT_MAX_INPUT_SIZE, ByteSize
+    from precal.io import DEFAULT_MAX_INPUT_BYTES
+
+    size = ByteSize()
+    assert size.convert(DEFAULT_MAX_INPUT_SIZE, None, None) == DEFAULT_MAX_INPUT_BYTES
+    assert [size.convert(v, None, None) for v in ("512", "1K", "1.5MiB", "2gb", "1T")] == [
+        512, 1024, 3 * 2**19, 2 * 2**30, 2**40]
+    for bad in ("", "0", "-1G", "4X", "G"):
+        with pytest.raises(click.BadParameter):
+            size.convert(bad, None, None)
+
+
+def test_evaluate_warns_on_huge_logits_and_on_clamping(files, tmp_path, zy):
+    """Issue 17: a 1e30 logit was taken silently, and fp8_e4m3 clamped it to 448 without a word."""
+    z, y = zy
+    z = z.astype(np.float64)
+    z[0, 0] = 1e30
+    np.savez(tmp_path / "huge.npz", logits=z, labels=y)
+    result = invoke("evaluate", tmp_path / "huge.npz", "--precision", "fp8_e4m3", "--calibrators", "none",
+                    "--cv", 2, "--n-bootstrap", 0)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("precal evaluate: warning: ") for line in lines), lines
+    assert any("LOGITS: 1 logit(s) beyond 10000 in magnitude (largest 1e+30)" in line for line in lines), lines
+    assert any("1 logit(s) lie beyond fp8_e4m3's largest value 448" in line for line in lines), lines
+    result = invoke("evaluate", files / "zy.npz", "--calibrators", "none", "--cv", 2, "--n-bootstrap", 0)
+    assert result.exit_code == 0 and result.stderr == ""  # ordinary logits: no warning
+
+
+def test_report_escapes_the_file_name_in_every_format(zy, tmp_path):
+    """Issue 17: report.md embedded the input file name unescaped."""
+    pytest.importorskip("matplotlib")
+    z, y = zy
+    name = "x<img src=1 onerror=alert(1)>[a](javascript:b)|`c`\nd.npz"
+    np.savez(tmp_path / name, logits=z, labels=y)
+    result = invoke("evaluate", tmp_path / name, "--calibrators", "ts", "--cv", 2, "--n-bootstrap", 0,
+                    "--report", tmp_path / "rep")
+    assert result.exit_code == 0, result.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "<img src=1" not in page and not re.search(r"(?<!\\)(<img|\]\(javascript)", md)
+    # the newline is shown as the two characters \\n, its backslash escaped in Markdown
+    assert "\\<img src=1 onerror=alert\\(1\\)\\>\\[a\\]\\(javascript:b\\)\\|\\`c\\`\\\\nd.npz" in md
+    assert "&lt;img src=1 onerror=alert(1)&gt;[a](javascript:b)|`c`\\nd.npz" in page
+    assert json.loads((tmp_path / "rep" / "results.json").read_text())["inputs"]["logits"] == str(tmp_path / name)
+    table = result.stdout.splitlines()
+    assert not any(line.startswith("d.npz [logits]") for line in table)  # no raw newline in the summary
+    assert any("`c`\\nd.npz [logits]: 120 samples" in line for line in table)
+
+
+def test_report_replaces_a_planted_link_instead_of_following_it(files, tmp_path):
+    """Issue 17: `--report DIR` followed a symlink placed at DIR/report.html."""
+    pytest.importorskip("matplotlib")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "report.html").symlink_to(victim)
+    (tmp_path / "rep" / "report.md").symlink_to(tmp_path / "nowhere.md")  # dangling
+    result = invoke("evaluate", files / "zy.npz", "--calibrators", "ts", "--cv", 2, "--n-bootstrap", 0,
+                    "--report", tmp_path / "rep")
+    assert result.exit_code == 0, result.stderr
+    assert victim.read_text() == "precious" and not (tmp_path / "nowhere.md").exists()
+    for name in ("report.html", "report.md"):
+        assert not (tmp_path / "rep" / name).is_symlink() and (tmp_path / "rep" / name).stat().st_size > 100
+    assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_report_folder_is_checked_before_the_work(files, tmp_path):
+    (tmp_path / "file").write_text("")
+    assert_one_line_error(invoke("evaluate", files / "zy.npz", "--report", tmp_path / "file" / "rep"),
+                          "--report", "does not exist")
+
+
 def test_warnings_are_relayed_as_single_lines(files, tmp_path, zy):
     z, y = zy
     y = y.copy()
@@ -235,6 +331,32 @@ def build():
 class Flatten(torch.nn.Module):
     def forward(self, x):
         return x.flatten(1)[:, :10]
+
+
+class NaNHead(torch.nn.Module):
+    """A model whose logits are NaN on any input."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * float("nan")
+
+
+class Huge(torch.nn.Module):
+    """Logits near 3e5: beyond fp16's 65504 and fp8_e4m3's 448."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+        with torch.no_grad():
+            self.fc.weight.fill_(1e4)
+            self.fc.weight[0] *= 1.01
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
 
 
 class Untraceable(torch.nn.Module):
@@ -362,8 +484,8 @@ def test_sweep_refuses_to_emulate_compiled_models(models, in_models_dir, tmp_pat
         (["model.ts", "inputs.npz", "--trust-model-file", "--weights", "weights.pt"], ["--weights goes with"]),
         (["precal_cli_test_models:build", "inputs.npz", "--weights", "model.ts"], ["suffix '.ts'"]),
         (["precal_cli_test_models:Flatten", "inputs.npz", "--configs", "fp32,bf16"], ["no nn.Linear"]),
-        (["precal_cli_test_models:nope", "inputs.npz"], ["has no attribute 'nope'"]),
-        (["no_such_pkg_xyz:build", "inputs.npz"], ["cannot import 'no_such_pkg_xyz'"]),
+        (["precal_cli_test_models:nope", "inputs.npz", "--configs", "fp32"], ["has no attribute 'nope'"]),
+        (["no_such_pkg_xyz:build", "inputs.npz", "--configs", "fp32"], ["cannot import 'no_such_pkg_xyz'"]),
         (["weights.pt", "inputs.npz", "--configs", "fp32"], ["state_dict", "module:factory", "--weights"]),
         (["missing.pt2", "inputs.npz", "--configs", "fp32"], ["No such file"]),
         (["nothing_here", "inputs.npz", "--configs", "fp32"], ["neither an existing file"]),
@@ -406,6 +528,88 @@ def test_sweep_factory_with_safetensors_weights(models, in_models_dir, tmp_path)
     assert result.exit_code == 0, result.stderr
     with np.load(out) as npz:
         np.testing.assert_array_equal(npz["fp32"], models["fp32"])
+
+
+def test_sweep_of_nan_inputs_is_an_error(in_models_dir, tmp_path):
+    """Issue 17: a sweep over all-NaN inputs exited 0 and wrote NaN logits."""
+    np.save(tmp_path / "nan.npy", np.full((6, 1, 8, 8), np.nan, dtype=np.float32))
+    result = invoke("sweep", "precal_cli_test_models:build", tmp_path / "nan.npy", "--configs", "fp32,bf16",
+                    "--out", tmp_path / "o.npz")
+    assert_one_line_error(result, "384 NaN or inf")
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_sweep_nan_logits_are_an_error_naming_the_configs(in_models_dir, tmp_path):
+    result = invoke("sweep", "precal_cli_test_models:NaNHead", "inputs.npz", "--configs", "fp32,bf16",
+                    "--out", tmp_path / "o.npz")
+    assert_one_line_error(result, "NaN or inf under config(s) fp32 (400 of 400 values), bf16 (400 of 400 values)",
+                          "Nothing was written")
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_sweep_overflow_is_an_error_and_saturation_a_warning(in_models_dir, tmp_path):
+    result = invoke("sweep", "precal_cli_test_models:Huge", "inputs.npz", "--configs", "fp32,fp16",
+                    "--out", tmp_path / "o.npz")
+    assert_one_line_error(result, "under config(s) fp16 (", "fp16 overflows beyond ±65504")
+    result = invoke("sweep", "precal_cli_test_models:Huge", "inputs.npz", "--configs", "fp32,fp8_e4m3",
+                    "--out", tmp_path / "o.npz")
+    assert result.exit_code == 0, result.stderr
+    warnings = result.stderr.strip().splitlines()
+    assert all(line.startswith("precal sweep: warning: ") for line in warnings), warnings
+    # the emulator keeps an 8-bit layer's output in bf16, so the logits survive; stored in fp8 they would not
+    assert any("config fp8_e4m3: 400 logit(s) at or beyond fp8_e4m3's largest value ±448; stored in fp8_e4m3, "
+               "they would be clamped to ±448" in w for w in warnings), warnings
+    assert any("config fp32: 400 logit(s) beyond 10000 in magnitude" in w for w in warnings), warnings
+    with np.load(tmp_path / "o.npz") as npz:
+        assert np.abs(npz["fp8_e4m3"]).min() > 448
+
+
+def test_sweep_out_is_not_overwritten_without_force(models, in_models_dir, tmp_path):
+    """Issue 17: `sweep --out` overwrote an existing file silently."""
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"keep me")
+    args = ["sweep", "precal_cli_test_models:build", "inputs.npz", "--configs", "fp32", "--out", out]
+    assert_one_line_error(invoke(*args), "exists; pass --force to overwrite it")
+    assert out.read_bytes() == b"keep me"
+    assert invoke(*args, "--force").exit_code == 0
+    with np.load(out) as npz:
+        np.testing.assert_array_equal(npz["fp32"], models["fp32"])
+    # a link planted at --out is replaced, never followed
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link = tmp_path / "link.npz"
+    link.symlink_to(victim)
+    assert_one_line_error(invoke(*args[:-1], link), "exists")
+    assert invoke(*args[:-1], link, "--force").exit_code == 0
+    assert victim.read_text() == "precious" and not link.is_symlink()
+
+
+def test_sweep_checks_every_path_before_loading_the_model(in_models_dir, tmp_path):
+    """Issue 16: `sweep --out /nonexistent/o.npz` failed only after the whole sweep."""
+    (tmp_path / "marks_import.py").write_text(
+        f"open({str(tmp_path / 'imported')!r}, 'w').close()\n"
+        "from precal.demo import DigitsCNN as build\n")
+    model = "marks_import:build"
+    cases = [
+        (["--out", tmp_path / "missing" / "o.npz"], ["--out", "does not exist"]),
+        (["--out", tmp_path / "o.npy"], ["--out", "must end in .npz"]),
+        (["--out", tmp_path / "o.npz", "--weights", tmp_path / "missing.safetensors"], ["--weights"]),
+        (["--out", tmp_path / "o.npz", "--calibration-inputs", tmp_path / "none.npy"], ["--calibration-inputs"]),
+        (["--out", tmp_path / "o.npz", "--max-input-size", "1K"], ["inputs.npz", "more than the input size limit"]),
+        (["--out", tmp_path / "o.npz", "--max-input-size", "lots"], ["--max-input-size", "'lots' is not a size"]),
+    ]
+    import sys as _sys
+
+    _sys.path.insert(0, str(tmp_path))
+    try:
+        for extra, fragments in cases:
+            assert_one_line_error(invoke("sweep", model, "inputs.npz", "--configs", "fp32", *extra), *fragments)
+            assert not (tmp_path / "imported").exists(), extra
+        assert invoke("sweep", model, "inputs.npz", "--configs", "fp32", "--out", tmp_path / "o.npz").exit_code == 0
+        assert (tmp_path / "imported").exists()  # the marker works
+    finally:
+        _sys.path.remove(str(tmp_path))
+        _sys.modules.pop("marks_import", None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
@@ -555,6 +759,69 @@ def test_console_script_runs_the_default_demo():
     assert "Traceback" not in proc.stderr
     version = subprocess.run(cmd[:-1] + ["--version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.startswith("precal ")
+
+
+HEAVY_MODULES = ("torch", "sklearn", "scipy", "matplotlib")
+
+IMPORT_PROBE = """
+import json, sys
+import precal.cli
+codes = []
+for argv in ARGVS:
+    try:
+        codes.append(precal.cli.main(argv))
+    except SystemExit as exc:  # --help and --version exit through click
+        codes.append(exc.code)
+heavy = [m for m in HEAVY if m in sys.modules]
+print(json.dumps({"codes": codes, "heavy": heavy}))
+"""
+
+
+def _heavy_modules_after(argvs, cwd=None):
+    code = IMPORT_PROBE.replace("ARGVS", repr(argvs)).replace("HEAVY", repr(HEAVY_MODULES))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_argument_errors_import_no_heavy_library(tmp_path):
+    """Issue 16: `precal --help` and every argument error imported torch, scikit-learn and matplotlib first."""
+    np.save(tmp_path / "z.npy", np.zeros((4, 3)))
+    (tmp_path / "model.pt2").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: a .pt2 by its suffix
+    argvs = [
+        ["--help"], ["--version"], ["evaluate", "--help"], ["sweep", "--help"], ["demo", "--help"],
+        ["calibrate"],                                                     # unknown command
+        ["evaluate", str(tmp_path / "missing.npz")],                      # missing file
+        ["evaluate", str(tmp_path / "z.npy"), "--cv", "1"],               # bad value
+        ["evaluate", str(tmp_path / "z.npy"), "--calibrators", "platt"],  # unknown name
+        ["evaluate", str(tmp_path / "z.npy"), "--max-input-size", "8"],   # over the size limit
+        ["evaluate", str(tmp_path / "z.npy"), "--report", str(tmp_path / "no" / "such" / "dir" / "x")],
+        ["sweep", "m:build", str(tmp_path / "z.npy"), "--out", str(tmp_path / "missing" / "o.npz")],
+        ["sweep", "m:build", str(tmp_path / "z.npy"), "--out", str(tmp_path / "z.npy")],
+        ["sweep", str(tmp_path / "model.pt2"), str(tmp_path / "z.npy"), "--out", str(tmp_path / "o.npz")],
+        ["demo", "--epochs", "0"],
+    ]
+    (tmp_path / "no").mkdir()
+    (tmp_path / "no" / "such").write_text("a file, not a folder")
+    result = _heavy_modules_after(argvs)
+    assert result["heavy"] == [], result
+    assert result["codes"] == [0] * 5 + [2] * 10, result
+    # the probe is real: a command that does its work imports them
+    np.savez(tmp_path / "zy.npz", logits=np.eye(3)[[0, 1, 2, 0]], labels=[0, 1, 2, 0])
+    done = _heavy_modules_after([["evaluate", str(tmp_path / "zy.npz"), "--cv", "2", "--n-bootstrap", "0",
+                                  "--calibrators", "none"]])
+    assert done["codes"] == [0] and {"torch", "sklearn"} <= set(done["heavy"]), done
+
+
+def test_import_precal_is_lazy_but_complete():
+    code = ("import sys, precal; light = [m for m in %r if m in sys.modules]; "
+            "from precal import TemperatureScaling, load_calibrator; import precal.metrics; "
+            "missing = [n for n in precal.__all__ if not hasattr(precal, n)]; "
+            "print(light, missing, set(precal.__all__) <= set(dir(precal)), TemperatureScaling.__module__)"
+            % (HEAVY_MODULES,))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "[]", "True", "precal.calibration.temperature"]
 
 
 def test_main_returns_the_exit_code_without_exiting(tmp_path):

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shlex
+import struct
 import zipfile
 
 import numpy as np
@@ -14,9 +15,12 @@ from numpy.testing import assert_array_equal
 
 from precal.demo import DigitsCNN
 from precal.io import (
+    DEFAULT_MAX_INPUT_BYTES,
     FileFormatError,
+    InputTooLargeError,
     UntrustedFileError,
     check_model_spec,
+    input_size,
     load_inputs,
     load_logits,
     load_model,
@@ -24,6 +28,7 @@ from precal.io import (
     model_file_kind,
     read_arrays,
     select_array,
+    write_file_atomic,
 )
 
 # TorchScript is deprecated in torch >= 2.9 but still what many deployed models are saved as
@@ -477,3 +482,149 @@ def test_load_model_names_what_is_wrong_with_a_file(tmp_path, digits_model):
         load_model("precal.demo:DigitsCNN", weights=tmp_path / "nothing.safetensors")
     with pytest.raises(FileFormatError, match="directory"):
         load_model(str(tmp_path))
+
+
+# ------------------------------------------------------------------ size limit (zip bombs)
+def write_zip_bomb(path, n_bytes, *, keys=("logits",)):
+    """A .npz whose members are each ``n_bytes`` of zeros, deflated (about 1000:1)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (n_bytes // 8,)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key in keys:
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
+                fh.write(header.getvalue())
+                chunk = bytes(2**20)
+                for _ in range(n_bytes // len(chunk)):
+                    fh.write(chunk)
+    return path
+
+
+@pytest.fixture
+def no_decompression(monkeypatch):
+    """Fail the test if anything opens a member of a zip archive for reading (where inflating starts)."""
+    opened = []
+
+    def forbidden(self, fileobj, mode, zipinfo, *args, **kwargs):
+        opened.append(zipinfo.filename)
+        raise AssertionError(f"{zipinfo.filename} was opened for reading")
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "__init__", forbidden)
+    return opened
+
+
+def test_a_zip_bomb_fails_from_its_headers_before_decompressing(tmp_path, no_decompression):
+    """Issue 17: a 1.5 MB .npz of zeros made `precal evaluate` inflate 2.1 GB."""
+    bomb = write_zip_bomb(tmp_path / "bomb.npz", 32 * 2**20)
+    assert bomb.stat().st_size < 2**20 // 8  # tiny on disk
+    assert input_size(bomb) > 32 * 2**20
+    for read in (lambda: read_arrays(bomb, max_bytes=2**20), lambda: load_logits(bomb, max_bytes=2**20),
+                 lambda: load_inputs(bomb, max_bytes=2**20)):
+        with pytest.raises(InputTooLargeError, match=r"expands to 32 MiB.*limit of 1 MiB.*--max-input-size"):
+            read()
+    assert no_decompression == []
+
+
+def test_the_default_limit_is_4_gib_and_none_lifts_it(tmp_path):
+    assert DEFAULT_MAX_INPUT_BYTES == 4 * 2**30
+    z = np.zeros((8, 3))
+    np.savez(tmp_path / "z.npz", logits=z, labels=np.zeros(8, dtype=int))
+    size = input_size(tmp_path / "z.npz")
+    assert size > z.nbytes
+    with pytest.raises(InputTooLargeError):
+        read_arrays(tmp_path / "z.npz", max_bytes=size - 1)
+    assert set(read_arrays(tmp_path / "z.npz", max_bytes=size)) == {"logits", "labels"}
+    assert set(read_arrays(tmp_path / "z.npz", max_bytes=None)) == {"logits", "labels"}
+    np.save(tmp_path / "z.npy", z)  # a .npy file: its size on disk
+    assert input_size(tmp_path / "z.npy") == (tmp_path / "z.npy").stat().st_size
+    with pytest.raises(InputTooLargeError):
+        load_logits(tmp_path / "z.npy", tmp_path / "z.npz", max_bytes=z.nbytes)
+
+
+def test_a_torch_file_bomb_is_refused_too(tmp_path):
+    """torch.load inflates deflated members of a .pt archive, so .pt files are checked the same way."""
+    torch.save({"logits": torch.zeros(2**18, 4)}, tmp_path / "plain.pt")
+    source = zipfile.ZipFile(tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            out.writestr(info.filename, source.read(info.filename))
+    assert (tmp_path / "bomb.pt").stat().st_size < 2**17
+    with pytest.raises(InputTooLargeError, match="4 MiB"):
+        read_arrays(tmp_path / "bomb.pt", max_bytes=2**20)
+    assert read_arrays(tmp_path / "bomb.pt")["logits"].shape == (2**18, 4)
+
+
+def test_a_missing_key_fails_before_any_array_is_inflated(tmp_path, no_decompression):
+    bomb = write_zip_bomb(tmp_path / "bomb.npz", 4 * 2**20, keys=("scores", "targets"))
+    with pytest.raises(FileFormatError, match="no key 'logits' .*keys: scores, targets"):
+        load_logits(bomb)
+    with pytest.raises(FileFormatError, match="no key 'images'"):
+        load_inputs(bomb, "images")
+    assert no_decompression == []
+
+
+def test_a_member_that_understates_its_size_is_not_inflated_past_it(tmp_path):
+    """The headers bound what reading produces: zipfile stops at the declared size (then the CRC fails)."""
+    np.savez_compressed(tmp_path / "zeros.npz", logits=np.zeros(2**17))  # 1 MiB of zeros
+    data = bytearray((tmp_path / "zeros.npz").read_bytes())
+    struct.pack_into("<I", data, 22, 4096)  # local header: uncompressed size
+    struct.pack_into("<I", data, data.rfind(b"PK\x01\x02") + 24, 4096)  # central directory: the same
+    forged = tmp_path / "forged.npz"
+    forged.write_bytes(bytes(data))
+    assert input_size(forged) == 4096
+    with pytest.raises(FileFormatError, match="forged.npz"):
+        read_arrays(forged)
+
+
+# ------------------------------------------------------------------ atomic writes
+def test_write_file_atomic_replaces_a_planted_link_instead_of_following_it(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "report.html"
+    link.symlink_to(victim)
+    write_file_atomic(link, b"<html></html>")
+    assert victim.read_text() == "precious"
+    assert not link.is_symlink() and link.read_bytes() == b"<html></html>"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html"]  # no temporary file left
+
+
+def test_write_file_atomic_without_overwrite_keeps_what_is_there(tmp_path):
+    target = tmp_path / "o.npz"
+    write_file_atomic(target, lambda fh: np.savez(fh, a=np.arange(3)), overwrite=False)
+    assert np.load(target)["a"].tolist() == [0, 1, 2]
+    with pytest.raises(FileExistsError, match="exists"):
+        write_file_atomic(target, b"new", overwrite=False)
+    dangling = tmp_path / "dangling.npz"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError):
+        write_file_atomic(dangling, b"new", overwrite=False)
+    assert not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.npz", "o.npz"]
+
+
+def test_write_file_atomic_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "r.json"
+    target.write_text("old")
+
+    def broken(fh):
+        fh.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_file_atomic(target, broken)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    mode = os.stat(write_file_atomic(tmp_path / "new.txt", b"x")).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # the usual permissions, not mkstemp's 0600
+
+
+def test_float_inputs_must_be_finite(tmp_path):
+    x = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    x[1, 2] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    with pytest.raises(FileFormatError, match="1 NaN or inf"):
+        load_inputs(tmp_path / "nan.npy")
+    np.save(tmp_path / "big.npy", np.full((2, 2), 1e300))
+    with pytest.raises(FileFormatError, match="exceed the float32 range"):
+        load_inputs(tmp_path / "big.npy")
