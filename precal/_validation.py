@@ -11,7 +11,7 @@ Two opt-in modes keep large inputs where they are:
   own device and returned as a tensor, so CUDA logits never travel to the host.
 * ``stream=True`` (:func:`check_logits`, :func:`check_probabilities`): a 2-D ``numpy.memmap``
   that :func:`precal._chunks.file_rows` can stream is validated block by block from its
-  file and returned as a :class:`~precal._chunks.FileRows`, so the process never holds
+  mapping and returned as a :class:`~precal._chunks.FileRows`, so the process never holds
   more than one block of it.
 """
 
@@ -117,7 +117,7 @@ def check_logits(
         Return a torch tensor input as a validated tensor on its own device (checked with
         torch: nothing is copied to the host) instead of a numpy array.
     stream : bool, default=False
-        Return a 2-D ``numpy.memmap`` with at least 2 columns that can be read from its file
+        Return a 2-D ``numpy.memmap`` with at least 2 columns that can be streamed from its mapping
         (:func:`precal._chunks.file_rows`) as a :class:`~precal._chunks.FileRows`, after
         checking it block by block; the process holds one block at a time.
 
@@ -217,7 +217,7 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob", stream: bool = Fal
     float64): the checks and the metrics read the array without an upcast copy.
 
     With ``stream=True`` a 2-D ``numpy.memmap`` (at least 2 columns) that can be read from
-    its file (:func:`precal._chunks.file_rows`) is checked block by block and returned as a
+    its mapping (:func:`precal._chunks.file_rows`) is checked block by block and returned as a
     :class:`~precal._chunks.FileRows`, so the process holds one block at a time.
     """
     if sp.issparse(y_prob):

@@ -24,7 +24,7 @@ Two class flags say what ``_fit`` and ``_calibrated_logits`` are given:
     numpy arrays and tensors are copied to the host first.
 ``_streams_memmaps = True``
     ``_fit`` may also receive a :class:`~precal._chunks.FileRows`: a 2-D ``numpy.memmap``
-    that it reads block by block from its file (``y_idx`` and ``sample_weight`` then are
+    that it reads block by block from its mapping (``y_idx`` and ``sample_weight`` then are
     CPU tensors), so logits larger than memory can be fitted.
 """
 
@@ -100,7 +100,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
     _state_keys: ClassVar[tuple[str, ...]] = ()
     #: ``_fit`` and ``_calibrated_logits`` take torch tensors on any device (see the module docstring).
     _device_native: ClassVar[bool] = False
-    #: ``_fit`` streams 2-D ``numpy.memmap`` logits from their file (see the module docstring).
+    #: ``_fit`` streams 2-D ``numpy.memmap`` logits from their mapping (see the module docstring).
     _streams_memmaps: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -212,7 +212,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             device by every precal calibrator: CUDA logits stay on the GPU, and only the
             fitted parameters (and, for the L-BFGS-B fits, the parameter vector of each
             iteration) cross to the host. A
-            2-D ``numpy.memmap`` is read block by block from its file by
+            2-D ``numpy.memmap`` is read block by block from its mapping (never re-opened by path) by
             ``TemperatureScaling`` and ``PACSCalibrator``, so it may be larger than memory.
         y : array-like of shape (n_samples,)
             True labels.

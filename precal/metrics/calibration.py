@@ -21,7 +21,8 @@ Memory-mapped input: the cores read ``prob`` in blocks of rows and keep only suf
 statistics (per-bin counts and sums, per-sample top-label confidence and correctness, which
 the equal-mass bins of the ACE sort) plus ``n``-sized vectors. A 2-D ``numpy.memmap`` of
 probabilities (``np.load(path, mmap_mode="r")``) is validated and read block by block from
-its file (:mod:`precal._chunks`), so every metric except :func:`calibration_error_ci`
+its mapping (:mod:`precal._chunks`; never re-opened by path, so a file replaced or deleted
+after mapping does not change the result), so every metric except :func:`calibration_error_ci`
 (whose resamples gather rows) works on files larger than memory, with the in-memory
 result up to float64 summation order. Probabilities of a large logits file come from a
 calibrator's ``predict_proba`` applied block by block, e.g. into an ``np.lib.format.open_memmap``.
