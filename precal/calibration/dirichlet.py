@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_scalar
 from threadpoolctl import threadpool_limits
 
 from .._numerics import log_softmax, to_tensor
-from ._base import BaseLogitCalibrator, state_array, state_count
+from .._validation import check_number
+from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from .temperature import _on_device, fit_temperature
 
 __all__ = [
@@ -662,8 +662,8 @@ class DirichletCalibrator(BaseLogitCalibrator):
                 raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}.")
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite float >= 0, got {value!r}.")
-        check_scalar(self.max_iter, "max_iter", numbers.Integral, min_val=1)
-        check_scalar(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither")
+        check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
+        check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _resolve_map(self, n_classes: int) -> str:
         if self.map == "auto":
@@ -721,9 +721,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
         """Load ``coef_`` (nested lists for a full map), ``intercept_`` and ``n_iter_``; the map
         form follows from ``coef_``'s shape. Shapes and values are checked before anything is set."""
         k = len(self.classes_)
-        missing = set(self._state_keys) - set(state)
-        if missing:
-            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
+        check_state_keys(state, self._state_keys, "DirichletCalibrator")
         arrays = {}
         for key in ("coef_", "intercept_"):
             arrays[key] = state_array(state, key)
