@@ -565,7 +565,10 @@ def calibration_error_ci(
             checks[key](value)
     elif "n_bins" in metric_params:
         _check_n_bins(metric_params["n_bins"])
-    rng = check_random_state(random_state)
+    try:
+        rng = check_random_state(random_state)
+    except ValueError as exc:
+        raise ValueError(f"random_state: {exc}") from exc
     y_idx, prob = _validate(y_true, y_prob, labels, stream=False)  # resamples gather rows: in memory
     if callable(metric):
         classes = np.arange(prob.shape[1])
