@@ -575,10 +575,17 @@ def check_number(
                           for t in targets)
         raise TypeError(f"{name} must be an instance of {names if len(targets) == 1 else '{' + names + '}'}, not bool.")
     check_scalar(x, name, target_type)  # the type, with scikit-learn's message
-    if isinstance(x, numbers.Real) and math.isnan(x):
-        raise ValueError(f"{name} == nan, must be a number (not NaN).")
-    if finite and isinstance(x, numbers.Real) and math.isinf(x):
-        raise ValueError(f"{name} == {x}, must be finite.")
+    if isinstance(x, numbers.Integral):
+        if finite:
+            try:
+                float(x)
+            except OverflowError:
+                raise ValueError(f"{name} == {x}, must be finite (it does not fit in a float).") from None
+    elif isinstance(x, numbers.Real):
+        if math.isnan(x):
+            raise ValueError(f"{name} == nan, must be a number (not NaN).")
+        if finite and math.isinf(x):
+            raise ValueError(f"{name} == {x}, must be finite.")
     check_scalar(x, name, target_type, min_val=min_val, max_val=max_val, include_boundaries=include_boundaries)
     return x
 

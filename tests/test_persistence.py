@@ -236,6 +236,29 @@ def test_fuzzy_regions_must_be_sorted_and_widths_within_the_fits_range():
         _raises(data, match=match)
 
 
+@pytest.mark.parametrize("value", [2**53 + 1, 10**400])
+def test_integers_a_float64_cannot_hold_are_refused_not_rounded(value):
+    """JSON integers are exact: 2**53 + 1 would load as 2**53 (not the model the file
+    describes) and 10**400 raised OverflowError instead of a clear error."""
+    for name, edit, key in (
+        ("DirichletCalibrator", lambda d: d["state"]["coef_"][0].__setitem__(0, value), "coef_"),
+        ("TemperatureScaling", lambda d: d["state"].__setitem__("temperature_", value), "temperature_"),
+        ("DirichletCalibrator", lambda d: d["params"].__setitem__("reg_lambda", 10**400), "reg_lambda"),
+        ("PACSCalibrator", lambda d: d["params"].__setitem__("precision", 10**400), "precision"),
+        ("PACSCalibrator", lambda d: d["params"].__setitem__("norm", 10**400), "norm"),
+    ):
+        data = _data(name)
+        edit(data)
+        _raises(data, match=key)
+
+
+def test_a_huge_region_count_is_refused_without_building_it():
+    """n_regions = 2**40 hung from_dict: the default region names were built before any check."""
+    data = _data("FuzzyDirichletCalibrator")
+    data["params"]["n_regions"] = 2**40
+    _raises(data, match="centers_")  # the state holds 3 regions
+
+
 def test_dirichlet_and_fuzzy_state_shapes_are_checked():
     data = _data("DirichletCalibrator")
     data["state"]["coef_"] = [[1.0, 0.0], [0.0, 1.0]]
@@ -243,9 +266,10 @@ def test_dirichlet_and_fuzzy_state_shapes_are_checked():
     data = _data("FuzzyDirichletCalibrator")
     data["state"]["intercepts_"] = data["state"]["intercepts_"][:2]
     _raises(data, match="intercepts_")
-    data = _data("DirichletCalibrator")
-    data["state"]["coef_"][0][0] = True
-    _raises(data, match="coef_")
+    for leaf in (True, "1.5", None, {"a": 1}):  # numpy would read "1.5" as 1.5 and True as 1.0
+        data = _data("DirichletCalibrator")
+        data["state"]["coef_"][0][0] = leaf
+        _raises(data, match="coef_")
 
 
 def test_predictions_that_overflow_raise_instead_of_nan():
@@ -270,7 +294,7 @@ _SCALARS = st.one_of(
     st.text(max_size=6),
     st.sampled_from(["bf16", "fp16", "norm", "peaked", "bogus", "full", "diagonal", "auto", "int4", "nll", "ant",
                      "cat", "dog", "TemperatureScaling", "PACSCalibrator", "<i8", "<i4", "<U3", "<U9", "|O",
-                     "|b1", "<f8", "<f4", "os.system", "precal-calibrator"]),
+                     "|b1", "<f8", "<f4", "os.system", "precal-calibrator", "1.5", "2", "1e-310", "NaN"]),
 )
 _VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=5), inner, max_size=3), max_leaves=6)

@@ -460,13 +460,13 @@ def _load_classes(classes: Any) -> np.ndarray:
         "b": (lambda v: isinstance(v, bool)),
         "i": (lambda v: isinstance(v, int) and not isinstance(v, bool)),
         "u": (lambda v: isinstance(v, int) and not isinstance(v, bool)),
-        "f": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+        "f": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and _exact_float(v) is not None),
         "U": (lambda v: isinstance(v, str)),
     }
     if dtype.kind == "O":
         types = {type(v) for v in values}
         ok = len(types) == 1 and types <= {str, int, float} and all(
-            not isinstance(v, float) or math.isfinite(v) for v in values)
+            not isinstance(v, float) or _exact_float(v) is not None for v in values)
     elif dtype.kind in kinds and (dtype.kind == "U" or dtype.itemsize <= 8):
         ok = all(kinds[dtype.kind](v) for v in values)
     else:
@@ -505,9 +505,10 @@ def state_float(state: dict[str, Any], key: str, *, min_val: float | None = None
     value = state[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"Calibrator state {key!r} must be a number, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"Calibrator state {key!r} is not finite: {value!r}.")
+    exact = _exact_float(value)
+    if exact is None:
+        raise ValueError(f"Calibrator state {key!r} is not finite (or not exactly a float64): {value!r}.")
+    value = exact
     if (min_val is not None and value < min_val) or (max_val is not None and value > max_val):
         lo = "-inf" if min_val is None else f"{min_val:.6g}"
         hi = "inf" if max_val is None else f"{max_val:.6g}"
@@ -523,8 +524,12 @@ def state_array(state: dict[str, Any], key: str, shapes: tuple[tuple[int, ...], 
     value = state[key]
     if not isinstance(value, list):
         raise ValueError(f"Calibrator state {key!r} must be a list of finite numbers, got {value!r}.")
-    if any(isinstance(v, bool) for v in _flatten(value)):
-        raise ValueError(f"Calibrator state {key!r} must hold numbers, not booleans.")
+    leaves = list(_flatten(value))
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in leaves):
+        # numpy would read "1.5" as 1.5 and True as 1.0: only JSON numbers are numbers here
+        raise ValueError(f"Calibrator state {key!r} must be a (nested) list of numbers (not strings or booleans).")
+    if any(_exact_float(v) is None for v in leaves):
+        raise ValueError(f"Calibrator state {key!r} holds non-finite values (or integers float64 cannot hold exactly).")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -551,9 +556,25 @@ def state_count(state: dict[str, Any], key: str) -> int:
     value = state[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"Calibrator state {key!r} must be a number, got {value!r}.")
-    if not (math.isfinite(value) and value >= 0 and value == int(value)):
+    if isinstance(value, numbers.Integral):
+        ok = value >= 0
+    else:
+        ok = math.isfinite(value) and value >= 0 and value == int(value)
+    if not ok:
         raise ValueError(f"Calibrator state {key!r} must be a finite integer >= 0, got {value!r}.")
     return int(value)
+
+
+def _exact_float(value: Any) -> float | None:
+    """``float(value)`` for a finite number that float64 holds exactly, else None (NaN, inf,
+    or an integer such as ``2**53 + 1`` or ``10**400`` that a float64 would round or overflow)."""
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    if not math.isfinite(f) or (isinstance(value, numbers.Integral) and f != value):
+        return None
+    return f
 
 
 def _to_json_value(value: Any) -> Any:

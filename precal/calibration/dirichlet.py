@@ -656,12 +656,8 @@ class DirichletCalibrator(BaseLogitCalibrator):
             raise ValueError(f"map must be one of {MAPS}, got {self.map!r}.")
         for name in ("reg_lambda", "reg_mu"):
             value = getattr(self, name)
-            if name == "reg_mu" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}.")
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite float >= 0, got {value!r}.")
+            if not (name == "reg_mu" and value is None):
+                check_number(value, name, numbers.Real, min_val=0.0, finite=True)
         check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
         check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 

@@ -508,22 +508,19 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         if not isinstance(self.loss, str) or self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
         check_number(self.n_noise_copies, "n_noise_copies", numbers.Integral, min_val=0)
-        self._names()
+        if self.region_names is not None:  # the default names are made on demand (n_regions may be huge)
+            self._names()
         for name in ("reg_lambda", "reg_mu", "reg_region", "soft_ece_weight"):
             value = getattr(self, name)
-            if name == "reg_mu" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}.")
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite float >= 0, got {value!r}.")
+            if not (name == "reg_mu" and value is None):
+                check_number(value, name, numbers.Real, min_val=0.0, finite=True)
         check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
         check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _names(self) -> tuple[str, ...]:
         r = int(self.n_regions)
         if self.region_names is None:
-            return _DEFAULT_NAMES.get(r, tuple(f"region {i + 1}" for i in range(r)))
+            return _DEFAULT_NAMES[r] if r in _DEFAULT_NAMES else tuple(f"region {i + 1}" for i in range(r))
         names = self.region_names
         if isinstance(names, (str, dict, set, frozenset)) or not all(isinstance(s, str) for s in names):
             raise ValueError(f"region_names must be a sequence of strings, got {names!r}.")

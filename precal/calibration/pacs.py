@@ -46,7 +46,10 @@ def precision_epsilon(precision: str | float) -> float:
             raise ValueError(f"precision={precision!r} is not a known format: {exc}") from exc
     if isinstance(precision, bool) or not isinstance(precision, numbers.Real):
         raise TypeError(f"precision must be a format name or a float > 0, got {type(precision).__name__}.")
-    eps = float(precision)
+    try:
+        eps = float(precision)
+    except OverflowError:  # an integer beyond float range
+        eps = math.inf
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"precision as a number is the unit roundoff ε and must be finite and > 0, got {precision!r}.")
     return eps
@@ -286,6 +289,8 @@ class PACSCalibrator(BaseLogitCalibrator):
             raise ValueError(f"risk must be one of {RISKS}, got {self.risk!r}.")
         if isinstance(self.norm, bool) or not isinstance(self.norm, numbers.Real) or not self.norm >= 1:
             raise ValueError(f"norm must be a number >= 1 (or math.inf), got {self.norm!r}.")
+        if isinstance(self.norm, numbers.Integral) and self.norm > 2**53:
+            raise ValueError(f"norm must be a number >= 1 (or math.inf), got the integer {self.norm}; use math.inf.")
         check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
         check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
