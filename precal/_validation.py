@@ -11,24 +11,28 @@ Two opt-in modes keep large inputs where they are:
   own device and returned as a tensor, so CUDA logits never travel to the host.
 * ``stream=True`` (:func:`check_logits`, :func:`check_probabilities`): a 2-D ``numpy.memmap``
   that :func:`precal._chunks.file_rows` can stream is validated block by block from its
-  file and returned as a :class:`~precal._chunks.FileRows`, so the process never holds
+  mapping and returned as a :class:`~precal._chunks.FileRows`, so the process never holds
   more than one block of it.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.utils import check_array, column_or_1d
+from sklearn.utils import check_array, check_scalar, column_or_1d
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
 from ._chunks import FileRows, file_rows, row_blocks, rows_per_block
 
 __all__ = [
     "as_numpy",
+    "check_number",
+    "check_option",
+    "row_sum_tolerance",
     "check_logits",
     "check_probabilities",
     "encode_labels",
@@ -54,32 +58,73 @@ def as_numpy(x: Any) -> np.ndarray:
             x = x.float()
         return x.cpu().numpy()
     arr = np.asarray(x)
-    if arr.dtype.kind == "V" or (arr.dtype.kind not in "biufcOUSb" and arr.dtype.name.startswith("float")):
-        # ml_dtypes extension types (bfloat16, float8_*): exact in float32.
+    if _is_narrow_extension_float(arr.dtype):
+        # ml_dtypes extension types (bfloat16, float8_*, float6_*, float4_*): exact in float32.
         arr = arr.astype(np.float32)
     return arr
 
 
-_BFLOAT16_EPS = 2.0**-7
-_LOW_PRECISION_EPS = {"bfloat16": 2.0**-7, "float8_e4m3": 2.0**-3, "float8_e5m2": 2.0**-2}
+def _is_narrow_extension_float(dtype: np.dtype) -> bool:
+    """An ml_dtypes float of at most 16 bits other than numpy's float16 (bfloat16, float8_*, ...)."""
+    return (
+        dtype.kind in "fV" and dtype.itemsize <= 2 and dtype != np.float16 and dtype.name.startswith(("float", "bfloat"))
+    )
 
 
-def _source_float_dtype(x: Any) -> Any:
-    """The float dtype ``x`` arrived in (a name for bfloat16/float8, which numpy lacks), else float64.
+def _low_precision_facts(x: Any) -> tuple[str, float, float] | None:
+    """``(dtype name, eps, smallest subnormal)`` of ``x``'s float dtype if it is narrower than
+    float32 (float16, bfloat16, float8, ... as numpy, ml_dtypes or torch dtypes), else None.
 
-    Used for dtype-aware tolerances, before :func:`as_numpy` upcasts bfloat16.
+    Read before :func:`as_numpy` upcasts bfloat16/float8 to float32, for the row-sum
+    tolerance of :func:`check_probabilities`.
     """
     dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return None
+    if _is_tensor(x):
+        import torch
+
+        if not x.is_floating_point() or torch.finfo(dtype).bits > 16:
+            return None
+        info = torch.finfo(dtype)
+        # subnormal spacing = smallest normal * eps for every IEEE-style format torch has
+        return str(dtype).replace("torch.", ""), float(info.eps), float(info.smallest_normal * info.eps)
+    if not isinstance(dtype, np.dtype):
+        return None
+    if dtype == np.float16:
+        info = np.finfo(np.float16)
+        return "float16", float(info.eps), float(info.smallest_subnormal)
+    if _is_narrow_extension_float(dtype):
+        import ml_dtypes
+
+        info = ml_dtypes.finfo(dtype)
+        return dtype.name, float(info.eps), float(info.smallest_subnormal)
+    return None
+
+
+def row_sum_tolerance(x: Any, n_columns: int) -> float:
+    """How far from 1 a row of ``n_columns`` probabilities in ``x``'s dtype may sum.
+
+    Formats narrower than float32 (float16, bfloat16, float8, given as numpy, ml_dtypes or
+    torch dtypes): ``eps + n_columns * sigma / 2``, with ``eps = 2u`` the format's machine
+    epsilon (``u`` its unit roundoff) and ``sigma`` its smallest subnormal. A softmax
+    evaluated in the format rounds the sum of the exponentials and each quotient to nearest
+    (relative error ``u`` each, so ``|sum_k p_k - 1| <= 2u`` up to ``O(u^2)``), and each
+    entry in the subnormal range carries an absolute error of up to ``sigma / 2``: bfloat16
+    ``0.0078`` (real bfloat16 softmax rows: within ``0.0056`` stepwise, ``0.003`` rounded
+    once), float16 ``0.00098``, float8_e4m3 ``0.125 + K 2^-10``. Other dtypes (float32,
+    float64, integers, lists): ``max(1e-6, sqrt(eps))`` of the dtype (float64 for
+    non-float input), scikit-learn's ``log_loss`` rule, which leaves room for
+    probabilities computed at a lower precision and carried in float32.
+    """
+    facts = _low_precision_facts(x)
+    if facts is not None:
+        _, eps, sigma = facts
+        return eps + n_columns * sigma / 2.0
+    dtype = getattr(x, "dtype", None)
     name = str(dtype).replace("torch.", "") if dtype is not None else ""
-    if name == "bfloat16":
-        return "bfloat16"
-    if name in ("float16", "float32", "float64"):
-        return np.dtype(name)
-    if name.startswith("float8_e4m3"):
-        return "float8_e4m3"
-    if name.startswith("float8_e5m2"):
-        return "float8_e5m2"
-    return np.dtype(np.float64)
+    eps = float(np.finfo(np.dtype(name)).eps) if name in ("float32", "float64") else float(np.finfo(np.float64).eps)
+    return max(1e-6, float(np.sqrt(eps)))
 
 
 def _as_float(arr: np.ndarray, name: str) -> np.ndarray:
@@ -117,7 +162,7 @@ def check_logits(
         Return a torch tensor input as a validated tensor on its own device (checked with
         torch: nothing is copied to the host) instead of a numpy array.
     stream : bool, default=False
-        Return a 2-D ``numpy.memmap`` with at least 2 columns that can be read from its file
+        Return a 2-D ``numpy.memmap`` with at least 2 columns that can be streamed from its mapping
         (:func:`precal._chunks.file_rows`) as a :class:`~precal._chunks.FileRows`, after
         checking it block by block; the process holds one block at a time.
 
@@ -127,6 +172,20 @@ def check_logits(
         1-D or 2-D, dtype float32 or float64 (float16/bfloat16 upcast to float32,
         integers to float64; a streamed float16 file is upcast block by block). May share
         memory with the input; never written to.
+
+    Notes
+    -----
+    **Overflow-safe row shifts.** Every softmax-type computation subtracts each row's
+    largest logit first (``z - max_k z``). In float32 that difference overflows to ``-inf``
+    when a row's range ``max z - min z`` exceeds the float32 maximum (3.4e38), e.g. a row
+    ``[3e38, -3e38, 0]``, and the fits then walk to a bound on NaN derivatives. So when the
+    whole array's range (its largest minus its smallest value, computed in float64) exceeds
+    the float32 maximum, float32 logits (and narrower ones, upcast to float32) are returned
+    as float64: a float64 copy of an array, a tensor upcast on its device, a streamed file
+    read in float64 blocks; the results then equal those of float64 input. float64 logits
+    with a row whose range overflows float64 (beyond 1.8e308) cannot be shifted at all and
+    are refused with a ``ValueError`` naming the row. One pass over the data (its minimum
+    and maximum) serves both this and the finiteness check.
     """
     if sp.issparse(X):
         raise TypeError(f"{name} is a sparse matrix: sparse input is not supported, logits must be dense.")
@@ -135,21 +194,57 @@ def check_logits(
     if stream:
         rows = file_rows(X)
         if rows is not None and rows.shape[1] >= 2:
-            _check_finite_blocks(rows, name)
-            return rows
+            return _check_streamed_logits(rows, name)
     arr = _as_float(as_numpy(X), name)
     _check_logits_ndim(arr.shape, name, allow_1d)
     arr = check_array(
         arr,
         ensure_2d=False,
         dtype=[np.float64, np.float32],
-        ensure_all_finite=True,
+        ensure_all_finite=False,  # checked below, with the range, in one pass
         input_name=name,
         ensure_min_samples=1,
         ensure_min_features=1,
         copy=False,
     )
+    lo, hi = _aminmax(arr)
+    _check_finite_range(lo, hi, name, arr.dtype)
+    if arr.ndim == 2 and _row_shift_overflows(lo, hi, arr.dtype):
+        if arr.dtype == np.float32:
+            return arr.astype(np.float64)
+        _check_row_ranges(arr.max(axis=1) - arr.min(axis=1), 0, arr, name)
     return arr
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _row_shift_overflows(lo: float, hi: float, dtype: Any) -> bool:
+    """Whether some row of data with values in ``[lo, hi]`` may have a range that overflows ``dtype``."""
+    span = float(hi) - float(lo)  # float64: inf only beyond the float64 maximum
+    return span > _FLOAT32_MAX if str(dtype).replace("torch.", "") == "float32" else not np.isfinite(span)
+
+
+def _check_finite_range(lo: float, hi: float, name: str, dtype: Any) -> None:
+    """scikit-learn's finiteness messages from the data's minimum and maximum (NaN propagates into both)."""
+    if np.isnan(lo) or np.isnan(hi):
+        raise ValueError(f"Input {name} contains NaN.")
+    if np.isinf(lo) or np.isinf(hi):
+        dtype_name = str(dtype).replace("torch.", "")
+        raise ValueError(f"Input {name} contains infinity or a value too large for dtype({dtype_name!r}).")
+
+
+def _check_row_ranges(spans: Any, start: int, rows: Any, name: str) -> None:
+    """Refuse float64 rows whose range ``max - min`` overflows (``spans``: one per row, from row ``start``)."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(spans)))
+    if bad.size:
+        i = int(bad[0])
+        row = np.asarray(rows[i], dtype=np.float64)
+        raise ValueError(
+            f"{name} row {start + i} spans [{row.min():.6g}, {row.max():.6g}]: the difference of its largest and "
+            "smallest logit overflows float64, so no softmax of it can be computed. Logits within a row must "
+            f"differ by at most {np.finfo(np.float64).max:.4g}."
+        )
 
 
 def _is_tensor(x: Any) -> bool:
@@ -189,40 +284,52 @@ def _check_logits_tensor(X: Any, name: str, allow_1d: bool) -> Any:
         raise ValueError(
             f"Found array with 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required ({name})."
         )
-    if not bool(torch.isfinite(t).all()):
-        if bool(torch.isnan(t).any()):
-            raise ValueError(f"Input {name} contains NaN.")
-        raise ValueError(f"Input {name} contains infinity or a value too large for {t.dtype}.")
+    lo, hi = (v.item() for v in torch.aminmax(t.reshape(-1)))  # NaN propagates into both
+    _check_finite_range(lo, hi, name, t.dtype)
+    if t.dim() == 2 and _row_shift_overflows(lo, hi, t.dtype):
+        if t.dtype == torch.float32:
+            return t.to(torch.float64)
+        spans = (t.amax(dim=1) - t.amin(dim=1)).cpu().numpy()
+        _check_row_ranges(spans, 0, t.cpu().numpy(), name)
     return t
 
 
-def _check_finite_blocks(rows: FileRows, name: str) -> None:
-    """Finiteness of streamed logits, block by block (scikit-learn's messages)."""
+def _check_streamed_logits(rows: FileRows, name: str) -> FileRows:
+    """:func:`check_logits` for a streamed memmap, block by block (scikit-learn's messages)."""
+    lo, hi = np.inf, -np.inf
     for _, block in rows.blocks(rows_per_block(rows.shape[1])):
-        lo, hi = _aminmax(block)  # NaN propagates into both, inf shows in them
-        if np.isnan(lo) or np.isnan(hi):
-            raise ValueError(f"Input {name} contains NaN.")
-        if np.isinf(lo) or np.isinf(hi):
-            raise ValueError(f"Input {name} contains infinity or a value too large for dtype({str(rows.dtype)!r}).")
+        b_lo, b_hi = _aminmax(block)
+        _check_finite_range(b_lo, b_hi, name, rows.dtype)
+        lo, hi = min(lo, b_lo), max(hi, b_hi)
+    if not _row_shift_overflows(lo, hi, rows.work_dtype):
+        return rows
+    if rows.work_dtype == np.float32:
+        return rows.with_work_dtype(np.float64)
+    for start, block in rows.blocks(rows_per_block(rows.shape[1])):
+        _check_row_ranges(block.max(axis=1) - block.min(axis=1), start, block, name)
+    return rows
 
 
 def check_probabilities(y_prob: Any, *, name: str = "y_prob", stream: bool = False) -> Any:
     """Validate class probabilities and return them as a ``(n_samples, n_classes)`` float array.
 
     1-D input is the positive-class probability of a binary problem and becomes
-    ``[1 - p, p]``. Values must be finite and in ``[0, 1]``; rows must sum to 1 within
-    ``max(1e-6, sqrt(eps))`` of the input dtype (as scikit-learn's ``log_loss`` does), so
-    probabilities rounded to float16 or bfloat16 are accepted while logits are rejected.
+    ``[1 - p, p]``. Values must be finite and in ``[0, 1]``; rows must sum to 1 within the
+    tolerance of the input's dtype (:func:`row_sum_tolerance`): the rounding error of a
+    softmax evaluated in that format for float16, bfloat16 and float8 (bfloat16: 0.0078),
+    scikit-learn's ``max(1e-6, sqrt(eps))`` for float32/float64. Pass low-precision
+    probabilities in their own dtype so that their tolerance applies; logits are rejected.
     float32 and float64 are kept as they are (float16/bfloat16 become float32, integers
     float64): the checks and the metrics read the array without an upcast copy.
 
     With ``stream=True`` a 2-D ``numpy.memmap`` (at least 2 columns) that can be read from
-    its file (:func:`precal._chunks.file_rows`) is checked block by block and returned as a
+    its mapping (:func:`precal._chunks.file_rows`) is checked block by block and returned as a
     :class:`~precal._chunks.FileRows`, so the process holds one block at a time.
     """
     if sp.issparse(y_prob):
         raise TypeError(f"{name} is a sparse matrix: sparse input is not supported, probabilities must be dense.")
-    source_dtype = _source_float_dtype(y_prob)
+    facts = _low_precision_facts(y_prob)
+    source_name = facts[0] if facts is not None else str(getattr(y_prob, "dtype", "float64")).replace("torch.", "")
     rows = file_rows(y_prob) if stream else None
     if rows is not None and rows.shape[1] >= 2:
         data: Any = rows
@@ -236,8 +343,7 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob", stream: bool = Fal
         data = check_array(
             arr, ensure_2d=False, dtype=[np.float64, np.float32], ensure_all_finite=False, input_name=name, copy=False
         )
-    eps = _LOW_PRECISION_EPS[source_dtype] if isinstance(source_dtype, str) else float(np.finfo(source_dtype).eps)
-    tol = max(1e-6, float(np.sqrt(eps)))
+    tol = row_sum_tolerance(y_prob, data.shape[1] if data.ndim == 2 else 2)
     # One pass gives min, max and the rows that do not sum to 1; NaN propagates into min
     # and max and inf shows in them, so this is also the finiteness check.
     check_rows = data.ndim == 2 and data.shape[1] > 1
@@ -260,7 +366,7 @@ def check_probabilities(y_prob: Any, *, name: str = "y_prob", stream: bool = Fal
         )
     if n_bad:
         raise ValueError(
-            f"{name} rows must sum to 1 (tolerance {tol:.1e} for dtype {source_dtype}); "
+            f"{name} rows must sum to 1 (tolerance {tol:.2g} for dtype {source_name}); "
             f"{n_bad} row(s) do not, e.g. row {first_bad} sums to {first_sum:.8g}."
         )
     return data
@@ -295,18 +401,20 @@ def _scan_probabilities(data: Any, tol: float | None) -> tuple[float, float, int
     return lo, hi, n_bad, first_bad, first_sum
 
 
-def _aminmax(arr: np.ndarray) -> tuple[Any, Any]:
-    """Smallest and largest value in one pass (torch's ``aminmax``; NaN propagates)."""
+def _aminmax(arr: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest value in one pass (torch's ``aminmax`` on a view; NaN propagates)."""
     if arr.size == 0:
         return 0.0, 0.0
-    if arr.dtype in (np.float32, np.float64):
+    if arr.dtype in (np.float32, np.float64) and all(st >= 0 for st in arr.strides):
+        import warnings
+
         import torch
 
-        from ._numerics import as_tensor
-
-        lo, hi = torch.aminmax(as_tensor(arr).reshape(-1))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            lo, hi = torch.aminmax(torch.from_numpy(arr))  # a strided view: no copy
         return lo.item(), hi.item()
-    return arr.min(), arr.max()
+    return float(arr.min()), float(arr.max())
 
 
 def _row_sums(arr: np.ndarray) -> np.ndarray:
@@ -324,8 +432,12 @@ def encode_labels(
 
     1. ``labels`` when given (must have ``n_columns`` distinct entries);
     2. ``0, 1, ..., n_columns - 1`` when every label is an integer in that range, so a
-       cross-validation fold that misses a class still maps onto the right columns;
+       cross-validation fold that misses a class still maps onto the right columns (in
+       ``y``'s dtype, widened when it cannot hold ``n_columns - 1``);
     3. the sorted distinct labels of ``y``, whose number must equal ``n_columns``.
+
+    Boolean labels name two classes, so they are refused for scores with other than 2
+    columns. The classes returned are always distinct.
 
     Returns
     -------
@@ -358,7 +470,7 @@ def encode_labels(
                     f"{name} holds {n_present} class(es) ({present.tolist()!r}); at least {min_classes} classes "
                     "are needed to fit a calibrator."
                 )
-        return np.arange(n_columns).astype(y_arr.dtype), y_arr.astype(np.int64)
+        return _column_classes(n_columns, y_arr.dtype), y_arr.astype(np.int64)
     check_classification_targets(y_arr)
     if type_of_target(y_arr) not in ("binary", "multiclass"):
         raise ValueError(f"{name} must be binary or multiclass labels, got target type {type_of_target(y_arr)!r}.")
@@ -386,18 +498,32 @@ def encode_labels(
             )
         return classes, order[pos].astype(np.int64)
 
+    if y_arr.dtype.kind == "b" and n_columns != 2:
+        raise ValueError(
+            f"{name} holds boolean labels (at most 2 classes: False, True) but the scores have {n_columns} columns "
+            "(one per class). Pass integer or string labels, or labels=... to say which class each column is."
+        )
     numeric = y_arr.dtype.kind in "biuf"
     if numeric and len(present) < n_columns:
         integral = np.all(np.mod(present, 1) == 0)
         if integral and present.min() >= 0 and present.max() < n_columns:
-            classes = np.arange(n_columns).astype(y_arr.dtype)
-            return classes, y_arr.astype(np.int64)
+            return _column_classes(n_columns, y_arr.dtype), y_arr.astype(np.int64)
     if len(present) != n_columns:
         raise ValueError(
             f"{name} has {len(present)} classes {present.tolist()!r} but the scores have {n_columns} columns "
             "(one per class). Pass labels=... to say which class each column is."
         )
     return present, np.searchsorted(present, y_arr).astype(np.int64)
+
+
+def _column_classes(n_columns: int, dtype: np.dtype) -> np.ndarray:
+    """``0, 1, ..., n_columns - 1`` in ``dtype``, widened if ``dtype`` cannot hold them all
+    (uint8 labels with 300 columns), so the classes are always distinct."""
+    if dtype.kind == "b":
+        return np.arange(n_columns).astype(bool)  # only reached with n_columns == 2
+    if dtype.kind in "iu":
+        dtype = np.promote_types(dtype, np.min_scalar_type(n_columns - 1))
+    return np.arange(n_columns).astype(dtype)
 
 
 def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray | None:
@@ -423,3 +549,58 @@ def check_same_length(**arrays: Any) -> None:
     if len(set(lengths.values())) > 1:
         desc = ", ".join(f"{k} has {n}" for k, n in lengths.items())
         raise ValueError(f"Inconsistent numbers of samples: {desc}.")
+
+
+def check_number(
+    x: Any,
+    name: str,
+    target_type: Any,
+    *,
+    min_val: float | None = None,
+    max_val: float | None = None,
+    include_boundaries: str = "both",
+    finite: bool = False,
+) -> Any:
+    """scikit-learn's :func:`~sklearn.utils.check_scalar`, strict about bool and NaN.
+
+    ``check_scalar`` takes ``True`` for an ``int`` (``bool`` subclasses ``int``) and lets
+    ``nan`` through every bound (each comparison with NaN is false). Here a ``bool`` (or
+    ``numpy.bool_``) is refused where a number is expected, ``nan`` always, and ``inf`` with
+    ``finite=True``, each with a message in ``check_scalar``'s style that names the
+    parameter. Returns ``x``.
+    """
+    if isinstance(x, (bool, np.bool_)) and target_type is not bool:
+        targets = target_type if isinstance(target_type, tuple) else (target_type,)
+        names = ", ".join("int" if t is numbers.Integral else "float" if t is numbers.Real else t.__name__
+                          for t in targets)
+        raise TypeError(f"{name} must be an instance of {names if len(targets) == 1 else '{' + names + '}'}, not bool.")
+    check_scalar(x, name, target_type)  # the type, with scikit-learn's message
+    if isinstance(x, numbers.Integral):
+        if finite:
+            try:
+                float(x)
+            except OverflowError:
+                raise ValueError(f"{name} == {x}, must be finite (it does not fit in a float).") from None
+    elif isinstance(x, numbers.Real):
+        if math.isnan(x):
+            raise ValueError(f"{name} == nan, must be a number (not NaN).")
+        if finite and math.isinf(x):
+            raise ValueError(f"{name} == {x}, must be finite.")
+    check_scalar(x, name, target_type, min_val=min_val, max_val=max_val, include_boundaries=include_boundaries)
+    return x
+
+
+def check_option(x: Any, name: str, options: tuple[Any, ...]) -> Any:
+    """``x`` if it is one of ``options`` (strings, ``None``, ``True``/``False``), else a ``ValueError``.
+
+    Compared by type as well as value, so ``1`` is not taken for ``True`` nor ``0`` for
+    ``False``, and an unhashable ``x`` gets the same message as a wrong one.
+    """
+    for option in options:
+        if type(x) is type(option) and x == option:
+            return x
+        if isinstance(option, bool) and isinstance(x, np.bool_) and bool(x) == option:
+            return bool(x)
+    listed = [repr(o) for o in options]
+    choices = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " or " + listed[-1]
+    raise ValueError(f"{name} must be {choices}, got {x!r}.")

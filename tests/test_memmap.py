@@ -7,6 +7,7 @@ memory far below the file's size.
 """
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -89,8 +90,17 @@ def test_file_rows_reads_exactly_the_mapped_rows(tmp_path):
         assert_array_equal(got, view)
         assert_array_equal(rows.take(np.array([0, 2])), view[[0, 2]])
     # blocks never exceed max_block_elements, whatever the caller asks for
-    small = FileRows(raw.filename, raw.offset, (7, 5), np.float32, max_block_elements=10)
+    small = FileRows(np.asarray(raw), raw.base, max_block_elements=10)
     assert [b.shape[0] for _, b in small.blocks(100)] == [2, 2, 2, 1]
+    # a float64 work dtype reads float32 rows as float64 (the overflow-safe path)
+    wide = file_rows(raw).with_work_dtype(np.float64)
+    assert all(b.dtype == np.float64 for _, b in wide.blocks(3)) and wide.take(np.array([1])).dtype == np.float64
+
+
+def test_file_rows_refuses_an_array_outside_its_mapping(tmp_path):
+    mm = save_memmap(tmp_path / "a.npy", np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match="inside the given mapping"):
+        FileRows(np.ones((4, 3), np.float32), mm.base)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -203,6 +213,58 @@ def test_metrics_on_float16_memmap_equal_float16_array(tmp_path):
         assert_allclose(metric(y, mm), metric(y, p16), rtol=1e-6, atol=1e-12)
 
 
+# ----------------------------------------------------------------------------- the mapping, not the path
+def _fits_and_metrics(z_mm, p_mm, y):
+    """Everything that streams a memmap: two fits and the metrics (with their validation)."""
+    pacs = PACSCalibrator().fit(z_mm, y)
+    return {
+        "ts": TemperatureScaling().fit(z_mm, y).temperature_,
+        "pacs": (pacs.temperature_, pacs.lambda_),
+        **{f.__name__: f(y, p_mm) for f in METRICS},
+    }
+
+
+@pytest.mark.parametrize("change", ["replace", "delete"])
+def test_streaming_reads_the_mapping_not_the_path(tmp_path, change):
+    """Issue 17: a file replaced or deleted after np.load(..., mmap_mode="r") must not change
+    (or break) what the fits and the metrics read: the mapping holds the original data."""
+    z, y = heteroscedastic(n=3000, k=6, seed=2)
+    p = softmax(z).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "p.npy", p)
+    z_mm = np.load(tmp_path / "z.npy", mmap_mode="r")
+    p_mm = np.load(tmp_path / "p.npy", mmap_mode="r")
+    expected = _fits_and_metrics(z, p, y)
+    for name in ("z.npy", "p.npy"):
+        if change == "replace":  # a new file under the old name: other data, same shape
+            other = np.load(tmp_path / name)[::-1] * 0.5 if name == "p.npy" else 40.0 * np.load(tmp_path / name)
+            other = other / other.sum(axis=1, keepdims=True) if name == "p.npy" else other
+            np.save(tmp_path / ("new_" + name), np.ascontiguousarray(other, dtype=np.float32))
+            os.replace(tmp_path / ("new_" + name), tmp_path / name)
+        else:
+            os.remove(tmp_path / name)
+    got = _fits_and_metrics(z_mm, p_mm, y)
+    for key, value in expected.items():
+        assert_allclose(got[key], value, rtol=1e-6, atol=1e-12, err_msg=key)
+    # the whole memmap still reads as the original, through the pages released by the passes
+    assert_array_equal(np.asarray(z_mm), z)
+    assert_array_equal(np.asarray(p_mm), p)
+
+
+def test_streaming_sees_writes_made_through_a_shared_mapping(tmp_path):
+    """Rows written through an ``r+`` mapping (not yet flushed) are what a fit reads, and
+    releasing the pages after a block does not lose them."""
+    z, y = heteroscedastic(n=2000, k=5, seed=4)
+    np.save(tmp_path / "z.npy", np.zeros_like(z))
+    mm = np.load(tmp_path / "z.npy", mmap_mode="r+")
+    mm[:] = z  # dirty shared pages, not flushed
+    assert_allclose(TemperatureScaling().fit(mm, y).temperature_, TemperatureScaling().fit(z, y).temperature_,
+                    rtol=1e-6)
+    assert_array_equal(np.asarray(mm), z)
+    del mm
+    assert_array_equal(np.load(tmp_path / "z.npy"), z)  # written back to the file
+
+
 # ----------------------------------------------------------------------------- bad files
 @pytest.mark.parametrize("bad, match", [(np.nan, "contains NaN"), (np.inf, "infinity")])
 def test_non_finite_logits_in_a_memmap_are_refused(tmp_path, bad, match):
@@ -231,13 +293,6 @@ def test_bad_probability_memmaps_get_the_in_memory_messages(tmp_path):
             expected_calibration_error(y, bad)
         assert str(streamed.value) == str(in_memory.value)
         del mm
-
-
-def test_truncated_file_raises(tmp_path):
-    np.zeros((4, 3), np.float32).tofile(tmp_path / "short.bin")
-    rows = FileRows(tmp_path / "short.bin", 0, (10, 3), np.float32)
-    with pytest.raises(ValueError, match="shorter than the array"):
-        list(rows.blocks(100))
 
 
 def test_check_probabilities_single_column_memmap_is_refused(tmp_path):

@@ -24,7 +24,7 @@ Two class flags say what ``_fit`` and ``_calibrated_logits`` are given:
     numpy arrays and tensors are copied to the host first.
 ``_streams_memmaps = True``
     ``_fit`` may also receive a :class:`~precal._chunks.FileRows`: a 2-D ``numpy.memmap``
-    that it reads block by block from its file (``y_idx`` and ``sample_weight`` then are
+    that it reads block by block from its mapping (``y_idx`` and ``sample_weight`` then are
     CPU tensors), so logits larger than memory can be fitted.
 """
 
@@ -49,7 +49,18 @@ __all__ = ["BaseLogitCalibrator", "CalibratorModule", "FORMAT_NAME", "FORMAT_VER
 FORMAT_NAME = "precal-calibrator"
 FORMAT_VERSION = 1
 
+#: The keys of :meth:`BaseLogitCalibrator.to_dict` data, all required, no others.
+_DATA_KEYS = ("format", "format_version", "precal_version", "estimator", "params", "classes", "n_features_in", "state")
+
+#: precal's own calibrators, by public class name. Only classes defined in precal's
+#: ``precal.calibration`` package register (see ``__init_subclass__``): a user's subclass,
+#: whatever its name, is never loaded by :meth:`BaseLogitCalibrator.from_dict`.
 _REGISTRY: dict[str, type[BaseLogitCalibrator]] = {}
+_OWN_PACKAGE = __name__.rsplit(".", 1)[0]  # "precal.calibration"
+
+#: Largest ``classes`` array :meth:`BaseLogitCalibrator.from_dict` builds (bytes): the
+#: stored dtype sets the item size, so a tiny file could otherwise ask for gigabytes.
+_MAX_CLASSES_BYTES = 1 << 26
 
 
 class CalibratorModule(torch.nn.Module):
@@ -100,13 +111,18 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
     _state_keys: ClassVar[tuple[str, ...]] = ()
     #: ``_fit`` and ``_calibrated_logits`` take torch tensors on any device (see the module docstring).
     _device_native: ClassVar[bool] = False
-    #: ``_fit`` streams 2-D ``numpy.memmap`` logits from their file (see the module docstring).
+    #: ``_fit`` streams 2-D ``numpy.memmap`` logits from their mapping (see the module docstring).
     _streams_memmaps: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
-            _REGISTRY[cls.__name__] = cls
+        if cls.__name__.startswith("_") or not cls.__module__.startswith(_OWN_PACKAGE + "."):
+            return  # private helpers and every class outside precal.calibration: never loadable
+        known = _REGISTRY.get(cls.__name__)
+        if known is not None and _qualified_name(known) != _qualified_name(cls):
+            raise TypeError(f"Two precal calibrators are named {cls.__name__}: {_qualified_name(known)} and "
+                            f"{_qualified_name(cls)}.")
+        _REGISTRY[cls.__name__] = cls
 
     # ------------------------------------------------------------------ hooks
     def _validate_hyperparameters(self) -> None:  # pragma: no cover - overridden
@@ -125,17 +141,12 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         return {k: _to_json_value(getattr(self, k)) for k in self._state_keys}
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        missing = set(self._state_keys) - set(state)
-        if missing:
-            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
-        for k in self._state_keys:
-            value = state[k]
-            if isinstance(value, list):
-                value = state_array(state, k)
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"Calibrator state {k!r} must be a number or a list of numbers, got {value!r}.")
-            elif not np.isfinite(value):
-                raise ValueError(f"Calibrator state {k!r} is not finite: {value!r}.")
+        """Load the fitted state: exactly ``_state_keys``, each a finite number or a (nested)
+        list of finite numbers. Subclasses override this to check shapes and ranges too."""
+        check_state_keys(state, self._state_keys, type(self).__name__)
+        values = {k: state_array(state, k) if isinstance(state[k], list) else state_float(state, k)
+                  for k in self._state_keys}
+        for k, value in values.items():
             setattr(self, k, value)
 
     # ------------------------------------------------------------ validation
@@ -198,8 +209,21 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
 
     def _calibrated(self, X: Any) -> Any:
         """Calibrated float64 logits of ``X``: a tensor on ``X``'s device (device-native
-        calibrators) or a numpy array."""
-        return self._calibrated_logits(self._validated_logits(X))
+        calibrators) or a numpy array.
+
+        Raises ``ValueError`` if some are not finite (finite logits so large that the fitted
+        map overflows float64), so no NaN probability ever comes out silently.
+        """
+        out = self._calibrated_logits(self._validated_logits(X))
+        finite = torch.isfinite(out) if is_tensor(out) else np.isfinite(out)
+        if not bool(finite.all()):
+            bad = to_numpy(~finite.all(dim=1) if is_tensor(out) else ~finite.all(axis=1))
+            rows = np.flatnonzero(bad)
+            raise ValueError(
+                f"{type(self).__name__}: the calibrated logits of {rows.size} sample(s) (e.g. row {int(rows[0])}) "
+                "are not finite: those logits are so large that the fitted map overflows float64."
+            )
+        return out
 
     # ------------------------------------------------------------ public API
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> BaseLogitCalibrator:
@@ -212,7 +236,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             device by every precal calibrator: CUDA logits stay on the GPU, and only the
             fitted parameters (and, for the L-BFGS-B fits, the parameter vector of each
             iteration) cross to the host. A
-            2-D ``numpy.memmap`` is read block by block from its file by
+            2-D ``numpy.memmap`` is read block by block from its mapping (never re-opened by path) by
             ``TemperatureScaling`` and ``PACSCalibrator``, so it may be larger than memory.
         y : array-like of shape (n_samples,)
             True labels.
@@ -290,6 +314,11 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         from .. import __version__
 
         check_is_fitted(self)
+        if _REGISTRY.get(type(self).__name__) is not type(self):
+            raise TypeError(
+                f"{_qualified_name(type(self))} is not one of precal's calibrators ({sorted(_REGISTRY)}), so "
+                "from_dict could not load it back; pickle it instead."
+            )
         params = self.get_params(deep=False)
         try:
             json.dumps(params)
@@ -310,44 +339,79 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
     def from_dict(cls, data: dict[str, Any]) -> BaseLogitCalibrator:
         """Rebuild a fitted calibrator from :meth:`to_dict` output (e.g. after ``json.load``).
 
-        Only precal's own calibrator classes can be named, and only numbers, strings and
-        lists are read: loading never executes code from the data.
+        Only precal's own calibrator classes can be named (registered by their qualified
+        name in ``precal.calibration``: a user's subclass of the same name is not one of
+        them), and only numbers, strings and lists are read: loading never executes code
+        from the data. Everything is checked before a calibrator is returned:
+
+        - the keys: exactly those :meth:`to_dict` writes, ``format_version`` an ``int``
+          (``true`` is not 1) equal to ``FORMAT_VERSION``;
+        - ``params``: exactly the estimator's constructor parameters, checked as ``fit``
+          checks them;
+        - ``classes``: a supported dtype (bool, integer, float, string), values of that
+          type that the dtype holds exactly, at least 2 and all distinct, and
+          ``n_features_in`` consistent with them;
+        - ``state``: exactly the fitted attributes the estimator stores, each of the shape,
+          type and range a fit produces (e.g. a temperature within the fit's bounds).
+
+        So a loaded calibrator is the one the data describe (its :meth:`to_dict` gives the
+        data back, ``precal_version`` aside), or loading fails.
 
         Raises
         ------
         ValueError
             If the data is not a precal calibrator, has an unknown format version, names an
-            unknown or a different calibrator class, or holds malformed fields.
+            unknown or a different calibrator class, or holds malformed, missing or
+            unknown fields or out-of-range values.
+        TypeError
+            If a parameter has the wrong type (the message of ``fit``'s check).
         """
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise ValueError(f"Not a precal calibrator: expected a dict with format={FORMAT_NAME!r}.")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"Unsupported calibrator format_version {version!r}; this precal reads {FORMAT_VERSION}.")
-        name = data.get("estimator")
-        if name not in _REGISTRY:
+        if type(version) is not int or version != FORMAT_VERSION:
+            raise ValueError(
+                f"Unsupported calibrator format_version {version!r}; this precal reads {FORMAT_VERSION} (an integer)."
+            )
+        missing = [k for k in _DATA_KEYS if k not in data]
+        unknown = sorted(str(k) for k in data if k not in _DATA_KEYS)
+        if missing or unknown:
+            raise ValueError(f"Malformed calibrator data: missing key(s) {missing}, unknown key(s) {unknown}.")
+        name = data["estimator"]
+        if not isinstance(name, str) or name not in _REGISTRY:
             raise ValueError(f"Unknown calibrator {name!r}; known: {sorted(_REGISTRY)}.")
         target = _REGISTRY[name]
         if cls is not BaseLogitCalibrator and target is not cls:
             raise ValueError(f"The data holds a {name}, not a {cls.__name__}.")
-        for key, kind in (("params", dict), ("classes", dict), ("n_features_in", int), ("state", dict)):
-            if not isinstance(data.get(key), kind):
+        if not isinstance(data["precal_version"], str):
+            raise ValueError("Malformed calibrator data: 'precal_version' must be a string.")
+        for key, kind in (("params", dict), ("classes", dict), ("state", dict)):
+            if not isinstance(data[key], kind):
                 raise ValueError(f"Malformed calibrator data: {key!r} must be a {kind.__name__}.")
+        params = data["params"]
+        expected = set(target._get_param_names())
+        if set(params) != expected:
+            raise ValueError(
+                f"Malformed calibrator params for {name}: missing {sorted(expected - set(params))}, "
+                f"unknown {sorted(str(k) for k in set(params) - expected)}."
+            )
+        est = target(**params)
         try:
-            est = target(**data["params"])
-        except TypeError as exc:
-            raise ValueError(f"Malformed calibrator params for {name}: {exc}") from exc
-        classes = data["classes"]
-        try:
-            est.classes_ = np.asarray(classes["values"], dtype=np.dtype(classes["dtype"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"Malformed calibrator classes: {exc}") from exc
-        if est.classes_.ndim != 1 or len(est.classes_) < 2:
-            raise ValueError("Malformed calibrator classes: need a list of at least 2 labels.")
-        est.n_features_in_ = data["n_features_in"]
-        expected = 1 if len(est.classes_) == 2 and est.n_features_in_ == 1 else len(est.classes_)
-        if est.n_features_in_ != expected:
-            raise ValueError("Malformed calibrator data: n_features_in does not match the classes.")
+            est._validate_hyperparameters()  # the checks fit makes
+        except (TypeError, ValueError) as exc:
+            kind = ValueError if isinstance(exc, ValueError) else TypeError
+            raise kind(f"Malformed calibrator params for {name}: {exc}") from exc
+        est.classes_ = _load_classes(data["classes"])
+        n_features = data["n_features_in"]
+        if type(n_features) is not int:
+            raise ValueError(f"Malformed calibrator data: 'n_features_in' must be an integer, got {n_features!r}.")
+        allowed = (1, 2) if len(est.classes_) == 2 else (len(est.classes_),)
+        if n_features not in allowed:
+            raise ValueError(
+                f"Malformed calibrator data: n_features_in={n_features} does not match the {len(est.classes_)} "
+                f"classes (expected {' or '.join(map(str, allowed))})."
+            )
+        est.n_features_in_ = n_features
         est._set_state(data["state"])
         return est
 
@@ -372,18 +436,119 @@ def _as_output(values: Any, X: Any, return_tensor: bool) -> Any:
     return torch.from_numpy(np.ascontiguousarray(values)).to(device)
 
 
-def state_array(state: dict[str, Any], key: str) -> np.ndarray:
-    """``state[key]``, a (nested) list of finite numbers, as a float64 array (else ValueError)."""
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _load_classes(classes: Any) -> np.ndarray:
+    """The ``classes`` entry of :meth:`BaseLogitCalibrator.to_dict` data as the array it describes.
+
+    ``{"dtype": numpy dtype string, "values": list}``: bool, integer, float (finite) or
+    string labels (``"|O"``: one of those Python types throughout), each value of its
+    dtype's type and held by the dtype exactly, at least 2, all distinct.
+    """
+    if not isinstance(classes, dict) or set(classes) != {"dtype", "values"}:
+        raise ValueError("Malformed calibrator classes: expected a dict with exactly 'dtype' and 'values'.")
+    dtype_str, values = classes["dtype"], classes["values"]
+    if not isinstance(dtype_str, str) or not isinstance(values, list):
+        raise ValueError("Malformed calibrator classes: 'dtype' must be a string and 'values' a list.")
+    try:
+        dtype = np.dtype(dtype_str)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"Malformed calibrator classes: unknown dtype {dtype_str!r}.") from exc
+    kinds = {
+        "b": (lambda v: isinstance(v, bool)),
+        "i": (lambda v: isinstance(v, int) and not isinstance(v, bool)),
+        "u": (lambda v: isinstance(v, int) and not isinstance(v, bool)),
+        "f": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and _exact_float(v) is not None),
+        "U": (lambda v: isinstance(v, str)),
+    }
+    if dtype.kind == "O":
+        types = {type(v) for v in values}
+        ok = len(types) == 1 and types <= {str, int, float} and all(
+            not isinstance(v, float) or _exact_float(v) is not None for v in values)
+    elif dtype.kind in kinds and (dtype.kind == "U" or dtype.itemsize <= 8):
+        ok = all(kinds[dtype.kind](v) for v in values)
+    else:
+        raise ValueError(f"Malformed calibrator classes: unsupported dtype {dtype_str!r} (bool, integer, float "
+                         "or string labels).")
+    if not ok:
+        raise ValueError(f"Malformed calibrator classes: the values are not all {dtype} labels.")
+    if dtype.itemsize * len(values) > _MAX_CLASSES_BYTES:
+        raise ValueError(f"Malformed calibrator classes: {len(values)} labels of dtype {dtype_str!r} exceed "
+                         f"{_MAX_CLASSES_BYTES} bytes.")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # a value the dtype cannot hold: refused below
+            arr = np.asarray(values, dtype=dtype)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise ValueError(f"Malformed calibrator classes: {exc}") from exc
+    if arr.ndim != 1 or arr.tolist() != values:
+        raise ValueError(f"Malformed calibrator classes: dtype {dtype_str!r} does not hold the values exactly.")
+    if len(arr) < 2 or len(np.unique(arr)) != len(arr):
+        raise ValueError(f"Malformed calibrator classes: need at least 2 distinct labels, got {values!r}.")
+    return arr
+
+
+def check_state_keys(state: dict[str, Any], keys: tuple[str, ...], owner: str) -> None:
+    """``state`` has exactly ``keys`` (else ValueError naming the missing and unknown ones)."""
+    missing = sorted(set(keys) - set(state))
+    if missing:
+        raise ValueError(f"Calibrator state is missing key(s) {missing}.")
+    unknown = sorted(str(k) for k in set(state) - set(keys))
+    if unknown:
+        raise ValueError(f"Calibrator state has unknown key(s) {unknown}; {owner} stores exactly {list(keys)}.")
+
+
+def state_float(state: dict[str, Any], key: str, *, min_val: float | None = None, max_val: float | None = None,
+                what: str = "") -> float:
+    """``state[key]``, a finite number in ``[min_val, max_val]``, as a float (else ValueError)."""
+    value = state[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Calibrator state {key!r} must be a number, got {value!r}.")
+    exact = _exact_float(value)
+    if exact is None:
+        raise ValueError(f"Calibrator state {key!r} is not finite (or not exactly a float64): {value!r}.")
+    value = exact
+    if (min_val is not None and value < min_val) or (max_val is not None and value > max_val):
+        lo = "-inf" if min_val is None else f"{min_val:.6g}"
+        hi = "inf" if max_val is None else f"{max_val:.6g}"
+        raise ValueError(f"Calibrator state {key!r} == {value!r}, must be in [{lo}, {hi}]{what}.")
+    return value
+
+
+def state_array(state: dict[str, Any], key: str, shapes: tuple[tuple[int, ...], ...] | None = None) -> np.ndarray:
+    """``state[key]``, a (nested) list of finite numbers, as a float64 array (else ValueError).
+
+    With ``shapes``, the array must have one of them.
+    """
     value = state[key]
     if not isinstance(value, list):
         raise ValueError(f"Calibrator state {key!r} must be a list of finite numbers, got {value!r}.")
+    leaves = list(_flatten(value))
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in leaves):
+        # numpy would read "1.5" as 1.5 and True as 1.0: only JSON numbers are numbers here
+        raise ValueError(f"Calibrator state {key!r} must be a (nested) list of numbers (not strings or booleans).")
+    if any(_exact_float(v) is None for v in leaves):
+        raise ValueError(f"Calibrator state {key!r} holds non-finite values (or integers float64 cannot hold exactly).")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"Calibrator state {key!r} must be a (nested) list of numbers: {exc}") from exc
     if not np.isfinite(arr).all():
         raise ValueError(f"Calibrator state {key!r} holds non-finite values.")
+    if shapes is not None and arr.shape not in shapes:
+        raise ValueError(
+            f"Calibrator state {key!r} must have shape {' or '.join(map(str, shapes))}, got {arr.shape}."
+        )
     return arr
+
+
+def _flatten(value: Any) -> Any:
+    if isinstance(value, list):
+        for v in value:
+            yield from _flatten(v)
+    else:
+        yield value
 
 
 def state_count(state: dict[str, Any], key: str) -> int:
@@ -391,9 +556,25 @@ def state_count(state: dict[str, Any], key: str) -> int:
     value = state[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"Calibrator state {key!r} must be a number, got {value!r}.")
-    if not (math.isfinite(value) and value >= 0 and value == int(value)):
+    if isinstance(value, numbers.Integral):
+        ok = value >= 0
+    else:
+        ok = math.isfinite(value) and value >= 0 and value == int(value)
+    if not ok:
         raise ValueError(f"Calibrator state {key!r} must be a finite integer >= 0, got {value!r}.")
     return int(value)
+
+
+def _exact_float(value: Any) -> float | None:
+    """``float(value)`` for a finite number that float64 holds exactly, else None (NaN, inf,
+    or an integer such as ``2**53 + 1`` or ``10**400`` that a float64 would round or overflow)."""
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    if not math.isfinite(f) or (isinstance(value, numbers.Integral) and f != value):
+        return None
+    return f
 
 
 def _to_json_value(value: Any) -> Any:

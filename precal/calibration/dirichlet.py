@@ -12,11 +12,11 @@ import numpy as np
 import scipy.linalg
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_scalar
 from threadpoolctl import threadpool_limits
 
 from .._numerics import log_softmax, to_tensor
-from ._base import BaseLogitCalibrator, state_array, state_count
+from .._validation import check_number
+from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from ._crossval import REG_GRID, check_cv, cross_validated_path, cv_splits
 from .temperature import _on_device, fit_temperature
 
@@ -1145,14 +1145,13 @@ class DirichletCalibrator(BaseLogitCalibrator):
             if (name != "reg_lambda" and value is None) or (name == "reg_lambda" and isinstance(value, str)
                                                             and value == "cv"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            if isinstance(value, str):
                 expected = "a float >= 0 or 'cv'" if name == "reg_lambda" else "a float >= 0 or None"
-                raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}.")
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite float >= 0, got {value!r}.")
+                raise TypeError(f"{name} must be {expected}, got str {value!r}.")
+            check_number(value, name, numbers.Real, min_val=0.0, finite=True)
         check_cv(self.cv)
-        check_scalar(self.max_iter, "max_iter", numbers.Integral, min_val=1)
-        check_scalar(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither")
+        check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
+        check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _resolve_map(self, n_classes: int) -> str:
         if self.map == "auto":
@@ -1245,9 +1244,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
         """Load ``coef_`` (nested lists for a full map), ``intercept_``, ``n_iter_`` and ``reg_lambda_``;
         the map form follows from ``coef_``'s shape. Shapes and values are checked before anything is set."""
         k = len(self.classes_)
-        missing = set(self._state_keys) - set(state)
-        if missing:
-            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
+        check_state_keys(state, self._state_keys, "DirichletCalibrator")
         arrays = {}
         for key in ("coef_", "intercept_"):
             arrays[key] = state_array(state, key)

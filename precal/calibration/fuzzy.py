@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state, check_scalar
+from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
 from .._numerics import log_softmax
-from ._base import BaseLogitCalibrator, state_array, state_count
+from .._validation import check_number
+from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from .dirichlet import AUTO_FULL_MAX_CLASSES, MAPS, fit_dirichlet
 
 __all__ = [
@@ -498,31 +499,32 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
     def _validate_hyperparameters(self) -> None:
         if isinstance(self.n_regions, bool) or not isinstance(self.n_regions, numbers.Integral) or self.n_regions < 1:
             raise ValueError(f"n_regions must be an integer >= 1, got {self.n_regions!r}.")
+        try:
+            check_random_state(self.random_state)  # None, an int or a RandomState, as fit needs
+        except ValueError as exc:
+            raise ValueError(f"random_state: {exc}") from exc
         if not isinstance(self.map, str) or self.map not in MAPS:
             raise ValueError(f"map must be one of {MAPS}, got {self.map!r}.")
         if not (self.noise is None or callable(self.noise) or (isinstance(self.noise, str) and self.noise in NOISES)):
             raise ValueError(f"noise must be 'int4', None or a callable f(logits, generator), got {self.noise!r}.")
         if not isinstance(self.loss, str) or self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
-        check_scalar(self.n_noise_copies, "n_noise_copies", numbers.Integral, min_val=0)
-        self._names()
+        check_number(self.n_noise_copies, "n_noise_copies", numbers.Integral, min_val=0)
+        if self.region_names is not None:  # the default names are made on demand (n_regions may be huge)
+            self._names()
         for name in ("reg_lambda", "reg_mu", "reg_region", "soft_ece_weight"):
             value = getattr(self, name)
-            if name == "reg_mu" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}.")
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite float >= 0, got {value!r}.")
-        check_scalar(self.max_iter, "max_iter", numbers.Integral, min_val=1)
-        check_scalar(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither")
+            if not (name == "reg_mu" and value is None):
+                check_number(value, name, numbers.Real, min_val=0.0, finite=True)
+        check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
+        check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _names(self) -> tuple[str, ...]:
         r = int(self.n_regions)
         if self.region_names is None:
-            return _DEFAULT_NAMES.get(r, tuple(f"region {i + 1}" for i in range(r)))
+            return _DEFAULT_NAMES[r] if r in _DEFAULT_NAMES else tuple(f"region {i + 1}" for i in range(r))
         names = self.region_names
-        if isinstance(names, str) or not all(isinstance(s, str) for s in names):
+        if isinstance(names, (str, dict, set, frozenset)) or not all(isinstance(s, str) for s in names):
             raise ValueError(f"region_names must be a sequence of strings, got {names!r}.")
         if len(names) != r:
             raise ValueError(f"region_names has {len(names)} names but n_regions={r}; give one name per region.")
@@ -737,9 +739,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
     # ------------------------------------------------------------ persistence
     def _set_state(self, state: dict[str, Any]) -> None:
         """Load the fitted state; shapes and values are checked before anything is set."""
-        missing = set(self._state_keys) - set(state)
-        if missing:
-            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
+        check_state_keys(state, self._state_keys, "FuzzyDirichletCalibrator")
         self._validate_hyperparameters()
         k, r = len(self.classes_), int(self.n_regions)
         arrays = {}
@@ -752,8 +752,16 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
                     f"Calibrator state {key!r} must have shape {' or '.join(map(str, allowed))} for {r} regions "
                     f"and {k} classes, got {arrays[key].shape}."
                 )
-        if not (arrays["widths_"] > 0).all():
-            raise ValueError("Calibrator state 'widths_' must be positive (finite) numbers.")
+        # the ranges _split gives: centres in [1/K, 1], sorted (_set_fitted); widths in [σ_min, _MAX_WIDTH]
+        slack = 1e-9
+        centers, widths = arrays["centers_"], arrays["widths_"]
+        if not ((centers >= 1.0 / k - slack) & (centers <= 1.0 + slack)).all() or (np.diff(centers) < 0).any():
+            raise ValueError(f"Calibrator state 'centers_' must be sorted confidences in [1/K, 1] = [{1.0 / k:.6g}, 1], "
+                             f"got {centers.tolist()}.")
+        sigma_min = _min_width(r, k)
+        if not ((widths >= sigma_min * (1 - slack)) & (widths <= _MAX_WIDTH * (1 + slack))).all():
+            raise ValueError(f"Calibrator state 'widths_' must lie in [{sigma_min:.6g}, {_MAX_WIDTH}] (the widths a fit "
+                             f"gives for {r} regions and {k} classes), got {widths.tolist()}.")
         n_iter = state_count(state, "n_iter_")
         self.centers_, self.widths_ = arrays["centers_"], arrays["widths_"]
         self.coefs_, self.intercepts_ = arrays["coefs_"], arrays["intercepts_"]

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_scalar
 
 from .._chunks import FileRows, rows_per_block
 from .._numerics import as_tensor, is_tensor
+from .._validation import check_number
 from ..emulate.formats import format_info
-from ._base import BaseLogitCalibrator
-from .temperature import _CACHE_ELEMENTS, _CHUNK_ELEMENTS, fit_temperature, tensor_blocks
+from ._base import BaseLogitCalibrator, check_state_keys, state_count, state_float
+from .temperature import _CACHE_ELEMENTS, _CHUNK_ELEMENTS, fit_temperature, temperature_range, tensor_blocks
 
 __all__ = ["PACSCalibrator", "precision_epsilon", "pacs_risk", "pacs_objective", "RISKS"]
 
@@ -40,10 +40,16 @@ def precision_epsilon(precision: str | float) -> float:
         Unknown format name, or a number that is not finite and > 0.
     """
     if isinstance(precision, str):
-        return format_info(precision).unit_roundoff
+        try:
+            return format_info(precision).unit_roundoff
+        except ValueError as exc:
+            raise ValueError(f"precision={precision!r} is not a known format: {exc}") from exc
     if isinstance(precision, bool) or not isinstance(precision, numbers.Real):
         raise TypeError(f"precision must be a format name or a float > 0, got {type(precision).__name__}.")
-    eps = float(precision)
+    try:
+        eps = float(precision)
+    except OverflowError:  # an integer beyond float range
+        eps = math.inf
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"precision as a number is the unit roundoff ε and must be finite and > 0, got {precision!r}.")
     return eps
@@ -200,7 +206,9 @@ class PACSCalibrator(BaseLogitCalibrator):
     lambda_ : float
         ``λ`` (multiplies ``ε ||z|| s``; 0 means plain temperature scaling).
     epsilon_ : float
-        ``ε`` used during fitting.
+        ``ε`` of ``precision`` when fitted. Not stored by :meth:`to_dict` (it follows from
+        ``precision``, and predictions always use the current ``precision``'s ``ε``); a
+        calibrator loaded with :meth:`from_dict` reports the ``ε`` of its stored ``precision``.
     temperature_scaling_ : float
         The plain temperature-scaling ``T`` (the starting point and the ``λ = 0`` fallback).
     n_iter_ : int
@@ -256,7 +264,7 @@ class PACSCalibrator(BaseLogitCalibrator):
     True
     """
 
-    _state_keys = ("temperature_", "lambda_", "epsilon_", "temperature_scaling_", "n_iter_")
+    _state_keys = ("temperature_", "lambda_", "temperature_scaling_", "n_iter_")
     _device_native = True
     _streams_memmaps = True
 
@@ -277,12 +285,14 @@ class PACSCalibrator(BaseLogitCalibrator):
 
     def _validate_hyperparameters(self) -> None:
         precision_epsilon(self.precision)
-        if self.risk not in RISKS:
+        if not isinstance(self.risk, str) or self.risk not in RISKS:
             raise ValueError(f"risk must be one of {RISKS}, got {self.risk!r}.")
         if isinstance(self.norm, bool) or not isinstance(self.norm, numbers.Real) or not self.norm >= 1:
             raise ValueError(f"norm must be a number >= 1 (or math.inf), got {self.norm!r}.")
-        check_scalar(self.max_iter, "max_iter", numbers.Integral, min_val=1)
-        check_scalar(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither")
+        if isinstance(self.norm, numbers.Integral) and self.norm > 2**53:
+            raise ValueError(f"norm must be a number >= 1 (or math.inf), got the integer {self.norm}; use math.inf.")
+        check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
+        check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _risk(self, logits: torch.Tensor, epsilon: float) -> torch.Tensor:
         return _risk(logits, epsilon, self.risk, self.norm)
@@ -370,7 +380,21 @@ class PACSCalibrator(BaseLogitCalibrator):
         return _PACSMap(self.temperature_, self.lambda_, precision_epsilon(self.precision), self.risk, self.norm)
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        super()._set_state(state)
-        if not (self.temperature_ > 0 and self.lambda_ >= 0 and self.epsilon_ > 0):
-            raise ValueError("Calibrator state needs temperature_ > 0, lambda_ >= 0 and epsilon_ > 0.")
-        self.n_iter_ = int(self.n_iter_)
+        """Load the fitted state; each value in the range a fit gives (``T_TS`` within
+        temperature scaling's bounds, ``T0 = T_TS a`` with ``a`` within ``_A_BOUNDS``, ``λ >= 0``)."""
+        if "epsilon_" in state:
+            raise ValueError(
+                "Calibrator state 'epsilon_' is not stored: predictions use the ε of params['precision'] "
+                "(set_params(precision=...) re-targets a calibrator), so a stored ε could only disagree with it. "
+                "Remove the key (files written by precal 0.1.0 before this change carry it)."
+            )
+        check_state_keys(state, self._state_keys, "PACSCalibrator")
+        lo, hi = temperature_range()
+        what = " (the values a fit can give)"
+        t_ts = state_float(state, "temperature_scaling_", min_val=lo, max_val=hi, what=what)
+        t0 = state_float(state, "temperature_", min_val=t_ts * _A_BOUNDS[0] * (1.0 - 1e-12),
+                         max_val=t_ts * _A_BOUNDS[1] * (1.0 + 1e-12), what=what)
+        lam = state_float(state, "lambda_", min_val=0.0, what=what)
+        self.temperature_, self.lambda_, self.temperature_scaling_ = t0, lam, t_ts
+        self.n_iter_ = state_count(state, "n_iter_")
+        self.epsilon_ = precision_epsilon(self.precision)

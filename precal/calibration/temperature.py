@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -10,11 +11,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_scalar
 
 from .._chunks import FileRows, file_rows, row_blocks, rows_per_block
 from .._numerics import as_tensor, to_tensor
-from ._base import BaseLogitCalibrator
+from .._validation import check_number
+from ._base import BaseLogitCalibrator, check_state_keys, state_count, state_float
 
 __all__ = ["TemperatureScaling", "fit_temperature", "temperature_nll_derivatives", "TemperatureFit"]
 
@@ -324,8 +325,8 @@ class TemperatureScaling(BaseLogitCalibrator):
         self.tol = tol
 
     def _validate_hyperparameters(self) -> None:
-        check_scalar(self.max_iter, "max_iter", int, min_val=1)
-        check_scalar(self.tol, "tol", float, min_val=0.0, include_boundaries="neither")
+        check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
+        check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _fit(self, logits: torch.Tensor | FileRows, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
         result = fit_temperature(logits, y_idx, sample_weight, max_iter=self.max_iter, tol=self.tol)
@@ -346,7 +347,13 @@ class TemperatureScaling(BaseLogitCalibrator):
         return _TemperatureMap(1.0 / self.temperature_)
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        super()._set_state(state)
-        if not self.temperature_ > 0:
-            raise ValueError(f"Calibrator state 'temperature_' must be > 0, got {self.temperature_!r}.")
-        self.n_iter_ = int(self.n_iter_)
+        check_state_keys(state, self._state_keys, "TemperatureScaling")
+        lo, hi = temperature_range()
+        self.temperature_ = state_float(state, "temperature_", min_val=lo, max_val=hi,
+                                        what=" (the temperatures a fit can give)")
+        self.n_iter_ = state_count(state, "n_iter_")
+
+
+def temperature_range() -> tuple[float, float]:
+    """The temperatures :func:`fit_temperature` can give, ``1 / BETA_BOUNDS`` (with rounding room)."""
+    return (1.0 / BETA_BOUNDS[1]) * (1.0 - 1e-12), (1.0 / BETA_BOUNDS[0]) * (1.0 + 1e-12)

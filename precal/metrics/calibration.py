@@ -21,7 +21,8 @@ Memory-mapped input: the cores read ``prob`` in blocks of rows and keep only suf
 statistics (per-bin counts and sums, per-sample top-label confidence and correctness, which
 the equal-mass bins of the ACE sort) plus ``n``-sized vectors. A 2-D ``numpy.memmap`` of
 probabilities (``np.load(path, mmap_mode="r")``) is validated and read block by block from
-its file (:mod:`precal._chunks`), so every metric except :func:`calibration_error_ci`
+its mapping (:mod:`precal._chunks`; never re-opened by path, so a file replaced or deleted
+after mapping does not change the result), so every metric except :func:`calibration_error_ci`
 (whose resamples gather rows) works on files larger than memory, with the in-memory
 result up to float64 summation order. Probabilities of a large logits file come from a
 calibrator's ``predict_proba`` applied block by block, e.g. into an ``np.lib.format.open_memmap``.
@@ -34,11 +35,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import numpy as np
-from sklearn.utils import check_random_state, check_scalar
+from sklearn.utils import check_random_state
 
 from .._chunks import row_blocks, rows_per_block
 from .._numerics import as_tensor
-from .._validation import check_probabilities, check_same_length, encode_labels
+from .._validation import check_number, check_option, check_probabilities, check_same_length, encode_labels
 
 __all__ = [
     "expected_calibration_error",
@@ -69,7 +70,26 @@ def _validate(y_true: Any, y_prob: Any, labels: Any, *, stream: bool = True) -> 
 
 
 def _check_n_bins(n_bins: Any) -> None:
-    check_scalar(n_bins, "n_bins", numbers.Integral, min_val=1)
+    check_number(n_bins, "n_bins", numbers.Integral, min_val=1)
+
+
+def _check_strategy(strategy: Any) -> None:
+    check_option(strategy, "strategy", ("uniform", "quantile"))
+
+
+def _check_scale_by_half(scale_by_half: Any) -> None:
+    check_option(scale_by_half, "scale_by_half", (True, False, "auto"))
+
+
+#: The keyword parameters of each named metric of :func:`calibration_error_ci` and their checks.
+_METRIC_PARAMS: dict[str, dict[str, Callable[[Any], None]]] = {
+    "ece": {"n_bins": _check_n_bins},
+    "ace": {"n_bins": _check_n_bins},
+    "mce": {"n_bins": _check_n_bins},
+    "classwise_ece": {"n_bins": _check_n_bins},
+    "brier": {"scale_by_half": _check_scale_by_half},
+    "nll": {},
+}
 
 
 # ---------------------------------------------------------------- binning
@@ -198,6 +218,7 @@ def _brier_rows(y_idx: np.ndarray, block: Any) -> np.ndarray:
 
 
 def _brier_scale(n_classes: int, scale_by_half: bool | str) -> float:
+    _check_scale_by_half(scale_by_half)
     half = n_classes == 2 if scale_by_half == "auto" else bool(scale_by_half)
     return 0.5 if half else 1.0
 
@@ -364,8 +385,7 @@ def brier_score(y_true: Any, y_prob: Any, *, labels: Any = None, scale_by_half: 
     G. W. Brier. "Verification of forecasts expressed in terms of probability". Monthly
     Weather Review 78(1), 1950.
     """
-    if scale_by_half not in ("auto", True, False):
-        raise ValueError(f"scale_by_half must be True, False or 'auto', got {scale_by_half!r}.")
+    _check_scale_by_half(scale_by_half)
     return _brier(*_validate(y_true, y_prob, labels), scale_by_half)
 
 
@@ -422,6 +442,7 @@ def reliability_curve(
         (uniform) or ACE (quantile).
     """
     _check_n_bins(n_bins)
+    _check_strategy(strategy)
     y_idx, prob = _validate(y_true, y_prob, labels)
     conf, correct = _top_label(y_idx, prob)
     idx, edges = _bin_index(conf, n_bins, strategy)
@@ -505,7 +526,19 @@ def calibration_error_ci(
     random_state : int, RandomState instance or None
         Seeds the resampling; a fixed value gives a reproducible interval.
     **metric_params
-        Passed to the metric (e.g. ``n_bins=10``).
+        Passed to the metric (e.g. ``n_bins=10``). For a named metric only its own
+        parameters are accepted (``n_bins`` for the binned ones, ``scale_by_half`` for
+        ``"brier"``, none for ``"nll"``), checked like the metric function checks them,
+        before any work; anything else is a ``TypeError``.
+
+    Raises
+    ------
+    ValueError
+        On invalid probabilities or labels, an unknown metric name, ``n_bootstrap < 1``,
+        ``confidence_level`` outside (0, 1) or NaN, or a bad metric parameter value.
+    TypeError
+        On a parameter of the wrong type (``n_bins=True``, ``n_bootstrap=10.5``) or a
+        metric parameter the named metric does not take.
 
     Returns
     -------
@@ -515,27 +548,40 @@ def calibration_error_ci(
     ----------
     B. Efron, R. Tibshirani. "An Introduction to the Bootstrap". Chapman & Hall, 1993.
     """
-    check_scalar(n_bootstrap, "n_bootstrap", numbers.Integral, min_val=1)
-    check_scalar(confidence_level, "confidence_level", numbers.Real, min_val=0.0, max_val=1.0,
+    check_number(n_bootstrap, "n_bootstrap", numbers.Integral, min_val=1)
+    check_number(confidence_level, "confidence_level", numbers.Real, min_val=0.0, max_val=1.0,
                  include_boundaries="neither")
-    if "n_bins" in metric_params:
+    if not callable(metric):
+        if not isinstance(metric, str) or metric not in _CORES:
+            raise ValueError(f"metric must be one of {sorted(_CORES)} or a callable, got {metric!r}.")
+        checks = _METRIC_PARAMS[metric]
+        unknown = sorted(set(metric_params) - set(checks))
+        if unknown:
+            raise TypeError(
+                f"calibration_error_ci got metric parameter(s) {unknown} that metric={metric!r} does not take; "
+                f"it takes {sorted(checks) or 'none'}."
+            )
+        for key, value in metric_params.items():
+            checks[key](value)
+    elif "n_bins" in metric_params:
         _check_n_bins(metric_params["n_bins"])
+    try:
+        rng = check_random_state(random_state)
+    except ValueError as exc:
+        raise ValueError(f"random_state: {exc}") from exc
     y_idx, prob = _validate(y_true, y_prob, labels, stream=False)  # resamples gather rows: in memory
     if callable(metric):
         classes = np.arange(prob.shape[1])
 
         def evaluate(yi: np.ndarray, p: np.ndarray) -> float:
             return float(metric(yi, p, labels=classes, **metric_params))
-    elif metric in _CORES:
+    else:
         core = _CORES[metric]
 
         def evaluate(yi: np.ndarray, p: np.ndarray) -> float:
             return core(yi, p, **metric_params)
-    else:
-        raise ValueError(f"metric must be one of {sorted(_CORES)} or a callable, got {metric!r}.")
-    estimate = evaluate(y_idx, prob)  # first: bad metric_params fail here
+    estimate = evaluate(y_idx, prob)  # first: a callable's bad metric_params fail here
     summary = None if callable(metric) else _resampling_summary(metric, y_idx, prob, metric_params)
-    rng = check_random_state(random_state)
     n = len(y_idx)
     values = np.empty(n_bootstrap)
     for b in range(n_bootstrap):

@@ -60,9 +60,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sklearn.utils import check_scalar
 
-from .._validation import check_logits, check_probabilities, check_same_length, encode_labels
+from .._validation import (
+    check_logits,
+    check_number,
+    check_option,
+    check_probabilities,
+    check_same_length,
+    encode_labels,
+)
 from ..emulate.formats import FloatFormat, IntFormat, format_info
 from ..emulate.logits import softmax_in_format
 from .calibration import _bin_index, _check_n_bins
@@ -229,9 +235,10 @@ def precision_split(p_ref: Any, p_low: Any, *, threshold: float = 0.01) -> Preci
     ------
     ValueError
         On NaN/inf, values outside [0, 1], rows not summing to 1, empty input, ``p_ref`` and
-        ``p_low`` of different shapes (both shapes named), or ``threshold`` outside [0, 1].
+        ``p_low`` of different shapes (both shapes named), or ``threshold`` outside [0, 1]
+        or NaN.
     TypeError
-        If ``threshold`` is not a real number.
+        If ``threshold`` is not a real number (a bool is not).
 
     Notes
     -----
@@ -254,7 +261,7 @@ def precision_split(p_ref: Any, p_low: Any, *, threshold: float = 0.01) -> Preci
     >>> s.gap.round(4).tolist(), round(s.mean_gap, 4), round(s.max_abs_gap, 4), s.share_above_threshold
     ([0.05, -0.1], -0.025, 0.1, 1.0)
     """
-    check_scalar(threshold, "threshold", numbers.Real, min_val=0.0, max_val=1.0)
+    check_number(threshold, "threshold", numbers.Real, min_val=0.0, max_val=1.0)
     ref, low = _check_pair(p_ref, p_low)
     return _precision_split(ref, low, float(threshold))
 
@@ -857,13 +864,12 @@ def underflow_margin(precision: str | FloatFormat, n_classes: int = 2, *, softma
     5.5413
     """
     fmt = _float_format(precision)
-    check_scalar(n_classes, "n_classes", numbers.Integral, min_val=2)
+    check_number(n_classes, "n_classes", numbers.Integral, min_val=2)
+    check_option(softmax, "softmax", ("exact", "stepwise"))
     if softmax == "exact":
         h = _half_gap_below_one(fmt)
         return math.log(n_classes - 1) + math.log((1.0 - h) / h)
-    if softmax == "stepwise":
-        return _stepwise_threshold(fmt, int(n_classes))
-    raise ValueError(f"softmax must be 'exact' or 'stepwise', got {softmax!r}.")
+    return _stepwise_threshold(fmt, int(n_classes))
 
 
 # ---------------------------------------------------------------- saturation
