@@ -56,11 +56,12 @@ __all__ = [
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Below this many elements of work precal runs on one thread. Measured with
-#: ``benchmarks/bench_speed.py --crossover`` (one pass of the temperature-scaling
-#: derivatives on a 2-core machine): two threads start to pay between 2**18 and 2**19
-#: float32 elements (a pass takes about 0.5 ms there); below, the thread hand-offs cost
-#: more than the halved work saves.
+#: Below this many elements of work precal runs on one thread: a pass over fewer elements
+#: takes well under a millisecond, less than a thread hand-off and a wake-up can save.
+#: ``benchmarks/bench_speed.py`` measures the crossover (one pass of the temperature-scaling
+#: derivatives on one and on two threads by size); on the shared 2-core project machine,
+#: loaded by other work, two threads never paid below 2**19 elements. Provisional: rerun
+#: the benchmark's quiet mode to place it on a quiet machine.
 MIN_PARALLEL_ELEMENTS = 1 << 19
 
 _UNCHANGED = object()
@@ -128,11 +129,11 @@ def set_config(n_threads: int | None | Any = _UNCHANGED) -> None:
 
     Examples
     --------
-    >>> import precal
-    >>> precal.set_config(n_threads=1)
-    >>> precal.get_config()["n_threads"]
+    >>> from precal._threads import get_config, set_config   # also precal.set_config
+    >>> set_config(n_threads=1)
+    >>> get_config()["n_threads"]
     1
-    >>> precal.set_config(n_threads=None)
+    >>> set_config(n_threads=None)
     """
     config = _config()
     if n_threads is not _UNCHANGED:
@@ -147,9 +148,9 @@ def config_context(*, n_threads: int | None | Any = _UNCHANGED) -> Iterator[None
 
     Examples
     --------
-    >>> import precal
-    >>> with precal.config_context(n_threads=1):
-    ...     precal.get_config()["n_threads"]
+    >>> from precal._threads import config_context, get_config   # also precal.config_context
+    >>> with config_context(n_threads=1):
+    ...     get_config()["n_threads"]
     1
     """
     old = get_config()
@@ -321,18 +322,21 @@ def thread_limits(size: int | None = None, *, torch_threads: int | None = None) 
     n = thread_budget(size)
     saved = torch.get_num_threads()
     want = n if torch_threads is None else max(1, min(torch_threads, n))
-    blas = [lib for lib in _blas_controller().lib_controllers if (lib.num_threads or 1) > n]
-    saved_blas = [lib.num_threads for lib in blas]
+    # threadpoolctl also reaches torch's own OpenMP runtime, so the pools are set first and
+    # torch's count last (torch.set_num_threads also sets the count new threads start with).
+    pools = [lib for lib in _blas_controller().lib_controllers if (lib.num_threads or 1) > n]
+    saved_pools = [lib.num_threads for lib in pools]
+    changed = bool(pools) or want != saved
     try:
-        if want != saved:
-            torch.set_num_threads(want)
-        for lib in blas:
+        for lib in pools:
             lib.set_num_threads(n)
+        if changed:
+            torch.set_num_threads(want)
         yield n
     finally:
-        for lib, value in zip(blas, saved_blas):
+        for lib, value in zip(pools, saved_pools):
             lib.set_num_threads(value)
-        if torch.get_num_threads() != saved:
+        if changed:
             torch.set_num_threads(saved)
 
 

@@ -35,9 +35,9 @@ from .._threads import map_blocks
 __all__ = ["Block", "ShiftedLogits", "exp_", "scratch", "tensor_blocks", "CHUNK_ELEMENTS", "CACHE_ELEMENTS"]
 
 #: Elements per block (1 MB of float32): the unit of work of a pass and of its threads. A
-#: block and its work buffer stay in a core's L2 cache; 2**18 made a pass about 10 % faster
-#: on one thread than 2**20 (the previous size), and splits a pass finely enough to balance
-#: threads when the OS deschedules one of them.
+#: block and its work buffers stay in a core's L2 cache; in ``bench_speed.py``'s block-size
+#: pass, 2**18 and 2**19 were equal within noise and 2**16 / 2**17 were 25-50 % slower, and
+#: smaller blocks balance threads better when the OS deschedules one of them.
 CHUNK_ELEMENTS = 1 << 18
 
 #: Up to this many elements (512 MB of float32) the shifted logits are kept for all passes.

@@ -237,15 +237,18 @@ class PACSCalibrator(BaseLogitCalibrator):
     form matters: the NLL is often lowest as ``a -> 0`` (a temperature proportional to the
     risk, i.e. normalised logits), a valley that is straight in ``(a, b)`` but curved in
     ``(T0, λ)``, where an optimiser crawls along it. Each evaluation is one pass over the
-    data, chunk by chunk (about ``2**20`` elements), with float32 logits upcast to float64
-    one chunk at a time: computed in float32 the objective has a rounding floor (~1e-12)
+    data, block by block (about ``2**18`` elements; the row-shifted logits of the
+    temperature-scaling start are kept and reused), with float32 logits upcast to float64
+    one block at a time: computed in float32 the objective has a rounding floor (~1e-12)
     that L-BFGS-B's line search cannot see through, and it spent 66-91 evaluations instead
     of 11-21 on 30 000 x 1 000 float32 logits (issue #7 scale benchmark); a float64
     evaluation costs more, the fit as a whole less.
 
     **Scale and devices.** Given a torch tensor the whole fit runs on the tensor's device
-    (only ``(a, b)``, the objective and its gradient pass through the host for scipy); a
-    2-D ``numpy.memmap`` is read chunk by chunk from its file in every pass, so logits
+    (only ``(a, b)``, the objective and its gradient pass through the host for scipy); on
+    the CPU the blocks of a pass are shared among up to ``precal.get_config()["n_threads"]``
+    threads (see :mod:`precal._threads`), with the same result for any thread count; a
+    2-D ``numpy.memmap`` is read block by block from its file in every pass, so logits
     larger than memory can be fitted (the result equals the in-memory fit).
 
     **Shift.** The risk uses the raw logits (rounding error depends on their actual
