@@ -13,6 +13,8 @@ those passes:
   shifted block by block in every pass, so memory stays bounded;
 * with up to 32 classes a kept block is stored class-major, ``(K, rows)``, so that the sums
   over classes run along the long axis, several times faster than short per-row sums;
+* the exponentials are taken as ``exp2`` of pre-scaled arguments (:data:`LOG2E`), and
+  block-sized temporaries live in per-thread buffers (:func:`scratch`);
 * on the CPU the blocks of a pass are shared among precal's threads
   (:func:`precal._threads.map_blocks`); each block's result becomes Python floats at once
   and the totals are exact sums (``math.fsum``), so results do not depend on the number of
@@ -32,7 +34,7 @@ from .._chunks import FileRows, row_blocks, rows_per_block
 from .._numerics import as_tensor
 from .._threads import map_blocks
 
-__all__ = ["Block", "ShiftedLogits", "exp_", "scratch", "tensor_blocks", "CHUNK_ELEMENTS", "CACHE_ELEMENTS"]
+__all__ = ["Block", "ShiftedLogits", "scratch", "tensor_blocks", "CHUNK_ELEMENTS", "CACHE_ELEMENTS", "LOG2E"]
 
 #: Elements per block (1 MB of float32): the unit of work of a pass and of its threads. A
 #: block and its work buffers stay in a core's L2 cache; in ``bench_speed.py``'s block-size
@@ -62,13 +64,11 @@ class Block(NamedTuple):
 Span = tuple[int, int]
 
 
-def exp_(x: torch.Tensor) -> torch.Tensor:
-    """``x.exp_()``; on the CPU through numpy's SIMD ``exp``, 1.7-2x faster than torch's there
-    (AVX-512, float32 and float64; both within a few ulp of the exact value)."""
-    if x.device.type == "cpu" and x.is_contiguous():
-        np.exp(x.numpy(), out=x.numpy())
-        return x
-    return x.exp_()
+#: ``log2(e)``: ``e^x = 2^(x log2 e)``, and torch's ``exp2`` is 2-2.5x faster than its
+#: ``exp`` on the CPU (float32: 85 vs 224 us per 2**18 elements on the project machine;
+#: float64: 245 vs 443 us), at the same accuracy (both within an ulp); the scale folds
+#: into the multiplication by ``beta`` that comes first anyway.
+LOG2E = math.log2(math.e)
 
 
 _scratch = threading.local()
@@ -156,10 +156,8 @@ class ShiftedLogits:
     def _block_class_major(self, z: torch.Tensor, start: int) -> Block:
         """:meth:`_block` stored class-major, ``u`` of shape ``(K, rows)``."""
         stop = start + z.shape[0]
-        if z.device.type == "cpu":  # numpy's transposing copy is 2-3x faster than torch's here
-            u = torch.from_numpy(np.ascontiguousarray(z.numpy().T))
-        else:
-            u = z.t().contiguous()
+        # stacking the columns copies faster than a transposing copy for up to ~16 columns
+        u = torch.stack(z.unbind(1)) if z.shape[1] <= 16 else z.t().contiguous()
         u.sub_(u.amax(dim=0))
         u_true = u.gather(0, self.y_idx[None, start:stop])[0].to(_F64)
         return Block(u, 0, u_true, None if self.w is None else self.w[start:stop])

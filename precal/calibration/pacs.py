@@ -18,7 +18,7 @@ from .._numerics import as_tensor, is_tensor
 from .._threads import thread_limits
 from ..emulate.formats import format_info
 from ._base import BaseLogitCalibrator
-from ._blocks import CHUNK_ELEMENTS, Block, ShiftedLogits, exp_, scratch, tensor_blocks
+from ._blocks import CHUNK_ELEMENTS, LOG2E, Block, ShiftedLogits, scratch, tensor_blocks
 from .temperature import fit_shifted
 
 __all__ = ["PACSCalibrator", "precision_epsilon", "pacs_risk", "pacs_objective", "RISKS"]
@@ -73,7 +73,7 @@ def _risk(z: torch.Tensor, epsilon: float, risk: str, norm: float, *, in_scratch
     if risk == "peaked":
         # top softmax probability 1 / sum_k exp(z_k - max z)
         shifted = z.sub_(z.amax(dim=1, keepdim=True)) if in_scratch else z - z.amax(dim=1, keepdim=True)
-        p_top = 1.0 / exp_(shifted).sum(dim=1)
+        p_top = 1.0 / shifted.exp_().sum(dim=1)
         r = r * 4.0 * p_top * (1.0 - p_top)
     return r
 
@@ -89,7 +89,8 @@ def _block_objective(block: Block, beta: torch.Tensor, gain: torch.Tensor, rho: 
     """
     u, dim, u_true, w = block
     u = scratch(1, u, torch.float64).copy_(u)
-    e = exp_(torch.mul(u, beta[None, :] if dim == 0 else beta[:, None], out=scratch(0, u)))
+    scaled = beta * LOG2E  # e^{beta u} = 2^{beta log2(e) u}
+    e = torch.mul(u, scaled[None, :] if dim == 0 else scaled[:, None], out=scratch(0, u)).exp2_()
     s0 = e.sum(dim)
     slope = e.mul_(u).sum(dim) / s0 - u_true
     common = gain * slope

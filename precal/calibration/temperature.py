@@ -16,7 +16,7 @@ from .._chunks import FileRows, file_rows
 from .._numerics import as_tensor, to_tensor
 from .._threads import thread_limits
 from ._base import BaseLogitCalibrator
-from ._blocks import Block, ShiftedLogits, exp_, scratch
+from ._blocks import LOG2E, Block, ShiftedLogits, scratch
 
 __all__ = ["TemperatureScaling", "fit_temperature", "temperature_nll_derivatives", "TemperatureFit"]
 
@@ -38,7 +38,7 @@ def _block_terms(block: Block, beta: float, with_f: bool) -> torch.Tensor:
     float64. The first entry is 0 unless ``with_f``.
     """
     u, dim, u_true, w = block
-    e = exp_(torch.mul(u, beta, out=scratch(0, u)))  # e^{beta u} <= 1, reused in place below
+    e = torch.mul(u, beta * LOG2E, out=scratch(0, u)).exp2_()  # e^{beta u} <= 1, reused in place below
     sums = torch.stack([e.sum(dim), e.mul_(u).sum(dim), e.mul_(u).sum(dim)]).to(_F64)
     s0 = sums[0]
     moments = sums[1:] / s0  # E[u], E[u^2]
