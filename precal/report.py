@@ -291,8 +291,13 @@ def _precision_diagnostics(
 
 
 def _scalar_state(est: Any) -> dict[str, float]:
+    """The fitted scalars of ``est``: its persisted state, plus PACS's ε (derived from its precision)."""
     state = est.to_dict()["state"]
-    return {k: v for k, v in state.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out = {k: v for k, v in state.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    epsilon = getattr(est, "epsilon_", None)
+    if isinstance(epsilon, float):
+        out["epsilon_"] = epsilon
+    return out
 
 
 def evaluate(

@@ -14,10 +14,12 @@ from sklearn.exceptions import ConvergenceWarning
 
 from .._chunks import FileRows, rows_per_block
 from .._numerics import as_tensor, is_tensor
+from .._threads import thread_limits
 from .._validation import check_number
 from ..emulate.formats import format_info
 from ._base import BaseLogitCalibrator, check_state_keys, state_count, state_float
-from .temperature import _CACHE_ELEMENTS, _CHUNK_ELEMENTS, fit_temperature, temperature_range, tensor_blocks
+from ._blocks import CHUNK_ELEMENTS, LOG2E, Block, ShiftedLogits, scratch, tensor_blocks
+from .temperature import fit_shifted, temperature_range
 
 __all__ = ["PACSCalibrator", "precision_epsilon", "pacs_risk", "pacs_objective", "RISKS"]
 
@@ -69,45 +71,52 @@ def pacs_risk(logits: Any, epsilon: float, *, risk: str = "norm", norm: float = 
     return _risk(as_tensor(np.asarray(logits)), epsilon, risk, norm).numpy()
 
 
-def _risk(z: torch.Tensor, epsilon: float, risk: str, norm: float) -> torch.Tensor:
-    """:func:`pacs_risk` on a tensor, float64, on its device."""
-    z = z.to(torch.float64)
+def _risk(z: torch.Tensor, epsilon: float, risk: str, norm: float, *, in_scratch: bool = False) -> torch.Tensor:
+    """:func:`pacs_risk` on a tensor, float64, on its device (``in_scratch``: float64 copies
+    of ``z`` in this thread's reused block buffers, for the blocks of a fit)."""
+    z = scratch(0, z, torch.float64).copy_(z) if in_scratch else z.to(torch.float64)
     r = epsilon * torch.linalg.vector_norm(z, ord=norm, dim=1)
     if risk == "peaked":
         # top softmax probability 1 / sum_k exp(z_k - max z)
-        p_top = 1.0 / (z - z.amax(dim=1, keepdim=True)).exp_().sum(dim=1)
+        shifted = z.sub_(z.amax(dim=1, keepdim=True)) if in_scratch else z - z.amax(dim=1, keepdim=True)
+        p_top = 1.0 / shifted.exp_().sum(dim=1)
         r = r * 4.0 * p_top * (1.0 - p_top)
     return r
 
 
-def _nll_and_slopes(
-    logits: torch.Tensor | FileRows, u_true: torch.Tensor, beta: torch.Tensor, *, shifted: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row NLL of ``softmax(beta_i z_i)`` and its derivative in ``beta_i`` (float64).
+def _block_objective(block: Block, beta: torch.Tensor, gain: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """``[sum w nll_i, sum w c_i, sum w c_i rho_i]`` over one block, float64, with
+    ``c_i = gain_i (E_{p_i}[u_i] - u_{i,y})`` and ``p_i = softmax(beta_i u_i)``.
 
-    ``u = z - max z`` row-wise (so ``e^{beta u} <= 1``); ``nll_i = log sum_k e^{beta_i u_ik} -
-    beta_i u_i,y``, ``d nll_i / d beta_i = E_{p_i}[u_i] - u_i,y``. With ``shifted=False`` the
-    rows of ``logits`` (a tensor, or a memory-mapped file read chunk by chunk) are shifted
-    chunk by chunk here. Results live on ``u_true``'s device.
+    ``nll_i = log sum_k e^{beta_i u_ik} - beta_i u_{i,y}``. The element-wise work runs in
+    float64 (``u`` is upcast block by block into reused buffers): in float32 the
+    objective has a rounding floor (~1e-12) that L-BFGS-B's line search cannot see
+    through, and it spends tens of extra passes there.
     """
-    n, k = logits.shape
-    rows = rows_per_block(k, _CHUNK_ELEMENTS)
-    nll = torch.empty(n, dtype=torch.float64, device=u_true.device)
-    slope = torch.empty(n, dtype=torch.float64, device=u_true.device)
-    for start, z in tensor_blocks(logits, rows):
-        stop = start + z.shape[0]
-        uc = z if shifted else z - z.amax(dim=1, keepdim=True)
-        # float64 from here on: in float32 the objective has a rounding floor (~1e-12) that
-        # L-BFGS-B's line search cannot see through, and it spends tens of extra passes there
-        uc = uc.to(torch.float64)
-        w = torch.mul(uc, beta[start:stop, None]).exp_()
-        s0 = w.sum(dim=1)
-        mean_u = w.mul_(uc).sum(dim=1) / s0
-        ut = u_true[start:stop]
-        bt = beta[start:stop]
-        nll[start:stop] = torch.log(s0) - bt * ut
-        slope[start:stop] = mean_u - ut
-    return nll, slope
+    u, dim, u_true, w = block
+    u = scratch(1, u, torch.float64).copy_(u)
+    scaled = beta * LOG2E  # e^{beta u} = 2^{beta log2(e) u}
+    e = torch.mul(u, scaled[None, :] if dim == 0 else scaled[:, None], out=scratch(0, u)).exp2_()
+    s0 = e.sum(dim)
+    slope = e.mul_(u).sum(dim) / s0 - u_true
+    common = gain * slope
+    terms = torch.stack([torch.log(s0) - beta * u_true, common, common * rho])
+    return (terms if w is None else terms * w).sum(1)
+
+
+def _objective(theta: np.ndarray, data: ShiftedLogits, rho: torch.Tensor, t_ts: float) -> tuple[float, np.ndarray]:
+    """:func:`pacs_objective` over :class:`~precal.calibration._blocks.ShiftedLogits`: one pass."""
+    a, b = float(theta[0]), float(theta[1])
+    scale = a + b * rho
+    beta = 1.0 / (t_ts * scale)
+    gain = -beta / scale
+
+    def terms(block: Block, span: tuple[int, int]) -> torch.Tensor:
+        rows = slice(*span)
+        return _block_objective(block, beta[rows], gain[rows], rho[rows])
+
+    f, grad_a, grad_b = (total / data.denom for total in data.totals(terms))
+    return f, np.array([grad_a, grad_b])
 
 
 def pacs_objective(
@@ -127,17 +136,24 @@ def pacs_objective(
     bound. With ``beta_i = 1/T(x_i)`` and ``g_i = E_{p_i}[z_i] - z_{i,y_i}``:
     ``df/da = sum_i w_i g_i (-beta_i / (a + b rho_i))`` and ``df/db`` the same times ``rho_i``.
     ``u`` are row-shifted logits (``z - max z``; with ``shifted=False`` raw logits, shifted
-    chunk by chunk, e.g. a memory-mapped file), ``u_true`` their true-class entries,
+    block by block, e.g. a memory-mapped file), ``u_true`` their true-class entries,
     ``weights`` sum to 1. The sums run on the tensors' device; only the value and the two
     gradient entries come back.
     """
     a, b = float(theta[0]), float(theta[1])
+    rho = rho.to(torch.float64)
     scale = a + b * rho
     beta = 1.0 / (t_ts * scale)
-    nll, slope = _nll_and_slopes(u, u_true, beta, shifted=shifted)
-    common = weights * slope * -beta / scale
-    grad = torch.stack([common.sum(), (common * rho).sum()]).tolist()
-    return float((weights * nll).sum()), np.array(grad)
+    gain = -beta / scale
+    u_true = u_true.to(torch.float64)
+    weights = weights.to(torch.float64)
+    total = torch.zeros(3, dtype=torch.float64, device=u_true.device)
+    for start, z in tensor_blocks(u, rows_per_block(u.shape[1], CHUNK_ELEMENTS)):
+        rows = slice(start, start + z.shape[0])
+        block = Block(z if shifted else z - z.amax(dim=1, keepdim=True), 1, u_true[rows], weights[rows])
+        total += _block_objective(block, beta[rows], gain[rows], rho[rows])
+    f, grad_a, grad_b = total.tolist()
+    return f, np.array([grad_a, grad_b])
 
 
 class _PACSMap(torch.nn.Module):
@@ -230,15 +246,18 @@ class PACSCalibrator(BaseLogitCalibrator):
     form matters: the NLL is often lowest as ``a -> 0`` (a temperature proportional to the
     risk, i.e. normalised logits), a valley that is straight in ``(a, b)`` but curved in
     ``(T0, λ)``, where an optimiser crawls along it. Each evaluation is one pass over the
-    data, chunk by chunk (about ``2**20`` elements), with float32 logits upcast to float64
-    one chunk at a time: computed in float32 the objective has a rounding floor (~1e-12)
+    data, block by block (about ``2**18`` elements; the row-shifted logits of the
+    temperature-scaling start are kept and reused), with float32 logits upcast to float64
+    one block at a time: computed in float32 the objective has a rounding floor (~1e-12)
     that L-BFGS-B's line search cannot see through, and it spent 66-91 evaluations instead
     of 11-21 on 30 000 x 1 000 float32 logits (issue #7 scale benchmark); a float64
     evaluation costs more, the fit as a whole less.
 
     **Scale and devices.** Given a torch tensor the whole fit runs on the tensor's device
-    (only ``(a, b)``, the objective and its gradient pass through the host for scipy); a
-    2-D ``numpy.memmap`` is read chunk by chunk from its file in every pass, so logits
+    (only ``(a, b)``, the objective and its gradient pass through the host for scipy); on
+    the CPU the blocks of a pass are shared among up to ``precal.get_config()["n_threads"]``
+    threads (see :mod:`precal._threads`), with the same result for any thread count; a
+    2-D ``numpy.memmap`` is read block by block from its file in every pass, so logits
     larger than memory can be fitted (the result equals the in-memory fit).
 
     **Shift.** The risk uses the raw logits (rounding error depends on their actual
@@ -298,37 +317,29 @@ class PACSCalibrator(BaseLogitCalibrator):
         return _risk(logits, epsilon, self.risk, self.norm)
 
     def _fit(self, logits: torch.Tensor | FileRows, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
+        with thread_limits(math.prod(logits.shape), torch_threads=1) as n_threads:
+            self._fit_shifted(logits, y_idx, sample_weight, n_threads)
+
+    def _fit_shifted(
+        self, logits: torch.Tensor | FileRows, y_idx: torch.Tensor, sample_weight: torch.Tensor | None, n_threads: int
+    ) -> None:
         eps = precision_epsilon(self.precision)
-        ts = fit_temperature(logits, y_idx, sample_weight)
-        n, k = logits.shape
-        device = y_idx.device
-        f64 = torch.float64
-        # One pass: each row's true-class shifted logit u_y = z_y - max z, and its risk.
-        # In-memory inputs of up to 2**27 elements keep the shifted rows for the
-        # objective's passes; larger ones and memory-mapped files are shifted chunk by
-        # chunk in every pass.
-        cache = None
-        if not isinstance(logits, FileRows) and logits.numel() <= _CACHE_ELEMENTS:
-            cache = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        u_true = torch.empty(n, dtype=f64, device=device)
-        r = torch.empty(n, dtype=f64, device=device)
-        for start, z in tensor_blocks(logits, rows_per_block(k, _CHUNK_ELEMENTS)):
-            stop = start + z.shape[0]
-            u = z - z.amax(dim=1, keepdim=True)
-            if cache is not None:
-                cache[start:stop] = u
-            u_true[start:stop] = u.gather(1, y_idx[start:stop, None])[:, 0].to(f64)
-            r[start:stop] = self._risk(z, eps)
-        w = torch.ones(n, dtype=f64, device=device) if sample_weight is None else sample_weight
-        w = w / w.sum()
-        # The weighted mean risk sets the units of c (sample weights act as repetitions).
-        r_ref = float((w * r).sum())
+        w = None if sample_weight is None else sample_weight.to(torch.float64)
+        # The shifted rows serve the temperature-scaling start and every pass of the objective.
+        data = ShiftedLogits(logits, y_idx, w, n_threads)
+        t_ts = float(fit_shifted(data).temperature)
+        # One pass over the raw rows for the risk (it depends on the logits themselves).
+        r = torch.empty(logits.shape[0], dtype=torch.float64, device=y_idx.device)
+
+        def risk(z: torch.Tensor, span: tuple[int, int]) -> None:
+            r[span[0] : span[1]] = _risk(z, eps, self.risk, self.norm, in_scratch=True)
+
+        data.each_raw(risk)
+        # The weighted mean risk sets the units of b (sample weights act as repetitions).
+        r_ref = float(r.sum() if w is None else (w * r).sum()) / data.denom
         if not r_ref > 0:
             r_ref = 1.0
         rho = r / r_ref
-        source, shifted = (logits, False) if cache is None else (cache, True)
-
-        t_ts = float(ts.temperature)
 
         last: dict[bytes, tuple[float, np.ndarray]] = {}
 
@@ -337,7 +348,7 @@ class PACSCalibrator(BaseLogitCalibrator):
             key = np.asarray(theta, dtype=np.float64).tobytes()
             if key not in last:
                 last.clear()
-                last[key] = pacs_objective(theta, source, u_true, rho, w, t_ts, shifted=shifted)
+                last[key] = _objective(theta, data, rho, t_ts)
             value, grad = last[key]
             return value, grad.copy()
 
@@ -353,7 +364,7 @@ class PACSCalibrator(BaseLogitCalibrator):
                 f"PACSCalibrator: L-BFGS-B stopped after max_iter={self.max_iter} iterations "
                 f"({result.message}); keeping the best iterate.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         a, b = float(theta[0]), float(theta[1])
         self.temperature_ = t_ts * a

@@ -1,4 +1,4 @@
-"""Temperature scaling (Guo et al., 2017): one temperature fitted by Newton's method on 1/T."""
+"""Temperature scaling (Guo et al., 2017): one temperature fitted by Newton's method on ``1/T``."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .._chunks import FileRows, file_rows, row_blocks, rows_per_block
+from .._chunks import FileRows, file_rows
 from .._numerics import as_tensor, to_tensor
+from .._threads import thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_count, state_float
+from ._blocks import LOG2E, Block, ShiftedLogits, scratch
 
 __all__ = ["TemperatureScaling", "fit_temperature", "temperature_nll_derivatives", "TemperatureFit"]
 
@@ -23,17 +25,41 @@ __all__ = ["TemperatureScaling", "fit_temperature", "temperature_nll_derivatives
 #: ``log(beta) in [-10, 10]`` so both libraries search the same interval.
 BETA_BOUNDS = (math.exp(-10.0), math.exp(10.0))
 
-#: Rows per chunk: about 2**20 elements, so each work buffer holds 4 MB of float32 (8 MB of
-#: float64) whatever ``n``; chunks of this size stay in cache and were faster than 2**22 on a
-#: single CPU thread.
-_CHUNK_ELEMENTS = 1 << 20
-
-#: Up to this many elements (512 MB of float32) the row-shifted logits are computed once and
-#: kept for all passes; beyond it each pass shifts chunk by chunk (memory stays bounded).
-_CACHE_ELEMENTS = 1 << 27
-
 #: Rows of the subsample that gives Newton its starting point on large inputs.
 _WARM_START_ROWS = 4096
+
+_F64 = torch.float64
+
+
+def _block_terms(block: Block, beta: float, with_f: bool) -> torch.Tensor:
+    """``[sum w (log s0 - beta u_y), sum w (E[u] - u_y), sum w Var[u]]`` over one block, float64.
+
+    ``E`` and ``Var`` are under ``softmax(beta u)``, ``s0 = sum_k e^{beta u_k}``. The
+    element-wise work and the sums over classes run in the logits' dtype, the rest in
+    float64. The first entry is 0 unless ``with_f``.
+    """
+    u, dim, u_true, w = block
+    e = torch.mul(u, beta * LOG2E, out=scratch(0, u)).exp2_()  # e^{beta u} <= 1, reused in place below
+    sums = torch.stack([e.sum(dim), e.mul_(u).sum(dim), e.mul_(u).sum(dim)]).to(_F64)
+    s0 = sums[0]
+    moments = sums[1:] / s0  # E[u], E[u^2]
+    first = torch.log(s0) - beta * u_true if with_f else torch.zeros_like(s0)
+    terms = torch.stack([first, moments[0] - u_true, (moments[1] - moments[0].square()).clamp_min_(0.0)])
+    return (terms if w is None else terms * w).sum(1)
+
+
+def _block_terms_at_zero(block: Block) -> torch.Tensor:
+    """``[sum w (E[u] - u_y), sum w Var[u]]`` at ``beta = 0`` (uniform weights: no exponentials)."""
+    u, dim, u_true, w = block
+    moments = torch.stack([u.sum(dim), torch.mul(u, u, out=scratch(0, u)).sum(dim)]).to(_F64) / u.shape[dim]
+    terms = torch.stack([moments[0] - u_true, (moments[1] - moments[0].square()).clamp_min_(0.0)])
+    return (terms if w is None else terms * w).sum(1)
+
+
+def _derivatives(data: ShiftedLogits, beta: float, with_f: bool = False) -> tuple[float, float, float]:
+    """``(f, f', f'')`` at ``beta`` from one pass over the blocks (``f`` is 0 unless ``with_f``)."""
+    f, g, h = (total / data.denom for total in data.totals(lambda block, _: _block_terms(block, beta, with_f)))
+    return f, g, h
 
 
 def temperature_nll_derivatives(
@@ -41,9 +67,6 @@ def temperature_nll_derivatives(
     y_idx: torch.Tensor,
     beta: float,
     sample_weight: torch.Tensor | None = None,
-    *,
-    shifted: bool = False,
-    shifted_out: torch.Tensor | None = None,
 ) -> tuple[float, float, float]:
     r"""Mean NLL of ``softmax(beta * z)`` and its first two derivatives in ``beta``.
 
@@ -60,10 +83,11 @@ def temperature_nll_derivatives(
     so logits of 1e4 cannot overflow and the variance ``E[u^2] - E[u]^2`` is formed from
     small numbers. Element-wise work and the sums over classes run in the logits' dtype
     (float32 or float64; torch sums with cascade summation, relative error near the dtype's
-    eps); the per-row results are combined and summed over samples in float64. Rows are processed in
-    chunks of about ``2**20`` elements on the tensors' device, so memory stays bounded
-    for any ``n``; a :class:`~precal._chunks.FileRows` (a memory-mapped file) is read chunk
-    by chunk from its file.
+    eps); the per-row results are combined and summed over samples in float64. Rows are
+    processed in blocks of about ``2**18`` elements on the tensors' device, so memory stays
+    bounded for any ``n``, and on the CPU the blocks are shared among precal's threads
+    (:func:`precal.config_context`); a :class:`~precal._chunks.FileRows` (a memory-mapped
+    file) is read block by block from its file.
 
     Parameters
     ----------
@@ -73,58 +97,20 @@ def temperature_nll_derivatives(
     beta : float
         Inverse temperature, ``beta > 0``.
     sample_weight : torch.Tensor of shape (n,), optional
-    shifted : bool, default=False
-        The rows are already shifted by their maximum (see ``shifted_out``), which saves
-        two of the five element-wise passes when the derivatives are evaluated repeatedly.
-    shifted_out : torch.Tensor, optional
-        With ``shifted=False``, also write the row-shifted logits into this tensor (same
-        shape), so later calls can pass it with ``shifted=True``.
 
     Returns
     -------
     (f, f', f'') : tuple of float
     """
-    if not isinstance(logits, FileRows) and logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    f64 = torch.float64
-    n, k = logits.shape
-    rows = rows_per_block(k, _CHUNK_ELEMENTS)
-    device = logits.device if isinstance(logits, torch.Tensor) else torch.device("cpu")
-    total = torch.zeros(3, dtype=f64, device=device)
-    for start, z in tensor_blocks(logits, rows):
-        stop = start + z.shape[0]
-        if shifted:
-            u = z
-        elif shifted_out is not None:
-            u = torch.sub(z, z.amax(dim=1, keepdim=True), out=shifted_out[start:stop])
-        else:
-            u = z - z.amax(dim=1, keepdim=True)  # u <= 0, max_k u = 0
-        u_true = u.gather(1, y_idx[start:stop, None])[:, 0].to(f64)
-        w = torch.mul(u, beta).exp_()  # e^{beta u}, one work buffer reused in place below
-        s0 = w.sum(dim=1).to(f64)  # >= 1
-        mean_u = w.mul_(u).sum(dim=1).to(f64) / s0
-        mean_u2 = w.mul_(u).sum(dim=1).to(f64) / s0
-        terms = torch.stack(
-            [torch.log(s0) - beta * u_true, mean_u - u_true, (mean_u2 - mean_u.square()).clamp_min(0.0)]
-        )
-        if sample_weight is not None:
-            terms = terms * sample_weight[start:stop].to(f64)
-        total += terms.sum(dim=1)
-    denom = float(n) if sample_weight is None else float(sample_weight.to(f64).sum())
-    f, g, h = (total / denom).tolist()
-    return f, g, h
+    z = logits_source(logits)
+    with thread_limits(math.prod(z.shape), torch_threads=1) as n_threads:
+        w = None if sample_weight is None else sample_weight.to(_F64)
+        return _derivatives(ShiftedLogits(z, y_idx, w, n_threads, keep=False), beta, with_f=True)
 
 
 def _on_device(x: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``x`` (array-like or tensor) as a ``dtype`` tensor on ``device`` (no copy when it already is one)."""
     return to_tensor(x).to(device=device, dtype=dtype)
-
-
-def tensor_blocks(logits: torch.Tensor | FileRows, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, block)`` over the rows of a tensor (views on its device) or a :class:`FileRows`
-    (CPU tensors over a buffer that the next block overwrites)."""
-    for start, block in row_blocks(logits, rows):
-        yield start, as_tensor(block) if isinstance(block, np.ndarray) else block
 
 
 def logits_source(logits: Any) -> torch.Tensor | FileRows:
@@ -156,20 +142,26 @@ def fit_temperature(
     max_iter: int = 100,
     tol: float = 1e-4,
 ) -> TemperatureFit:
-    r"""Fit ``T`` minimising the NLL of ``softmax(z / T)`` by safeguarded Newton on ``beta = 1/T``.
+    r"""Fit ``T`` minimising the NLL of ``softmax(z / T)`` by safeguarded Newton on ``s = log(1/T)``.
 
-    Each iteration makes one pass over the data (:func:`temperature_nll_derivatives`) and
-    takes the Newton step ``beta - f'/f''``. Because ``f`` is convex, the sign of ``f'``
-    brackets the minimiser; a step that would leave the bracket is replaced by its geometric
-    midpoint, so the method cannot diverge. From ``beta = 1`` it typically converges in
-    4-8 passes. ``beta`` is kept in ``[e^-10, e^10]`` (scikit-learn's bounds); a minimiser
-    outside them ends on the bound. On more than 16 384 rows the iteration starts from the
-    minimiser on a strided subsample of 4 096 rows, which saves one or two full passes.
-    Inputs of up to 2**27 elements keep the row-shifted logits of the first pass (one extra
-    copy) for the later passes; larger ones are processed chunk by chunk with no copy.
-    Tensors are fitted on their device. A memory-mapped file (``numpy.memmap`` or
-    :class:`~precal._chunks.FileRows`) is read chunk by chunk from the file in every pass
-    (see :mod:`precal._chunks`): memory stays at a few chunks whatever its size.
+    Each iteration makes one pass over the data (the derivatives of
+    :func:`temperature_nll_derivatives` in ``beta = 1/T``) and takes the Newton step in
+    ``s = log beta``, where the NLL is close to a parabola over the whole range:
+    ``s - φ'/φ''`` with ``φ' = beta f'`` and ``φ'' = beta f' + beta^2 f''``. Where
+    ``φ'' <= 0`` (far below the minimiser) it takes the Newton step in ``beta`` instead.
+    Because ``f`` is convex in ``beta``, the sign of ``f'`` brackets the minimiser; a step
+    that would leave the bracket is replaced by its geometric midpoint, so the method cannot
+    diverge. From ``beta = 1`` it typically converges in 4-6 passes. ``beta`` is kept in
+    ``[e^-10, e^10]`` (scikit-learn's bounds); a minimiser outside them ends on the bound.
+    On more than 16 384 rows the iteration starts from the minimiser on a strided subsample
+    of 4 096 rows, which saves one or two full passes. Inputs of up to 2**27 elements keep
+    the row-shifted logits (one extra copy, class-major for up to 32 classes) for all
+    passes; larger ones are processed block by block with no copy. Tensors are fitted on
+    their device; on the CPU the blocks of a pass are shared among up to
+    ``precal.get_config()["n_threads"]`` threads (default: the CPUs the process may use),
+    with the same result for any thread count. A memory-mapped file (``numpy.memmap`` or
+    :class:`~precal._chunks.FileRows`) is read block by block from the file in every pass
+    (see :mod:`precal._chunks`): memory stays at a few blocks whatever its size.
 
     Parameters
     ----------
@@ -183,7 +175,7 @@ def fit_temperature(
     tol : float, default=1e-4
         Stop when a step changes ``beta`` by at most ``tol * beta``, and take that step.
         Newton converges quadratically, so the step taken leaves a relative error of order
-        ``tol**2`` (about 1e-8): below the float32 rounding floor of the derivatives and far
+        ``tol**2`` (about 1e-8): at the float32 rounding floor of the derivatives and far
         below scikit-learn's own tolerance.
 
     Returns
@@ -194,15 +186,23 @@ def fit_temperature(
     z = logits_source(logits)
     if z.ndim != 2:
         raise ValueError(f"logits must be 2-D (n, K), got shape {tuple(z.shape)}.")
-    streamed = isinstance(z, FileRows)
-    device = torch.device("cpu") if streamed else z.device
+    with thread_limits(math.prod(z.shape), torch_threads=1) as n_threads:
+        return _fit_temperature(z, y_idx, sample_weight, max_iter, tol, n_threads)
+
+
+def _fit_temperature(
+    z: torch.Tensor | FileRows, y_idx: Any, sample_weight: Any, max_iter: int, tol: float, n_threads: int
+) -> TemperatureFit:
+    device = torch.device("cpu") if isinstance(z, FileRows) else z.device
     yi = _on_device(y_idx, torch.int64, device)
-    w = None if sample_weight is None else _on_device(sample_weight, torch.float64, device)
-    # Small enough in-memory inputs keep their row-shifted copy (written by the first full
-    # pass) so that later passes skip the shift.
-    small = not streamed and z.numel() <= _CACHE_ELEMENTS
-    cache = torch.empty_like(z, memory_format=torch.contiguous_format) if small else None
-    beta = 1.0
+    w = None if sample_weight is None else _on_device(sample_weight, _F64, device)
+    return fit_shifted(ShiftedLogits(z, yi, w, n_threads), max_iter, tol)
+
+
+def fit_shifted(data: ShiftedLogits, max_iter: int = 100, tol: float = 1e-4) -> TemperatureFit:
+    """:func:`fit_temperature` on logits already held as :class:`~precal.calibration._blocks.ShiftedLogits`."""
+    z, yi, w = data.source, data.y_idx, data.w
+    streamed = isinstance(z, FileRows)
     n = z.shape[0]
     if n > 4 * _WARM_START_ROWS:
         # A deterministic strided subsample puts the start within a few percent of the
@@ -210,31 +210,42 @@ def fit_temperature(
         stride = n // _WARM_START_ROWS
         sub_w = None if w is None else w[::stride]
         sub_z = as_tensor(z.take(np.arange(0, n, stride))) if streamed else z[::stride]
-        beta = 1.0 / _newton(sub_z, yi[::stride], sub_w, 1.0, max_iter, 1e-3, None)[0]
-    temperature, n_iter, converged = _newton(z, yi, w, beta, max_iter, tol, cache)
+        sub = ShiftedLogits(sub_z, yi[::stride], sub_w, 1)
+        beta = 1.0 / _newton(sub, _start(sub), max_iter, 1e-3)[0]
+    else:
+        beta = _start(data)
+    temperature, n_iter, converged = _newton(data, beta, max_iter, tol)
     return TemperatureFit(temperature=temperature, n_iter=n_iter, converged=converged)
 
 
-def _newton(
-    z: torch.Tensor | FileRows, yi: torch.Tensor, w: torch.Tensor | None, beta: float, max_iter: int, tol: float,
-    cache: torch.Tensor | None,
-) -> tuple[float, int, bool]:
-    """Safeguarded Newton on the convex ``f(beta)``; returns ``(1/beta, passes, converged)``.
+def _start(data: ShiftedLogits) -> float:
+    """Newton's step from ``beta = 0``, ``-f'(0) / f''(0)``, from the uniform-weight moments (no exponentials).
 
-    With a ``cache`` tensor, the first pass stores the row-shifted logits in it and the
-    following passes read them from there.
+    ``f'`` is concave in ``beta`` in the usual case (``f''`` falls as the probabilities
+    sharpen), so this step lands below the minimiser, where the log-space steps of
+    :func:`_newton` are long. Where ``f'(0) >= 0`` (logits no better than chance on
+    average) it is 1.
+    """
+    g0, h0 = (total / data.denom for total in data.totals(lambda block, _: _block_terms_at_zero(block)))
+    lo, hi = BETA_BOUNDS
+    return min(max(-g0 / h0, lo), hi) if g0 < 0 and h0 > 0 else 1.0
+
+
+def _newton(data: ShiftedLogits, beta: float, max_iter: int, tol: float) -> tuple[float, int, bool]:
+    """Safeguarded Newton for the convex ``f(beta)``; returns ``(1/beta, passes, converged)``.
+
+    Each pass gives ``f'`` and ``f''`` at ``beta`` and two Newton steps: in ``beta``, and
+    in ``s = log beta`` (``φ(s) = f(e^s)``, ``φ' = beta f'``, ``φ'' = beta f' + beta^2 f''``).
+    Above the minimiser (``f' > 0``) the ``beta`` step comes first, below it the ``log beta``
+    step (longer where ``f''`` falls fast); the first one inside the bracket that the signs
+    of ``f'`` give is taken, else the bracket's geometric midpoint.
     """
     lo, hi = BETA_BOUNDS
     beta = min(max(beta, lo), hi)
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        if cache is None:
-            _, g, h = temperature_nll_derivatives(z, yi, beta, w)
-        elif n_iter == 1:
-            _, g, h = temperature_nll_derivatives(z, yi, beta, w, shifted_out=cache)
-        else:
-            _, g, h = temperature_nll_derivatives(cache, yi, beta, w, shifted=True)
+        _, g, h = _derivatives(data, beta)
         if g == 0.0:
             converged = True
             break
@@ -242,8 +253,11 @@ def _newton(
             hi = beta
         else:
             lo = beta
-        step = beta - g / h if h > 0 else math.inf
-        new = step if lo < step < hi else math.sqrt(lo * hi)
+        linear = beta - g / h if h > 0 else math.inf
+        curvature = g + beta * h  # φ''(s) / beta
+        logarithmic = beta * math.exp(min(-g / curvature, 50.0)) if curvature > 0 else math.inf
+        steps = (linear, logarithmic) if g > 0 else (logarithmic, linear)
+        new = next((step for step in steps if lo < step < hi), math.sqrt(lo * hi))
         if abs(new - beta) <= tol * beta or hi - lo <= tol * lo:
             beta, converged = new, True
             break

@@ -110,6 +110,75 @@ def test_newton_converges_in_few_passes(logits_y):
     assert result.n_iter <= 10
 
 
+def _float64_minimiser(z, y, w=None):
+    """The minimiser of the mean NLL of the given values, in float64: the root of its derivative
+    in ``beta = 1/T``, ``mean_i w_i (E_softmax(beta z_i)[z_i] - z_{i,y_i})`` (numpy, scipy's brentq)."""
+    from scipy.optimize import brentq
+
+    z = np.asarray(z, dtype=np.float64)
+    w = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
+
+    def slope(log_beta):
+        p = softmax(z * np.exp(log_beta))
+        return np.average((p * z).sum(axis=1) - z[np.arange(len(y)), y], weights=w)
+
+    return float(np.exp(-brentq(slope, -10.0, 10.0, xtol=1e-14, rtol=1e-15)))
+
+
+@pytest.mark.parametrize("case", [
+    dict(k=10, scale=5.0, margin=3.0),    # over-confident, T > 1
+    dict(k=3, scale=1.0, margin=3.0),     # under-confident, T < 1
+    dict(k=100, scale=12.0, margin=0.1),  # nearly uninformative: T ~ 100
+    dict(k=2, scale=0.3, margin=4.0),     # binary, strongly under-confident
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_temperature_is_the_float64_minimiser_in_few_passes(case, dtype):
+    rng = np.random.default_rng(7)
+    n, k = 3000, case["k"]
+    y = rng.integers(0, k, size=n)
+    z = (case["scale"] * (case["margin"] * np.eye(k)[y] + rng.normal(size=(n, k)))).astype(dtype)
+    fit = fit_temperature(z, y)
+    assert fit.converged and fit.n_iter <= 6
+    # the default tol=1e-4 leaves an error of order tol**2; float32 row sums a rounding floor near 1e-7
+    ref = _float64_minimiser(z, y)
+    assert_allclose(fit.temperature, ref, rtol=3e-7)
+    if dtype == np.float64:
+        assert_allclose(fit_temperature(z, y, tol=1e-10).temperature, ref, rtol=1e-10)
+
+
+def test_weighted_temperature_is_the_weighted_float64_minimiser():
+    z, y = make_logits(n=2000, k=6, seed=5)
+    w = np.random.default_rng(1).uniform(0.0, 3.0, size=len(y))
+    assert_allclose(fit_temperature(z, y, w, tol=1e-10).temperature, _float64_minimiser(z, y, w), rtol=1e-10)
+
+
+def test_logits_no_better_than_chance_get_a_large_temperature():
+    # labels independent of the logits: the start from beta = 0 sees f'(0) >= 0 on average
+    z, _ = make_logits(n=1000, k=4, seed=2)
+    y = np.random.default_rng(0).integers(0, 4, size=1000)
+    fit = fit_temperature(z, y)
+    assert fit.converged and fit.temperature > 5.0
+    assert_allclose(fit.temperature, _float64_minimiser(z, y), rtol=1e-6)
+
+
+def test_anti_correlated_logits_end_on_the_bound():
+    # the true class is always the least likely: the NLL falls all the way to T = e^10
+    z, _ = make_logits(n=1000, k=4, seed=2)
+    fit = fit_temperature(z, np.argmin(z, axis=1))
+    assert fit.converged and fit.n_iter <= 30
+    assert_allclose(fit.temperature, np.exp(10.0), rtol=1e-3)
+
+
+def test_class_major_and_row_major_blocks_agree(monkeypatch):
+    from precal.calibration import _blocks
+
+    z, y = make_logits(n=3000, k=12, seed=9, dtype=np.float32)
+    class_major = fit_temperature(z, y).temperature  # 12 classes: kept class-major
+    monkeypatch.setattr(_blocks, "CLASS_MAJOR_MAX_K", 0)
+    row_major = fit_temperature(z, y).temperature
+    assert_allclose(class_major, row_major, rtol=3e-7)
+
+
 def test_warm_start_on_large_input_gives_same_temperature():
     z, y = make_logits(n=20_000, k=5, seed=4)
     big = fit_temperature(z, y, tol=1e-10)  # > 16 384 rows: starts from a subsample fit
