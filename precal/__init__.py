@@ -28,6 +28,9 @@ __all__ = [
     "CalibratedClassifier",
     "LogitTransformer",
     "load_calibrator",
+    "config_context",
+    "get_config",
+    "set_config",
 ]
 
 _SUBPACKAGES = frozenset({"calibration", "emulate", "metrics"})
@@ -41,6 +44,8 @@ _FROM_CALIBRATION = frozenset({
     "load_calibrator",
 })
 
+_FROM_THREADS = frozenset({"config_context", "get_config", "set_config"})
+
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from . import calibration, emulate, metrics
     from .calibration import (
@@ -52,6 +57,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         TemperatureScaling,
         load_calibrator,
     )
+    from ._threads import config_context, get_config, set_config
 
 
 def __getattr__(name: str) -> Any:
@@ -61,6 +67,10 @@ def __getattr__(name: str) -> Any:
     if name in _FROM_CALIBRATION:
         value = getattr(importlib.import_module(f"{__name__}.calibration"), name)
         globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    if name in _FROM_THREADS:
+        value = getattr(importlib.import_module(f"{__name__}._threads"), name)
+        globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -42,6 +42,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._chunks import FileRows
 from .._numerics import as_tensor, binary_logit_to_two_columns, is_tensor, log_softmax, softmax, to_numpy
+from .._threads import threaded
 from .._validation import as_numpy, check_logits, check_same_length, check_sample_weight, encode_labels
 
 __all__ = ["BaseLogitCalibrator", "CalibratorModule", "FORMAT_NAME", "FORMAT_VERSION"]
@@ -226,6 +227,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         return out
 
     # ------------------------------------------------------------ public API
+    @threaded
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> BaseLogitCalibrator:
         """Fit the calibration map on held-out logits.
 
@@ -251,6 +253,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         self._fit(logits, y_idx, weights)
         return self
 
+    @threaded
     def decision_function(self, X: Any, *, return_tensor: bool = False) -> Any:
         """Calibrated logits: ``(n_samples, n_classes)``, or ``(n_samples,)`` for single-logit input.
 
@@ -263,14 +266,17 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             out = out[:, 1] - out[:, 0]
         return _as_output(out, X, return_tensor)
 
+    @threaded
     def predict_proba(self, X: Any, *, return_tensor: bool = False) -> Any:
         """Calibrated probabilities, shape ``(n_samples, n_classes)``; rows sum to 1."""
         return _as_output(softmax(self._calibrated(X)), X, return_tensor)
 
+    @threaded
     def predict_log_proba(self, X: Any, *, return_tensor: bool = False) -> Any:
         """Log of the calibrated probabilities, computed stably in log space."""
         return _as_output(log_softmax(self._calibrated(X)), X, return_tensor)
 
+    @threaded
     def predict(self, X: Any) -> np.ndarray:
         """The class with the highest calibrated probability."""
         calibrated = self._calibrated(X)
@@ -278,6 +284,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             return self.classes_[to_numpy(calibrated.argmax(dim=1))]
         return self.classes_[np.argmax(calibrated, axis=1)]
 
+    @threaded
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Mean log-likelihood of ``y`` under the calibrated probabilities (higher is better).
 

@@ -1184,7 +1184,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
                 f"(max_iter={self.max_iter}; {result.message}); keeping the last iterate. Increase max_iter "
                 "or the regularisation (reg_lambda, reg_mu, reg_diag).",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if result.n_errors == 0:
             warnings.warn(
@@ -1193,7 +1193,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
                 "the parameters grow until the optimiser stops and the probabilities approach 0 and 1 "
                 "(over-fitted). Use more calibration data, map='diagonal', or larger reg_lambda/reg_mu.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         self.coef_ = result.coef
         self.intercept_ = result.intercept

@@ -672,7 +672,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
             f"FuzzyDirichletCalibrator: L-BFGS-B stopped before converging after {n_iter} iterations ({reason}); "
             "keeping the best iterate. Increase max_iter or the regularisation (reg_lambda, reg_mu, reg_region).",
             ConvergenceWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
     def _set_fitted(self, centers: np.ndarray, widths: np.ndarray, coefs: np.ndarray, intercepts: np.ndarray,

@@ -364,7 +364,7 @@ class PACSCalibrator(BaseLogitCalibrator):
                 f"PACSCalibrator: L-BFGS-B stopped after max_iter={self.max_iter} iterations "
                 f"({result.message}); keeping the best iterate.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         a, b = float(theta[0]), float(theta[1])
         self.temperature_ = t_ts * a

@@ -349,7 +349,7 @@ class TemperatureScaling(BaseLogitCalibrator):
                 f"TemperatureScaling did not converge in max_iter={self.max_iter} passes "
                 f"(T={result.temperature:.6g}); increase max_iter.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         self.temperature_ = float(result.temperature)
         self.n_iter_ = int(result.n_iter)

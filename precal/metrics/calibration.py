@@ -39,6 +39,7 @@ from sklearn.utils import check_random_state
 
 from .._chunks import row_blocks, rows_per_block
 from .._numerics import as_tensor
+from .._threads import threaded
 from .._validation import check_number, check_option, check_probabilities, check_same_length, encode_labels
 
 __all__ = [
@@ -244,6 +245,7 @@ def _nll(y_idx: np.ndarray, prob: Any) -> float:
 
 
 # ---------------------------------------------------------------- public metrics
+@threaded
 def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Expected calibration error of the top-label confidence (equal-width bins, L1).
 
@@ -300,6 +302,7 @@ def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     return _ece(*_validate(y_true, y_prob, labels), n_bins)
 
 
+@threaded
 def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Top-label calibration error over equal-mass (adaptive) bins.
 
@@ -333,6 +336,7 @@ def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     return _ace(*_validate(y_true, y_prob, labels), n_bins)
 
 
+@threaded
 def maximum_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Largest top-label calibration gap over non-empty equal-width bins.
 
@@ -344,6 +348,7 @@ def maximum_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, lab
     return _mce(*_validate(y_true, y_prob, labels), n_bins)
 
 
+@threaded
 def classwise_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Class-wise ECE: the ECE of every class's own probability, averaged over classes.
 
@@ -366,6 +371,7 @@ def classwise_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, l
     return _classwise(*_validate(y_true, y_prob, labels), n_bins)
 
 
+@threaded
 def brier_score(y_true: Any, y_prob: Any, *, labels: Any = None, scale_by_half: bool | str = "auto") -> float:
     r"""Multiclass Brier score: mean squared distance to the one-hot label.
 
@@ -389,6 +395,7 @@ def brier_score(y_true: Any, y_prob: Any, *, labels: Any = None, scale_by_half: 
     return _brier(*_validate(y_true, y_prob, labels), scale_by_half)
 
 
+@threaded
 def negative_log_likelihood(y_true: Any, y_prob: Any, *, labels: Any = None) -> float:
     r"""Mean negative log-likelihood of the true class (log loss).
 
@@ -423,6 +430,7 @@ class ReliabilityCurve:
     accuracy: np.ndarray
 
 
+@threaded
 def reliability_curve(
     y_true: Any, y_prob: Any, *, n_bins: int = 15, strategy: Strategy = "uniform", labels: Any = None
 ) -> ReliabilityCurve:
@@ -492,6 +500,7 @@ class CalibrationErrorCI:
     confidence_level: float
 
 
+@threaded
 def calibration_error_ci(
     y_true: Any,
     y_prob: Any,
