@@ -27,7 +27,7 @@ TIE_MARGIN = 1e-9
 def fit_confidence_map(
     conf: np.ndarray, correct: np.ndarray, weight: np.ndarray, method: str, n_bins: int = 15
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit a monotone map from confidence to accuracy, as a piecewise polynomial.
+    """Fit a map from confidence to accuracy, as a piecewise polynomial.
 
     Parameters
     ----------
@@ -53,8 +53,10 @@ def fit_confidence_map(
     -----
     ``"isotonic"``: scikit-learn's ``IsotonicRegression`` (weighted pool-adjacent-violators,
     values in [0, 1]), linear between its thresholds as its ``predict`` is.
-    ``"histogram"``: ``n_bins`` equal-mass bins by cumulative weight; each bin's value is
-    its (weighted) accuracy; the first bin starts at 0 and the last ends at 1.
+    ``"histogram"``: ``n_bins`` equal-mass bins by cumulative weight (run ``b`` starts at the
+    sample covering the ``b/B`` quantile of the weight; tied confidences stay in one bin);
+    each bin's value is its (weighted) accuracy; the first bin starts at 0 and the last
+    ends at 1. Unlike the other two, it need not be monotone.
     ``"spline"``: scipy's ``PchipInterpolator`` (monotone cubic Hermite, C¹) through the
     weighted centroid ``(mean confidence, value)`` of each block of the isotonic fit: a
     smooth monotone curve through the steps of the isotonic maximum-likelihood fit.
@@ -84,11 +86,10 @@ def fit_confidence_map(
 
 def _histogram_map(conf: np.ndarray, correct: np.ndarray, weight: np.ndarray, n_bins: int):
     """Equal-mass histogram binning on sorted, positively weighted samples."""
-    cum_before = np.cumsum(weight) - weight  # weight of the samples before each one
-    total = cum_before[-1] + weight[-1]
+    cum = np.cumsum(weight)  # sample i covers [cum[i] - w[i], cum[i]) of the total weight
     n_runs = min(n_bins, len(conf))
-    # run b starts at the first sample with at least b/B of the total weight before it
-    starts = np.searchsorted(cum_before, np.arange(1, n_runs) * total / n_runs, side="left")
+    # run b starts at the sample covering position b W / B (weights act as repetitions)
+    starts = np.searchsorted(cum, np.arange(1, n_runs) * cum[-1] / n_runs, side="right")
     edges = np.unique(conf[starts[starts < len(conf)]])
     edges = edges[edges > conf[0]]  # the first bin [0, e_1) holds the smallest confidence
     idx = np.searchsorted(edges, conf, side="right")

@@ -31,7 +31,7 @@ __all__ = ["debiased_calibration_error", "smooth_calibration_error"]
 SMOOTH_ECE_MIN_BANDWIDTH = 1e-3
 
 #: Grid points per bandwidth used to evaluate the kernel smoothing (at least 2001 points).
-_POINTS_PER_BANDWIDTH = 40
+_POINTS_PER_BANDWIDTH = 20
 
 
 # ---------------------------------------------------------------- debiased (Kumar et al.)
@@ -164,10 +164,11 @@ def _smooth_ece_at(conf: np.ndarray, residual: np.ndarray, sigma: float) -> floa
     """smECE at bandwidth ``sigma``: ``∫ |Σ_i K_σ(t, f_i) r_i| dt / n`` with the reflected Gaussian kernel.
 
     The residuals and the unit masses are spread linearly onto a uniform grid of ``[0, 1]``
-    (spacing at most ``sigma / 40``), convolved with the Gaussian reflected at 0 and 1
-    (``scipy.ndimage.gaussian_filter1d``, mode ``"mirror"``: exact for mass on grid
-    points), and integrated with the trapezoid rule; the ratio of the two integrals makes
-    the result independent of the kernel's discrete normalisation.
+    (spacing at most ``sigma / 20``), convolved with the Gaussian reflected at 0 and 1
+    (``scipy.ndimage.gaussian_filter1d``, mode ``"mirror"``, with the mass on the two end
+    points doubled because each is its own mirror image: exact for mass on grid points),
+    and integrated with the trapezoid rule; the ratio of the two integrals makes the result
+    independent of the kernel's discrete normalisation.
     """
     n_grid = max(2001, int(math.ceil(_POINTS_PER_BANDWIDTH / sigma)) + 1)
     pos = conf * (n_grid - 1)
@@ -177,6 +178,9 @@ def _smooth_ece_at(conf: np.ndarray, residual: np.ndarray, sigma: float) -> floa
     for row, values in enumerate((residual, np.ones_like(residual))):
         splat[row] = np.bincount(left, weights=(1.0 - frac) * values, minlength=n_grid)
         splat[row] += np.bincount(left + 1, weights=frac * values, minlength=n_grid)
+    # "mirror" reflects about the end points, which are their own images: mass there counts twice
+    # in the reflected kernel (2 φ(t - 1) near t = 1), once in the filter
+    splat[:, [0, -1]] *= 2.0
     smooth = gaussian_filter1d(splat, sigma * (n_grid - 1), axis=1, mode="mirror", truncate=8.0)
     trap = np.ones(n_grid)
     trap[[0, -1]] = 0.5
@@ -220,10 +224,15 @@ def smooth_calibration_error(
     and ``smECE = smECE_σ*`` at the bandwidth ``σ*`` with ``smECE_σ* = σ*`` (the fixed
     point exists and is unique; it balances smoothing against the size of the error
     measured). This is the definition and bandwidth rule of the authors' ``relplot``
-    package (``relplot.smECE``): precal solves the fixed point by Brent's method to 1e-7
-    in ``[1e-3, 1]`` where relplot bisects ten times (to 2⁻¹⁰) and returns the upper end of
-    the bracket, and evaluates the kernel on a finer grid; the two agree to about 1e-3
-    (tested).
+    package (``relplot.smECE``). precal solves the fixed point by Brent's method to 1e-7 in
+    ``[1e-3, 1]`` where relplot bisects ten times (to 2⁻¹⁰) and returns the upper end of the
+    bracket, and evaluates the kernel on a finer grid; for confidences away from 0 and 1
+    the two agree to about 1e-3 (tested). Near the ends they differ: relplot's discrete
+    reflection counts mass on its grid's end points once, where the reflected kernel counts
+    it twice (an end point is its own mirror image). precal follows the kernel (tested
+    against a direct evaluation of it); on the ResNet-50/CIFAR-10 test logits of
+    ``../shared/data/logits``, where 94 % of the confidences exceed 0.999, relplot gives
+    0.061 and precal 0.043.
 
     Parameters
     ----------
@@ -256,8 +265,8 @@ def smooth_calibration_error(
     predictions, which the binned ECE is not. The automatic bandwidth is never below 1e-3
     (relplot's floor). For binary input the confidence is ``max(p, 1 - p)`` (top-label,
     as the other metrics); relplot's binary examples use the positive-class probability.
-    Cost: ``O(n + G log G)`` per bandwidth with a grid of ``G = max(2001, 40/σ)`` points,
-    and about 10-20 bandwidths for the fixed point.
+    Cost: each bandwidth takes one pass over the ``n`` confidences and a convolution on a
+    grid of ``G = max(2001, 20/σ)`` points; the fixed point takes about 10-20 bandwidths.
 
     References
     ----------
