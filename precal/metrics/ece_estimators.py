@@ -1,7 +1,7 @@
 """Calibration-error estimators with less bias than the binned plug-in ECE.
 
 The plug-in ECE of :func:`~precal.metrics.expected_calibration_error` is biased upward: a
-perfectly calibrated model still scores about ``sqrt(B / n)`` because each bin's accuracy is
+perfectly calibrated model still scores of order ``sqrt(B / n)`` because each bin's accuracy is
 a noisy estimate. Two remedies from the literature, with the signatures of the other
 metrics (``metric(y_true, y_prob, *, ...)`` on probabilities, top-label):
 
