@@ -146,13 +146,14 @@ class EnsembleTemperatureScaling(BaseLogitCalibrator):
     log-likelihood is evaluated in log space (``log w · P_i`` by log-sum-exp), so samples
     whose raw softmax gives the true class a probability that underflows stay finite.
 
-    **Properties.** Starting from ``(1, 0, 0)`` — temperature scaling — and converging on
-    a convex problem, the fitted loss on the calibration data is never above temperature
-    scaling's (the fit keeps TS if it were). Each component ranks the classes like the
-    logits, so the argmax is kept unless all weight goes to the uniform term (possible
-    only when the logits carry no information about the labels). Tensors are fitted on
-    their device and 2-D memory-mapped files are read block by block, as for
-    :class:`TemperatureScaling`.
+    **Properties.** The weight fit starts from ``(1, 0, 0)`` — the first stage's
+    temperature scaling — on a convex problem and falls back to that start if the
+    optimiser ends higher, so the fitted loss on the calibration data is never above the
+    first stage's (for ``loss="nll"``: never above :class:`TemperatureScaling`'s; tested).
+    Each component ranks the classes like the logits, so the argmax is kept unless all
+    weight goes to the uniform term (possible only when the logits carry no information
+    about the labels). Tensors are fitted on their device and 2-D memory-mapped files are
+    read block by block, as for :class:`TemperatureScaling`.
 
     References
     ----------
