@@ -10,8 +10,11 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from precal import DirichletCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
+from precal.calibration import AutoCalibrator, EnsembleTemperatureScaling, TopLabelCalibrator
 
-CALIBRATORS = [TemperatureScaling(), PACSCalibrator(), DirichletCalibrator(), FuzzyDirichletCalibrator()]
+CALIBRATORS = [TemperatureScaling(), PACSCalibrator(), DirichletCalibrator(), FuzzyDirichletCalibrator(),
+               EnsembleTemperatureScaling(), TopLabelCalibrator(), TopLabelCalibrator(method="histogram"),
+               TopLabelCalibrator(method="spline", base=None), AutoCalibrator()]
 
 _NOT_LOGITS = (
     "fits on feature matrices whose column count differs from the number of classes "
@@ -42,8 +45,18 @@ _ABSENT_CLASSES_UNPENALISED = (
 )
 
 
+_CV_OVER_ROWS = (
+    "AutoCalibrator chooses its calibrator by cross-validation over rows: weighted data and the same data "
+    "with repeated rows are split into different folds and may choose different calibrators (documented). "
+    "The calibrator contract test checks weights against repeated rows with the choice fixed "
+    "(tests/calibration/test_calibrator_contract.py)"
+)
+
+
 def _expected_failures(estimator):
     failures = dict(EXPECTED_FAILED_CHECKS)
+    if isinstance(estimator, AutoCalibrator):
+        failures["check_sample_weight_equivalence_on_dense_data"] = _CV_OVER_ROWS
     if isinstance(estimator, FuzzyDirichletCalibrator):
         failures["check_sample_weight_equivalence_on_dense_data"] = _ABSENT_CLASSES_UNPENALISED
     return failures

@@ -1,11 +1,14 @@
 """Post-hoc calibrators with the scikit-learn estimator API, on logits."""
 
 from ._base import BaseLogitCalibrator
+from .auto import AutoCalibrator
 from .classifier import CalibratedClassifier, LogitTransformer
 from .dirichlet import DirichletCalibrator, fit_dirichlet
+from .ensemble_temperature import EnsembleTemperatureScaling
 from .fuzzy import FuzzyDirichletCalibrator
 from .pacs import PACSCalibrator, pacs_risk, precision_epsilon
 from .temperature import TemperatureScaling, fit_temperature
+from .top_label import TopLabelCalibrator, fit_confidence_map
 
 __all__ = [
     "BaseLogitCalibrator",
@@ -13,10 +16,14 @@ __all__ = [
     "PACSCalibrator",
     "DirichletCalibrator",
     "FuzzyDirichletCalibrator",
+    "EnsembleTemperatureScaling",
+    "TopLabelCalibrator",
+    "AutoCalibrator",
     "CalibratedClassifier",
     "LogitTransformer",
     "fit_temperature",
     "fit_dirichlet",
+    "fit_confidence_map",
     "pacs_risk",
     "precision_epsilon",
     "load_calibrator",

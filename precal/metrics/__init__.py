@@ -12,6 +12,7 @@ from .calibration import (
     negative_log_likelihood,
     reliability_curve,
 )
+from .ece_estimators import debiased_calibration_error, smooth_calibration_error
 from .diagnostics import (
     ConfidenceShift,
     GradientUnderflow,
@@ -48,6 +49,8 @@ __all__ = [
     "negative_log_likelihood",
     "reliability_curve",
     "ReliabilityCurve",
+    "debiased_calibration_error",
+    "smooth_calibration_error",
     "calibration_error_ci",
     "CalibrationErrorCI",
     "precision_split",

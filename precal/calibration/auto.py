@@ -1,0 +1,337 @@
+"""A recommended default: choose a calibrator by cross-validation, never worse than TS by construction."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.utils import check_scalar
+
+from .._numerics import is_tensor, log_softmax, to_numpy
+from ._base import BaseLogitCalibrator
+from .dirichlet import DirichletCalibrator
+from .ensemble_temperature import EnsembleTemperatureScaling
+from .pacs import PACSCalibrator
+from .temperature import TemperatureScaling
+from .top_label import TopLabelCalibrator
+
+__all__ = ["AutoCalibrator", "CANDIDATES", "DEFAULT_CANDIDATES", "REFERENCE"]
+
+#: The candidates an :class:`AutoCalibrator` knows by name.
+CANDIDATES: dict[str, Callable[[], BaseLogitCalibrator]] = {
+    "temperature": TemperatureScaling,
+    "ets": EnsembleTemperatureScaling,
+    "top_label_isotonic": lambda: TopLabelCalibrator(method="isotonic"),
+    "top_label_spline": lambda: TopLabelCalibrator(method="spline"),
+    "top_label_histogram": lambda: TopLabelCalibrator(method="histogram"),
+    "dirichlet": DirichletCalibrator,
+    "pacs": PACSCalibrator,
+}
+#: The candidates tried by default (``candidates=None``).
+DEFAULT_CANDIDATES = ("temperature", "ets", "top_label_isotonic", "top_label_spline", "dirichlet")
+#: The reference every other candidate must beat; always a candidate.
+REFERENCE = "temperature"
+METRICS = ("nll", "ece")
+#: Equal-width bins of the cross-validated ECE (as :func:`precal.metrics.expected_calibration_error`).
+ECE_BINS = 15
+
+
+def _fold_scores(log_proba: Any, y_idx: np.ndarray, weight: np.ndarray, metric: str) -> tuple[float, float]:
+    """``(metric, accuracy)`` of held-out calibrated log-probabilities, weighted by ``weight``."""
+    log_proba = to_numpy(log_proba)
+    pred = log_proba.argmax(axis=1)
+    correct = (pred == y_idx).astype(np.float64)
+    accuracy = float(np.average(correct, weights=weight))
+    if metric == "nll":
+        return float(-np.average(log_proba[np.arange(len(y_idx)), y_idx], weights=weight)), accuracy
+    conf = np.exp(log_proba.max(axis=1))
+    from ..metrics.calibration import _uniform_bin_index
+
+    idx = _uniform_bin_index(conf, np.linspace(0.0, 1.0, ECE_BINS + 1))
+    gap = np.bincount(idx, weights=weight * (conf - correct), minlength=ECE_BINS)
+    return float(np.abs(gap).sum() / weight.sum()), accuracy
+
+
+class AutoCalibrator(BaseLogitCalibrator):
+    r"""Choose among calibrators by cross-validation; fall back to temperature scaling.
+
+    Every candidate is fitted and scored on the same ``cv`` stratified folds of the
+    calibration data (the same splits for all, so scores are paired). Temperature scaling
+    is always a candidate and the reference. A candidate other than TS is *eligible* if
+
+    1. its mean fold score beats TS's by more than the noise of that comparison:
+       ``mean(d) + se(d) < 0``, with ``d_f = score_f(candidate) - score_f(TS)`` the paired
+       fold differences (lower scores are better) and ``se(d) = sd(d) / sqrt(cv)`` their
+       standard error; and
+    2. its mean fold accuracy is not below TS's (TS, ETS and top-label calibration keep
+       the model's argmax, so this only excludes maps such as Dirichlet calibration that
+       move predictions for the worse).
+
+    The eligible candidate with the lowest mean score is chosen (TS if none is eligible)
+    and refitted on all the data; prediction, ``to_torch()`` and persistence delegate to
+    it.
+
+    Parameters
+    ----------
+    candidates : list or None, default=None
+        Names from :data:`CANDIDATES` (``"temperature"``, ``"ets"``,
+        ``"top_label_isotonic"``, ``"top_label_spline"``, ``"top_label_histogram"``,
+        ``"dirichlet"``, ``"pacs"``) or ``(name, calibrator)`` pairs with unfitted precal
+        calibrators. ``None`` tries :data:`DEFAULT_CANDIDATES`: temperature scaling,
+        ensemble temperature scaling, top-label isotonic and spline recalibration on a
+        TS base, and Dirichlet calibration. ``"temperature"`` is added when missing (a pair
+        named ``"temperature"`` must hold a :class:`TemperatureScaling`). Only names keep
+        the calibrator JSON-serialisable (``to_dict``).
+    metric : {"nll", "ece"}, default="nll"
+        The score compared on held-out folds: mean negative log-likelihood (a proper
+        scoring rule: it rewards calibration and sharpness together, and cannot be gamed
+        by a constant prediction) or the top-label ECE with 15 equal-width bins.
+    cv : int, default=5
+        Number of folds (>= 2).
+    random_state : int or None, default=0
+        Seeds the shuffling of the folds; the default makes the choice reproducible.
+
+    Attributes
+    ----------
+    best_name_ : str
+        Name of the chosen candidate.
+    best_calibrator_ : BaseLogitCalibrator
+        The chosen candidate, refitted on all the data.
+    cv_results_ : dict
+        One entry per candidate (lists in candidate order): ``"candidate"``,
+        ``"mean_score"``, ``"std_score"``, ``"split<f>_score"``,
+        ``"mean_difference"`` and ``"standard_error"`` (of the paired differences to TS),
+        ``"mean_accuracy"`` and ``"eligible"``; and ``"metric"``.
+    classes_, n_features_in_
+        As every calibrator.
+
+    Notes
+    -----
+    **In what sense it is never worse than TS.** By construction, the chosen calibrator's
+    cross-validated score on the calibration data is TS's or better by more than one
+    standard error of the paired fold differences, and its cross-validated accuracy is not
+    below TS's. That is a statement about the estimate on the calibration data: on new
+    data a chosen candidate can still do worse than TS would have (the margin makes that
+    unlikely, not impossible). With ``metric="ece"`` nothing constrains the NLL, and vice
+    versa.
+
+    **Folds.** ``StratifiedKFold(cv, shuffle=True, random_state=random_state)`` when every
+    class present has at least ``cv`` samples, else ``KFold`` with the same shuffling.
+    Warnings of the candidates' fits on the folds (e.g. Dirichlet's ``ConvergenceWarning``)
+    are silenced; those of the final refit are not. Sample weights are used in every fit
+    and in the fold scores; because folds are drawn over rows, a weighted fit and a fit
+    on repeated rows may see different folds and choose differently.
+
+    **Cost.** ``cv + 1`` fits of the chosen candidate and ``cv`` of each other, on
+    ``(cv - 1)/cv`` of the data.
+
+    References
+    ----------
+    M. Stone. "Cross-validatory choice and assessment of statistical predictions". JRSS B
+    36(2), 1974. T. Hastie, R. Tibshirani, J. Friedman. "The Elements of Statistical
+    Learning", 2nd ed., 2009, Sec. 7.10 (the one-standard-error rule, applied here in
+    favour of the simpler reference).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from precal.calibration import AutoCalibrator
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 4, size=1000)
+    >>> logits = 3.0 * (np.eye(4)[y] + rng.normal(size=(1000, 4)))
+    >>> auto = AutoCalibrator(candidates=["temperature", "ets"]).fit(logits, y)
+    >>> auto.best_name_ in ("temperature", "ets")
+    True
+    >>> auto.cv_results_["candidate"]
+    ['temperature', 'ets']
+    """
+
+    _device_native = True
+
+    def __init__(
+        self,
+        *,
+        candidates: list | None = None,
+        metric: str = "nll",
+        cv: int = 5,
+        random_state: int | None = 0,
+    ) -> None:
+        self.candidates = candidates
+        self.metric = metric
+        self.cv = cv
+        self.random_state = random_state
+
+    # ------------------------------------------------------------ parameters
+    def _candidate_list(self) -> list[tuple[str, BaseLogitCalibrator]]:
+        """``(name, unfitted calibrator)`` pairs, TS first; raises on unknown or malformed entries."""
+        specs = DEFAULT_CANDIDATES if self.candidates is None else self.candidates
+        if isinstance(specs, (str, bytes)) or not hasattr(specs, "__iter__"):
+            raise ValueError(f"candidates must be a list of names or (name, calibrator) pairs, got {specs!r}.")
+        pairs: list[tuple[str, BaseLogitCalibrator]] = []
+        for spec in specs:
+            if isinstance(spec, str):
+                if spec not in CANDIDATES:
+                    raise ValueError(f"Unknown candidate {spec!r} in candidates; known: {sorted(CANDIDATES)}.")
+                pairs.append((spec, CANDIDATES[spec]()))
+            elif (isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str)
+                  and isinstance(spec[1], BaseLogitCalibrator)):
+                pairs.append((spec[0], clone(spec[1])))
+            else:
+                raise ValueError(
+                    f"candidates entries must be names or (name, precal calibrator) pairs, got {spec!r}."
+                )
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidates names must be unique, got {names}.")
+        if REFERENCE not in names:
+            pairs.insert(0, (REFERENCE, TemperatureScaling()))
+        reference = dict(pairs)[REFERENCE]
+        if not isinstance(reference, TemperatureScaling):
+            raise ValueError(f"The candidate named {REFERENCE!r} must be a TemperatureScaling, got {reference!r}.")
+        pairs.sort(key=lambda pair: pair[0] != REFERENCE)  # stable: TS first, the rest in order
+        return pairs
+
+    def _validate_hyperparameters(self) -> None:
+        if not isinstance(self.metric, str) or self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}.")
+        check_scalar(self.cv, "cv", numbers.Integral, min_val=2)
+        if self.random_state is not None and (
+            isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral)
+        ):
+            raise ValueError(f"random_state must be an int or None, got {self.random_state!r}.")
+        self._candidate_list()
+
+    # ------------------------------------------------------------ fitting
+    def _folds(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        n = len(y)
+        if n < self.cv:
+            raise ValueError(
+                f"AutoCalibrator with cv={self.cv} needs at least {self.cv} calibration samples, got {n}."
+            )
+        counts = np.bincount(y)
+        if counts[counts > 0].min() >= self.cv:
+            splitter: Any = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
+        else:
+            splitter = KFold(self.cv, shuffle=True, random_state=self.random_state)
+        return list(splitter.split(np.zeros((n, 1)), y))
+
+    def _fit(self, logits: torch.Tensor, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
+        pairs = self._candidate_list()
+        y = to_numpy(y_idx)
+        weight = np.ones(len(y)) if sample_weight is None else to_numpy(sample_weight).astype(np.float64)
+        folds = self._folds(y)
+        scores = np.empty((len(pairs), len(folds)))
+        accuracy = np.empty((len(pairs), len(folds)))
+        for f, (train, test) in enumerate(folds):
+            rows_train = torch.as_tensor(train, device=logits.device)
+            rows_test = torch.as_tensor(test, device=logits.device)
+            w_train = None if sample_weight is None else sample_weight[rows_train]
+            for c, (_, candidate) in enumerate(pairs):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    fitted = clone(candidate).fit(logits[rows_train], y_idx[rows_train], sample_weight=w_train)
+                log_proba = log_softmax(_calibrated(fitted, logits[rows_test]))
+                scores[c, f], accuracy[c, f] = _fold_scores(log_proba, y[test], weight[test], self.metric)
+        self.cv_results_ = _summarise(pairs, scores, accuracy, self.metric)
+        best = int(np.argmin(np.where(self.cv_results_["eligible"], scores.mean(axis=1), np.inf)))
+        self.best_name_ = pairs[best][0]
+        self.best_calibrator_ = clone(pairs[best][1]).fit(logits, y_idx, sample_weight=sample_weight)
+
+    # ------------------------------------------------------------ prediction
+    def _calibrated_logits(self, logits: torch.Tensor) -> Any:
+        return _calibrated(self.best_calibrator_, logits)
+
+    def _torch_map(self) -> torch.nn.Module:
+        return self.best_calibrator_._torch_map()
+
+    # ------------------------------------------------------------ persistence
+    def _get_state(self) -> dict[str, Any]:
+        results = {key: (value.tolist() if isinstance(value, np.ndarray) else value)
+                   for key, value in self.cv_results_.items()}
+        return {"best_name_": self.best_name_, "best_calibrator_": self.best_calibrator_.to_dict(),
+                "cv_results_": results}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        """Rebuild the winner with :meth:`BaseLogitCalibrator.from_dict` (precal's classes only, no code run)."""
+        keys = ("best_name_", "best_calibrator_", "cv_results_")
+        missing = set(keys) - set(state)
+        if missing:
+            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
+        for key, kind in (("best_calibrator_", dict), ("cv_results_", dict), ("best_name_", str)):
+            value = state[key]
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"Calibrator state {key!r} is not finite: {value!r}.")
+            if not isinstance(value, kind) or (kind is dict and not value):
+                raise ValueError(
+                    f"Calibrator state {key!r} must be a {kind.__name__} (of numbers, strings and lists), got {value!r}."
+                )
+        best = BaseLogitCalibrator.from_dict(state["best_calibrator_"])
+        if len(best.classes_) != len(self.classes_):
+            raise ValueError("Calibrator state 'best_calibrator_' has a different number of classes.")
+        results = _checked_results(state["cv_results_"])
+        if state["best_name_"] not in results["candidate"]:
+            raise ValueError(f"Calibrator state 'best_name_' {state['best_name_']!r} is not one of the candidates.")
+        self.best_name_, self.best_calibrator_, self.cv_results_ = state["best_name_"], best, results
+
+
+def _calibrated(calibrator: BaseLogitCalibrator, logits: torch.Tensor) -> Any:
+    """A fitted calibrator's calibrated logits of validated ``(n, K)`` logits, through its own hook."""
+    if calibrator._device_native:
+        return calibrator._calibrated_logits(logits)
+    return calibrator._calibrated_logits(to_numpy(logits) if is_tensor(logits) else logits)
+
+
+def _summarise(pairs: list, scores: np.ndarray, accuracy: np.ndarray, metric: str) -> dict[str, Any]:
+    """``cv_results_`` from the ``(candidates, folds)`` score and accuracy tables (row 0 is TS)."""
+    n_folds = scores.shape[1]
+    diff = scores - scores[0]
+    mean_diff = diff.mean(axis=1)
+    se = diff.std(axis=1, ddof=1) / math.sqrt(n_folds)
+    mean_acc = accuracy.mean(axis=1)
+    eligible = (mean_diff + se < 0) & (mean_acc >= mean_acc[0])
+    eligible[0] = True
+    results: dict[str, Any] = {"metric": metric, "candidate": [name for name, _ in pairs]}
+    results["mean_score"] = scores.mean(axis=1)
+    results["std_score"] = scores.std(axis=1)
+    for f in range(n_folds):
+        results[f"split{f}_score"] = scores[:, f]
+    results["mean_difference"] = mean_diff
+    results["standard_error"] = se
+    results["mean_accuracy"] = mean_acc
+    results["eligible"] = eligible
+    return results
+
+
+def _checked_results(data: dict[str, Any]) -> dict[str, Any]:
+    """``cv_results_`` read from JSON: known keys, equal lengths, finite numbers; as arrays."""
+    if data.get("metric") not in METRICS:
+        raise ValueError(f"Calibrator state 'cv_results_' has an unknown metric {data.get('metric')!r}.")
+    names = data.get("candidate")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("Calibrator state 'cv_results_' needs a non-empty list of candidate names.")
+    out: dict[str, Any] = {"metric": data["metric"], "candidate": list(names)}
+    for key, value in data.items():
+        if key in ("metric", "candidate"):
+            continue
+        numeric = key in ("mean_score", "std_score", "mean_difference", "standard_error", "mean_accuracy") or (
+            key.startswith("split") and key.endswith("_score"))
+        if key == "eligible":
+            if not isinstance(value, list) or len(value) != len(names) or not all(isinstance(v, bool) for v in value):
+                raise ValueError("Calibrator state 'cv_results_' 'eligible' must be one bool per candidate.")
+            out[key] = np.array(value)
+        elif numeric:
+            arr = np.asarray(value, dtype=np.float64) if isinstance(value, list) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) else None
+            if arr is None or arr.shape != (len(names),) or not np.isfinite(arr).all():
+                raise ValueError(f"Calibrator state 'cv_results_' {key!r} must be one finite number per candidate.")
+            out[key] = arr
+        else:
+            raise ValueError(f"Calibrator state 'cv_results_' has an unknown key {key!r}.")
+    return out

@@ -1,0 +1,216 @@
+"""AutoCalibrator: the selection rule, the refit, delegation and persistence."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
+
+from precal.calibration import (
+    AutoCalibrator,
+    DirichletCalibrator,
+    EnsembleTemperatureScaling,
+    TemperatureScaling,
+    TopLabelCalibrator,
+    load_calibrator,
+)
+from precal.calibration.auto import _fold_scores, _summarise
+from precal.metrics import expected_calibration_error, negative_log_likelihood
+
+from ..conftest import make_logits
+
+
+def _two_regime_logits(n, k, seed):
+    """Half the samples far more over-confident than the rest: one temperature cannot fix both."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    z = rng.normal(size=(n, k))
+    z[np.arange(n), y] += 2.0
+    z *= np.where(rng.uniform(size=n) < 0.5, 1.0, 6.0)[:, None]
+    return z, y
+
+
+# ---------------------------------------------------------------- the rule
+def test_rule_requires_beating_ts_by_one_standard_error_and_no_accuracy_loss():
+    pairs = [(name, None) for name in ("temperature", "noisy_gain", "clear_gain", "loses_accuracy", "worse")]
+    scores = np.array([
+        [1.00, 1.00, 1.00, 1.00],
+        [0.90, 1.08, 0.95, 1.05],   # mean gain 0.005 < its standard error
+        [0.97, 0.96, 0.98, 0.97],   # gain 0.03, se 0.004
+        [0.90, 0.90, 0.90, 0.90],   # best score, but lower accuracy
+        [1.10, 1.10, 1.10, 1.10],
+    ])
+    accuracy = np.full_like(scores, 0.8)
+    accuracy[3] = 0.79
+    results = _summarise(pairs, scores, accuracy, "nll")
+    assert_array_equal(results["eligible"], [True, False, True, False, False])
+    d = scores[2] - scores[0]
+    assert_allclose(results["mean_difference"][2], d.mean())
+    assert_allclose(results["standard_error"][2], d.std(ddof=1) / 2)
+    assert_allclose(results["split3_score"], scores[:, 3])
+
+
+def test_a_candidate_identical_to_ts_is_never_chosen():
+    z, y = _two_regime_logits(600, 4, 0)
+    auto = AutoCalibrator(candidates=["temperature", ("ts_copy", TemperatureScaling())]).fit(z, y)
+    assert auto.best_name_ == "temperature"
+    assert_array_equal(auto.cv_results_["mean_difference"], [0.0, 0.0])
+    assert_array_equal(auto.cv_results_["eligible"], [True, False])
+
+
+@pytest.mark.parametrize("metric", ["nll", "ece"])
+def test_chosen_cv_score_is_never_worse_than_ts(metric):
+    z, y = _two_regime_logits(1500, 5, 1)
+    auto = AutoCalibrator(metric=metric).fit(z, y)
+    res = auto.cv_results_
+    best = res["candidate"].index(auto.best_name_)
+    assert res["mean_score"][best] <= res["mean_score"][0]
+    assert res["mean_accuracy"][best] >= res["mean_accuracy"][0]
+    if auto.best_name_ != "temperature":
+        assert res["mean_difference"][best] + res["standard_error"][best] < 0
+
+
+def test_chooses_a_richer_map_when_ts_cannot_fit_the_data():
+    z, y = _two_regime_logits(4000, 5, 2)
+    auto = AutoCalibrator(candidates=["temperature", "top_label_isotonic"], metric="ece").fit(z, y)
+    assert auto.best_name_ == "top_label_isotonic"
+    assert isinstance(auto.best_calibrator_, TopLabelCalibrator)
+
+
+def test_cv_scores_are_the_metrics_on_the_folds():
+    z, y = _two_regime_logits(1000, 4, 3)
+    auto = AutoCalibrator(candidates=["temperature", "ets"], cv=3, random_state=7).fit(z, y)
+    folds = StratifiedKFold(3, shuffle=True, random_state=7).split(z, y)
+    for f, (train, test) in enumerate(folds):
+        ts = TemperatureScaling().fit(z[train], y[train])
+        ets = EnsembleTemperatureScaling().fit(z[train], y[train])
+        for row, cal in enumerate((ts, ets)):
+            expected = negative_log_likelihood(y[test], cal.predict_proba(z[test]))
+            assert_allclose(auto.cv_results_[f"split{f}_score"][row], expected, rtol=1e-10)
+
+
+def test_fold_ece_equals_the_public_metric():
+    z, y = _two_regime_logits(700, 3, 4)
+    ts = TemperatureScaling().fit(z, y)
+    ece, acc = _fold_scores(ts.predict_log_proba(z), y, np.ones(len(y)), "ece")
+    assert_allclose(ece, expected_calibration_error(y, ts.predict_proba(z)), rtol=1e-12)
+    assert_allclose(acc, np.mean(z.argmax(axis=1) == y))
+
+
+# ---------------------------------------------------------------- refit and delegation
+def test_winner_is_refitted_on_all_data_and_everything_delegates():
+    z, y = _two_regime_logits(2000, 4, 5)
+    auto = AutoCalibrator(candidates=["temperature", "top_label_isotonic", "ets"]).fit(z, y)
+    direct = clone(auto.best_calibrator_).fit(z, y)
+    assert_allclose(auto.predict_proba(z), direct.predict_proba(z), rtol=1e-12)
+    assert_allclose(auto.decision_function(z), direct.decision_function(z), rtol=1e-12)
+    with torch.no_grad():
+        assert_allclose(auto.to_torch()(torch.from_numpy(z)).numpy(), direct.to_torch()(torch.from_numpy(z)).numpy())
+
+
+def test_ts_is_added_when_missing_and_is_the_first_row():
+    z, y = make_logits(n=300, k=3)
+    auto = AutoCalibrator(candidates=["ets", "top_label_spline"]).fit(z, y)
+    assert auto.cv_results_["candidate"] == ["temperature", "ets", "top_label_spline"]
+    assert AutoCalibrator().fit(z, y).cv_results_["candidate"] == [
+        "temperature", "ets", "top_label_isotonic", "top_label_spline", "dirichlet"]
+
+
+def test_fit_is_reproducible_and_random_state_moves_the_folds():
+    z, y = _two_regime_logits(600, 3, 6)
+    a = AutoCalibrator(candidates=["temperature", "ets"], random_state=1).fit(z, y)
+    b = AutoCalibrator(candidates=["temperature", "ets"], random_state=1).fit(z, y)
+    c = AutoCalibrator(candidates=["temperature", "ets"], random_state=2).fit(z, y)
+    assert_array_equal(a.cv_results_["split0_score"], b.cv_results_["split0_score"])
+    assert not np.array_equal(a.cv_results_["split0_score"], c.cv_results_["split0_score"])
+
+
+def test_rare_classes_fall_back_to_unstratified_folds():
+    z, y = make_logits(n=200, k=4, seed=8)
+    y[:2] = 3
+    y[2:][y[2:] == 3] = 0  # class 3 has 2 members, fewer than cv=5
+    auto = AutoCalibrator(candidates=["temperature", "top_label_isotonic"]).fit(z, y)
+    assert np.isfinite(auto.cv_results_["mean_score"]).all()
+
+
+def test_custom_candidates_work_but_are_not_json_serialisable():
+    z, y = make_logits(n=400, k=3)
+    auto = AutoCalibrator(candidates=[("dir", DirichletCalibrator(reg_lambda=1.0))]).fit(z, y)
+    assert auto.cv_results_["candidate"] == ["temperature", "dir"]
+    with pytest.raises(TypeError, match="JSON"):
+        auto.to_dict()
+
+
+def test_json_round_trip_restores_the_winner_and_the_cv_results():
+    z, y = _two_regime_logits(1500, 4, 9)
+    auto = AutoCalibrator(candidates=["temperature", "top_label_isotonic"], metric="ece").fit(z, y)
+    data = json.loads(json.dumps(auto.to_dict()))
+    assert data["state"]["best_calibrator_"]["estimator"] == type(auto.best_calibrator_).__name__
+    again = load_calibrator(data)
+    assert again.best_name_ == auto.best_name_
+    assert_array_equal(again.predict_proba(z), auto.predict_proba(z))
+    assert_array_equal(again.cv_results_["eligible"], auto.cv_results_["eligible"])
+    assert_allclose(again.cv_results_["mean_score"], auto.cv_results_["mean_score"])
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda s: s.update(best_name_="nope"), "best_name_"),
+    (lambda s: s["best_calibrator_"].update(estimator="os.system"), "Unknown calibrator"),
+    (lambda s: s["cv_results_"].update(metric="auc"), "metric"),
+    (lambda s: s["cv_results_"].update(mean_score=["x", "y"]), "mean_score"),
+    (lambda s: s["cv_results_"].update(eligible=[1, 0]), "eligible"),
+    (lambda s: s["cv_results_"].update(evil="__import__('os')"), "unknown key"),
+])
+def test_malformed_state_is_refused(mutate, match):
+    z, y = make_logits(n=300, k=3)
+    data = json.loads(json.dumps(AutoCalibrator(candidates=["temperature", "ets"]).fit(z, y).to_dict()))
+    mutate(data["state"])
+    with pytest.raises(ValueError, match=match):
+        load_calibrator(data)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("params, error, match", [
+    ({"metric": "auc"}, ValueError, "metric"),
+    ({"cv": 1}, ValueError, "cv"),
+    ({"cv": 2.5}, TypeError, "cv"),
+    ({"random_state": "seed"}, ValueError, "random_state"),
+    ({"candidates": ["nope"]}, ValueError, "Unknown candidate"),
+    ({"candidates": "temperature"}, ValueError, "candidates"),
+    ({"candidates": ["ets", "ets"]}, ValueError, "unique"),
+    ({"candidates": [("temperature", EnsembleTemperatureScaling())]}, ValueError, "TemperatureScaling"),
+    ({"candidates": [("x", object())]}, ValueError, "candidates"),
+])
+def test_bad_parameters_are_refused_at_fit(params, error, match):
+    z, y = make_logits(n=100, k=3)
+    with pytest.raises(error, match=match):
+        AutoCalibrator(**params).fit(z, y)
+
+
+def test_fewer_samples_than_folds_is_a_clear_error():
+    z, y = make_logits(n=4, k=2)
+    y = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="cv=5 needs at least 5"):
+        AutoCalibrator().fit(z, y)
+
+
+@pytest.mark.slow
+def test_on_real_logits_the_choice_is_not_worse_than_ts_on_held_out_nll():
+    """Quick sanity on shared data (skips without ../shared): chosen by NLL on one half, scored on the other."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "logits" / "wrn-16-4_cifar100.npz"
+    if not path.exists():
+        pytest.skip("../shared/data/logits not available")
+    data = np.load(path)
+    z, y = data["logits"].astype(np.float64), data["labels"]
+    perm = np.random.default_rng(0).permutation(len(y))
+    cal, test = perm[:5000], perm[5000:]
+    auto = AutoCalibrator().fit(z[cal], y[cal])
+    ts = TemperatureScaling().fit(z[cal], y[cal])
+    nll_auto = negative_log_likelihood(y[test], auto.predict_proba(z[test]))
+    nll_ts = negative_log_likelihood(y[test], ts.predict_proba(z[test]))
+    assert nll_auto <= nll_ts + 0.005
