@@ -15,7 +15,8 @@ from sklearn.utils import check_scalar
 
 from .._chunks import FileRows, rows_per_block
 from ._base import BaseLogitCalibrator, state_array, state_count
-from .temperature import _CHUNK_ELEMENTS, BETA_BOUNDS, fit_temperature, tensor_blocks
+from ._blocks import CHUNK_ELEMENTS, tensor_blocks
+from .temperature import BETA_BOUNDS, fit_temperature
 
 __all__ = ["EnsembleTemperatureScaling", "ensemble_log_proba", "LOSSES"]
 
@@ -60,7 +61,7 @@ def _row_statistics(logits: Any, y_idx: torch.Tensor, beta: float) -> dict[str, 
     n, k = logits.shape
     out = {key: torch.empty(n, dtype=torch.float64, device=y_idx.device)
            for key in ("lp0_y", "lp1_y", "s00", "s01", "s11")}
-    for start, z in tensor_blocks(logits, rows_per_block(k, _CHUNK_ELEMENTS)):
+    for start, z in tensor_blocks(logits, rows_per_block(k, CHUNK_ELEMENTS)):
         stop = start + z.shape[0]
         z = z.to(device=y_idx.device, dtype=torch.float64)
         yb = y_idx[start:stop, None]
@@ -82,7 +83,7 @@ def _brier_in_beta(logits: Any, y_idx: torch.Tensor, weights: torch.Tensor, beta
     """
     n, k = logits.shape
     total = torch.zeros(2, dtype=torch.float64, device=y_idx.device)
-    for start, z in tensor_blocks(logits, rows_per_block(k, _CHUNK_ELEMENTS)):
+    for start, z in tensor_blocks(logits, rows_per_block(k, CHUNK_ELEMENTS)):
         stop = start + z.shape[0]
         z = z.to(device=y_idx.device, dtype=torch.float64)
         z = z - z.amax(dim=1, keepdim=True)
