@@ -15,7 +15,8 @@ all of them, so that a study script reads as its claim, its data and its verdict
                                        resolved in precal at run time; names whose class this
                                        precal lacks are listed, not fitted
 ``compare_calibrators(z, y, ...)``     every method fitted on every calibration half, scored on
-                                       the test half
+                                       the test half; ``warning_text`` / ``merge_warnings`` /
+                                       ``warning_notes`` count the fits' warnings
 ``json_ready`` / ``dump_json``         JSON with numbers rounded to 7 significant digits
 ``StagedOutputs`` / ``run_study``      outputs appear only when the run is complete; missing data
                                        prints one line and exits with :data:`SKIP_EXIT_CODE`
@@ -71,6 +72,7 @@ __all__ = [
     "method",
     "method_table",
     "compare_calibrators",
+    "warning_text",
     "merge_warnings",
     "warning_notes",
     "json_ready",
@@ -165,14 +167,16 @@ def mean_sd(values: Any) -> dict[str, float]:
     return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if a.size > 1 else 0.0}
 
 
-def paired(a: Any, b: Any, *, atol: float = 0.0) -> dict[str, Any]:
+def paired(a: Any, b: Any, *, atol: float = 0.0, min_effect: float = 0.0) -> dict[str, Any]:
     """Paired per-split difference ``d = a - b`` and its verdict by the one-sd rule.
 
     Returns ``{"mean", "sd", "n_lower", "n", "verdict"}``: the mean and sample sd of ``d``,
     the number of splits where ``a < b``, the number of splits, and ``"lower"`` /
     ``"higher"`` when ``mean(d) < -sd(d)`` / ``mean(d) > sd(d)`` (a paired t-statistic
-    beyond ``sqrt(n)``), ``"identical"`` when every ``|d| <= atol`` (with the default 0:
-    the two agree on every split), else ``"within noise"``.
+    beyond ``sqrt(n)``) and ``|mean(d)| > min_effect``, ``"identical"`` when every
+    ``|d| <= atol`` (with the default 0: the two agree on every split), else ``"within
+    noise"``. ``min_effect`` keeps a consistent but negligible difference (a hair's
+    difference between two nearly equal fits, with an even smaller sd) from counting as clear.
     """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if d.ndim != 1 or d.size == 0:
@@ -180,6 +184,8 @@ def paired(a: Any, b: Any, *, atol: float = 0.0) -> dict[str, Any]:
     ms = mean_sd(d)
     if np.all(np.abs(d) <= atol):
         verdict = "identical"
+    elif abs(ms["mean"]) <= min_effect:
+        verdict = "within noise"
     elif ms["mean"] < -ms["sd"]:
         verdict = "lower"
     elif ms["mean"] > ms["sd"]:
@@ -389,7 +395,7 @@ def compare_calibrators(z: Any, y: Any, splits: list[tuple[np.ndarray, np.ndarra
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     est = factory().fit(z[cal], y[cal])
-                for text in {_warning_text(name, w) for w in caught}:
+                for text in {warning_text(name, w) for w in caught}:
                     caught_all[text] = caught_all.get(text, 0) + 1
                 fitted[name].append({a: _plain(getattr(est, a)) for a in attributes if hasattr(est, a)}
                                     | {"n_warnings": len(caught)})
@@ -402,7 +408,7 @@ def compare_calibrators(z: Any, y: Any, splits: list[tuple[np.ndarray, np.ndarra
             "n_fits": {m: len(v) for m, v in fitted.items()}}
 
 
-def _warning_text(method: str, w: Any) -> str:
+def warning_text(method: str, w: Any) -> str:
     """``method: Category: first sentence`` of a warning, without its run-specific numbers in brackets."""
     first = re.sub(r"\s*\(.*", "", str(w.message).splitlines()[0]).rstrip(" .;")
     return f"{method}: {w.category.__name__}: {first}"

@@ -68,6 +68,10 @@ def test_paired_verdict_words():
     assert h.paired([1.0, -1.0, 0.5], [0.0, 0.0, 0.0])["verdict"] == "within noise"
     assert h.paired([1.0, 2.0], [1.0 + 1e-9, 2.0 - 1e-9], atol=1e-6)["verdict"] == "identical"
     assert h.paired([1.0, 2.0], [1.0 + 1e-9, 2.0 - 1e-9])["verdict"] != "identical"
+    tiny = h.paired([1e-6, 1.1e-6, 0.9e-6], [0.0, 0.0, 0.0])
+    assert tiny["verdict"] == "higher"  # consistent, however small
+    assert h.paired([1e-6, 1.1e-6, 0.9e-6], [0.0, 0.0, 0.0], min_effect=1e-4)["verdict"] == "within noise"
+    assert h.paired([0.3, 0.31, 0.29], [0.0, 0.0, 0.0], min_effect=1e-4)["verdict"] == "higher"
     with pytest.raises(ValueError, match="per-split"):
         h.paired([], [])
 
@@ -113,7 +117,8 @@ def test_methods_are_resolved_by_name_with_the_context_they_take():
     assert isinstance(pacs, PACSCalibrator) and pacs.precision == "int4" and pacs.risk == "norm"
     fuzzy = h.method("fuzzy", {"max_iter": 7, "random_state": 1}, random_state=5)()
     assert isinstance(fuzzy, FuzzyDirichletCalibrator) and fuzzy.max_iter == 7 and fuzzy.random_state == 1
-    assert h.method("pacs", {"risk": "norm"}, precision="bf16").describe() == "PACSCalibrator(risk='norm', precision='bf16')"
+    described = h.method("pacs", {"risk": "norm"}, precision="bf16").describe()
+    assert described == "PACSCalibrator(risk='norm', precision='bf16')"
 
 
 def test_bad_method_names_and_context_are_refused():
@@ -244,7 +249,8 @@ def test_output_paths(tmp_path):
                  "figures": tmp_path / "docs" / "figures"}
     assert h.output_paths(_args([]), committed, prefix="x-") == committed
     out = h.output_paths(_args(["--out", str(tmp_path / "o")]), committed, prefix="x-")
-    assert out == {"json": tmp_path / "o" / "s.json", "doc": tmp_path / "o" / "s.md", "figures": tmp_path / "o" / "figures"}
+    o = tmp_path / "o"
+    assert out == {"json": o / "s.json", "doc": o / "s.md", "figures": o / "figures"}
     quick = h.output_paths(_args(["--quick"]), committed, prefix="x-")
     assert quick["json"].parent.name.startswith("x-") and quick["json"].parent.is_dir()
     for folder in (tmp_path / "results", tmp_path / "docs", tmp_path / "docs" / "figures"):
@@ -272,7 +278,8 @@ def test_claim_pages_carry_claim_verdict_and_figures():
                                  json_name="x.json", doc_name="x.md", source="a paper", claim="It works.",
                                  run_note="", notes=["a note", ""], method=["- how"], tables=["| a |", "|---|"],
                                  reading=["more"])
-    assert results.startswith("# Study X: results (quick smoke test)\n") and "**Verdict: partly reproduced.**" in results
+    assert results.startswith("# Study X: results (quick smoke test)\n")
+    assert "**Verdict: partly reproduced.**" in results
     assert "wall time 12 s" in doc and "**Seed:** a paper." in doc and "**Claim:** It works." in doc
     assert "- detail one\n- more\n" in doc and "![cap](../figures/x.png)" in doc and "numpy 2." in doc
     assert doc.index("## Method") < doc.index("## Reading") < doc.index("## Results") < doc.index("## Figures")

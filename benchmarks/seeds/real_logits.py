@@ -258,7 +258,8 @@ def tables(report: dict[str, Any]) -> list[str]:
                 c = st["comparisons"].get(f"{m} vs TS")
                 delta = "–" if c is None else f"{100 * c['mean']:+.3f} ± {100 * c['sd']:.3f} ({c['verdict']})"
                 lines.append(f"| {fmt if m == 'raw' else ''} | {m} | {h.fmt_ms(s['accuracy'], 100, 2)} | "
-                             f"{h.fmt_ms(s['ece'], 100, 2)} | {h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} | {delta} |")
+                             f"{h.fmt_ms(s['ece'], 100, 2)} | {h.fmt_ms(s['ace'], 100, 2)} | "
+                             f"{h.fmt_ms(s['nll'], 1, 4)} | {delta} |")
     lines += ["", "### What the rounding does to the fp32 softmax (all test rows)", "",
               "| file | format | mean \\|Δ top conf.\\| | max \\|Δ top conf.\\| | changed predictions % | "
               "max \\|Δ logit\\| | raw ECE % |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -283,8 +284,8 @@ def tables(report: dict[str, Any]) -> list[str]:
             first = m == "raw"
             lines.append(f"| {f'`{name}`' if first else ''} | {f['n'] if first else ''} | "
                          f"{f['n_classes'] if first else ''} | {m}{FLAGS.get(m, '')} | "
-                         f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | {h.fmt_ms(s['ace'], 100, 2)} | "
-                         f"{h.fmt_ms(s['nll'], 1, 4)} | {delta} |")
+                         f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | "
+                         f"{h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} | {delta} |")
     lines += ["", "### Rounding logits vs rounding the same rows as log-probabilities", "",
               "The ResNet-50 test logits `z`, rounded as they are, and `log_softmax(z)` (what the other files store) "
               "rounded the same way; both against the fp32 softmax of `z`, all test rows. Float formats round each "

@@ -175,8 +175,9 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         word = "partly reproduced"
     reason = (f"The confidence gap lies inside 2 ε ‖z‖ p (1 − p) for ≥ {100 * BOUND_SHARE:.0f} % of samples "
               f"with Spearman ≥ {MIN_SPEARMAN} in {claims['bound'][0]} of {claims['bound'][1]} model × data × "
-              f"format settings; gradient underflow behaves as described (more at lower precision, every sample past the "
-              f"margin threshold) in {claims['underflow'][0]} of {claims['underflow'][1]} model × data settings; "
+              f"format settings; gradient underflow behaves as described (more at lower precision, every sample "
+              f"past the margin threshold) in {claims['underflow'][0]} of {claims['underflow'][1]} model × data "
+              f"settings; "
               f"PACS has a clearly lower test ECE than TS in {claims['pacs'][0]} of {claims['pacs'][1]} settings.")
     return {"word": word, "reason": reason, "claims": {k: {"holds": a, "of": n} for k, (a, n) in claims.items()},
             "details": lines}
@@ -215,7 +216,8 @@ def tables(report: dict[str, Any]) -> list[str]:
                 diff = (f"{100 * c['mean']:+.3f} ± {100 * c['sd']:.3f} ({c['verdict']}, lower on "
                         f"{c['n_lower']}/{c['n']})" if c else "")
                 lines.append(f"| {fmt if m == 'uncalibrated' else ''} | {m} | {h.fmt_ms(s['accuracy'], 100, 2)} | "
-                             f"{h.fmt_ms(s['ece'], 100, 2)} | {h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} | {diff} |")
+                             f"{h.fmt_ms(s['ece'], 100, 2)} | {h.fmt_ms(s['ace'], 100, 2)} | "
+                             f"{h.fmt_ms(s['nll'], 1, 4)} | {diff} |")
     return lines
 
 

@@ -66,7 +66,8 @@ QUICK_SETTINGS = (("resnet20", "cifar10_lossless", 400), ("minilm", "fpb_test", 
 CONFIGS = ("w8a8", "w7a8", "w6a8", "w5a8", "w4a8")
 QUICK_CONFIGS = ("w8a8", "w4a8")
 LABELS = {"resnet20": "ResNet-20", "resnet56": "ResNet-56", "minilm": "MiniLM + head",
-          "cifar10_jpeg": f"CIFAR-10 JPEG-q75 (first {sd.JPEG_FIRST:,})", "cifar10_lossless": "CIFAR-10 exact (1,017)", "fpb_test": "FPB test"}
+          "cifar10_jpeg": f"CIFAR-10 JPEG-q75 (first {sd.JPEG_FIRST:,})", "cifar10_lossless": "CIFAR-10 exact (1,017)",
+          "fpb_test": "FPB test"}
 N_SWAP_BINS = 10
 MIN_SWAPS = 5  # fewer swaps than this: the swap-confidence checks are not evaluated for that config
 

@@ -164,8 +164,8 @@ def tables(report: dict[str, Any]) -> list[str]:
                 for method in METHODS:
                     s = r["summary"][method]
                     lines.append(f"| {config if method == 'uncalibrated' else ''} | {method} | "
-                                 f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | {h.fmt_ms(s['ace'], 100, 2)} | "
-                                 f"{h.fmt_ms(s['nll'], 1, 4)} |")
+                                 f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | "
+                                 f"{h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} |")
     return lines
 
 

@@ -261,14 +261,15 @@ def tables(report: dict[str, Any]) -> list[str]:
                   f"split.", "",
                   "| logits | method | size (bytes) | accuracy % | ECE % | relative ECE reduction % | ACE % | NLL |",
                   "|---|---|---:|---:|---:|---:|---:|---:|",
-                  f"| fp32 | uncalibrated | 0 | {h.fmt_ms(ref['accuracy'], 100, 2)} | {h.fmt_ms(ref['ece'], 100, 2)} | – | "
-                  f"{h.fmt_ms(ref['ace'], 100, 2)} | {h.fmt_ms(ref['nll'], 1, 4)} |"]
+                  f"| fp32 | uncalibrated | 0 | {h.fmt_ms(ref['accuracy'], 100, 2)} | "
+                  f"{h.fmt_ms(ref['ece'], 100, 2)} | – | {h.fmt_ms(ref['ace'], 100, 2)} | "
+                  f"{h.fmt_ms(ref['nll'], 1, 4)} |"]
         for m in METHODS:
             s = r["summary"][sc][m]
             rel = "–" if m == "uncalibrated" else h.fmt_ms(s["relative_ece_reduction"], 100, 1)
             lines.append(f"| {INT4 if m == 'uncalibrated' else ''} | {m} | {r['sizes_bytes'].get(m, 0)} | "
-                         f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | {rel} | {h.fmt_ms(s['ace'], 100, 2)} | "
-                         f"{h.fmt_ms(s['nll'], 1, 4)} |")
+                         f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | {rel} | "
+                         f"{h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} |")
         lines += ["", "Paired per-split ECE differences (points):", "",
                   "| comparison | mean ± sd | splits lower | verdict |", "|---|---:|---:|---|"]
         for k, c in r["comparisons"][sc].items():

@@ -291,8 +291,9 @@ def tables(report: dict[str, Any]) -> list[str]:
         r = c["diagnostics"]["low_confidence_moves_most"]
         half = c["diagnostics"]["halves"]
         lines.append(f"| {config} | {half['median_confidence']:.3f} | {100 * half['mean_shift_low']:+.3f} | "
-                     f"{100 * half['mean_shift_high']:+.3f} | {_p(half['p'])} | {100 * half['mean_abs_shift_low']:.3f} | "
-                     f"{100 * half['mean_abs_shift_high']:.3f} | {_rho(r['abs_true_class_change'])} | {_rho(r['js'])} |")
+                     f"{100 * half['mean_shift_high']:+.3f} | {_p(half['p'])} | "
+                     f"{100 * half['mean_abs_shift_low']:.3f} | {100 * half['mean_abs_shift_high']:.3f} | "
+                     f"{_rho(r['abs_true_class_change'])} | {_rho(r['js'])} |")
     first_split = report["calibration"][REFERENCE]
     lines += ["", "### Calibration over calibration/test splits", "",
               f"{report['n_splits']} stratified splits of {first_split['n_calibration']} calibration / "
@@ -309,9 +310,9 @@ def tables(report: dict[str, Any]) -> list[str]:
                 ch = report["configs"][config]["calibration_change"]
                 delta = [f"{100 * ch[m]['mean']:+.2f} ± {100 * ch[m]['sd']:.2f} ({ch[m]['verdict']})"
                          for m in ("ece", "ace")]
-            lines.append(f"| {config if method == 'uncalibrated' else ''} | {method} | {h.fmt_ms(s['accuracy'], 100, 2)} | "
-                         f"{h.fmt_ms(s['ece'], 100, 2)} | {h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} | "
-                         f"{delta[0]} | {delta[1]} |")
+            lines.append(f"| {config if method == 'uncalibrated' else ''} | {method} | "
+                         f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | "
+                         f"{h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} | {delta[0]} | {delta[1]} |")
     return lines
 
 
