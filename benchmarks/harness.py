@@ -18,8 +18,8 @@ all of them, so that a study script reads as its claim, its data and its verdict
                                        the test half; ``warning_text`` / ``merge_warnings`` /
                                        ``warning_notes`` count the fits' warnings
 ``json_ready`` / ``dump_json``         JSON with numbers rounded to 7 significant digits
-``StagedOutputs`` / ``run_study``      outputs appear only when the run is complete; missing data
-                                       prints one line and exits with :data:`SKIP_EXIT_CODE`
+``StagedOutputs`` / ``write_study`` /  outputs appear only when the run is complete; missing data
+``run_study``                          prints one line and exits with :data:`SKIP_EXIT_CODE`
 ``add_study_arguments`` /              the flags every study takes (``--quick --out --splits
 ``finish_study_arguments``             --seed --threads``) and where its outputs go
 ``output_paths``
