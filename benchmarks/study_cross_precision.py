@@ -480,7 +480,7 @@ def render(report: dict[str, Any]) -> tuple[str, str]:
     notes += [x for n in report["notes"] for x in (n, "")]
     notes += [x for w in report["warnings"] for x in (f"Fit warnings: {w}", "")]
     if report["unavailable"]:
-        notes += ["Not measured (not in this precal): " + " ".join(report["unavailable"]), ""]
+        notes += [" ".join(report["unavailable"]), ""]
     p = report["protocol"]
     method = [
         "- **Data**: " + "; ".join(f"{b['description']}: " + " and ".join(b["models"])
