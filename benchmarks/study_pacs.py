@@ -72,15 +72,10 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUME
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import datetime as _dt  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -90,16 +85,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.special import softmax as _softmax  # noqa: E402
 
-import precal  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.harness
+from benchmarks import harness as h  # noqa: E402
+
 from precal.calibration import PACSCalibrator, TemperatureScaling  # noqa: E402
 from precal.demo import config_precision, digits_logits  # noqa: E402
 from precal.emulate import round_logits, softmax_in_format, sweep  # noqa: E402
-from precal.metrics import (  # noqa: E402
-    adaptive_calibration_error,
-    brier_score,
-    expected_calibration_error,
-    negative_log_likelihood,
-)
+from precal.metrics import expected_calibration_error  # noqa: E402
 from precal.metrics.diagnostics import (  # noqa: E402
     confidence_shift,
     precision_split,
@@ -141,107 +133,55 @@ COMPARED_METRICS = ("ece", "ace", "nll")
 FIG_DPI = 100
 
 
-class DataError(Exception):
-    """A data file is missing or not what its README says."""
+#: The methods of every setting, by label (registry names of benchmarks.harness.METHODS).
+METHOD_SPEC = {"uncalibrated": None, "TS": "ts", "PACS-norm": "pacs-norm", "PACS-peaked": "pacs-peaked"}
 
+DataError = h.DataError
 
 # --------------------------------------------------------------------------- helpers
+# Names that benchmarks/study_fuzzy.py (and study_fuzzy_reg.py) import from this module: they
+# are the harness's, kept here under their old names until those scripts use the harness.
+make_splits = h.make_splits
+versions = h.versions
+_git_commit = h.git_commit
+
+
 def limit_threads() -> None:
-    torch.set_num_threads(1)
-    try:
-        import threadpoolctl
-    except ImportError:  # pragma: no cover
-        return
-    threadpoolctl.threadpool_limits(limits=1)
+    """One thread for torch, OpenMP and BLAS."""
+    h.set_threads(1)
 
 
 def mean_sd(values: Any) -> tuple[float, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
-def stratified_half(y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Half of every class (rounded down) to calibration, the rest to test."""
-    cal = []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        cal.append(idx[: len(idx) // 2])
-    cal_idx = np.sort(np.concatenate(cal))
-    mask = np.zeros(len(y), dtype=bool)
-    mask[cal_idx] = True
-    return cal_idx, np.flatnonzero(~mask)
-
-
-def make_splits(y: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [stratified_half(y, np.random.default_rng(seed + s)) for s in range(n_splits)]
-
-
-def scores(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    return {
-        "ece": expected_calibration_error(y, prob),
-        "ace": adaptive_calibration_error(y, prob),
-        "nll": negative_log_likelihood(y, prob),
-        "brier": brier_score(y, prob),
-        "accuracy": float(np.mean(prob.argmax(axis=1) == y)),
-    }
+    """``(mean, sd)`` of :func:`benchmarks.harness.mean_sd`, as a pair."""
+    ms = h.mean_sd(values)
+    return ms["mean"], ms["sd"]
 
 
 #: Largest |difference| (in metric units) still called "identical" when PACS fitted λ = 0 on
 #: every split: T0 may then sit a hair away from TS's T (L-BFGS-B starts there and may take a
 #: tiny step), which moves a metric by far less than this.
 IDENTICAL_ATOL = 1e-4
+#: The harness's verdict words in this study's terms (lower is better for every compared metric).
+VERDICT_WORDS = {"lower": "better", "higher": "worse"}
 
 
 def paired(a: list[float], b: list[float], *, same_map: bool = False) -> dict[str, Any]:
-    """Paired per-split difference a - b (lower is better for every compared metric).
+    """:func:`benchmarks.harness.paired` of ``a - b`` with this study's fields: mean, sd,
+    effect (mean / sd), wins (splits where ``a < b``), losses, verdict (better / worse /
+    within noise / identical).
 
-    ``same_map``: the two methods fitted the same map on every split (PACS with λ = 0 vs TS).
+    ``same_map``: the two methods fitted the same map on every split (PACS with λ = 0 vs
+    TS), so differences up to :data:`IDENTICAL_ATOL` are rounding and count as identical.
     """
+    p = h.paired(a, b, atol=IDENTICAL_ATOL if same_map else 0.0)
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    m, sd = mean_sd(d)
-    if np.all(d == 0) or (same_map and np.all(np.abs(d) <= IDENTICAL_ATOL)):
-        verdict = "identical"
-    elif m < -sd:
-        verdict = "better"
-    elif m > sd:
-        verdict = "worse"
-    else:
-        verdict = "within noise"
     return {
-        "mean": m,
-        "sd": sd,
-        "effect": (m / sd) if sd > 0 else None,
-        "wins": int(np.sum(d < 0)),
+        "mean": p["mean"],
+        "sd": p["sd"],
+        "effect": (p["mean"] / p["sd"]) if p["sd"] > 0 else None,
+        "wins": p["n_lower"],
         "losses": int(np.sum(d > 0)),
-        "verdict": verdict,
-    }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-
-
-def versions() -> dict[str, str]:
-    import matplotlib
-    import scipy
-    import sklearn
-
-    return {
-        "python": platform.python_version(),
-        "precal": precal.__version__,
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "scipy": scipy.__version__,
-        "scikit-learn": sklearn.__version__,
-        "matplotlib": matplotlib.__version__,
+        "verdict": VERDICT_WORDS.get(p["verdict"], p["verdict"]),
     }
 
 
@@ -249,41 +189,15 @@ def versions() -> dict[str, str]:
 def study_setting(z: np.ndarray, y: np.ndarray, precision: str,
                   splits: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """Fit TS / PACS(norm) / PACS(peaked) on each calibration half, score every method on the test half."""
-    z = np.asarray(z, dtype=np.float64)
-    per_split: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in METHODS}
-    fitted: dict[str, list[Any]] = {k: [] for k in ("ts_T", "norm_T0", "norm_lambda", "norm_n_iter", "norm_warnings",
-                                                     "peaked_T0", "peaked_lambda", "peaked_n_iter", "peaked_warnings")}
-    warning_texts: set[str] = set()
-
-    def fit(cal_obj: Any, zc: np.ndarray, yc: np.ndarray) -> tuple[Any, int]:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            cal_obj.fit(zc, yc)
-        warning_texts.update(f"{w.category.__name__}: {w.message}" for w in caught)
-        return cal_obj, len(caught)
-
-    for cal, test in splits:
-        zc, yc, zt, yt = z[cal], y[cal], z[test], y[test]
-        ts, n_ts = fit(TemperatureScaling(), zc, yc)
-        fitted["ts_T"].append(ts.temperature_)
-        pacs = {}
-        for risk in ("norm", "peaked"):
-            pacs[risk], n_w = fit(PACSCalibrator(precision=precision, risk=risk), zc, yc)
-            fitted[f"{risk}_T0"].append(pacs[risk].temperature_)
-            fitted[f"{risk}_lambda"].append(pacs[risk].lambda_)
-            fitted[f"{risk}_n_iter"].append(pacs[risk].n_iter_)
-            fitted[f"{risk}_warnings"].append(n_w)
-        pn, pp = pacs["norm"], pacs["peaked"]
-        probs = {
-            "uncalibrated": _softmax(zt, axis=1),
-            "TS": ts.predict_proba(zt),
-            "PACS-norm": pn.predict_proba(zt),
-            "PACS-peaked": pp.predict_proba(zt),
-        }
-        for method, prob in probs.items():
-            for k, v in scores(yt, prob).items():
-                per_split[method][k].append(v)
-    summary = {m: {k: dict(zip(("mean", "sd"), mean_sd(per_split[m][k]))) for k in METRICS} for m in METHODS}
+    methods = h.method_table(METHOD_SPEC, precision=precision)[0]
+    r = h.compare_calibrators(z, y, splits, methods, metrics=METRICS,
+                              attributes=("temperature_", "lambda_", "n_iter_"))
+    per_split, fit = r["per_split"], r["fitted"]
+    fitted: dict[str, list[Any]] = {"ts_T": [f["temperature_"] for f in fit["TS"]]}
+    for risk in ("norm", "peaked"):
+        rows = fit[f"PACS-{risk}"]
+        fitted |= {f"{risk}_T0": [f["temperature_"] for f in rows], f"{risk}_lambda": [f["lambda_"] for f in rows],
+                   f"{risk}_n_iter": [f["n_iter_"] for f in rows], f"{risk}_warnings": [f["n_warnings"] for f in rows]}
     lam_zero = {f"PACS-{risk}": bool(np.all(np.asarray(fitted[f"{risk}_lambda"]) == 0.0))
                 for risk in ("norm", "peaked")}
     lam_zero["TS"] = True
@@ -305,14 +219,14 @@ def study_setting(z: np.ndarray, y: np.ndarray, precision: str,
     return {
         "precision": precision,
         "n_samples": int(len(y)),
-        "n_calibration": int(len(splits[0][0])),
-        "n_test": int(len(splits[0][1])),
-        "summary": summary,
+        "n_calibration": r["n_calibration"],
+        "n_test": r["n_test"],
+        "summary": r["summary"],
         "comparisons": comparisons,
         "lambda": lam,
         "fitted": fitted,
         "per_split": per_split,
-        "warnings": sorted(warning_texts),
+        "warnings": sorted(r["warnings"]),
     }
 
 
@@ -457,18 +371,17 @@ def _figure(ncols: int, figsize: tuple[float, float]):
     return fig, np.atleast_1d(axes)
 
 
-def _savefig(fig: Any, path: Path) -> str:
-    fig.savefig(path, dpi=FIG_DPI)
-    return path.name
-
-
-def make_figures(fig_dir: Path, demo_fig: dict[str, Any], real_fig: dict[str, Any] | None) -> list[dict[str, str]]:
+def make_figures(fig_dir: Path, demo_fig: dict[str, Any], real_fig: dict[str, Any] | None,
+                 staged: h.StagedOutputs) -> list[dict[str, str]]:
     from matplotlib.ticker import MaxNLocator
 
     from precal.plotting import precision_split_diagram, reliability_diagram, swap_histogram
 
-    fig_dir.mkdir(parents=True, exist_ok=True)
     figures: list[dict[str, str]] = []
+
+    def _savefig(fig: Any, path: Path) -> str:
+        fig.savefig(staged.path(path), dpi=FIG_DPI, format="png")
+        return path.name
 
     y, p_ref, low_name, p_low = demo_fig["y"], demo_fig["p_ref"], demo_fig["low_name"], demo_fig["p_low"]
     ax = precision_split_diagram(y, p_ref, p_low, names=("fp32", low_name))
@@ -821,15 +734,8 @@ def header_notes(report: dict[str, Any]) -> list[str]:
     return [line for note in notes for line in (note, "")]
 
 
-def write_outputs(report: dict[str, Any], paths: dict[str, Path]) -> list[Path]:
-    written = []
-    text = json.dumps(report, indent=1, allow_nan=False, ensure_ascii=False)
-    # lists of plain numbers on one line each (per-split values, histogram counts)
-    text = re.sub(r"\[\s+((?:-?[0-9][0-9.eE+-]*|null)(?:,\s+(?:-?[0-9][0-9.eE+-]*|null))*)\s+\]",
-                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
-    paths["json"].write_text(text + "\n", encoding="utf-8")
-    written.append(paths["json"])
-
+def render(report: dict[str, Any]) -> tuple[str, str]:
+    """The results markdown and the docs page, from the report alone."""
     bullets = reading(report)
     md = ["# PACS study: results" + (" (quick smoke test)" if report["quick"] else ""), "",
           f"Generated by `{RERUN_COMMAND}` on {report['date']} (wall time {report['wall_time_s']:.0f} s, "
@@ -838,22 +744,20 @@ def write_outputs(report: dict[str, Any], paths: dict[str, Path]) -> list[Path]:
     md += header_notes(report)
     md += results_markdown(report)
     md += ["", "### Reading (computed from the numbers above)", ""] + [f"- {b}" for b in bullets]
-    paths["md"].write_text("\n".join(md) + "\n", encoding="utf-8")
-    written.append(paths["md"])
 
     title = "# Study: temperature scaling vs PACS across precisions"
     doc = [title + (" (quick smoke test)" if report["quick"] else ""),
            "",
            f"*Generated by `{RERUN_COMMAND}` from its own results (`benchmarks/results/study_pacs.json`); "
-           f"every number and every sentence of the reading below is computed, none typed by hand. "
+           "every number and every sentence of the reading below is computed, none typed by hand. "
            f"Run {report['date']}, wall time {report['wall_time_s']:.0f} s.*", ""]
     doc += header_notes(report)
     doc += ["", "## Method", "",
-            f"**Question.** Does PACS (`PACSCalibrator`, seed 000: a per-sample temperature `T(x) = T0 (1 + λ ε "
-            f"||z(x)|| s(p̂))`) calibrate low-precision models better than one global temperature (TS)? Both risk "
-            f"shapes are compared: the paper's `risk=\"norm\"` (`s ≡ 1`) and `risk=\"peaked\"` "
-            f"(`s = 4 p̂ (1 − p̂)`). PACS's `precision` is the format of the setting "
-            f"(`precal.demo.config_precision` for the demo's configs).",
+            "**Question.** Does PACS (`PACSCalibrator`, seed 000: a per-sample temperature `T(x) = T0 (1 + λ ε "
+            "||z(x)|| s(p̂))`) calibrate low-precision models better than one global temperature (TS)? Both risk "
+            "shapes are compared: the paper's `risk=\"norm\"` (`s ≡ 1`) and `risk=\"peaked\"` "
+            "(`s = 4 p̂ (1 − p̂)`). PACS's `precision` is the format of the setting "
+            "(`precal.demo.config_precision` for the demo's configs).",
             "",
             f"**Data.** (A) The digits demo CNN (`precal.demo.digits_logits(random_state={report['seed']})`) "
             f"emulated by `precal.emulate.sweep` at {', '.join(report['demo']['settings'])} on its "
@@ -899,44 +803,22 @@ def write_outputs(report: dict[str, Any], paths: dict[str, Path]) -> list[Path]:
             "```", "",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
             + (f"; commit {report['git_commit']}" if report["git_commit"] else "") + "."]
-    paths["doc"].write_text("\n".join(doc) + "\n", encoding="utf-8")
-    written.append(paths["doc"])
-    return written
+    return "\n".join(md) + "\n", "\n".join(doc) + "\n"
 
 
 # --------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="3 splits, fewer configs; writes to a new temp dir (never the committed outputs)")
-    parser.add_argument("--splits", type=int, default=None, help="number of calibration/test splits (default 20)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write everything under DIR (study_pacs.{json,md}, study-pacs.md, figures/)")
-    parser.add_argument("--seed", type=int, default=0, help="demo model random_state and split seed (default 0)")
+    h.add_study_arguments(parser, threads=False)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help=f"real logits folder (default {DATA_DIR})")
-    args = parser.parse_args(argv)
-    if args.splits is None:
-        args.splits = 3 if args.quick else 20
-    if args.splits < 2:
-        parser.error("--splits must be at least 2 (a standard deviation needs two splits)")
-    return args
+    return h.finish_study_arguments(parser, parser.parse_args(argv))
 
 
 def output_paths(args: argparse.Namespace) -> dict[str, Path]:
-    committed = {DEFAULT_RESULTS_DIR.resolve(), DEFAULT_DOCS_DIR.resolve()}
-    if args.out is not None:
-        out = args.out.resolve()
-        if args.quick and out in committed:
-            sys.exit("--quick never writes to the committed output folders; choose another --out.")
-    elif args.quick:
-        out = Path(tempfile.mkdtemp(prefix="precal-study-pacs-"))
-    else:
-        return {"json": DEFAULT_RESULTS_DIR / "study_pacs.json", "md": DEFAULT_RESULTS_DIR / "study_pacs.md",
-                "doc": DEFAULT_DOCS_DIR / "study-pacs.md", "figures": DEFAULT_DOCS_DIR / "figures"}
-    out.mkdir(parents=True, exist_ok=True)
-    return {"json": out / "study_pacs.json", "md": out / "study_pacs.md", "doc": out / "study-pacs.md",
-            "figures": out / "figures"}
+    committed = {"json": DEFAULT_RESULTS_DIR / "study_pacs.json", "md": DEFAULT_RESULTS_DIR / "study_pacs.md",
+                 "doc": DEFAULT_DOCS_DIR / "study-pacs.md", "figures": DEFAULT_DOCS_DIR / "figures"}
+    return h.output_paths(args, committed, prefix="precal-study-pacs-")
 
 
 def run_real(args: argparse.Namespace, precisions: tuple[str, ...], n_splits: int) -> tuple[dict, dict | None, dict]:
@@ -993,28 +875,10 @@ def run_real(args: argparse.Namespace, precisions: tuple[str, ...], n_splits: in
     return real, fig_data, diags
 
 
-def _strip_arrays(obj: Any) -> Any:
-    """JSON-ready copy: arrays to lists, numpy scalars to Python, floats to 7 significant digits, inf/NaN to None."""
-    if isinstance(obj, dict):
-        return {k: _strip_arrays(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strip_arrays(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _strip_arrays(obj.tolist())
-    if isinstance(obj, (np.floating, np.integer)):
-        return _strip_arrays(obj.item())
-    if isinstance(obj, float):
-        # 7 significant digits keep every reported number exact to its printed precision
-        return float(f"{obj:.7g}") if math.isfinite(obj) else None
-    return obj
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
     args = parse_args(argv)
     paths = output_paths(args)
     limit_threads()
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
     wall_start = time.perf_counter()
     demo_configs = DEMO_CONFIGS_QUICK if args.quick else DEMO_CONFIGS
     real_precisions = REAL_PRECISIONS_QUICK if args.quick else REAL_PRECISIONS
@@ -1050,19 +914,19 @@ def main(argv: list[str] | None = None) -> int:
     diags.update(real_diags)
 
     # ---- C: figures
-    figures = make_figures(paths["figures"], demo_fig, real_fig)
+    figures = make_figures(paths["figures"], demo_fig, real_fig, staged)
 
     report = {
         "study": "PACS vs temperature scaling across precisions",
         "script": "benchmarks/study_pacs.py",
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": h.utc_now(),
         "quick": args.quick,
         "seed": args.seed,
         "n_splits": args.splits,
         "split_rule": "stratified 50/50: per class, rng.permutation of its indices, first floor(n_c/2) to "
                       "calibration; split s uses np.random.default_rng(seed + s)",
         "criterion": "clear win/loss when mean paired difference < -sd / > +sd of the per-split differences",
-        "ece_bins": 15,
+        "ece_bins": h.N_BINS,
         "threads": 1,
         "versions": versions(),
         "git_commit": _git_commit(),
@@ -1076,9 +940,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": 0.0,
     }
     report["wall_time_s"] = time.perf_counter() - wall_start
-    report = _strip_arrays(report)
+    report = h.json_ready(report)
     report["reading"] = reading(report)
-    written = write_outputs(report, paths)
+    written = h.write_study(staged, paths, report, *render(report))
 
     print()
     print("\n".join(results_markdown(report)))
@@ -1086,10 +950,9 @@ def main(argv: list[str] | None = None) -> int:
     for b in report["reading"]:
         print(f"- {b}")
     print(f"\nwall time {report['wall_time_s']:.1f} s")
-    print("wrote: " + ", ".join(str(p) for p in written) + ", "
-          + ", ".join(str(paths["figures"] / f["file"]) for f in figures))
+    print("wrote: " + ", ".join(str(p) for p in written))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(h.run_study("study_pacs", main))

@@ -106,39 +106,7 @@ def test_resnet_batchnorms_fold_into_their_convs():
         torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
 
 
-# --------------------------------------------------------------------------- split and output helpers
-def test_make_splits_are_stratified_disjoint_and_seeded():
-    y = np.repeat(np.arange(3), [10, 7, 4])
-    splits = data.make_splits(y, 5, seed=3)
-    for cal, test in splits:
-        assert len(np.intersect1d(cal, test)) == 0
-        assert len(cal) + len(test) == len(y)
-        assert np.bincount(y[cal]).tolist() == [5, 3, 2]
-    again = data.make_splits(y, 5, seed=3)
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(splits, again))
-    assert not np.array_equal(splits[0][0], splits[1][0])
-
-
-def test_paired_verdicts():
-    assert data.paired([1, 2, 3], [1, 2, 3])["verdict"] == "identical"
-    assert data.paired([0.0, 0.1, 0.0], [1.0, 1.0, 1.1])["verdict"] == "lower"
-    assert data.paired([1.0, 1.0, 1.1], [0.0, 0.1, 0.0])["verdict"] == "higher"
-    assert data.paired([1.0, -1.0, 0.5], [0.0, 0.0, 0.0])["verdict"] == "within noise"
-
-
-def test_staged_outputs_appear_only_on_commit(tmp_path):
-    staged = data.StagedOutputs()
-    staged.write_text(tmp_path / "a" / "r.json", "{}")
-    staged.write_text(tmp_path / "r.md", "x")
-    assert not (tmp_path / "r.md").exists() and not (tmp_path / "a" / "r.json").exists()
-    staged.discard()
-    assert list(tmp_path.rglob("*.*")) == []
-    staged.write_text(tmp_path / "r.md", "x")
-    assert staged.commit() == [tmp_path / "r.md"]
-    assert (tmp_path / "r.md").read_text() == "x"
-    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["r.md"]
-
-
+# --------------------------------------------------------------------------- precision overrides
 def test_ends_at_8bit_only_for_weight_activation_configs():
     assert data.ends_at_8bit("resnet56", "w4a4") == {"conv1": "w8a8", "linear": "w8a8"}
     assert data.ends_at_8bit("lenet5", "w5a8") == {"convnet.c1": "w8a8", "fc.f7": "w8a8"}

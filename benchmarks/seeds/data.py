@@ -27,12 +27,11 @@ Public API (stable; the seed studies 000-004 build on it):
                                                ``"bf16"``, ...) via ``precal.emulate``
 =============================================  ===============================================
 
-Study plumbing shared by the seed scripts (end of the module): ``make_splits`` (stratified
-50/50 splits), ``compare_calibrators`` (fit on each calibration half, score accuracy / ECE /
-ACE / NLL on the test half), ``paired`` (the one-sd verdict rule), ``add_study_arguments`` /
-``finish_study_arguments`` / ``output_paths`` (the common flags and output places),
-``StagedOutputs`` and ``run_study`` (outputs appear only when complete; a :class:`DataError`
-prints one line and exits with :data:`SKIP_EXIT_CODE` = 3), ``json_ready`` / ``dump_json``.
+The seed studies' splits, scores, calibrator comparisons, verdict rule and page writing are
+the study harness's (:mod:`benchmarks.harness`); the end of this module adds what only they
+share: ``add_study_arguments`` (the harness's flags plus ``--cache-dir --no-cache``),
+``output_paths`` (``benchmarks/results/seeds/``, ``docs/seeds/``) and ``emulation_options``.
+A :class:`DataError` (the harness's) makes a study print one line and exit with status 3.
 
 Evaluation sets and the inputs that calibrate activation observers (kept out of them):
 
@@ -68,6 +67,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from benchmarks import harness as h
 
 from .models import CifarResNet, LeNet5, MiniLMClassifier, cifar_resnet
 
@@ -141,11 +142,9 @@ DATASETS = {
 }
 
 
-class DataError(Exception):
-    """A shared model or data file is missing, unreadable or not what its README says.
-
-    ``str(error)`` is one line naming the file and the README to read.
-    """
+#: A shared model or data file is missing, unreadable or not what its README says; one line
+#: naming the file and the README (the harness's exception, so ``run_study`` skips on it).
+DataError = h.DataError
 
 
 # --------------------------------------------------------------------------- locations
@@ -181,11 +180,11 @@ def _sha256(path: Path) -> str:
     st = path.stat()
     memo_key = (str(path), st.st_size, st.st_mtime_ns)
     if memo_key not in _SHA_MEMO:
-        h = hashlib.sha256()
+        digest = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_MEMO[memo_key] = h.hexdigest()
+                digest.update(chunk)
+        _SHA_MEMO[memo_key] = digest.hexdigest()
     return _SHA_MEMO[memo_key]
 
 
@@ -566,11 +565,11 @@ def _code_hash() -> str:
     if not _CODE_HASH:
         import precal.emulate
 
-        h = hashlib.sha256(PREPROCESSING_VERSION.encode())
+        digest = hashlib.sha256(PREPROCESSING_VERSION.encode())
         for src in [*sorted(Path(precal.emulate.__file__).parent.glob("*.py")), Path(__file__).with_name("models.py")]:
-            h.update(src.name.encode())
-            h.update(src.read_bytes())
-        _CODE_HASH.append(h.hexdigest())
+            digest.update(src.name.encode())
+            digest.update(src.read_bytes())
+        _CODE_HASH.append(digest.hexdigest())
     return _CODE_HASH[0]
 
 
@@ -738,251 +737,21 @@ def emulated_logits(
     return z
 
 
-# --------------------------------------------------------------------------- study plumbing
-# Shared by the seed study scripts: the split protocol, the calibrator comparison, the
-# one-sd verdict rule, JSON-ready numbers and outputs that appear only when complete.
+# --------------------------------------------------------------------------- seed-study plumbing
+# The splits, scores, comparisons, results files and pages are the study harness's
+# (benchmarks/harness.py); here is only what the seed studies add: the flags of the logits
+# cache, where their outputs go, and the observer calibration of --quick.
 
-#: Exit status of a study that skipped because shared data (or the MiniLM package) is missing
-#: or unreadable; it printed one line naming the file and the README, and wrote nothing.
-SKIP_EXIT_CODE = 3
-#: ECE/ACE bins used throughout (top label, as precal's metrics default).
-N_BINS = 15
-
-
-def set_threads(n: int) -> None:
-    """Cap torch's intra-op threads (and BLAS/OpenMP through threadpoolctl when present)."""
-    torch.set_num_threads(n)
-    try:
-        import threadpoolctl
-    except ImportError:  # pragma: no cover - optional
-        return
-    threadpoolctl.threadpool_limits(limits=n)
-
-
-def make_splits(y: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``n_splits`` stratified 50/50 calibration/test splits: per class, ``rng.permutation`` of
-    its rows and the first ``floor(n_c / 2)`` to calibration; split ``s`` uses
-    ``np.random.default_rng(seed + s)``."""
-    splits = []
-    for s in range(n_splits):
-        rng = np.random.default_rng(seed + s)
-        cal = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[: int(np.sum(y == c)) // 2]
-                                      for c in np.unique(y)]))
-        mask = np.zeros(len(y), dtype=bool)
-        mask[cal] = True
-        splits.append((cal, np.flatnonzero(~mask)))
-    return splits
-
-
-def mean_sd(values: Any) -> dict[str, float]:
-    """``{"mean", "sd"}`` (sample standard deviation, ddof=1; 0 for one value)."""
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if a.size > 1 else 0.0}
-
-
-def scores(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    """Accuracy, ECE, ACE (15 bins, top label) and NLL of probabilities ``prob``."""
-    from precal.metrics import adaptive_calibration_error, expected_calibration_error, negative_log_likelihood
-
-    return {
-        "accuracy": float(np.mean(prob.argmax(axis=1) == y)),
-        "ece": expected_calibration_error(y, prob, n_bins=N_BINS),
-        "ace": adaptive_calibration_error(y, prob, n_bins=N_BINS),
-        "nll": negative_log_likelihood(y, prob),
-    }
-
-
-def softmax64(z: np.ndarray) -> np.ndarray:
-    """Softmax in float64 (the reference probabilities of every study)."""
-    from scipy.special import softmax
-
-    return softmax(np.asarray(z, dtype=np.float64), axis=1)
-
-
-def compare_calibrators(z: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
-                        methods: dict[str, Any]) -> dict[str, Any]:
-    """Fit each calibrator on every calibration half and score it on the test half.
-
-    ``methods`` maps a name to a zero-argument factory returning an unfitted precal
-    calibrator, or to None for the uncalibrated softmax. Returns ``per_split[method][metric]``
-    (lists), ``summary[method][metric]`` (:func:`mean_sd`), ``fitted`` (a few fitted
-    attributes per split), ``warnings`` (``{text: number of fits that raised it}``) and
-    ``n_fits`` per method; collect those over settings with :func:`merge_warnings`.
-    """
-    import warnings
-
-    z = np.asarray(z, dtype=np.float64)
-    per_split: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
-    fitted: dict[str, list[dict[str, float]]] = {m: [] for m in methods if methods[m] is not None}
-    caught_all: dict[str, int] = {}
-    for cal, test in splits:
-        for name, factory in methods.items():
-            if factory is None:
-                prob = softmax64(z[test])
-            else:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    est = factory().fit(z[cal], y[cal])
-                for text in {_warning_text(name, w) for w in caught}:
-                    caught_all[text] = caught_all.get(text, 0) + 1
-                fitted[name].append({a: float(getattr(est, a)) for a in ("temperature_", "lambda_")
-                                     if hasattr(est, a)} | {"n_warnings": len(caught)})
-                prob = est.predict_proba(z[test])
-            for k, v in scores(y[test], prob).items():
-                per_split[name].setdefault(k, []).append(v)
-    summary = {m: {k: mean_sd(v) for k, v in d.items()} for m, d in per_split.items()}
-    return {"n_calibration": int(len(splits[0][0])), "n_test": int(len(splits[0][1])), "per_split": per_split,
-            "summary": summary, "fitted": fitted, "warnings": caught_all,
-            "n_fits": {m: len(v) for m, v in fitted.items()}}
-
-
-def _warning_text(method: str, w: Any) -> str:
-    """``method: Category: first sentence`` of a warning, without its run-specific numbers in brackets."""
-    import re
-
-    first = re.sub(r"\s*\(.*", "", str(w.message).splitlines()[0]).rstrip(" .;")
-    return f"{method}: {w.category.__name__}: {first}"
-
-
-def merge_warnings(total: dict[str, Any], result: dict[str, Any]) -> None:
-    """Add a :func:`compare_calibrators` result's warning counts and fit counts to ``total``
-    (``{"warnings": {text: fits}, "n_fits": {method: fits}}``); removes them from ``result``."""
-    for text, count in result.pop("warnings").items():
-        total.setdefault("warnings", {})[text] = total.setdefault("warnings", {}).get(text, 0) + count
-    for method, count in result.pop("n_fits").items():
-        total.setdefault("n_fits", {})[method] = total.setdefault("n_fits", {}).get(method, 0) + count
-
-
-def warning_notes(total: dict[str, Any]) -> list[str]:
-    """One line per distinct fit warning: its text and on how many fits of that method it came."""
-    return [f"Fit warning on {count} of {total['n_fits'][text.split(':')[0]]} fits: {text}."
-            for text, count in sorted(total.get("warnings", {}).items())]
-
-
-def paired(a: Any, b: Any) -> dict[str, Any]:
-    """Paired per-split difference ``a - b``: mean, sd, splits where a < b, and a verdict.
-
-    ``"lower"`` / ``"higher"`` when the mean difference is below ``-sd`` / above ``+sd``
-    (a paired t-statistic beyond sqrt(n_splits)), ``"identical"`` when every difference is
-    0, else ``"within noise"``.
-    """
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    ms = mean_sd(d)
-    if np.all(d == 0):
-        verdict = "identical"
-    elif ms["mean"] < -ms["sd"]:
-        verdict = "lower"
-    elif ms["mean"] > ms["sd"]:
-        verdict = "higher"
-    else:
-        verdict = "within noise"
-    return ms | {"n_lower": int(np.sum(d < 0)), "n": int(d.size), "verdict": verdict}
-
-
-def json_ready(obj: Any) -> Any:
-    """Arrays to lists, numpy scalars to Python, floats to 7 significant digits, inf/NaN to None."""
-    import math
-
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_ready(obj.tolist())
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return json_ready(obj.item())
-    if isinstance(obj, float):
-        return float(f"{obj:.7g}") if math.isfinite(obj) else None
-    return obj
-
-
-def dump_json(report: dict[str, Any]) -> str:
-    """Indented JSON with lists of plain numbers kept on one line."""
-    import re
-
-    text = json.dumps(json_ready(report), indent=1, allow_nan=False, ensure_ascii=False)
-    return re.sub(r"\[\s+((?:-?[0-9][0-9.eE+-]*|null|true|false)(?:,\s+(?:-?[0-9][0-9.eE+-]*|null|true|false))*)\s+\]",
-                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
-
-
-class StagedOutputs:
-    """Write outputs under hidden temporary names and rename them all at the end.
-
-    ``path(final)`` gives the temporary path to write; :meth:`commit` renames every staged
-    file onto its final path (figures first, JSON last); :meth:`discard` removes them. A run
-    that fails or skips therefore never leaves a file that looks complete.
-    """
-
-    def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
-
-    def path(self, final: Path) -> Path:
-        final = Path(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.partial")
-        self._staged.append((tmp, final))
-        return tmp
-
-    def write_text(self, final: Path, text: str) -> None:
-        self.path(final).write_text(text, encoding="utf-8")
-
-    def commit(self) -> list[Path]:
-        order = sorted(self._staged, key=lambda tf: (tf[1].suffix == ".json", tf[1].suffix == ".md"))
-        for tmp, final in order:
-            os.replace(tmp, final)
-        self._staged = []
-        return [final for _, final in order]
-
-    def discard(self) -> None:
-        for tmp, _ in self._staged:
-            tmp.unlink(missing_ok=True)
-        self._staged = []
-
-
-def versions() -> dict[str, str]:
-    import platform
-
-    import matplotlib
-    import scipy
-    import sklearn
-
-    import precal
-
-    return {"python": platform.python_version(), "precal": precal.__version__, "numpy": np.__version__,
-            "torch": torch.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
-            "matplotlib": matplotlib.__version__}
+#: Exit status of a study that skipped (see :func:`benchmarks.harness.run_study`).
+SKIP_EXIT_CODE = h.SKIP_EXIT_CODE
 
 
 def add_study_arguments(parser: Any, *, default_splits: int = 20, quick_splits: int = 3) -> None:
-    """The flags every seed study takes: ``--quick --out --splits --seed --threads --cache-dir --no-cache``."""
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: few images, configs and splits; writes to a temp dir (or --out), "
-                             "never to the committed outputs")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write everything under DIR (results .json/.md, the docs page, figures/)")
-    parser.add_argument("--splits", type=int, default=None,
-                        help=f"calibration/test splits (default {default_splits}; {quick_splits} with --quick)")
-    parser.add_argument("--seed", type=int, default=0, help="split seed: split s uses default_rng(seed + s)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of the forward passes and worker processes (of one thread) of the "
-                             "fits (default 2, the project machine's cores; 1 with --quick, which the test suite runs "
-                             "beside other tests)")
+    """The harness's study flags plus the logits cache's: ``--cache-dir --no-cache``."""
+    h.add_study_arguments(parser, default_splits=default_splits, quick_splits=quick_splits)
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="emulated-logits cache (default benchmarks/results/cache or $PRECAL_SEED_CACHE)")
     parser.add_argument("--no-cache", action="store_true", help="recompute every emulated logit, write no cache")
-    parser.set_defaults(_default_splits=default_splits, _quick_splits=quick_splits)
-
-
-def finish_study_arguments(parser: Any, args: Any) -> Any:
-    if args.splits is None:
-        args.splits = args._quick_splits if args.quick else args._default_splits
-    if args.splits < 2:
-        parser.error("--splits must be at least 2 (a standard deviation needs two splits)")
-    if args.threads is None:
-        args.threads = 1 if args.quick else 2
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
-    return args
 
 
 def output_paths(number: str, args: Any) -> dict[str, Path]:
@@ -996,88 +765,10 @@ def output_paths(number: str, args: Any) -> dict[str, Path]:
                  "md": REPO_ROOT / "benchmarks" / "results" / "seeds" / f"seed_{number}.md",
                  "doc": REPO_ROOT / "docs" / "seeds" / f"seed-{number}.md",
                  "figures": REPO_ROOT / "docs" / "figures"}
-    if args.out is None and not args.quick:
-        return committed
-    if args.out is not None:
-        out = args.out.resolve()
-        if args.quick and out in {p.parent.resolve() for p in committed.values()} | {committed["figures"].resolve()}:
-            raise SystemExit("--quick never writes to the committed output folders; choose another --out.")
-    else:
-        out = Path(tempfile.mkdtemp(prefix=f"precal-seed-{number}-"))
-    return {"json": out / f"seed_{number}.json", "md": out / f"seed_{number}.md", "doc": out / f"seed-{number}.md",
-            "figures": out / "figures"}
-
-
-def run_study(name: str, main: Any, argv: list[str] | None = None) -> int:
-    """Run ``main(argv, staged)``; on :class:`DataError` print one line, discard the outputs and
-    return :data:`SKIP_EXIT_CODE`."""
-    import sys
-    import warnings
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    staged = StagedOutputs()
-    try:
-        code = main(argv, staged)
-    except DataError as exc:
-        staged.discard()
-        print(f"{name}: skipped: {exc}", file=sys.stderr, flush=True)
-        return SKIP_EXIT_CODE
-    except BaseException:
-        staged.discard()
-        raise
-    return code
-
-
-def save_figure(fig: Any, staged: StagedOutputs, paths: dict[str, Path], name: str) -> str:
-    """Stage ``fig`` as ``figures/NAME`` and return its path relative to the docs page."""
-    final = paths["figures"] / name
-    fig.savefig(staged.path(final), dpi=100, format="png")
-    return os.path.relpath(final, paths["doc"].parent)
+    return h.output_paths(args, committed, prefix=f"precal-seed-{number}-")
 
 
 def emulation_options(args: Any) -> dict[str, Any]:
     """Keyword arguments of :func:`emulated_logits` from the study flags (``--quick``: 2 calibration batches)."""
     return {"cache": not args.no_cache, "cache_dir": args.cache_dir,
             "n_calibration_batches": 2 if args.quick else N_CALIBRATION_BATCHES}
-
-
-def figure_markdown(figures: list[dict[str, str]]) -> list[str]:
-    lines = []
-    for f in figures:
-        lines += [f"![{f['caption']}]({f['path']})", "", f"*{f['caption']}*", ""]
-    return lines
-
-
-def utc_now() -> str:
-    import datetime as _dt
-
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def parallel_map(fn: Any, items: list[Any], workers: int) -> list[Any]:
-    """``[fn(item) for item in items]``, over ``workers`` processes when ``workers > 1``.
-
-    Used for the calibrator fits, which are many small single-threaded optimisations: each
-    worker is a fresh ("spawn") process with one torch thread, so ``fn`` must be a module-level
-    function and the items picklable. Results keep the order of ``items``. (Not for the
-    forward passes: two single-threaded passes side by side were no faster than one on two
-    threads in a full run, and slower for the float-format emulation.)
-    """
-    if workers <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=set_threads, initargs=(1,)) as pool:
-        return list(pool.map(fn, items))
-
-
-def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its finished worker processes."""
-    import resource
-
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

