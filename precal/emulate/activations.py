@@ -133,6 +133,8 @@ def _static(fmt: Any, config: Any, feature_dim: int) -> ActQuantizer:
     return StaticActQuantizer(fmt, config, feature_dim)
 
 
+_static.needs_calibration = True
+
 #: Activation schemes by name: ``factory(fmt, config, feature_dim) -> ActQuantizer``.
 ACT_SCHEMES: dict[str, Callable[..., ActQuantizer]] = {
     "static": _static,
@@ -145,7 +147,8 @@ def register_act_scheme(name: str, factory: Callable[..., ActQuantizer]) -> None
 
     ``factory(fmt, config, feature_dim)`` gets the activation format record, the layer's
     :class:`~precal.emulate.QuantConfig` and the feature axis of the layer's input, and
-    returns an :class:`ActQuantizer` (``needs_calibration = True`` makes
+    returns an :class:`ActQuantizer` (``needs_calibration = True``, on the quantizer and
+    on the factory, makes
     :func:`~precal.emulate.emulate_model` run the calibration data through it between
     ``calibrate_begin()`` and ``calibrate_end()``).
     """

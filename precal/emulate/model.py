@@ -487,7 +487,8 @@ def _prepare(model: nn.Module, config: Any, *, calibration_data: Any = None, ski
                     if c.weight_format and WEIGHT_SCHEMES[c.weight_scheme].needs_inputs]
     if needs_act or needs_inputs:
         what = "quantizes activations" if needs_act else f"uses weight scheme {needs_inputs[0][1].weight_scheme!r}"
-        static = any(ACT_SCHEMES[c.act_scheme] is not ACT_SCHEMES["dynamic"] for c in needs_act) or needs_inputs
+        static = any(getattr(ACT_SCHEMES[c.act_scheme], "needs_calibration", True) for c in needs_act) \
+            or bool(needs_inputs)
         if static and calibration_data is None:
             raise ValueError(
                 f"Config {cfg.name!r} {what}: pass calibration_data (a few batches of inputs kept out of the "
