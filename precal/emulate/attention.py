@@ -44,7 +44,8 @@ def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     """``softmax(q k^T * scale + mask) v`` on ``(..., L, d)`` tensors; returns (output, probabilities).
 
     ``mask`` is additive (float, ``-inf`` for blocked positions) or boolean (True = attend),
-    broadcast to ``(..., L, S)``. With ``fmt``, the kernel recipe of the module docstring.
+    broadcast to ``(..., L, S)``; a query with every key masked gets zero weights (torch's SDPA
+    "safe softmax"). With ``fmt``, the kernel recipe of the module docstring.
     """
     q, k, v = q.float(), k.float(), v.float()
     if fmt is not None:
@@ -56,6 +57,8 @@ def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
         else:
             scores = scores + mask.float()
     probs = torch.softmax(scores, dim=-1)
+    # a query that may attend to no key (a padded position) gets zero weights, as torch's SDPA gives
+    probs = torch.where(torch.isneginf(scores).all(dim=-1, keepdim=True), torch.zeros_like(probs), probs)
     if fmt is None:
         return torch.matmul(probs, v), probs
     probs_r = round_operand(probs, fmt)
