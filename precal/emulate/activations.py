@@ -29,7 +29,7 @@ from torch import nn
 
 from .formats import IntFormat, format_info
 from .observers import RangeObserver
-from .quantize import SCALE_RULES, fake_quantize_int, int_qparams
+from .quantize import SCALE_RULES, fake_quantize_int
 
 __all__ = ["ActQuantizer", "StaticActQuantizer", "DynamicTokenActQuantizer", "ACT_SCHEMES",
            "register_act_scheme", "make_act_quantizer"]
@@ -68,25 +68,33 @@ class ActQuantizer(nn.Module):
 
 
 class StaticActQuantizer(ActQuantizer):
-    """Per-tensor asymmetric fake quantization with a range calibrated by an observer."""
+    """Per-tensor asymmetric fake quantization with a range calibrated by an observer.
+
+    With ``config.act_reduce_range`` the scale and zero point are computed for a format one
+    bit narrower (uint8: codes 0..127) while values are clamped to the full format (0..255),
+    as torch.ao's ``reduce_range`` observers and the x86/fbgemm kernels do.
+    """
 
     needs_calibration = True
 
     def __init__(self, fmt: IntFormat, config: Any, feature_dim: int) -> None:
         super().__init__(fmt, config, feature_dim)
+        # reduce_range (torch.ao x86/fbgemm): scales for one bit fewer, codes clamped to the full format
+        self.qparam_fmt = fmt
+        if getattr(config, "act_reduce_range", False):
+            self.qparam_fmt = format_info(f"{'int' if fmt.signed else 'uint'}{fmt.bits - 1}")
         self.observer: RangeObserver | None = None
         self.register_buffer("scale", None)
         self.register_buffer("zero_point", None)
         self.calibrating = False
 
     def calibrate_begin(self) -> None:
-        self.observer = RangeObserver(self.config.observer)
+        self.observer = RangeObserver(self.config.observer, fmt=self.qparam_fmt)
         self.calibrating = True
 
     def calibrate_end(self) -> None:
         self.calibrating = False
-        lo, hi = self.observer.range(self.fmt)
-        self.scale, self.zero_point = int_qparams(torch.tensor(lo), torch.tensor(hi), self.fmt, symmetric=False)
+        self.scale, self.zero_point = self.observer.qparams(self.qparam_fmt)
         self.observer = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

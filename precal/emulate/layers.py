@@ -279,7 +279,8 @@ class EmulatedLayer(nn.Module):
         self.register_buffer("weight_q", weight)
         self.register_buffer("bias_f", bias)
         self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().float())
-        self.act = make_act_quantizer(config, adapter.feature_dim)
+        # with quantize_outputs, the graph quantizes tensors between layers instead (backend.py)
+        self.act = None if getattr(config, "quantize_outputs", False) else make_act_quantizer(config, adapter.feature_dim)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -307,9 +308,17 @@ class EmulatedLayer(nn.Module):
                 raise
             return getattr(self._modules["layer"], name)
 
+    #: While True, the layer computes with its float weights (observers downstream then see
+    #: the float model's activations, as torch.ao's post-training calibration does).
+    float_weights = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
+        if self.float_weights:
+            bias = self.adapter.bias(self.layer)
+            return self.adapter.forward(self.layer, x, self.adapter.weight(self.layer).float(),
+                                        None if bias is None else bias.float()).to(dtype)
         if self.input_scale is not None:
             shape = [1] * x.dim()
             shape[self.adapter.feature_dim] = -1

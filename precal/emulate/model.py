@@ -30,7 +30,9 @@ emulated one that applies a :class:`QuantConfig`:
 
 Config names: ``"fp32"`` (no change), a float format name (compute precision) with an
 optional ``-attn``, or ``"w{bits}a{bits}[-g{group}][-asym][-dyn]"`` such as ``"w8a8"``,
-``"w4a8"``, ``"w4a4"``, ``"w4a16-g128"``, ``"w4a16-g128-asym"``, ``"w8a8-dyn"``.
+``"w4a8"``, ``"w4a4"``, ``"w4a16-g128"``, ``"w4a16-g128-asym"``, ``"w8a8-dyn"``, and
+``"w8a8-x86"`` (backend-faithful static int8 as torch.ao's x86 backend runs it:
+:mod:`precal.emulate.backend`).
 Group-wise and dynamic configs are LLM-style: they keep the model's output layer
 (``lm_head``, the final classifier) in float, as GPTQ/AWQ/llmcompressor deployments do.
 """
@@ -104,6 +106,9 @@ class QuantConfig:
         Per-tensor asymmetric with calibrated ranges, or per-token symmetric at run time.
     act_scale_rule : {"qmax", "half_range"}, default="qmax"
         Scale rule of the ``"dynamic"`` scheme (``amax / 127`` for int8, as vLLM).
+    act_reduce_range : bool, default=False
+        Static scheme: scales computed for one bit fewer (uint8: codes 0..127) and values
+        clamped to the full format, as torch.ao's ``reduce_range`` (x86/fbgemm).
     observer : {"minmax", "percentile", "mse"}, default="minmax"
         How static activation ranges are calibrated.
     compute : str, optional
@@ -119,6 +124,12 @@ class QuantConfig:
         group-wise and dynamic (LLM-style) config names.
     group_fallback : {"error", "channel", "skip"}, default="error"
         See :data:`GROUP_FALLBACKS`.
+    quantize_outputs : bool, default=False
+        Backend-faithful static quantization (``-x86``): activations are quantized where an
+        int8 backend keeps int8 tensors — the network input, every layer output (after a
+        fused ReLU), residual additions, averages rounded back onto their input's grid —
+        instead of at each layer's input (:mod:`precal.emulate.backend`; needs a model
+        that ``torch.fx`` can trace).
     fold_bn : bool, default=True
         Fold BatchNorm into the preceding layer before quantizing weights.
     options : dict
@@ -134,12 +145,14 @@ class QuantConfig:
     act_format: str | None = None
     act_scheme: str = "static"
     act_scale_rule: str = "qmax"
+    act_reduce_range: bool = False
     observer: str = "minmax"
     compute: str | None = None
     attention: bool = False
     embeddings: bool = False
     keep_head: bool = False
     group_fallback: str = "error"
+    quantize_outputs: bool = False
     fold_bn: bool = True
     options: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -170,6 +183,8 @@ class QuantConfig:
                                                    or not isinstance(self.weight_group_size, int)
                                                    or self.weight_group_size < 1):
             raise ValueError(f"weight_group_size must be a positive integer, got {self.weight_group_size!r}.")
+        if self.quantize_outputs and self.act_format is None:
+            raise ValueError("quantize_outputs=True quantizes activations: set act_format too.")
         if self.attention and self.compute is None:
             raise ValueError("attention=True emulates attention in the compute format: set compute too.")
         WEIGHT_SCHEMES[self.weight_scheme].check(self)
@@ -185,7 +200,8 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
     Names: ``"fp32"``; a float format (``"bf16"``, ``"fp16"``, ``"tf32"``, ``"fp8_e4m3"``,
     ...) with an optional ``-attn``; ``"w{2..8}a{2..8|16}"`` with optional suffixes
     ``-g{G}`` (weight groups), ``-asym`` (asymmetric weights), ``-dyn`` (dynamic per-token
-    activations).
+    activations); ``"w8a8-x86"`` is torch.ao's x86 int8 recipe, backend-faithful
+    (``quantize_outputs``, uint8 activations with ``reduce_range``, histogram observer).
 
     Examples
     --------
@@ -222,8 +238,13 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
                 if a_bits > 8:
                     raise ValueError(f"Config {config!r}: -dyn quantizes activations; a{a_bits} leaves them float.")
                 fields["act_scheme"] = "dynamic"
+            elif suffix == "x86":
+                if (w_bits, a_bits) != (8, 8):
+                    raise ValueError(f"Config {config!r}: -x86 is torch.ao's x86 int8 recipe: use w8a8-x86.")
+                # quint8 with reduce_range, histogram observer, int8 tensors between layers
+                fields.update(act_format="uint8", act_reduce_range=True, observer="histogram", quantize_outputs=True)
             else:
-                raise ValueError(f"Config {config!r}: unknown suffix {suffix!r} (use -g<group>, -asym, -dyn).")
+                raise ValueError(f"Config {config!r}: unknown suffix {suffix!r} (use -g<group>, -asym, -dyn, -x86).")
         fields["keep_head"] = "weight_group_size" in fields or fields.get("act_scheme") == "dynamic"
         return QuantConfig(name=key, **{**fields, **options})
     if key == "fp32":
@@ -605,6 +626,10 @@ def emulate_model(
             return cfg
 
         _quantize_embeddings(emulated, embeddings, cfg_of)
+    if cfg.quantize_outputs:
+        from .backend import quantize_between_layers
+
+        emulated = quantize_between_layers(emulated, cfg)
     if cfg.attention and hasattr(emulated, "config") and hasattr(emulated, "set_attn_implementation"):
         from .attention import use_emulated_attention
 
@@ -612,9 +637,17 @@ def emulate_model(
 
     quantizers = [m for m in emulated.modules() if getattr(m, "needs_calibration", False)]
     if quantizers:
+        # backend-faithful configs calibrate on the float model's activations, as torch.ao does
+        float_layers = [m for m in emulated.modules() if isinstance(m, EmulatedLayer)] if cfg.quantize_outputs else []
         for q in quantizers:
             q.calibrate_begin()
-        _run(emulated, calibration_data, n_calibration_batches, batch_size)
+        for layer in float_layers:
+            layer.float_weights = True
+        try:
+            _run(emulated, calibration_data, n_calibration_batches, batch_size)
+        finally:
+            for layer in float_layers:
+                layer.float_weights = False
         for q in quantizers:
             q.calibrate_end()
     return emulated
