@@ -280,7 +280,8 @@ class EmulatedLayer(nn.Module):
         self.register_buffer("bias_f", bias)
         self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().float())
         # with quantize_outputs, the graph quantizes tensors between layers instead (backend.py)
-        self.act = None if getattr(config, "quantize_outputs", False) else make_act_quantizer(config, adapter.feature_dim)
+        outputs_mode = getattr(config, "quantize_outputs", False)
+        self.act = None if outputs_mode else make_act_quantizer(config, adapter.feature_dim)
 
     @property
     def weight(self) -> torch.Tensor:

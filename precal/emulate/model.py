@@ -54,7 +54,7 @@ from .batches import call_model, check_batch, iter_batches, to_device
 from .formats import FloatFormat, IntFormat, format_info
 from .layers import EmulatedLayer, LayerAdapter, adapter_for, registered_layers
 from .observers import OBSERVERS
-from .quantize import SCALE_RULES, quantize
+from .quantize import SCALE_RULES
 from .rounding import round_float
 from .weights import WEIGHT_SCHEMES
 

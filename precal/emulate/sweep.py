@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,22 @@ from .batches import call_model, check_batch, describe_batch, iter_batches, logi
 from .model import QuantConfig, _model_device, _prepare, emulate_model, parse_config
 
 __all__ = ["sweep", "predict_logits"]
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Eval mode for the block, the model's own mode afterwards; a graph that cannot switch
+    modes (a torch.export module raises NotImplementedError) runs as it is."""
+    was_training = model.training
+    try:
+        model.eval()
+    except NotImplementedError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def predict_logits(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any = None,
@@ -27,18 +44,13 @@ def predict_logits(model: nn.Module, data: Any, *, batch_size: int = 256, device
     """
     device = torch.device(device) if device is not None else _model_device(model)
     outputs = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in iter_batches(data, batch_size):
-                check_batch(batch, "data")
-                out = logits_of(call_model(model, to_device(batch, device)), output)
-                outputs.append(out.detach().float().cpu())
-                if progress is not None:
-                    progress.update(1)
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.no_grad():
+        for batch in iter_batches(data, batch_size):
+            check_batch(batch, "data")
+            out = logits_of(call_model(model, to_device(batch, device)), output)
+            outputs.append(out.detach().float().cpu())
+            if progress is not None:
+                progress.update(1)
     if not outputs:
         raise ValueError("data yielded no batch.")
     try:
@@ -200,13 +212,8 @@ def sweep(
             _same_structure(first, cal_first)
     target = torch.device(device) if device is not None else _model_device(model)
     if first is not None and predict is None:  # one small forward of the float model: is there a logits tensor?
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                logits_of(call_model(model, to_device(_head_rows(first), _model_device(model))), output)
-        finally:
-            model.train(was_training)
+        with _eval_mode(model), torch.no_grad():
+            logits_of(call_model(model, to_device(_head_rows(first), _model_device(model))), output)
 
     total = None
     if isinstance(data, (torch.Tensor, np.ndarray)) and predict is None:
@@ -231,13 +238,8 @@ def sweep(
                                           n_calibration_batches=n_calibration_batches, **options)
                 run_device = target
             if predict is not None:
-                was_training = run_model.training
-                run_model.eval()
-                try:
-                    with torch.no_grad():
-                        out = predict(run_model)
-                finally:
-                    run_model.train(was_training)
+                with _eval_mode(run_model), torch.no_grad():
+                    out = predict(run_model)
                 out = out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else out
                 results[name] = np.asarray(out, dtype=np.float32)
             else:
