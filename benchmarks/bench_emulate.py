@@ -370,7 +370,7 @@ def bench_model(spec: dict[str, Any], device: torch.device, sizes: Sizes) -> dic
     emulate_repeats = _repeats(spec["emulate_repeats"], sizes, device)
 
     # (a) one-time cost of emulate_model; the copies of the last round are kept for (b)
-    build = {c: (lambda c=c: emulate_model(model, c, calibration_data=cal)) for c in MODEL_CONFIGS}
+    build = {c: (lambda c=c: emulate_model(model, c, calibration_data=cal, group_fallback="channel")) for c in MODEL_CONFIGS}
     build_times, emulated = time_round_robin(build, emulate_repeats, device, keep_last=True)
 
     # (b) forward pass over the data: the original fp32 model and every emulated copy
@@ -399,7 +399,7 @@ def bench_model(spec: dict[str, Any], device: torch.device, sizes: Sizes) -> dic
     _sync(device)
     start = time.perf_counter()
     logits = sweep(model, data, list(MODEL_CONFIGS), calibration_data=cal, batch_size=MODEL_BATCH,
-                   progress=False)
+                   group_fallback="channel", progress=False)
     _sync(device)
     sweep_s = time.perf_counter() - start
     with torch.no_grad():

@@ -4,12 +4,34 @@ Every format is emulated as float32 values restricted to the format's grid, with
 torch element-wise ops, on the input's device (GPU or CPU).
 """
 
+from .activations import ACT_SCHEMES, ActQuantizer, DynamicTokenActQuantizer, StaticActQuantizer, register_act_scheme
+from .attention import EmulatedMultiheadAttention, attention_core
+from .batches import iter_batches, logits_of
 from .formats import FORMATS, FloatFormat, IntFormat, facts_table, format_info, format_names
+from .hf import multiple_choice_logits
+from .layers import (
+    ConvAdapter,
+    EmulatedLayer,
+    LayerAdapter,
+    LinearAdapter,
+    TransposedLinearAdapter,
+    register_layer,
+    registered_layers,
+)
 from .logits import round_logits, softmax_in_format
-from .model import EmulatedLayer, QuantConfig, emulate_model, fold_batchnorm, parse_config, quantizable_layers
+from .model import (
+    GROUP_FALLBACKS,
+    QuantConfig,
+    emulate_model,
+    fold_batchnorm,
+    output_layer,
+    parse_config,
+    quantizable_layers,
+)
 from .observers import OBSERVERS, RangeObserver
 from .quantize import SCALE_RULES, fake_quantize_int, int_qparams, quantize
 from .sweep import predict_logits, sweep
+from .weights import WEIGHT_SCHEMES, WeightResult, WeightScheme, register_weight_scheme
 
 __all__ = [
     "FORMATS",
@@ -26,12 +48,34 @@ __all__ = [
     "softmax_in_format",
     "QuantConfig",
     "parse_config",
+    "GROUP_FALLBACKS",
     "EmulatedLayer",
+    "EmulatedMultiheadAttention",
+    "attention_core",
     "emulate_model",
     "fold_batchnorm",
     "quantizable_layers",
+    "output_layer",
+    "LayerAdapter",
+    "LinearAdapter",
+    "ConvAdapter",
+    "TransposedLinearAdapter",
+    "register_layer",
+    "registered_layers",
+    "ActQuantizer",
+    "StaticActQuantizer",
+    "DynamicTokenActQuantizer",
+    "ACT_SCHEMES",
+    "register_act_scheme",
+    "WeightScheme",
+    "WeightResult",
+    "WEIGHT_SCHEMES",
+    "register_weight_scheme",
     "RangeObserver",
     "OBSERVERS",
     "sweep",
     "predict_logits",
+    "iter_batches",
+    "logits_of",
+    "multiple_choice_logits",
 ]

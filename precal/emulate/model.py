@@ -1,29 +1,40 @@
 """Model-level emulation: a copy of a torch model whose layers compute at a lower precision.
 
 :func:`emulate_model` deep-copies the model (the caller's model is never touched), folds
-BatchNorm into the preceding convolution or linear layer when weights are quantized, and
-swaps every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` for an :class:`EmulatedLayer`
-that applies a :class:`QuantConfig`:
+BatchNorm into the preceding convolution or linear layer when weights are quantized and
+the model has BatchNorm, and replaces every layer of a registered type
+(:mod:`precal.emulate.layers`: ``nn.Linear``, ``nn.Conv1d/2d/3d``, transformers'
+``Conv1D``, ``nn.MultiheadAttention``, and whatever :func:`register_layer` adds) by an
+emulated one that applies a :class:`QuantConfig`:
 
-* **weights** (``wN``): fake-quantized once, symmetric, one scale per output channel, or
-  per group of ``g`` input elements (``-gG``), after BatchNorm folding; a layer whose
-  input size per output channel is not a multiple of ``g`` (e.g. a first 3x3 conv on one
-  channel: 9 elements) falls back to per-output-channel scales
-  (``EmulatedLayer.weight_group_size`` is then None);
-* **activations** (``aN``, N < 16): the layer's input is fake-quantized per tensor,
-  asymmetric, with a range from an observer (min-max, percentile or MSE) calibrated on a
-  few batches the caller gives; ``a16`` leaves activations in floating point;
+* **weights** (``wN``): fake-quantized once by the config's weight scheme (default
+  ``"rtn"``, round to nearest; :mod:`precal.emulate.weights`), one scale per output
+  channel or per group of ``g`` inputs (``-gG``), symmetric with the ``half_range`` rule
+  (``s = amax / ((qmax - qmin) / 2)``: torch.ao, torchao, GPTQ, llmcompressor) or
+  asymmetric with a zero point (``-asym``). A layer whose inputs per output channel are
+  not a multiple of ``g`` is an error naming the layer, unless ``group_fallback`` says
+  otherwise;
+* **activations** (``aN``, N < 16): the layer's input is fake-quantized by the config's
+  activation scheme (:mod:`precal.emulate.activations`): ``"static"`` per-tensor
+  asymmetric with an observer range calibrated on a few batches, or ``"dynamic"``
+  (``-dyn``) symmetric per token at run time; ``a16`` leaves activations in floating point;
 * **compute precision** (``"fp16"``, ``"bf16"``, ``"tf32"``, ``"fp8_e4m3"``, ...): the
   layer's operands are rounded to the format, the product is accumulated in float32, and
   the output (bias included) is rounded once: to the format for fp16/bf16, kept float32
   for tf32, rounded to bf16 for 8-bit formats, whose operands are first scaled per tensor
   so their largest magnitude maps to the format's max (weights once, activations per
-  batch: "current scaling"). Other operations (activations functions, pooling, residual
-  additions, normalisation) stay in float32.
+  batch: "current scaling"). With ``-attn`` the attention products and softmax follow the
+  fused-kernel recipe in that format too (:mod:`precal.emulate.attention`). Other
+  operations (activation functions, pooling, residual additions, normalisation) stay in
+  float32.
 
-Config names: ``"fp32"`` (no change), a float format name (compute precision), or
-``"w{bits}a{bits}[-g{group}]"`` such as ``"w8a8"``, ``"w4a8"``, ``"w4a4"``,
-``"w4a16-g128"``.
+Config names: ``"fp32"`` (no change), a float format name (compute precision) with an
+optional ``-attn``, or ``"w{bits}a{bits}[-g{group}][-asym][-dyn]"`` such as ``"w8a8"``,
+``"w4a8"``, ``"w4a4"``, ``"w4a16-g128"``, ``"w4a16-g128-asym"``, ``"w8a8-dyn"``, and
+``"w8a8-x86"`` (backend-faithful static int8 as torch.ao's x86 backend runs it:
+:mod:`precal.emulate.backend`).
+Group-wise and dynamic configs are LLM-style: they keep the model's output layer
+(``lm_head``, the final classifier) in float, as GPTQ/AWQ/llmcompressor deployments do.
 """
 
 from __future__ import annotations
@@ -31,18 +42,21 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from .activations import ACT_SCHEMES
+from .batches import call_model, check_batch, iter_batches, to_device
 from .formats import FloatFormat, IntFormat, format_info
-from .observers import OBSERVERS, RangeObserver
-from .quantize import SCALE_RULES, fake_quantize_int, int_qparams, quantize
+from .layers import EmulatedLayer, LayerAdapter, adapter_for, registered_layers
+from .observers import OBSERVERS
+from .quantize import SCALE_RULES
 from .rounding import round_float
+from .weights import WEIGHT_SCHEMES
 
 __all__ = [
     "QuantConfig",
@@ -52,10 +66,17 @@ __all__ = [
     "fold_batchnorm",
     "iter_batches",
     "quantizable_layers",
+    "output_layer",
+    "GROUP_FALLBACKS",
 ]
 
-_WA_RE = re.compile(r"^w(\d+)a(\d+)(?:-g(\d+))?$")
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_WA_RE = re.compile(r"^w(\d+)a(\d+)((?:-[a-z0-9]+)*)$")
+_FLOAT_RE = re.compile(r"^([a-z0-9_]+?)(-attn)?$")
+
+#: What to do with a layer whose inputs per output channel are not a multiple of the
+#: group size: ``"error"`` (default), ``"channel"`` (one scale per output channel for
+#: that layer), ``"skip"`` (leave that layer in float).
+GROUP_FALLBACKS = ("error", "channel", "skip")
 
 
 @dataclass(frozen=True)
@@ -66,38 +87,107 @@ class QuantConfig:
     ----------
     name : str
     weight_format : str, optional
-        Integer format of the weights (``"int8"``, ``"int4"``), symmetric.
+        Format of the weights (``"int8"``, ``"int4"``, or a float format such as
+        ``"fp8_e4m3"``, amax-scaled per channel/group).
     weight_group_size : int, optional
-        Per-group weight scales of this many input elements; per-output-channel if None.
+        Per-group weight scales of this many consecutive inputs of each output channel;
+        per-output-channel if None.
+    weight_symmetric : bool, default=True
+        Symmetric integer weights (zero point 0), or asymmetric with a zero point per
+        channel/group (``-asym``: ``s = (max - min) / (qmax - qmin)``).
+    weight_scale_rule : {"half_range", "qmax"}, default="half_range"
+        Symmetric scale ``amax / ((qmax - qmin) / 2)`` (torch.ao, torchao, GPTQ,
+        llmcompressor; bit-equal with their fake quantization) or ``amax / qmax``.
+    weight_scheme : str, default="rtn"
+        Name of a weight scheme in :data:`~precal.emulate.weights.WEIGHT_SCHEMES`.
     act_format : str, optional
-        Integer format of the layer inputs, per-tensor asymmetric.
+        Integer format of the layer inputs.
+    act_scheme : {"static", "dynamic"} or a registered name, default="static"
+        Per-tensor asymmetric with calibrated ranges, or per-token symmetric at run time.
+    act_scale_rule : {"qmax", "half_range"}, default="qmax"
+        Scale rule of the ``"dynamic"`` scheme (``amax / 127`` for int8, as vLLM).
+    act_reduce_range : bool, default=False
+        Static scheme: scales computed for one bit fewer (uint8: codes 0..127) and values
+        clamped to the full format, as torch.ao's ``reduce_range`` (x86/fbgemm).
+    observer : {"minmax", "percentile", "mse"}, default="minmax"
+        How static activation ranges are calibrated.
     compute : str, optional
         Float format of the layer's operands and output (see module docstring).
-    observer : {"minmax", "percentile", "mse"}, default="minmax"
-        How activation ranges are calibrated.
-    weight_scale_rule : {"qmax", "half_range"}, default="qmax"
+    attention : bool, default=False
+        Emulate the attention products and softmax in ``compute`` too (``-attn``).
+    embeddings : bool, default=False
+        Also quantize ``nn.Embedding`` tables (one scale per row, i.e. per token vector,
+        or per group of the row) with the weight format; with a compute format, round them
+        to it (bf16 for 8-bit formats).
+    keep_head : bool, default=False
+        Leave the model's output layer (:func:`output_layer`) in float; True by default for
+        group-wise and dynamic (LLM-style) config names.
+    group_fallback : {"error", "channel", "skip"}, default="error"
+        See :data:`GROUP_FALLBACKS`.
+    quantize_outputs : bool, default=False
+        Backend-faithful static quantization (``-x86``): activations are quantized where an
+        int8 backend keeps int8 tensors — the network input, every layer output (after a
+        fused ReLU), residual additions, averages rounded back onto their input's grid —
+        instead of at each layer's input (:mod:`precal.emulate.backend`; needs a model
+        that ``torch.fx`` can trace).
     fold_bn : bool, default=True
         Fold BatchNorm into the preceding layer before quantizing weights.
+    options : dict
+        Free-form options for registered schemes (e.g. a PTQ algorithm's damping).
     """
 
     name: str
     weight_format: str | None = None
     weight_group_size: int | None = None
+    weight_symmetric: bool = True
+    weight_scale_rule: str = "half_range"
+    weight_scheme: str = "rtn"
     act_format: str | None = None
-    compute: str | None = None
+    act_scheme: str = "static"
+    act_scale_rule: str = "qmax"
+    act_reduce_range: bool = False
     observer: str = "minmax"
-    weight_scale_rule: str = "qmax"
+    compute: str | None = None
+    attention: bool = False
+    embeddings: bool = False
+    keep_head: bool = False
+    group_fallback: str = "error"
+    quantize_outputs: bool = False
     fold_bn: bool = True
+    options: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        for fmt_name, kind in ((self.weight_format, IntFormat), (self.act_format, IntFormat),
-                               (self.compute, FloatFormat)):
-            if fmt_name is not None and not isinstance(format_info(fmt_name), kind):
-                raise ValueError(f"{fmt_name!r} is not a{'n integer' if kind is IntFormat else ' float'} format.")
+        for label, fmt_name in (("weight_format", self.weight_format), ("act_format", self.act_format),
+                                ("compute", self.compute)):
+            if fmt_name is not None:
+                format_info(fmt_name)  # raises ValueError naming the valid formats
+        if self.compute is not None and not isinstance(format_info(self.compute), FloatFormat):
+            raise ValueError(f"{self.compute!r} is not a float format (compute).")
+        if self.weight_scheme not in WEIGHT_SCHEMES:
+            raise ValueError(f"weight_scheme must be one of {sorted(WEIGHT_SCHEMES)}, got {self.weight_scheme!r}.")
+        if self.act_scheme not in ACT_SCHEMES:
+            raise ValueError(f"act_scheme must be one of {sorted(ACT_SCHEMES)}, got {self.act_scheme!r}.")
+        if self.act_format is not None and self.act_scheme in ("static", "dynamic"):
+            fmt = format_info(self.act_format)
+            if not isinstance(fmt, IntFormat) or (self.act_scheme == "dynamic" and not fmt.signed):
+                raise ValueError(f"{self.act_format!r} is not a{' signed' if self.act_scheme == 'dynamic' else 'n'} "
+                                 f"integer format (act_format with act_scheme={self.act_scheme!r}).")
         if self.observer not in OBSERVERS:
             raise ValueError(f"observer must be one of {OBSERVERS}, got {self.observer!r}.")
-        if self.weight_scale_rule not in SCALE_RULES:
-            raise ValueError(f"weight_scale_rule must be one of {SCALE_RULES}, got {self.weight_scale_rule!r}.")
+        for label, rule in (("weight_scale_rule", self.weight_scale_rule), ("act_scale_rule", self.act_scale_rule)):
+            if rule not in SCALE_RULES:
+                raise ValueError(f"{label} must be one of {SCALE_RULES}, got {rule!r}.")
+        if self.group_fallback not in GROUP_FALLBACKS:
+            raise ValueError(f"group_fallback must be one of {GROUP_FALLBACKS}, got {self.group_fallback!r}.")
+        if self.weight_group_size is not None and (isinstance(self.weight_group_size, bool)
+                                                   or not isinstance(self.weight_group_size, int)
+                                                   or self.weight_group_size < 1):
+            raise ValueError(f"weight_group_size must be a positive integer, got {self.weight_group_size!r}.")
+        if self.quantize_outputs and self.act_format is None:
+            raise ValueError("quantize_outputs=True quantizes activations: set act_format too.")
+        if self.attention and self.compute is None:
+            raise ValueError("attention=True emulates attention in the compute format: set compute too.")
+        WEIGHT_SCHEMES[self.weight_scheme].check(self)
 
     @property
     def is_identity(self) -> bool:
@@ -107,11 +197,20 @@ class QuantConfig:
 def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
     """Turn a config name into a :class:`QuantConfig`; ``options`` override its fields.
 
+    Names: ``"fp32"``; a float format (``"bf16"``, ``"fp16"``, ``"tf32"``, ``"fp8_e4m3"``,
+    ...) with an optional ``-attn``; ``"w{2..8}a{2..8|16}"`` with optional suffixes
+    ``-g{G}`` (weight groups), ``-asym`` (asymmetric weights), ``-dyn`` (dynamic per-token
+    activations); ``"w8a8-x86"`` is torch.ao's x86 int8 recipe, backend-faithful
+    (``quantize_outputs``, uint8 activations with ``reduce_range``, histogram observer).
+
     Examples
     --------
     >>> from precal.emulate import parse_config
-    >>> parse_config("w4a16-g128")
-    QuantConfig(name='w4a16-g128', weight_format='int4', weight_group_size=128, act_format=None, compute=None, observer='minmax', weight_scale_rule='qmax', fold_bn=True)
+    >>> cfg = parse_config("w4a16-g128")
+    >>> cfg.weight_format, cfg.weight_group_size, cfg.act_format, cfg.keep_head
+    ('int4', 128, None, True)
+    >>> parse_config("w8a8-dyn").act_scheme
+    'dynamic'
     """
     if isinstance(config, QuantConfig):
         return replace(config, **options) if options else config
@@ -121,133 +220,90 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
     match = _WA_RE.match(key)
     if match:
         w_bits, a_bits = int(match.group(1)), int(match.group(2))
-        group = int(match.group(3)) if match.group(3) else None
         if not 2 <= w_bits <= 8:
             raise ValueError(f"Config {config!r}: weight bits must be in 2..8, got {w_bits}.")
         if not (2 <= a_bits <= 8 or a_bits in (16, 32)):
             raise ValueError(f"Config {config!r}: activation bits must be in 2..8, or 16/32 for float, got {a_bits}.")
-        if group is not None and group < 1:
-            raise ValueError(f"Config {config!r}: group size must be >= 1.")
-        return QuantConfig(
-            name=key,
-            weight_format=f"int{w_bits}",
-            weight_group_size=group,
-            act_format=f"int{a_bits}" if a_bits <= 8 else None,
-            **options,
-        )
+        fields: dict[str, Any] = {"weight_format": f"int{w_bits}",
+                                  "act_format": f"int{a_bits}" if a_bits <= 8 else None}
+        for suffix in filter(None, match.group(3).split("-")):
+            if re.fullmatch(r"g\d+", suffix):
+                group = int(suffix[1:])
+                if group < 1:
+                    raise ValueError(f"Config {config!r}: group size must be >= 1.")
+                fields["weight_group_size"] = group
+            elif suffix == "asym":
+                fields["weight_symmetric"] = False
+            elif suffix == "dyn":
+                if a_bits > 8:
+                    raise ValueError(f"Config {config!r}: -dyn quantizes activations; a{a_bits} leaves them float.")
+                fields["act_scheme"] = "dynamic"
+            elif suffix == "x86":
+                if (w_bits, a_bits) != (8, 8):
+                    raise ValueError(f"Config {config!r}: -x86 is torch.ao's x86 int8 recipe: use w8a8-x86.")
+                # quint8 with reduce_range, histogram observer, int8 tensors between layers
+                fields.update(act_format="uint8", act_reduce_range=True, observer="histogram", quantize_outputs=True)
+            else:
+                raise ValueError(f"Config {config!r}: unknown suffix {suffix!r} (use -g<group>, -asym, -dyn, -x86).")
+        fields["keep_head"] = "weight_group_size" in fields or fields.get("act_scheme") == "dynamic"
+        return QuantConfig(name=key, **{**fields, **options})
     if key == "fp32":
         return QuantConfig(name=key, **options)
+    match = _FLOAT_RE.match(key)
     try:
-        fmt = format_info(key)
+        fmt = format_info(match.group(1)) if match else None
     except ValueError:
         fmt = None
     if isinstance(fmt, FloatFormat):
-        return QuantConfig(name=key, compute=fmt.name, **options)
+        return QuantConfig(name=key, **{"compute": fmt.name, "attention": bool(match.group(2)), **options})
     raise ValueError(
         f"Unknown config {config!r}: use 'fp32', a float format name for compute precision "
-        "('fp16', 'bf16', 'tf32', 'fp8_e4m3', 'fp8_e5m2', ...), or 'w<bits>a<bits>[-g<group>]' "
-        "such as 'w8a8', 'w4a8', 'w4a4', 'w4a16-g128'."
+        "('fp16', 'bf16', 'tf32', 'fp8_e4m3', 'fp8_e5m2', ..., optionally with '-attn'), or "
+        "'w<bits>a<bits>[-g<group>][-asym][-dyn]' such as 'w8a8', 'w4a8', 'w4a4', 'w4a16-g128', 'w8a8-dyn'."
     )
 
 
-def _scaled_round(x: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
-    """Per-tensor amax scaling onto an 8-bit float format, rounding, and scaling back."""
-    amax = x.detach().abs().amax()
-    scale = amax / fmt.max if float(amax) > 0 else torch.ones((), device=x.device)
-    return round_float(x / scale, fmt) * scale
-
-
-class EmulatedLayer(nn.Module):
-    """A Linear/Conv1d/Conv2d layer computing under a :class:`QuantConfig`.
-
-    The fake-quantized weight is computed once at construction and kept as a buffer;
-    activation quantization parameters come from :meth:`calibrate_begin` /
-    :meth:`calibrate_end` around a few forward passes.
-    """
-
-    def __init__(self, layer: nn.Module, config: QuantConfig) -> None:
-        super().__init__()
-        if not isinstance(layer, _LAYERS):
-            raise TypeError(f"EmulatedLayer wraps nn.Linear/Conv1d/Conv2d, got {type(layer).__name__}.")
-        self.config = config
-        self.layer = layer  # kept for its hyper-parameters (stride, padding, ...)
-        weight = layer.weight.detach().float()
-        bias = None if layer.bias is None else layer.bias.detach().float()
-        compute = format_info(config.compute) if config.compute else None
-        group = config.weight_group_size
-        per_channel = weight[0].numel()
-        if group is not None and per_channel % group:
-            group = None  # e.g. a 3x3 conv with one input channel: per-output-channel scales
-        self.weight_group_size = group
-        if config.weight_format:
-            weight = quantize(weight, config.weight_format, axis=0, group_size=group,
-                              scale_rule=config.weight_scale_rule)
-        if compute is not None:
-            weight = _scaled_round(weight, compute) if compute.bits <= 8 else round_float(weight, compute)
-            if bias is not None and compute.bits > 8 and compute.name != "tf32":
-                bias = round_float(bias, compute)
-        self.compute_format = compute
-        self.register_buffer("weight_q", weight)
-        self.register_buffer("bias_f", bias)
-        self.act_format = format_info(config.act_format) if config.act_format else None
-        self.observer: RangeObserver | None = None
-        self.register_buffer("act_scale", None)
-        self.register_buffer("act_zero_point", None)
-        self.calibrating = False
-
-    def calibrate_begin(self) -> None:
-        if self.act_format is not None:
-            self.observer = RangeObserver(self.config.observer)
-            self.calibrating = True
-
-    def calibrate_end(self) -> None:
-        if self.act_format is None:
-            return
-        self.calibrating = False
-        lo, hi = self.observer.range(self.act_format)
-        device = self.weight_q.device
-        scale, zero = int_qparams(torch.tensor(lo, device=device), torch.tensor(hi, device=device),
-                                  self.act_format, symmetric=False)
-        self.act_scale, self.act_zero_point = scale, zero
-        self.observer = None
-
-    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if isinstance(self.layer, nn.Linear):
-            return nn.functional.linear(x, weight, bias)
-        return self.layer._conv_forward(x, weight, bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        if self.act_format is not None:
-            if self.calibrating:
-                self.observer.observe(x)
-            elif self.act_scale is None:
-                raise RuntimeError(
-                    f"Config {self.config.name!r} quantizes activations but this layer was never calibrated: "
-                    "pass calibration_data to emulate_model."
-                )
-            else:
-                x = fake_quantize_int(x, self.act_scale, self.act_zero_point, self.act_format.qmin,
-                                      self.act_format.qmax)
-        fmt = self.compute_format
-        if fmt is not None:
-            x = _scaled_round(x, fmt) if fmt.bits <= 8 else round_float(x, fmt)
-        out = self._op(x, self.weight_q, self.bias_f)  # bias inside the float32 GEMM, as kernels do
-        if fmt is not None:
-            if fmt.name in ("fp16", "bf16"):
-                out = round_float(out, fmt)
-            elif fmt.bits <= 8:
-                out = round_float(out, format_info("bf16"))
-        return out.to(dtype)
-
-    def extra_repr(self) -> str:
-        return f"{type(self.layer).__name__}, config={self.config.name!r}"
+def _walk(module: nn.Module, prefix: str = ""):
+    """(name, module, adapter) of registered layers, not descending into them."""
+    for child_name, child in module.named_children():
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        adapter = adapter_for(child)
+        if adapter is not None:
+            yield name, child, adapter
+        else:
+            yield from _walk(child, name)
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:
-    """Names of the Linear/Conv1d/Conv2d layers, in registration order (first conv first)."""
-    return [name for name, module in model.named_modules() if isinstance(module, _LAYERS)]
+    """Names of the layers precal emulates, in registration order (first conv first).
+
+    Layers of registered types (:func:`~precal.emulate.register_layer`); the sub-layers of
+    a registered module (``out_proj`` of an ``nn.MultiheadAttention``) are not listed.
+    """
+    if adapter_for(model) is not None:
+        return [""]
+    return [name for name, _, _ in _walk(model)]
+
+
+def output_layer(model: nn.Module) -> str | None:
+    """Name of the model's output layer, which ``keep_head`` configs leave in float.
+
+    The module that ``model.get_output_embeddings()`` returns (a transformers model's
+    ``lm_head``) when it is a quantizable layer, otherwise the last quantizable layer in
+    registration order (a classifier's final linear layer); None for a model without one.
+    """
+    names = quantizable_layers(model)
+    getter = getattr(model, "get_output_embeddings", None)
+    if callable(getter):
+        try:
+            head = getter()
+        except Exception:  # noqa: BLE001 - models that do not implement it raise various errors
+            head = None
+        if isinstance(head, nn.Module):
+            for name, module in model.named_modules():
+                if module is head and name in names:
+                    return name
+    return names[-1] if names and names[-1] else None
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -293,45 +349,176 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def iter_batches(data: Any, batch_size: int = 256) -> Iterator[Any]:
-    """Yield model inputs from a tensor, a numpy array or an iterable of batches.
-
-    Tensors and arrays are cut into ``batch_size`` rows. From an iterable (a DataLoader),
-    each item is used as is if it is a tensor or a dict (passed as keyword arguments), and
-    its first element if it is a tuple or list ``(inputs, labels, ...)``.
-    """
-    if isinstance(data, np.ndarray):
-        data = torch.from_numpy(np.ascontiguousarray(data))
-    if isinstance(data, torch.Tensor):
-        if data.dim() == 0:
-            raise ValueError("data must have a batch dimension.")
-        for start in range(0, data.shape[0], batch_size):
-            yield data[start : start + batch_size]
-        return
-    if not isinstance(data, Iterable):
-        raise TypeError(f"data must be a tensor, an array or an iterable of batches, got {type(data).__name__}.")
-    for item in data:
-        if isinstance(item, (tuple, list)):
-            item = item[0]
-        if isinstance(item, np.ndarray):
-            item = torch.from_numpy(item)
-        yield item
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, dict):
-        return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    return batch.to(device)
-
-
-def _call(model: nn.Module, batch: Any) -> torch.Tensor:
-    return model(**batch) if isinstance(batch, dict) else model(batch)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+def _input_sizes(module: nn.Module, adapter: Any) -> list[int]:
+    if hasattr(adapter, "input_sizes"):
+        return list(adapter.input_sizes(module))
+    if isinstance(adapter, LayerAdapter):
+        return [adapter.weight(module)[0].numel()]
+    return []
+
+
+def _layer_configs(model: nn.Module, cfg: QuantConfig, layer_cfgs: dict[str, QuantConfig | None],
+                   embeddings: list[str]) -> list[tuple[str, nn.Module, Any, QuantConfig, int | None]]:
+    """Validate names and group sizes; the (name, module, adapter, config, group) to emulate.
+
+    Every check runs here, on the caller's model, before any copy or forward pass.
+    """
+    layers = list(_walk(model)) if adapter_for(model) is None else [("", model, adapter_for(model))]
+    names = [name for name, _, _ in layers]
+    modules = dict(model.named_modules())
+    known = set(names) | set(embeddings)
+    for name in layer_cfgs:
+        if name not in modules:
+            shown = names if len(names) <= 20 else names[:10] + ["..."] + names[-5:]
+            raise ValueError(f"Layer {name!r} named in skip/overrides does not exist in {type(model).__name__}; "
+                             f"its quantizable layers are {shown}.")
+        if name not in known and not any(n.startswith(name + ".") for n in known):
+            types = sorted({t.__name__ for t in registered_layers()})
+            raise ValueError(
+                f"Layer {name!r} named in skip/overrides is a {type(modules[name]).__name__}, which precal does not "
+                f"quantize, and holds no layer it does (types: {types}, plus nn.Embedding with embeddings=True); "
+                "add the type with precal.emulate.register_layer."
+            )
+
+    def config_of(name: str) -> QuantConfig | None:
+        # the most specific name in skip/overrides that is the layer or one of its parents
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:i])
+            if prefix in layer_cfgs:
+                return layer_cfgs[prefix]
+        return cfg
+
+    plan = []
+    for name, module, adapter in layers:
+        layer_cfg = config_of(name)
+        if layer_cfg is None or layer_cfg.is_identity:
+            continue
+        group = layer_cfg.weight_group_size if layer_cfg.weight_format else None
+        if group is not None:
+            sizes = _input_sizes(module, adapter)
+            bad = sorted({s for s in sizes if s % group})
+            if bad:
+                if layer_cfg.group_fallback == "error":
+                    raise ValueError(
+                        f"Layer {name!r} ({type(module).__name__}) has {bad[0]} inputs per output channel, not a "
+                        f"multiple of the group size {group} of config {layer_cfg.name!r}. Leave it in float "
+                        f"(skip=[{name!r}]), give it another config (overrides={{{name!r}: 'w8a8'}}), or set "
+                        "group_fallback='channel' (per-output-channel scales) or 'skip' (float) for such layers."
+                    )
+                if layer_cfg.group_fallback == "skip":
+                    continue
+                group = None
+        plan.append((name, module, adapter, layer_cfg, group))
+    return plan
+
+
+def _check_calibration_data(data: Any) -> None:
+    """The first calibration batch must be a tensor or a dict of tensors (no forward pass)."""
+    if isinstance(data, (torch.Tensor, dict)) or hasattr(data, "shape"):
+        batch = next(iter_batches(data, 1), None)
+    else:
+        if iter(data) is data:
+            return  # a one-shot iterator: checked batch by batch as it is consumed
+        batch = next(iter(iter_batches(data, 1)), None)
+    if batch is None:
+        raise ValueError("calibration_data yielded no batch.")
+    check_batch(batch, "calibration_data")
+
+
+def _run(model: nn.Module, data: Any, n_batches: int, batch_size: int) -> None:
+    device = _model_device(model)
+    seen = 0
+    with torch.no_grad():
+        for i, batch in enumerate(iter_batches(data, batch_size)):
+            if i >= n_batches:
+                break
+            check_batch(batch, "calibration_data")
+            call_model(model, to_device(batch, device))
+            seen += 1
+    if seen == 0:
+        raise ValueError("calibration_data yielded no batch.")
+
+
+def _quantize_embeddings(model: nn.Module, names: list[str], cfg_of: Any) -> None:
+    for name in names:
+        emb = model.get_submodule(name)
+        cfg = cfg_of(name)
+        if cfg is None or cfg.is_identity or not cfg.embeddings:
+            continue
+        table = emb.weight.detach().float()
+        if cfg.weight_format:
+            group = cfg.weight_group_size
+            if group is not None and table.shape[1] % group:
+                if cfg.group_fallback == "error":
+                    raise ValueError(f"Embedding {name!r} has rows of {table.shape[1]}, not a multiple of the "
+                                     f"group size {group}; set group_fallback or skip it.")
+                if cfg.group_fallback == "skip":
+                    continue
+                group = None
+            table = WEIGHT_SCHEMES["rtn"].quantize(table, cfg, group_size=group, name=name).weight
+        if cfg.compute:
+            fmt = format_info(cfg.compute)
+            if fmt.name != "tf32":
+                table = round_float(table, fmt if fmt.bits > 8 else format_info("bf16"))
+        # a new Parameter: weights tied to this table (an lm_head) keep their own values
+        emb.weight = nn.Parameter(table.to(emb.weight.dtype), requires_grad=False)
+
+
+def _prepare(model: nn.Module, config: Any, *, calibration_data: Any = None, skip: Iterable[str] = (),
+             overrides: dict[str, Any] | None = None, observer: str | None = None, check_data: bool = True,
+             **options: Any) -> tuple | None:
+    """Every check of :func:`emulate_model` that needs no forward pass; None for an identity config."""
+    if observer:
+        options["observer"] = observer
+    cfg = parse_config(config, **options)
+    layer_cfgs: dict[str, QuantConfig | None] = {
+        name: parse_config(c, **options) if c is not None else None for name, c in dict(overrides or {}).items()}
+    if isinstance(skip, str):
+        skip = [skip]
+    for name in skip:
+        layer_cfgs[name] = None
+    all_cfgs = [cfg, *[c for c in layer_cfgs.values() if c is not None]]
+    if all(c.is_identity for c in all_cfgs):
+        if layer_cfgs:
+            _layer_configs(model, cfg, layer_cfgs, [])  # still refuse names that do not exist
+        return None
+    if cfg.keep_head:
+        head = output_layer(model)
+        if head is not None and head not in layer_cfgs:
+            layer_cfgs[head] = None
+    embeddings = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)] \
+        if any(c.embeddings for c in all_cfgs) else []
+    plan = _layer_configs(model, cfg, layer_cfgs, embeddings)
+    if not plan and not embeddings:
+        if not quantizable_layers(model):
+            raise ValueError(
+                f"Config {cfg.name!r} has nothing to emulate: the model has no layer of a type precal quantizes "
+                f"({type(model).__name__}; a TorchScript or torch.export graph hides its layers). Pass the "
+                "nn.Module itself, or register its layer types with precal.emulate.register_layer."
+            )
+    needs_act = [c for _, _, _, c, _ in plan if c.act_format is not None]
+    needs_inputs = [(n, c) for n, _, _, c, _ in plan
+                    if c.weight_format and WEIGHT_SCHEMES[c.weight_scheme].needs_inputs]
+    if needs_act or needs_inputs:
+        what = "quantizes activations" if needs_act else f"uses weight scheme {needs_inputs[0][1].weight_scheme!r}"
+        static = any(getattr(ACT_SCHEMES[c.act_scheme], "needs_calibration", True) for c in needs_act) \
+            or bool(needs_inputs)
+        if static and calibration_data is None:
+            raise ValueError(
+                f"Config {cfg.name!r} {what}: pass calibration_data (a few batches of inputs kept out of the "
+                "evaluation) to calibrate it."
+            )
+        if static and check_data:
+            _check_calibration_data(calibration_data)
+    return cfg, layer_cfgs, plan, embeddings, all_cfgs, needs_inputs
+
 
 
 def emulate_model(
@@ -344,6 +531,7 @@ def emulate_model(
     skip: Iterable[str] = (),
     overrides: dict[str, str | QuantConfig | None] | None = None,
     observer: str | None = None,
+    **options: Any,
 ) -> nn.Module:
     """A copy of ``model`` that computes under ``config``; ``model`` itself is not modified.
 
@@ -351,22 +539,29 @@ def emulate_model(
     ----------
     model : torch.nn.Module
     config : str or QuantConfig
-        ``"fp32"``, a float format (``"bf16"``, ``"fp16"``, ``"fp8_e4m3"``, ...) or
-        ``"w{b}a{b}[-g{g}]"`` (see the module docstring).
-    calibration_data : tensor, array or iterable of batches, optional
-        Inputs for activation observers; required when the config quantizes activations.
-        Keep these out of your evaluation data.
+        ``"fp32"``, a float format (``"bf16"``, ``"fp16"``, ``"fp8_e4m3"``, ``"bf16-attn"``,
+        ...) or ``"w{b}a{b}[-g{g}][-asym][-dyn]"`` (see the module docstring).
+    calibration_data : tensor, array, dict of tensors or iterable of batches, optional
+        Inputs for static activation observers (and weight schemes that learn from
+        inputs); required when the config needs them. Keep these out of your evaluation
+        data.
     n_calibration_batches : int, default=8
         At most this many batches of ``calibration_data`` are used.
     batch_size : int, default=256
-        Batch size when ``calibration_data`` is a tensor or array.
+        Batch size when ``calibration_data`` is a tensor, array or dict of tensors.
     skip : iterable of str
-        Layer names (as in ``model.named_modules()``) left in float32.
+        Layer names (as in ``model.named_modules()``) left in float32; a parent module's
+        name covers every layer under it.
     overrides : dict, optional
-        Layer name -> config for that layer (``None`` = leave in float32). Keeping the
-        first conv and last linear at 8 bit is common: see :func:`quantizable_layers`.
+        Layer (or parent module) name -> config for that layer (``None`` = leave in
+        float32). The most specific name wins. Keeping the first conv and last linear at
+        8 bit is common: see :func:`quantizable_layers`. Overriding the output layer
+        quantizes it under ``keep_head`` configs.
     observer : {"minmax", "percentile", "mse"}, optional
         Overrides the config's activation observer.
+    **options
+        Other :class:`QuantConfig` fields applied to every config (e.g.
+        ``group_fallback="channel"``, ``embeddings=True``, ``keep_head=False``).
 
     Returns
     -------
@@ -376,52 +571,83 @@ def emulate_model(
     Raises
     ------
     ValueError
-        Unknown config, unknown layer names in ``skip``/``overrides``, or an activation
-        config without calibration data.
+        Unknown config; names in ``skip``/``overrides`` that do not exist or are not
+        quantizable; a group size that does not divide a layer (``group_fallback="error"``);
+        a config that needs calibration data without it, or calibration batches that are
+        not tensors or dicts of tensors. All of these before any forward pass.
     """
-    options = {"observer": observer} if observer else {}
-    cfg = parse_config(config, **options)
-    overrides = dict(overrides or {})
-    layer_cfgs = {name: parse_config(c, **options) if c is not None else None for name, c in overrides.items()}
-    for name in skip:
-        layer_cfgs[name] = None
+    prep = _prepare(model, config, calibration_data=calibration_data, skip=skip, overrides=overrides,
+                    observer=observer, **options)
+    if prep is None:
+        return copy.deepcopy(model).eval()
+    cfg, layer_cfgs, plan, embeddings, all_cfgs, needs_inputs = prep
     emulated = copy.deepcopy(model).eval()
-    known = set(quantizable_layers(emulated))
-    unknown = sorted(set(layer_cfgs) - known)
-    if unknown:
-        raise ValueError(f"Unknown layer name(s) {unknown}; quantizable layers are {sorted(known)}.")
-    all_cfgs = [cfg, *[c for c in layer_cfgs.values() if c is not None]]
-    if all(c.is_identity for c in all_cfgs):
-        return emulated
-    if not known:
-        raise ValueError(
-            f"Config {cfg.name!r} has nothing to emulate: the model has no nn.Linear or nn.Conv layers "
-            f"({type(model).__name__}; a TorchScript or torch.export graph hides them). Pass the nn.Module itself."
-        )
-    if any(c.weight_format and c.fold_bn for c in all_cfgs):
+    if any(c.weight_format and c.fold_bn for c in all_cfgs) and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in emulated.modules()):
         fold_batchnorm(emulated)
-    layers: list[EmulatedLayer] = []
-    for name in quantizable_layers(emulated):
-        layer_cfg = layer_cfgs.get(name, cfg)
-        if layer_cfg is None or layer_cfg.is_identity:
-            continue
-        wrapped = EmulatedLayer(emulated.get_submodule(name), layer_cfg)
-        _set_module(emulated, name, wrapped)
-        layers.append(wrapped)
-    if any(layer.act_format is not None for layer in layers):
-        if calibration_data is None:
-            raise ValueError(
-                f"Config {cfg.name!r} quantizes activations: pass calibration_data (a few batches of "
-                "inputs kept out of the evaluation) to calibrate the activation observers."
-            )
-        device = _model_device(emulated)
-        for layer in layers:
-            layer.calibrate_begin()
-        with torch.no_grad():
-            for i, batch in enumerate(iter_batches(calibration_data, batch_size)):
-                if i >= n_calibration_batches:
-                    break
-                _call(emulated, _to_device(batch, device))
-        for layer in layers:
-            layer.calibrate_end()
+    targets = {name: (emulated.get_submodule(name) if name else emulated) for name, *_ in plan}
+
+    states: dict[str, Any] = {}
+    if needs_inputs:
+        hooks = []
+        for name, _, adapter, layer_cfg, _ in plan:
+            scheme = WEIGHT_SCHEMES[layer_cfg.weight_scheme]
+            if not (layer_cfg.weight_format and scheme.needs_inputs):
+                continue
+            if not isinstance(adapter, LayerAdapter):
+                raise ValueError(f"Weight scheme {layer_cfg.weight_scheme!r} learns from layer inputs, which "
+                                 f"layer {name!r} ({type(targets[name]).__name__}) cannot provide.")
+            module = targets[name]
+            states[name] = scheme.begin(name, module)
+
+            def hook(mod, args, _name=name, _scheme=scheme, _adapter=adapter):
+                _scheme.observe(states[_name], _adapter.inputs_2d(mod, args[0].detach().float()))
+
+            hooks.append(module.register_forward_pre_hook(hook))
+        try:
+            _run(emulated, calibration_data, n_calibration_batches, batch_size)
+        finally:
+            for handle in hooks:
+                handle.remove()
+
+    for name, _, adapter, layer_cfg, group in plan:
+        replacement = adapter.emulate(targets[name], layer_cfg, name=name, group_size=group, state=states.get(name))
+        if name:
+            _set_module(emulated, name, replacement)
+        else:
+            emulated = replacement
+
+    if embeddings:
+        def cfg_of(name: str) -> QuantConfig | None:
+            parts = name.split(".")
+            for i in range(len(parts), 0, -1):
+                if ".".join(parts[:i]) in layer_cfgs:
+                    return layer_cfgs[".".join(parts[:i])]
+            return cfg
+
+        _quantize_embeddings(emulated, embeddings, cfg_of)
+    if cfg.quantize_outputs:
+        from .backend import quantize_between_layers
+
+        emulated = quantize_between_layers(emulated, cfg)
+    if cfg.attention and hasattr(emulated, "config") and hasattr(emulated, "set_attn_implementation"):
+        from .attention import use_emulated_attention
+
+        use_emulated_attention(emulated, cfg.compute)
+
+    quantizers = [m for m in emulated.modules() if getattr(m, "needs_calibration", False)]
+    if quantizers:
+        # backend-faithful configs calibrate on the float model's activations, as torch.ao does
+        float_layers = [m for m in emulated.modules() if isinstance(m, EmulatedLayer)] if cfg.quantize_outputs else []
+        for q in quantizers:
+            q.calibrate_begin()
+        for layer in float_layers:
+            layer.float_weights = True
+        try:
+            _run(emulated, calibration_data, n_calibration_batches, batch_size)
+        finally:
+            for layer in float_layers:
+                layer.float_weights = False
+        for q in quantizers:
+            q.calibrate_end()
     return emulated

@@ -99,7 +99,8 @@ def int_qparams(
     Symmetric: ``s = amax / qmax`` or ``amax / ((qmax - qmin) / 2)`` (``scale_rule``),
     ``z = 0``. Asymmetric (the range is first widened to include 0, as torch.ao does):
     ``s = (hi - lo) / (qmax - qmin)``, ``z = clamp(qmin - round(lo / s), qmin, qmax)``.
-    A zero range gets ``s = 1``.
+    A zero range gets ``s = 1``; a scale below the smallest normal float32 is raised to it
+    (``1/s`` must stay finite).
     """
     if scale_rule not in SCALE_RULES:
         raise ValueError(f"scale_rule must be one of {SCALE_RULES}, got {scale_rule!r}.")
@@ -118,7 +119,8 @@ def int_qparams(
         scale = (hi - lo) / float(fmt.qmax - fmt.qmin)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero = torch.clamp(fmt.qmin - torch.round(lo / safe), fmt.qmin, fmt.qmax)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    # a zero range gets s = 1; a subnormal one the smallest normal float32, so that 1/s stays finite
+    scale = torch.where(scale > 0, torch.clamp(scale, min=torch.finfo(torch.float32).tiny), torch.ones_like(scale))
     return scale, zero
 
 

@@ -2,41 +2,132 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .model import QuantConfig, _call, _model_device, _to_device, emulate_model, iter_batches, parse_config
+from .batches import call_model, check_batch, describe_batch, iter_batches, logits_of, to_device
+from .model import QuantConfig, _model_device, _prepare, emulate_model, parse_config
 
 __all__ = ["sweep", "predict_logits"]
 
 
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Eval mode for the block, the model's own mode afterwards; a graph that cannot switch
+    modes (a torch.export module raises NotImplementedError) runs as it is."""
+    was_training = model.training
+    try:
+        model.eval()
+    except NotImplementedError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def predict_logits(model: nn.Module, data: Any, *, batch_size: int = 256, device: Any = None,
-                   progress: Any = None) -> np.ndarray:
-    """Run ``model`` over ``data`` in batches under ``torch.no_grad()``; float32 numpy logits."""
+                   progress: Any = None, output: Callable[[Any], Any] | None = None) -> np.ndarray:
+    """Run ``model`` over ``data`` in batches under ``torch.no_grad()``; float32 numpy logits.
+
+    The model runs in eval mode (its previous mode is restored afterwards). ``output``
+    picks the logits from the model's output (default: see
+    :func:`~precal.emulate.batches.logits_of`: a tensor, ``.logits``, ``["logits"]`` or the
+    first element of a tuple). Batches are concatenated along the first axis.
+    """
     device = torch.device(device) if device is not None else _model_device(model)
     outputs = []
-    model.eval()
-    with torch.no_grad():
+    with _eval_mode(model), torch.no_grad():
         for batch in iter_batches(data, batch_size):
-            out = _call(model, _to_device(batch, device))
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"The model must return a logits tensor, got {type(out).__name__}.")
+            check_batch(batch, "data")
+            out = logits_of(call_model(model, to_device(batch, device)), output)
             outputs.append(out.detach().float().cpu())
             if progress is not None:
                 progress.update(1)
     if not outputs:
         raise ValueError("data yielded no batch.")
-    return torch.cat(outputs).numpy()
+    try:
+        return torch.cat(outputs).numpy()
+    except RuntimeError as exc:
+        shapes = sorted({tuple(o.shape) for o in outputs})[:3]
+        raise ValueError(f"The logits of different batches cannot be stacked (shapes {shapes}); pass output= "
+                         "to pick one row per sample, e.g. output=lambda o: o.logits[:, -1].") from exc
+
+
+def _entries(configs: Any) -> list[tuple[str, QuantConfig | nn.Module]]:
+    """(name, QuantConfig or model) pairs from a sequence or a mapping of configs."""
+    if isinstance(configs, (str, QuantConfig)):
+        configs = [configs]
+    if isinstance(configs, Mapping):
+        items = list(configs.items())
+    else:
+        items = []
+        for c in configs:
+            if isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str):
+                items.append(c)
+            elif isinstance(c, Mapping):
+                items.extend(c.items())
+            else:
+                items.append((None, c))
+    entries = []
+    for name, c in items:
+        if isinstance(c, nn.Module):
+            if not isinstance(name, str) or not name:
+                raise ValueError("A model in configs needs a name: pass {'name': model} or ('name', model).")
+            entries.append((name, c))
+            continue
+        cfg = parse_config(c)
+        entries.append((name if isinstance(name, str) else cfg.name, cfg))
+    return entries
+
+
+def _first_batch(data: Any, what: str, n_entries: int) -> Any:
+    if isinstance(data, (torch.Tensor, np.ndarray, Mapping)):
+        batch = next(iter_batches(data, 2), None)
+    else:
+        if isinstance(data, Iterable) and not isinstance(data, (str, bytes)) and iter(data) is data:
+            if n_entries > 1 or what == "data":
+                raise TypeError(f"{what} is a one-shot iterator ({type(data).__name__}), but it is read more than "
+                                "once: pass a list of batches, a tensor or a DataLoader.")
+            return None
+        batch = next(iter(iter_batches(data, 2)), None)
+    if batch is None:
+        raise ValueError(f"{what} yielded no batch.")
+    check_batch(batch, what)
+    return batch
+
+
+def _same_structure(data_batch: Any, cal_batch: Any) -> None:
+    a, b = describe_batch(data_batch), describe_batch(cal_batch)
+    if a[0] != b[0]:
+        raise ValueError(f"calibration_data batches are {b[0]}s but data batches are {a[0]}s: give the calibration "
+                         "inputs the structure of the evaluation inputs.")
+    if a[0] == "tensor":
+        floating = data_batch.is_floating_point(), cal_batch.is_floating_point()
+        if floating[0] != floating[1] or (floating[0] and a[1] != b[1]):
+            raise ValueError(f"calibration_data rows have shape {b[1]} ({cal_batch.dtype}) but data rows have shape "
+                             f"{a[1]} ({data_batch.dtype}).")
+    elif not set(a[1]) & set(b[1]):
+        raise ValueError(f"calibration_data batches have keys {list(b[1])} but data batches have {list(a[1])}.")
+
+
+def _head_rows(batch: Any, n: int = 2) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch[:n]
+    return {k: (v[:n] if isinstance(v, torch.Tensor) and v.dim() else v) for k, v in batch.items()}
 
 
 def sweep(
     model: nn.Module,
     data: Any,
-    configs: Sequence[str | QuantConfig] = ("fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4"),
+    configs: Any = ("fp32", "bf16", "fp8_e4m3", "w8a8", "w4a8", "w4a4"),
     *,
     calibration_data: Any = None,
     batch_size: int = 256,
@@ -46,49 +137,87 @@ def sweep(
     overrides: dict[str, Any] | None = None,
     observer: str | None = None,
     n_calibration_batches: int = 8,
+    output: Callable[[Any], Any] | None = None,
+    predict: Callable[[nn.Module], Any] | None = None,
+    **options: Any,
 ) -> dict[str, np.ndarray]:
-    """Logits of ``model`` on ``data`` at every precision config.
+    """Logits of ``model`` on ``data`` at every precision config (and of other tools' models).
 
     Parameters
     ----------
     model : torch.nn.Module
         Not modified: each config runs on an emulated copy (:func:`emulate_model`).
-    data : tensor, numpy array or iterable of batches (e.g. a DataLoader)
-        Evaluation inputs; batches of ``(inputs, labels)`` use their first element.
-    configs : sequence of str or QuantConfig
-        Config names, e.g. ``["fp32", "bf16", "fp16", "fp8_e4m3", "w8a8", "w4a8", "w4a4",
-        "w4a16-g128"]``.
+    data : tensor, numpy array, dict of tensors or iterable of batches (e.g. a DataLoader)
+        Evaluation inputs. Batches of ``(inputs, labels)`` use their first element; dict
+        batches (a tokenizer's output, a DataLoader of dicts) are passed as keyword
+        arguments. May be None with ``predict``.
+    configs : sequence or mapping
+        Config names or :class:`QuantConfig`\\ s, e.g. ``["fp32", "bf16", "fp8_e4m3",
+        "w8a8", "w8a8-dyn", "w4a16-g128"]``. An entry may also be a ``(name, model)`` pair
+        or a ``{name: model}`` dict (or ``configs`` a mapping ``{name: config or model}``):
+        such a model — quantized by torchao, llmcompressor or any other tool — runs as it
+        is, on its own device, beside the emulated configs.
     calibration_data : optional
-        Inputs for the activation observers of ``w*a*`` configs (kept out of ``data``).
+        Inputs for the activation observers of static ``w*a*`` configs (kept out of
+        ``data``); same structure as ``data``.
     batch_size : int, default=256
-        Rows per forward pass when ``data`` is a tensor or array; memory is bounded by it.
+        Rows per forward pass when ``data`` is a tensor, array or dict of tensors.
     device : torch.device or str, optional
-        Where to run; default is the model's device. Use ``"cuda"`` to run on a GPU.
+        Where emulated configs run; default is the model's device.
     progress : bool, default=True
         Show a progress bar (tqdm) over configs and batches when stderr is a terminal.
-    skip, overrides, observer, n_calibration_batches
+    skip, overrides, observer, n_calibration_batches, **options
         As in :func:`emulate_model`.
+    output : callable, optional
+        Picks the logits from a model's output (default: the output if it is a tensor,
+        else ``.logits``, ``["logits"]`` or its first element).
+    predict : callable, optional
+        ``predict(model) -> logits`` replaces the batched forward over ``data`` (e.g.
+        ``lambda m: multiple_choice_logits(m, tokenizer, contexts, choices)``).
 
     Returns
     -------
     dict
-        ``{config name: float32 ndarray (n_samples, n_outputs)}`` in the order given.
+        ``{name: float32 ndarray (n_samples, ...)}`` in the order given.
 
     Raises
     ------
-    ValueError
-        Unknown or duplicate config names, or an activation config without calibration data.
+    ValueError, TypeError
+        Before any emulated forward pass: unknown or duplicate names, unknown layer names
+        or types in ``skip``/``overrides``, group sizes that do not divide a layer, data or
+        calibration batches of the wrong structure, and (after one forward pass of
+        ``model`` on two rows of ``data``) a model output without logits.
     """
-    parsed = [parse_config(c) for c in configs]
-    names = [c.name for c in parsed]
+    entries = _entries(configs)
+    if not entries:
+        raise ValueError("configs is empty.")
+    names = [name for name, _ in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"Duplicate config names in {names}.")
-    if not parsed:
-        raise ValueError("configs is empty.")
+    if predict is not None and not callable(predict):
+        raise TypeError(f"predict must be callable, got {type(predict).__name__}.")
+    if output is not None and not callable(output):
+        raise TypeError(f"output must be callable, got {type(output).__name__}.")
+    if predict is None and data is None:
+        raise ValueError("data is None: pass evaluation inputs, or predict=callable(model) -> logits.")
+    first = None if data is None else _first_batch(data, "data", len(entries))
+    emulated_cfgs = [c for _, c in entries if isinstance(c, QuantConfig)]
+    for cfg in emulated_cfgs:  # every config's checks before any forward pass
+        _prepare(model, cfg, calibration_data=calibration_data, skip=skip, overrides=overrides, observer=observer,
+                 check_data=False, **options)
+    n_uses = sum(1 for c in emulated_cfgs if not c.is_identity)
+    if calibration_data is not None and n_uses:
+        cal_first = _first_batch(calibration_data, "calibration_data", n_uses)
+        if cal_first is not None and first is not None:
+            _same_structure(first, cal_first)
     target = torch.device(device) if device is not None else _model_device(model)
+    if first is not None and predict is None:  # one small forward of the float model: is there a logits tensor?
+        with _eval_mode(model), torch.no_grad():
+            logits_of(call_model(model, to_device(_head_rows(first), _model_device(model))), output)
+
     total = None
-    if isinstance(data, (torch.Tensor, np.ndarray)):
-        total = len(parsed) * -(-len(data) // batch_size)
+    if isinstance(data, (torch.Tensor, np.ndarray)) and predict is None:
+        total = len(entries) * -(-len(data) // batch_size)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -97,28 +226,27 @@ def sweep(
         bar = tqdm(total=total, desc="precal sweep", unit="batch", leave=False, disable=None)
     results: dict[str, np.ndarray] = {}
     try:
-        for cfg in parsed:
+        for name, cfg in entries:
             if bar is not None:
-                bar.set_postfix_str(cfg.name)
-            emulated = emulate_model(
-                model.to(target) if _model_device(model) == target else _copy_to(model, target),
-                cfg,
-                calibration_data=calibration_data,
-                batch_size=batch_size,
-                skip=skip,
-                overrides=overrides,
-                observer=observer,
-                n_calibration_batches=n_calibration_batches,
-            )
-            results[cfg.name] = predict_logits(emulated, data, batch_size=batch_size, device=target, progress=bar)
-            del emulated
+                bar.set_postfix_str(name)
+            if isinstance(cfg, nn.Module):
+                run_model, run_device = cfg, _model_device(cfg)
+            else:
+                source = model if _model_device(model) == target else copy.deepcopy(model).to(target)
+                run_model = emulate_model(source, cfg, calibration_data=calibration_data, batch_size=batch_size,
+                                          skip=skip, overrides=overrides, observer=observer,
+                                          n_calibration_batches=n_calibration_batches, **options)
+                run_device = target
+            if predict is not None:
+                with _eval_mode(run_model), torch.no_grad():
+                    out = predict(run_model)
+                out = out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else out
+                results[name] = np.asarray(out, dtype=np.float32)
+            else:
+                results[name] = predict_logits(run_model, data, batch_size=batch_size, device=run_device,
+                                               progress=bar, output=output)
+            del run_model
     finally:
         if bar is not None:
             bar.close()
     return results
-
-
-def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model).to(device)

@@ -84,7 +84,19 @@ def test_bad_config_fields():
     with pytest.raises(ValueError, match="observer"):
         QuantConfig("x", observer="median")
     with pytest.raises(ValueError, match="not an integer format"):
-        QuantConfig("x", weight_format="bf16")
+        QuantConfig("x", act_format="bf16")
+    with pytest.raises(ValueError, match="Unknown number format"):
+        QuantConfig("x", weight_format="int99x")
+    with pytest.raises(ValueError, match="weight_scheme"):
+        QuantConfig("x", weight_format="int4", weight_scheme="magic")
+    with pytest.raises(ValueError, match="act_scheme"):
+        QuantConfig("x", act_format="int8", act_scheme="magic")
+    with pytest.raises(ValueError, match="group_fallback"):
+        QuantConfig("x", weight_format="int4", group_fallback="maybe")
+    with pytest.raises(ValueError, match="compute"):
+        QuantConfig("x", attention=True)
+    with pytest.raises(ValueError, match="signed"):
+        QuantConfig("x", act_format="uint8", act_scheme="dynamic")
 
 
 @pytest.mark.parametrize("config", ["fp32", "bf16", "fp16", "fp8_e4m3", "w8a8", "w4a4", "w4a16-g128"])
@@ -94,7 +106,7 @@ def test_callers_model_is_never_modified(net, images, config):
     params = [id(p) for p in net.parameters()]
     before = net(images)
     net.train()  # the emulator must not flip the caller's mode either
-    emulate_model(net, config, calibration_data=images)
+    emulate_model(net, config, calibration_data=images, group_fallback="channel")
     assert net.training
     net.eval()
     assert {name: type(m) for name, m in net.named_modules()} == types
@@ -140,11 +152,11 @@ def test_weights_are_quantized_per_channel_after_batchnorm_folding(net):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in emulated.modules())
     folded = copy.deepcopy(net)
     fold_batchnorm(folded)
-    expected = quantize(folded.conv1.weight.detach(), "int8", axis=0)
+    expected = quantize(folded.conv1.weight.detach(), "int8", axis=0, scale_rule="half_range")
     assert torch.equal(emulated.conv1.weight_q, expected)
-    # each output channel uses at most 255 distinct levels of its own scale
+    # each output channel uses at most 256 levels of its own scale amax / 127.5 (torch.ao's rule)
     w = emulated.conv2.weight_q
-    scale = w.abs().flatten(1).amax(1) / 127
+    scale = folded.conv2.weight.detach().abs().flatten(1).amax(1) / 127.5
     codes = w.flatten(1) / scale[:, None]
     assert torch.allclose(codes, codes.round(), atol=1e-4)
 
@@ -173,11 +185,21 @@ def test_untraceable_model_warns_and_skips_folding():
         assert fold_batchnorm(Dynamic().eval()) == []
 
 
-def test_group_size_rule_precisely(net):
-    emulated = emulate_model(net, "w4a16-g8")
-    assert emulated.conv1.weight_group_size is None  # 9 % 8 != 0
+def test_group_size_that_does_not_divide_is_an_error_naming_the_layer(net):
+    with pytest.raises(ValueError, match=r"Layer 'conv1' \(Conv2d\) has 9 inputs .* group size 8"):
+        emulate_model(net, "w4a16-g8")
+
+
+def test_group_fallback_channel_and_skip(net):
+    emulated = emulate_model(net, "w4a16-g8", group_fallback="channel", keep_head=False)
+    assert emulated.conv1.weight_group_size is None  # 9 % 8 != 0: per output channel
     assert emulated.conv2.weight_group_size == 8  # 72 % 8 == 0
     assert emulated.fc.weight_group_size == 8
+    skipped = emulate_model(net, "w4a16-g8", group_fallback="skip")
+    assert isinstance(skipped.conv1, nn.Conv2d) and skipped.conv2.weight_group_size == 8
+    assert isinstance(skipped.fc, nn.Linear)  # group-wise configs keep the output layer in float
+    # a skipped first layer needs no fallback
+    assert emulate_model(net, "w4a16-g8", skip=["conv1"]).conv2.weight_group_size == 8
 
 
 def test_activation_config_needs_calibration_data(net):
@@ -211,7 +233,7 @@ def test_skip_and_overrides_by_layer_name(net, images):
     emulated = emulate_model(net, "w4a4", calibration_data=images, skip=["conv1"], overrides={"fc": "w8a8"})
     assert isinstance(emulated.conv1, nn.Conv2d)
     assert emulated.fc.config.name == "w8a8" and emulated.conv2.config.name == "w4a4"
-    with pytest.raises(ValueError, match="Unknown layer"):
+    with pytest.raises(ValueError, match="'conv9' .* does not exist"):
         emulate_model(net, "w8a8", calibration_data=images, skip=["conv9"])
 
 

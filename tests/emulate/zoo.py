@@ -1,0 +1,221 @@
+"""Small random-initialised models in the shape of the ones people quantize.
+
+Plain-torch versions of the blocks that make torchvision's classifiers what they are
+(torchvision wheels on PyPI are CUDA builds that do not load beside a CPU torch): a
+ResNet basic block with a downsampling shortcut, MobileNetV2's inverted residual
+(depthwise conv, ReLU6), ShuffleNetV2's split/shuffle unit, EfficientNet's MBConv with
+squeeze-excitation and SiLU, and a ViT whose encoder uses ``nn.MultiheadAttention`` as
+torchvision's does. Transformers builds BERT, GPT-2, Llama and Qwen2 from config objects.
+"""
+
+import torch
+from torch import nn
+
+
+def _conv_bn(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
+
+
+def _randomise_batchnorm(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return model.eval()
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = _conv_bn(cin, cout, stride=stride)
+        self.conv2 = _conv_bn(cout, cout, act=None)
+        self.downsample = _conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return torch.relu(self.conv2(self.conv1(x)) + self.downsample(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.layer1 = BasicBlock(8, 8, 1)
+        self.layer2 = BasicBlock(8, 16, 2)
+        self.fc = nn.Linear(16, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.layer2(self.layer1(self.stem(x))).mean((2, 3)))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.block = nn.Sequential(_conv_bn(cin, hidden, 1, act=nn.ReLU6),
+                                   _conv_bn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
+                                   _conv_bn(hidden, cout, 1, act=None))
+
+    def forward(self, x):
+        return x + self.block(x) if self.use_res else self.block(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(_conv_bn(3, 8, stride=2, act=nn.ReLU6), InvertedResidual(8, 8, 1, 4),
+                                      InvertedResidual(8, 16, 2, 4))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, n_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+def channel_shuffle(x, groups):
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        half = channels // 2
+        self.branch = nn.Sequential(_conv_bn(half, half, 1), _conv_bn(half, half, 3, groups=half, act=None),
+                                    _conv_bn(half, half, 1))
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return channel_shuffle(torch.cat([a, self.branch(b)], dim=1), 2)
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.conv1 = _conv_bn(3, 16, stride=2)
+        self.stage2 = nn.Sequential(ShuffleUnit(16), ShuffleUnit(16))
+        self.fc = nn.Linear(16, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.stage2(self.conv1(x)).mean((2, 3)))
+
+
+class SqueezeExcitation(nn.Module):
+    def __init__(self, channels, squeeze):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(s))))
+
+
+class MBConv(nn.Module):
+    def __init__(self, cin, cout, expand=4):
+        super().__init__()
+        hidden = cin * expand
+        self.block = nn.Sequential(_conv_bn(cin, hidden, 1, act=nn.SiLU),
+                                   _conv_bn(hidden, hidden, 3, groups=hidden, act=nn.SiLU),
+                                   SqueezeExcitation(hidden, max(1, cin // 4)),
+                                   _conv_bn(hidden, cout, 1, act=None))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class EfficientNet(nn.Module):
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(_conv_bn(3, 8, stride=2, act=nn.SiLU), MBConv(8, 8), MBConv(8, 8))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(8, n_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+class EncoderBlock(nn.Module):
+    """torchvision's ViT encoder block: pre-norm attention and MLP with residuals."""
+
+    def __init__(self, dim, heads, mlp):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+        self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        y, _ = self.self_attention(y, y, y, need_weights=False)
+        x = x + y
+        return x + self.mlp(self.ln_2(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, n_classes=10, image=16, patch=4, dim=32, heads=4, layers=2):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(3, dim, patch, patch)
+        self.class_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embedding = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        self.layers = nn.Sequential(*[EncoderBlock(dim, heads, 2 * dim) for _ in range(layers)])
+        self.ln = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, x):
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embedding
+        return self.head(self.ln(self.layers(x))[:, 0])
+
+
+VISION = {"resnet": ResNet, "mobilenet_v2": MobileNetV2, "shufflenet_v2": ShuffleNetV2,
+          "efficientnet": EfficientNet, "vit": ViT}
+
+
+def vision_model(name, seed=0):
+    torch.manual_seed(seed)
+    return _randomise_batchnorm(VISION[name]())
+
+
+def torchvision_models():
+    """Small torchvision classifiers, or None when torchvision cannot be imported."""
+    try:
+        import torchvision  # noqa: F401
+        from torchvision import models
+    except Exception:  # noqa: BLE001 - absent, or a CUDA build that fails to load beside a CPU torch
+        return None
+    from torchvision.models.resnet import BasicBlock as TVBasicBlock
+
+    return {
+        "tv_resnet": lambda: models.ResNet(TVBasicBlock, [1, 1, 1, 1], num_classes=10),
+        "tv_mobilenet_v3_small": lambda: models.mobilenet_v3_small(num_classes=10),
+        "tv_shufflenet_v2_x0_5": lambda: models.shufflenet_v2_x0_5(num_classes=10),
+        "tv_efficientnet_b0": lambda: models.efficientnet_b0(num_classes=10),
+        "tv_vit": lambda: models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                   hidden_dim=32, mlp_dim=64, num_classes=10),
+    }
+
+
+def hf_model(name, seed=0):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, vocab_size=96)
+    if name == "bert":
+        cfg = transformers.BertConfig(num_attention_heads=2, num_labels=3, max_position_embeddings=32, **common)
+        return transformers.BertForSequenceClassification(cfg).eval()
+    if name == "gpt2":
+        cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=96, n_positions=32,
+                                      bos_token_id=1, eos_token_id=1)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+    if name == "llama":
+        cfg = transformers.LlamaConfig(num_attention_heads=4, num_key_value_heads=2, bos_token_id=1,
+                                       eos_token_id=1, **common)
+        return transformers.LlamaForCausalLM(cfg).eval()
+    if name == "qwen2":
+        cfg = transformers.Qwen2Config(num_attention_heads=4, num_key_value_heads=2, bos_token_id=1,
+                                       eos_token_id=1, **common)
+        return transformers.Qwen2ForCausalLM(cfg).eval()
+    raise ValueError(name)
