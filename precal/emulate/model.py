@@ -21,9 +21,11 @@ that applies a :class:`QuantConfig`:
   batch: "current scaling"). Other operations (activations functions, pooling, residual
   additions, normalisation) stay in float32.
 
-Config names: ``"fp32"`` (no change), a float format name (compute precision), or
+Config names: ``"fp32"`` (no change), a float format name (compute precision),
 ``"w{bits}a{bits}[-g{group}]"`` such as ``"w8a8"``, ``"w4a8"``, ``"w4a4"``,
-``"w4a16-g128"``.
+``"w4a16-g128"``, or a block format (:mod:`precal.emulate.mx`): ``"mxfp8"``, ``"mxfp6"``,
+``"mxfp4"``, ``"mxint8"``, ``"nvfp4"`` quantize weights and layer inputs in blocks along the
+reduction dimension (``"w-mxfp4"``: weights only; ``"mxfp4-rceil"``: another MX scale rule).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import mx
 from .formats import FloatFormat, IntFormat, format_info
 from .observers import OBSERVERS, RangeObserver
 from .quantize import SCALE_RULES, fake_quantize_int, int_qparams, quantize
@@ -78,6 +81,10 @@ class QuantConfig:
     weight_scale_rule : {"qmax", "half_range"}, default="qmax"
     fold_bn : bool, default=True
         Fold BatchNorm into the preceding layer before quantizing weights.
+    weight_block, act_block : str, optional
+        Block format (``"mxfp8"``, ``"mxfp4"``, ``"nvfp4"``, ...; see
+        :func:`~precal.emulate.block_quantize`) of the weights and of the layer inputs,
+        blocks along the reduction dimension, scales computed per call (dynamic).
     """
 
     name: str
@@ -88,8 +95,13 @@ class QuantConfig:
     observer: str = "minmax"
     weight_scale_rule: str = "qmax"
     fold_bn: bool = True
+    weight_block: str | None = None
+    act_block: str | None = None
 
     def __post_init__(self) -> None:
+        for block in (self.weight_block, self.act_block):
+            if block is not None:
+                mx.parse_block_format(block)
         for fmt_name, kind in ((self.weight_format, IntFormat), (self.act_format, IntFormat),
                                (self.compute, FloatFormat)):
             if fmt_name is not None and not isinstance(format_info(fmt_name), kind):
@@ -101,7 +113,8 @@ class QuantConfig:
 
     @property
     def is_identity(self) -> bool:
-        return self.weight_format is None and self.act_format is None and self.compute is None
+        return (self.weight_format is None and self.act_format is None and self.compute is None
+                and self.weight_block is None and self.act_block is None)
 
 
 def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
@@ -111,7 +124,7 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
     --------
     >>> from precal.emulate import parse_config
     >>> parse_config("w4a16-g128")
-    QuantConfig(name='w4a16-g128', weight_format='int4', weight_group_size=128, act_format=None, compute=None, observer='minmax', weight_scale_rule='qmax', fold_bn=True)
+    QuantConfig(name='w4a16-g128', weight_format='int4', weight_group_size=128, act_format=None, compute=None, observer='minmax', weight_scale_rule='qmax', fold_bn=True, weight_block=None, act_block=None)
     """
     if isinstance(config, QuantConfig):
         return replace(config, **options) if options else config
@@ -137,6 +150,9 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
         )
     if key == "fp32":
         return QuantConfig(name=key, **options)
+    blocks = mx.parse_block_config(key)
+    if blocks is not None:
+        return QuantConfig(name=key, weight_block=blocks[0], act_block=blocks[1], **options)
     try:
         fmt = format_info(key)
     except ValueError:
@@ -146,7 +162,8 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
     raise ValueError(
         f"Unknown config {config!r}: use 'fp32', a float format name for compute precision "
         "('fp16', 'bf16', 'tf32', 'fp8_e4m3', 'fp8_e5m2', ...), or 'w<bits>a<bits>[-g<group>]' "
-        "such as 'w8a8', 'w4a8', 'w4a4', 'w4a16-g128'."
+        "such as 'w8a8', 'w4a8', 'w4a4', 'w4a16-g128', or a block format ('mxfp8', 'mxfp6', 'mxfp4', "
+        "'nvfp4', 'w-mxfp4', 'mxfp4-rceil', ...)."
     )
 
 
@@ -182,6 +199,9 @@ class EmulatedLayer(nn.Module):
         if config.weight_format:
             weight = quantize(weight, config.weight_format, axis=0, group_size=group,
                               scale_rule=config.weight_scale_rule)
+        self.weight_block_axis, self.input_block_axis = mx.layer_block_axes(layer)
+        if config.weight_block:
+            weight = mx.block_quantize(weight, config.weight_block, axis=self.weight_block_axis)
         if compute is not None:
             weight = _scaled_round(weight, compute) if compute.bits <= 8 else round_float(weight, compute)
             if bias is not None and compute.bits > 8 and compute.name != "tf32":
@@ -219,6 +239,8 @@ class EmulatedLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
+        if self.config.act_block:
+            x = mx.block_quantize(x, self.config.act_block, axis=self.input_block_axis)
         if self.act_format is not None:
             if self.calibrating:
                 self.observer.observe(x)
@@ -398,7 +420,7 @@ def emulate_model(
             f"Config {cfg.name!r} has nothing to emulate: the model has no nn.Linear or nn.Conv layers "
             f"({type(model).__name__}; a TorchScript or torch.export graph hides them). Pass the nn.Module itself."
         )
-    if any(c.weight_format and c.fold_bn for c in all_cfgs):
+    if any((c.weight_format or c.weight_block) and c.fold_bn for c in all_cfgs):
         fold_batchnorm(emulated)
     layers: list[EmulatedLayer] = []
     for name in quantizable_layers(emulated):
