@@ -338,10 +338,11 @@ def mx_quantize(
     A zero block gives ``e = -127`` and zeros (signs kept). The clamp at -127 flushes the
     small elements of blocks with tiny amax; at the top, finite inputs never reach
     ``e = 127`` except in MX INT8. An inf makes amax inf, whose float32 exponent field reads
-    as ``2**128`` (torchao's rule): the finite elements of its block flush to 0 and the inf
+    as ``2**128`` (torchao's rule), so its block gets ``e = 128 - emax_elem``: the inf
     saturates to ``max * X``, which overflows float32 back to inf for the float elements
-    (MX INT8 keeps ``±(127/64) * 2**127``). The spec does not define inf/NaN inputs; this
-    is torchao's behaviour.
+    (MX INT8, clamped at ``e = 127``, gives ``±(127/64) * 2**127``), and the finite elements
+    are rounded on that coarse scale (all but the very largest become 0). The spec leaves
+    inf/NaN inputs to the implementation; this is torchao's behaviour.
 
     Examples
     --------
