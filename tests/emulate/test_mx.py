@@ -397,12 +397,15 @@ def test_nvfp4_special_values():
 
 # --------------------------------------------------------------------------- torchao, bit for bit
 def _torchao():
-    pytest.importorskip("torchao")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torchao.prototype.mx_formats import mx_tensor, nvfp4_tensor
-        from torchao.prototype.mx_formats.config import ScaleCalculationMode
-        from torchao.prototype.mx_formats.constants import DTYPE_FP6_E2M3, DTYPE_FP6_E3M2
+    """torchao's MX/NVFP4 modules (``pip install -c .ci/constraints.txt torchao``), or a skip."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchao.prototype.mx_formats import mx_tensor, nvfp4_tensor
+            from torchao.prototype.mx_formats.config import ScaleCalculationMode
+            from torchao.prototype.mx_formats.constants import DTYPE_FP6_E2M3, DTYPE_FP6_E3M2
+    except ImportError as exc:
+        pytest.skip(f"torchao's MX/NVFP4 reference is not importable: {exc}")
     dtypes = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2, "fp6_e2m3": DTYPE_FP6_E2M3,
               "fp6_e3m2": DTYPE_FP6_E3M2, "fp4_e2m1": torch.float4_e2m1fn_x2}
     return mx_tensor, nvfp4_tensor, ScaleCalculationMode, dtypes
@@ -419,6 +422,9 @@ def _mixed_magnitudes(seed=0):
     x[4, 40] = -float("inf")
     x[5, :32] = torch.randn(32, generator=gen) * 3e38 / 4
     x[6, 64:96] = torch.tensor([2.0**-126] * 16 + [2.0**-130] * 16)  # scale 2**-127 (torchao's corner)
+    # amax / max just above 2**111 for e4m3, e5m2 and e3m2: torch.log2 rounds to 111 (RCEIL below)
+    x[7, :32] = torch.randn(32, generator=gen) * 1e35
+    x[7, 0] = 1.1630763977877017e36
     return x
 
 
@@ -430,13 +436,25 @@ def test_mx_bit_exact_with_torchao(elem, rounding):
     scale, data = mx_tensor.to_mx(x.clone(), dtypes[elem], 32, mode(rounding))
     ref = mx_tensor.to_dtype(data, scale, dtypes[elem], 32, torch.float32)
     elements, codes = mx_encode(x, elem, scale_rounding=rounding)
-    assert torch.equal(codes, scale.view(torch.uint8))  # every E8M0 code
+    theirs = scale.view(torch.uint8)
+    missed = torch.zeros_like(codes, dtype=torch.bool)
+    if rounding == "rceil":
+        # torchao's eager RCEIL takes ceil(torch.log2(amax / max)); where amax / max lies just above
+        # a power of two, torch.log2 rounds to the integer and misses the ceiling by one (NVIDIA's
+        # instruction and precal round up exactly).
+        d = x.reshape(192, -1, 32).abs().amax(-1) / MX_ELEMENTS[elem].max
+        log2 = torch.log2(d)
+        missed = (log2 == torch.round(log2)) & ((d.view(torch.int32) & 0x7FFFFF) != 0) & (d >= 2.0**-126)
+        assert torch.equal(codes[missed].int(), theirs[missed].int() + 1)
+        assert missed.any() == (elem in ("fp8_e4m3", "fp8_e5m2", "fp6_e3m2"))
+    assert torch.equal(codes[~missed], theirs[~missed])  # every other E8M0 code
     # torchao divides by 2**-126 where the scale is 2**-127 (and RCEIL multiplies by 1 there)
     # but multiplies back by 2**-127; precal uses 2**-127 both ways, as the spec does.
     corner = (codes == 0).repeat_interleave(32, dim=1)
     assert corner.any() and corner.sum() < x.numel() // 20
+    compared = ~corner & ~missed.repeat_interleave(32, dim=1)
     got = mx_quantize(x, elem, scale_rounding=rounding)
-    assert same_bits(got[~corner].numpy(), ref[~corner].numpy())
+    assert same_bits(got[compared].numpy(), ref[compared].numpy())
     # the corner blocks without nonzero elements agree as well (zeros)
     zero_rows = corner & (x == 0)
     assert same_bits(got[zero_rows].numpy(), ref[zero_rows].numpy())
