@@ -101,6 +101,8 @@ import torch
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # measure this checkout's precal, not another installed copy
+    sys.path.insert(0, str(REPO_ROOT))
 DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_DOCS_PAGE = REPO_ROOT / "docs" / "benchmarks-emulate.md"
 RERUN_COMMAND = "python benchmarks/bench_emulate.py"

@@ -199,9 +199,10 @@ class EmulatedLayer(nn.Module):
         if config.weight_format:
             weight = quantize(weight, config.weight_format, axis=0, group_size=group,
                               scale_rule=config.weight_scale_rule)
-        self.weight_block_axis, self.input_block_axis = mx.layer_block_axes(layer)
-        if config.weight_block:
-            weight = mx.block_quantize(weight, config.weight_block, axis=self.weight_block_axis)
+        if config.weight_block or config.act_block:  # blocks along the reduction dimension
+            self.weight_block_axis, self.input_block_axis = mx.layer_block_axes(layer)
+            if config.weight_block:
+                weight = mx.block_quantize(weight, config.weight_block, axis=self.weight_block_axis)
         if compute is not None:
             weight = _scaled_round(weight, compute) if compute.bits <= 8 else round_float(weight, compute)
             if bias is not None and compute.bits > 8 and compute.name != "tf32":

@@ -436,6 +436,8 @@ def _nvfp4_tensor_scale(x32: torch.Tensor, per_tensor_scale: Any) -> torch.Tenso
     if isinstance(per_tensor_scale, str):
         if per_tensor_scale != "amax":
             raise ValueError(f"per_tensor_scale must be 'amax', None or a positive number, got {per_tensor_scale!r}.")
+        if x32.numel() == 0:
+            return torch.ones((), dtype=torch.float32, device=x32.device)
         amax = torch.maximum(x32.amax(), x32.amin().neg()).abs()
         scale = amax / NVFP4_TENSOR_DENOMINATOR
         # An all-zero tensor: 0/0 would make every block NaN (torchao); use 1 as TransformerEngine does.
@@ -523,7 +525,7 @@ def nvfp4_quantize(x: Any, *, axis: int = -1, per_tensor_scale: Any = "amax") ->
     """
     t, was_numpy, axis = _check_nvfp4(x, axis)
     if t.numel() == 0:
-        _nvfp4_tensor_scale(t.to(torch.float32).reshape(1), per_tensor_scale)  # validate the argument
+        _nvfp4_tensor_scale(t.to(torch.float32), per_tensor_scale)  # validate the argument
         return _finish(t.clone(), t, was_numpy)
     elements, _, _, total, restore = _nvfp4_core(t.to(torch.float32), axis, per_tensor_scale)
     return _finish(restore(elements.mul_(total)), t, was_numpy)

@@ -531,6 +531,11 @@ def test_bad_tensors():
     with pytest.raises(TypeError, match="elem_format must be a format name"):
         mx_quantize(torch.ones(32), 4)
     assert mx_quantize(torch.ones(0, 32), "fp4").shape == (0, 32)
+    assert nvfp4_quantize(torch.ones(3, 0)).shape == (3, 0)
+    elements, codes = mx_encode(torch.ones(0, 40), "fp8_e4m3")
+    assert elements.shape == (0, 40) and codes.shape == (0, 2)
+    elements, scales, s = nvfp4_encode(torch.ones(0, 40))
+    assert elements.shape == (0, 40) and scales.shape == (0, 3) and s.item() == 1.0
 
 
 @pytest.mark.parametrize("value, error, match", [
