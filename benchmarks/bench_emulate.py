@@ -12,7 +12,13 @@ What is measured, in one run, on every available device (the CPU, and the GPU wh
    * the formats precal emulates with integer bit operations: ``tf32``, ``fp6_e3m2``,
      ``fp6_e2m3``, ``fp4_e2m1`` (plain element rounding, no scale);
    * integer formats with scales: ``int8`` and ``int4`` per tensor, ``int8`` per channel
-     (``axis=0``), ``int4`` per group of 128 (``group_size=128``).
+     (``axis=0``), ``int4`` per group of 128 (``group_size=128``);
+   * block-scaled formats (``precal.emulate.block_quantize``, blocks along the last axis):
+     MX with E8M0 scales and the spec's floor rule, blocks of 32, elements fp8_e4m3
+     (``mxfp8``), fp6_e2m3 (``mxfp6``), fp4_e2m1 (``mxfp4``) and int8 (``mxint8``); MXFP4
+     with NVIDIA's RCEIL rule (``mxfp4-rceil``); NVFP4 (blocks of 16, e4m3 block scales, a
+     float32 per-tensor scale); and, for comparison, ``fp4_e2m1`` with a float32 amax scale
+     per group of 32 (``quantize(x, "fp4_e2m1", group_size=32)``).
 
    The baseline is a *plain cast* round trip ``x.to(torch.bfloat16).to(torch.float32)``,
    timed in the same run. Every operation gets one untimed warm-up call; then the timed
@@ -33,6 +39,9 @@ What is measured, in one run, on every available device (the CPU, and the GPU wh
      seeded ``N(0, 1)`` images of 3 x 32 x 32; calibration data: 256 other seeded images.
      Its time is dominated by the convolutions, so its ratios reflect compute.
 
+   The block-format configs ``mxfp8, mxfp4, nvfp4`` (weights and layer inputs in blocks)
+   are timed in (a) and (b) as well, without a target and outside the sweep of (c).
+
    For each config: (a) the one-time cost of ``emulate_model(model, config,
    calibration_data=...)`` (deep copy, BatchNorm folding, weight quantization, activation
    calibration: one forward pass of up to 8 batches of 256 calibration inputs), and (b)
@@ -47,6 +56,7 @@ Targets (from the issue that asked for the emulator):
 
 * native-cast formats (fp16, bf16, fp8_e4m3, fp8_e5m2): ``quantize`` <= 2x a plain cast;
 * emulated formats (tf32, fp6, fp4): ``quantize`` <= 15x a plain cast;
+* block-scaled formats (MX, NVFP4): <= 15x a plain cast (issue 15);
 * integer ``w*a*`` configs: forward pass of the emulated model <= 3x the fp32 forward
   pass once the weights are quantized (part 2b). Integer ``quantize`` calls and the float
   model configs are reported without a target.
@@ -91,6 +101,8 @@ import torch
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # measure this checkout's precal, not another installed copy
+    sys.path.insert(0, str(REPO_ROOT))
 DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_DOCS_PAGE = REPO_ROOT / "docs" / "benchmarks-emulate.md"
 RERUN_COMMAND = "python benchmarks/bench_emulate.py"
@@ -98,6 +110,7 @@ RERUN_COMMAND = "python benchmarks/bench_emulate.py"
 #: Targets checked by this benchmark (ratios of median times).
 NATIVE_TARGET = 2.0
 EMULATED_TARGET = 15.0
+BLOCK_TARGET = 15.0
 MODEL_INT_TARGET = 3.0
 
 NATIVE_FORMATS = ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
@@ -109,8 +122,20 @@ INT_CASES = (
     ("int8 per-channel (axis=0)", "int8", {"axis": 0}),
     ("int4 per-group (group_size=128)", "int4", {"group_size": 128}),
 )
+#: (label, block format name of block_quantize)
+BLOCK_CASES = (
+    ("mxfp8 (fp8_e4m3, 32)", "mxfp8"),
+    ("mxfp6 (fp6_e2m3, 32)", "mxfp6"),
+    ("mxfp4 (fp4_e2m1, 32)", "mxfp4"),
+    ("mxint8 (int8, 32)", "mxint8"),
+    ("mxfp4-rceil", "mxfp4-rceil"),
+    ("nvfp4 (fp4_e2m1, 16, e4m3 + fp32)", "nvfp4"),
+)
+GROUP32_LABEL = "fp4_e2m1, fp32 scale per 32 (group_size=32)"
 BASELINE_LABEL = "plain cast x.to(bfloat16).to(float32)"
 MODEL_CONFIGS = ("fp32", "bf16", "fp16", "fp8_e4m3", "w8a8", "w4a8", "w4a4", "w4a16-g128")
+#: timed per config (emulate_model, forward), not in the sweep, no target
+MODEL_BLOCK_CONFIGS = ("mxfp8", "mxfp4", "nvfp4")
 MODEL_BATCH = 256
 
 
@@ -209,7 +234,7 @@ def _stats_ms(times_s: list[float]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- part 1: quantize
 def bench_quantize(device: torch.device, sizes: Sizes, seed: int) -> dict[str, Any]:
     """Time ``quantize`` for every format against the plain bf16 cast round trip."""
-    from precal.emulate import format_info, quantize
+    from precal.emulate import block_quantize, format_info, quantize
 
     repeats = _repeats(sizes.quant_repeats, sizes, device)
     gen = torch.Generator().manual_seed(seed)
@@ -235,6 +260,13 @@ def bench_quantize(device: torch.device, sizes: Sizes, seed: int) -> dict[str, A
         cases.append({"label": label, "format": fmt, "kwargs": kwargs, "category": "integer",
                       "path": "scales + round + clamp", "target": None})
         fns[label] = (lambda f=fmt, kw=kwargs: quantize(x, f, **kw))
+    for label, name in BLOCK_CASES:
+        cases.append({"label": label, "format": name, "kwargs": {"axis": -1}, "category": "block-scaled",
+                      "path": "block amax, scale exponents, element rounding", "target": BLOCK_TARGET})
+        fns[label] = (lambda n=name: block_quantize(x, n, axis=-1))
+    cases.append({"label": GROUP32_LABEL, "format": "fp4_e2m1", "kwargs": {"group_size": 32},
+                  "category": "float, fp32 group scales", "path": "amax / max scale per group", "target": None})
+    fns[GROUP32_LABEL] = lambda: quantize(x, "fp4_e2m1", group_size=32)
     times, _ = time_round_robin(fns, repeats, device)
     base = _stats_ms(times[BASELINE_LABEL])
     numel = x.numel()
@@ -370,19 +402,21 @@ def bench_model(spec: dict[str, Any], device: torch.device, sizes: Sizes) -> dic
     emulate_repeats = _repeats(spec["emulate_repeats"], sizes, device)
 
     # (a) one-time cost of emulate_model; the copies of the last round are kept for (b)
-    build = {c: (lambda c=c: emulate_model(model, c, calibration_data=cal, group_fallback="channel")) for c in MODEL_CONFIGS}
+    all_configs = MODEL_CONFIGS + MODEL_BLOCK_CONFIGS
+    build = {c: (lambda c=c: emulate_model(model, c, calibration_data=cal, group_fallback="channel"))
+             for c in all_configs}
     build_times, emulated = time_round_robin(build, emulate_repeats, device, keep_last=True)
 
     # (b) forward pass over the data: the original fp32 model and every emulated copy
     fwd = {"original (fp32)": lambda: _forward_all(model, batches)}
-    fwd |= {c: (lambda m=emulated[c]: _forward_all(m, batches)) for c in MODEL_CONFIGS}
+    fwd |= {c: (lambda m=emulated[c]: _forward_all(m, batches)) for c in all_configs}
     fwd_times, _ = time_round_robin(fwd, repeats, device)
     base = _stats_ms(fwd_times["original (fp32)"])
 
     configs = []
-    for c in MODEL_CONFIGS:
+    for c in all_configs:
         layers = [m for m in emulated[c].modules() if isinstance(m, EmulatedLayer)]
-        is_int = c.startswith("w")
+        is_int = c in MODEL_CONFIGS and c.startswith("w")
         entry = {
             "config": c,
             "emulated_layers": len(layers),
@@ -404,7 +438,8 @@ def bench_model(spec: dict[str, Any], device: torch.device, sizes: Sizes) -> dic
     sweep_s = time.perf_counter() - start
     with torch.no_grad():
         reference = torch.cat([model(b) for b in batches]).float().cpu().numpy()
-    sum_parts_ms = sum(e["emulate_model"]["median_ms"] + e["forward"]["median_ms"] for e in configs)
+    sum_parts_ms = sum(e["emulate_model"]["median_ms"] + e["forward"]["median_ms"] for e in configs
+                       if e["config"] in MODEL_CONFIGS)
     return {
         "name": spec["name"],
         "description": spec["description"],
@@ -421,6 +456,7 @@ def bench_model(spec: dict[str, Any], device: torch.device, sizes: Sizes) -> dic
         "configs": configs,
         "sweep": {
             "seconds": sweep_s,
+            "n_configs": len(MODEL_CONFIGS),
             "ratio_to_fp32_forward": sweep_s * 1e3 / base["median_ms"],
             "sum_of_parts_ms": sum_parts_ms,
             "fp32_logits_max_abs_diff": float(np.max(np.abs(logits["fp32"] - reference))),
@@ -565,7 +601,7 @@ def _spaced(n: int) -> str:
 def _sweep_line(m: dict[str, Any]) -> str:
     s = m["sweep"]
     return (
-        f"sweep over all {len(m['configs'])} configs, once: {s['seconds']:.3f} s = "
+        f"sweep over all {s.get('n_configs', len(m['configs']))} configs of the list, once: {s['seconds']:.3f} s = "
         f"{s['ratio_to_fp32_forward']:.1f}x one fp32 forward pass (sum of the medians of emulate_model + "
         f"forward above: {s['sum_of_parts_ms'] / 1e3:.3f} s); its fp32 logits differ from the original "
         f"model's by at most {s['fp32_logits_max_abs_diff']:.1e}"
@@ -578,7 +614,8 @@ def check_targets(devices: dict[str, Any]) -> list[dict[str, Any]]:
     for dev, res in devices.items():
         q = res["quantize"]
         for category, formats, target in (("native cast", NATIVE_FORMATS, NATIVE_TARGET),
-                                           ("emulated", EMULATED_FORMATS, EMULATED_TARGET)):
+                                           ("emulated", EMULATED_FORMATS, EMULATED_TARGET),
+                                           ("block-scaled", [n for _, n in BLOCK_CASES], BLOCK_TARGET)):
             rows = [c for c in q["formats"] if c["category"] == category]
             misses = [f"{c['label']} {c['ratio_to_cast']:.2f}x" for c in rows if not c["met"]]
             worst = max(rows, key=lambda c: c["ratio_to_cast"])
@@ -688,14 +725,19 @@ def method_text(report: dict[str, Any]) -> str:
         f"1. `precal.emulate.quantize(x, fmt)` on a seeded {rows} x {cols} float32 tensor `x = 3 N(0, 1)` for the "
         "formats torch casts natively (fp16, bf16, fp8_e4m3, fp8_e5m2), the formats precal rounds with integer "
         "bit operations (tf32, fp6_e3m2, fp6_e2m3, fp4_e2m1), and integer fake quantization with scales (int8 "
-        "and int4 per tensor, int8 per output channel, int4 per group of 128), against a plain cast round trip "
-        "`x.to(torch.bfloat16).to(torch.float32)` timed in the same run.",
+        "and int4 per tensor, int8 per output channel, int4 per group of 128), block-scaled formats "
+        "(`block_quantize` along the last axis: MXFP8, MXFP6 (e2m3), MXFP4, MXINT8 with E8M0 floor scales over "
+        "blocks of 32, MXFP4 with the RCEIL rule, NVFP4 with e4m3 scales over blocks of 16 and a float32 tensor "
+        "scale; and fp4_e2m1 with a float32 scale per group of 32 for comparison), against a plain cast round "
+        "trip `x.to(torch.bfloat16).to(torch.float32)` timed in the same run.",
         "2. For the configs " + ", ".join(f"`{c}`" for c in MODEL_CONFIGS) + ", on two models with random "
         "seeded weights: (a) the one-time cost of `emulate_model(model, config, calibration_data=...)` (copy, "
         "BatchNorm folding, weight quantization, activation calibration), (b) one forward pass of the emulated "
         f"copy over the data in batches of {MODEL_BATCH} under `torch.no_grad()`, divided by the same pass of the "
         "original fp32 model (which keeps its BatchNorm layers), and (c) one call of "
-        "`sweep(model, data, configs, calibration_data=..., progress=False)` over the whole list. The tiny "
+        "`sweep(model, data, configs, calibration_data=..., progress=False)` over the whole list. The block "
+        "configs " + ", ".join(f"`{c}`" for c in MODEL_BLOCK_CONFIGS) + " (weights and layer inputs in blocks "
+        "along the reduction dimension) are timed in (a) and (b) too, outside the sweep and without a target. The tiny "
         "`DigitsCNN` of the demo shows the fixed per-call overhead; `CNN32` (defined in the script, "
         "convolution-bound) shows the cost relative to compute.",
         "",
@@ -715,6 +757,9 @@ def method_text(report: dict[str, Any]) -> str:
         f"- **Emulated formats <= {EMULATED_TARGET:g}x a plain cast.** tf32, fp6 and fp4 have no torch dtype: "
         "precal rounds the float32 bit pattern (ties to even), handles subnormals, overflow, the sign and NaN "
         "with element-wise ops, each of which is a full pass over memory. The target bounds that cost.",
+        f"- **Block-scaled formats <= {BLOCK_TARGET:g}x a plain cast** (issue 15). MX and NVFP4 add to the "
+        "element rounding a per-block amax, the scale exponent (E8M0) or e4m3 block scale, and two multiplies; "
+        "no Python loop runs over blocks.",
         f"- **Integer model configs <= {MODEL_INT_TARGET:g}x the fp32 forward pass.** Once `emulate_model` has "
         "quantized the weights (a one-time cost, reported separately), an emulated forward pass only adds the "
         "fake quantization of each layer's input. The target says that evaluating a model at w8a8/w4a8/w4a4/"
@@ -856,6 +901,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads or "library defaults",
         "sizes": asdict(sizes),
         "model_configs": list(MODEL_CONFIGS),
+        "model_block_configs": list(MODEL_BLOCK_CONFIGS),
         "load_average": {"start": load_start, "end": _load_average()},
         "total_seconds": round(time.perf_counter() - wall_start, 1),
         "process_cpu_seconds": _cpu_seconds(usage_start),

@@ -309,7 +309,6 @@ def numpy_ece(y: np.ndarray, prob: np.ndarray) -> float:
     correct = prob.argmax(axis=1) == y
     edges = np.linspace(0.0, 1.0, N_BINS + 1)
     idx = np.searchsorted(edges[1:-1], confidence, side="right")
-    count = np.bincount(idx, minlength=N_BINS)
     conf_sum = np.bincount(idx, weights=confidence, minlength=N_BINS)
     acc_sum = np.bincount(idx, weights=correct, minlength=N_BINS)
     return float(np.abs(acc_sum - conf_sum).sum() / len(y))

@@ -28,6 +28,19 @@ from .model import (
     parse_config,
     quantizable_layers,
 )
+from .mx import (
+    BLOCK_FORMATS,
+    MX_ELEMENTS,
+    MX_SCALE_ROUNDINGS,
+    MXElement,
+    block_quantize,
+    mx_decode,
+    mx_encode,
+    mx_quantize,
+    nvfp4_decode,
+    nvfp4_encode,
+    nvfp4_quantize,
+)
 from .observers import OBSERVERS, RangeObserver
 from .quantize import SCALE_RULES, fake_quantize_int, int_qparams, quantize
 from .sweep import predict_logits, sweep
@@ -44,6 +57,17 @@ __all__ = [
     "fake_quantize_int",
     "int_qparams",
     "SCALE_RULES",
+    "mx_quantize",
+    "mx_encode",
+    "mx_decode",
+    "nvfp4_quantize",
+    "nvfp4_encode",
+    "nvfp4_decode",
+    "block_quantize",
+    "MXElement",
+    "MX_ELEMENTS",
+    "MX_SCALE_ROUNDINGS",
+    "BLOCK_FORMATS",
     "round_logits",
     "softmax_in_format",
     "QuantConfig",

@@ -37,6 +37,7 @@ from torch import nn
 
 from .activations import make_act_quantizer
 from .formats import FloatFormat, format_info
+from .mx import block_quantize
 from .rounding import round_float
 from .weights import WEIGHT_SCHEMES
 
@@ -271,6 +272,9 @@ class EmulatedLayer(nn.Module):
                                                                    name=name)
             weight = result.weight.reshape(weight.shape).float()
             input_scale = result.input_scale
+        self.act_block = getattr(config, "act_block", None)
+        if getattr(config, "weight_block", None):  # blocks along the reduction axis of the output-first weight
+            weight = block_quantize(weight, config.weight_block, axis=1)
         if compute is not None:
             weight = round_operand(weight, compute)
             if bias is not None and compute.bits > 8 and compute.name != "tf32":
@@ -324,6 +328,8 @@ class EmulatedLayer(nn.Module):
             shape = [1] * x.dim()
             shape[self.adapter.feature_dim] = -1
             x = x / self.input_scale.reshape(shape)
+        if self.act_block:  # blocks along the input's feature (reduction) axis
+            x = block_quantize(x, self.act_block, axis=self.adapter.feature_dim)
         if self.act is not None:
             x = self.act(x)
         fmt = self.compute_format

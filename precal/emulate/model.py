@@ -32,7 +32,10 @@ Config names: ``"fp32"`` (no change), a float format name (compute precision) wi
 optional ``-attn``, or ``"w{bits}a{bits}[-g{group}][-asym][-dyn]"`` such as ``"w8a8"``,
 ``"w4a8"``, ``"w4a4"``, ``"w4a16-g128"``, ``"w4a16-g128-asym"``, ``"w8a8-dyn"``, and
 ``"w8a8-x86"`` (backend-faithful static int8 as torch.ao's x86 backend runs it:
-:mod:`precal.emulate.backend`).
+:mod:`precal.emulate.backend`), or a block format (:mod:`precal.emulate.mx`): ``"mxfp8"``,
+``"mxfp6"``, ``"mxfp4"``, ``"mxint8"``, ``"nvfp4"`` quantize weights and layer inputs in
+blocks along the reduction dimension (``"w-mxfp4"``: weights only; ``"mxfp4-rceil"``:
+another MX scale rule).
 Group-wise and dynamic configs are LLM-style: they keep the model's output layer
 (``lm_head``, the final classifier) in float, as GPTQ/AWQ/llmcompressor deployments do.
 """
@@ -52,6 +55,7 @@ from torch import nn
 from .activations import ACT_SCHEMES
 from .batches import call_model, check_batch, iter_batches, to_device
 from .formats import FloatFormat, IntFormat, format_info
+from . import mx
 from .layers import EmulatedLayer, LayerAdapter, adapter_for, registered_layers
 from .observers import OBSERVERS
 from .quantize import SCALE_RULES
@@ -132,6 +136,10 @@ class QuantConfig:
         that ``torch.fx`` can trace).
     fold_bn : bool, default=True
         Fold BatchNorm into the preceding layer before quantizing weights.
+    weight_block, act_block : str, optional
+        Block format (``"mxfp8"``, ``"mxfp4"``, ``"nvfp4"``, ...; see
+        :func:`~precal.emulate.block_quantize`) of the weights and of the layer inputs,
+        blocks along the reduction dimension, scales computed per call (dynamic).
     options : dict
         Free-form options for registered schemes (e.g. a PTQ algorithm's damping).
     """
@@ -154,9 +162,14 @@ class QuantConfig:
     group_fallback: str = "error"
     quantize_outputs: bool = False
     fold_bn: bool = True
+    weight_block: str | None = None
+    act_block: str | None = None
     options: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        for block in (self.weight_block, self.act_block):
+            if block is not None:
+                mx.parse_block_format(block)
         for label, fmt_name in (("weight_format", self.weight_format), ("act_format", self.act_format),
                                 ("compute", self.compute)):
             if fmt_name is not None:
@@ -191,7 +204,8 @@ class QuantConfig:
 
     @property
     def is_identity(self) -> bool:
-        return self.weight_format is None and self.act_format is None and self.compute is None
+        return (self.weight_format is None and self.act_format is None and self.compute is None
+                and self.weight_block is None and self.act_block is None)
 
 
 def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
@@ -249,6 +263,9 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
         return QuantConfig(name=key, **{**fields, **options})
     if key == "fp32":
         return QuantConfig(name=key, **options)
+    blocks = mx.parse_block_config(key)
+    if blocks is not None:
+        return QuantConfig(name=key, weight_block=blocks[0], act_block=blocks[1], **options)
     match = _FLOAT_RE.match(key)
     try:
         fmt = format_info(match.group(1)) if match else None
@@ -259,7 +276,8 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
     raise ValueError(
         f"Unknown config {config!r}: use 'fp32', a float format name for compute precision "
         "('fp16', 'bf16', 'tf32', 'fp8_e4m3', 'fp8_e5m2', ..., optionally with '-attn'), or "
-        "'w<bits>a<bits>[-g<group>][-asym][-dyn]' such as 'w8a8', 'w4a8', 'w4a4', 'w4a16-g128', 'w8a8-dyn'."
+        "'w<bits>a<bits>[-g<group>][-asym][-dyn]' such as 'w8a8', 'w4a8', 'w4a4', 'w4a16-g128', 'w8a8-dyn', "
+        "or a block format ('mxfp8', 'mxfp6', 'mxfp4', 'mxint8', 'nvfp4', 'w-mxfp4', 'mxfp4-rceil', ...)."
     )
 
 
@@ -582,7 +600,7 @@ def emulate_model(
         return copy.deepcopy(model).eval()
     cfg, layer_cfgs, plan, embeddings, all_cfgs, needs_inputs = prep
     emulated = copy.deepcopy(model).eval()
-    if any(c.weight_format and c.fold_bn for c in all_cfgs) and any(
+    if any((c.weight_format or c.weight_block) and c.fold_bn for c in all_cfgs) and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in emulated.modules()):
         fold_batchnorm(emulated)
     targets = {name: (emulated.get_submodule(name) if name else emulated) for name, *_ in plan}
