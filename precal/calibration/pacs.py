@@ -257,7 +257,7 @@ class PACSCalibrator(BaseLogitCalibrator):
     (only ``(a, b)``, the objective and its gradient pass through the host for scipy); on
     the CPU the blocks of a pass are shared among up to ``precal.get_config()["n_threads"]``
     threads (see :mod:`precal._threads`), with the same result for any thread count; a
-    2-D ``numpy.memmap`` is read block by block from its file in every pass, so logits
+    2-D ``numpy.memmap`` is read block by block from its mapping in every pass, so logits
     larger than memory can be fitted (the result equals the in-memory fit).
 
     **Shift.** The risk uses the raw logits (rounding error depends on their actual

@@ -87,7 +87,7 @@ def temperature_nll_derivatives(
     processed in blocks of about ``2**18`` elements on the tensors' device, so memory stays
     bounded for any ``n``, and on the CPU the blocks are shared among precal's threads
     (:func:`precal.config_context`); a :class:`~precal._chunks.FileRows` (a memory-mapped
-    file) is read block by block from its file.
+    file) is read block by block from its mapping.
 
     Parameters
     ----------
