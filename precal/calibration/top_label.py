@@ -328,7 +328,7 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         maps = [fit_confidence_map(conf, correct, weight, self.method, self.n_bins)]
         caps = [1.0 - 1.0 / (weight.sum() + 2.0)]
         class_map = np.zeros(n_classes, dtype=np.int64)
-        if self.per_class is not False:
+        if self.per_class == "auto" or self.per_class:  # also numpy.bool_
             count = np.bincount(pred, weights=weight, minlength=n_classes)
             need = self.min_samples_per_class if self.per_class == "auto" else 0
             for c in np.flatnonzero((count > 0) & (count >= need)):
