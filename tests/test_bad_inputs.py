@@ -172,15 +172,26 @@ BAD_HYPERPARAMETERS = [  # applied to every calibrator that has the parameter
     ("precision", "fp99", "precision"), ("precision", math.nan, "precision"), ("risk", "bogus", "risk"),
     ("norm", 0, "norm"), ("norm", -1, "norm"), ("map", "bogus", "map"), ("reg_lambda", -1.0, "reg_lambda"),
     ("reg_lambda", math.nan, "reg_lambda"), ("n_regions", 0, "n_regions"), ("n_regions", True, "n_regions"),
-    ("random_state", "abc", "random_state"), ("loss", "mse", "loss"), ("noise", "int5", "noise"),
+    ("random_state", "abc", "random_state"), ("loss", "bogus", "loss"), ("noise", "int5", "noise"),
     ("n_noise_copies", -1, "n_noise_copies"), ("region_names", "abc", "region_names"),
 ]
 
 
+def _assert_state_close(actual: Any, expected: Any, where: str) -> None:
+    """Numbers to rtol 1e-9; strings exactly; dicts (a wrapped calibrator's ``to_dict``) key by key."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key, value in expected.items():
+            _assert_state_close(actual[key], value, f"{where}.{key}")
+    elif np.asarray(expected).dtype.kind in "USO":
+        np.testing.assert_array_equal(actual, expected, err_msg=where)
+    else:
+        assert_allclose(actual, expected, rtol=1e-9, err_msg=where)
+
+
 def _state_matches_float64(fitted: BaseLogitCalibrator) -> None:
     reference = make(type(fitted)).fit(Z_OVERFLOW64, Y)
-    for key, value in reference._get_state().items():
-        assert_allclose(fitted._get_state()[key], value, rtol=1e-9, err_msg=key)
+    _assert_state_close(fitted._get_state(), reference._get_state(), "state")
     assert_allclose(fitted.predict_proba(Z), reference.predict_proba(Z), rtol=1e-9, atol=1e-12)
 
 

@@ -12,10 +12,10 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
-from sklearn.utils import check_scalar
 
 from .._numerics import is_tensor, log_softmax, to_numpy
-from ._base import BaseLogitCalibrator
+from .._validation import check_number, check_option
+from ._base import BaseLogitCalibrator, check_state_keys
 from .dirichlet import DirichletCalibrator
 from .ensemble_temperature import EnsembleTemperatureScaling
 from .pacs import PACSCalibrator
@@ -153,6 +153,7 @@ class AutoCalibrator(BaseLogitCalibrator):
     ['temperature', 'ets']
     """
 
+    _state_keys = ("best_name_", "best_calibrator_", "cv_results_")
     _device_native = True
 
     def __init__(
@@ -199,9 +200,8 @@ class AutoCalibrator(BaseLogitCalibrator):
         return pairs
 
     def _validate_hyperparameters(self) -> None:
-        if not isinstance(self.metric, str) or self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}.")
-        check_scalar(self.cv, "cv", numbers.Integral, min_val=2)
+        check_option(self.metric, "metric", METRICS)
+        check_number(self.cv, "cv", numbers.Integral, min_val=2)
         if self.random_state is not None and (
             isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral)
         ):
@@ -260,10 +260,7 @@ class AutoCalibrator(BaseLogitCalibrator):
 
     def _set_state(self, state: dict[str, Any]) -> None:
         """Rebuild the winner with :meth:`BaseLogitCalibrator.from_dict` (precal's classes only, no code run)."""
-        keys = ("best_name_", "best_calibrator_", "cv_results_")
-        missing = set(keys) - set(state)
-        if missing:
-            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
+        check_state_keys(state, self._state_keys, "AutoCalibrator")
         for key, kind in (("best_calibrator_", dict), ("cv_results_", dict), ("best_name_", str)):
             value = state[key]
             if isinstance(value, float) and not math.isfinite(value):
@@ -276,8 +273,16 @@ class AutoCalibrator(BaseLogitCalibrator):
         if len(best.classes_) != len(self.classes_):
             raise ValueError("Calibrator state 'best_calibrator_' has a different number of classes.")
         results = _checked_results(state["cv_results_"])
-        if state["best_name_"] not in results["candidate"]:
+        pairs = dict(self._candidate_list())
+        if results["candidate"] != list(pairs):
+            raise ValueError(f"Calibrator state 'cv_results_' candidates {results['candidate']} are not those of "
+                             f"params['candidates'] {list(pairs)}.")
+        if state["best_name_"] not in pairs:
             raise ValueError(f"Calibrator state 'best_name_' {state['best_name_']!r} is not one of the candidates.")
+        chosen = pairs[state["best_name_"]]
+        if type(best) is not type(chosen) or best.get_params() != chosen.get_params():
+            raise ValueError(f"Calibrator state 'best_calibrator_' is not candidate {state['best_name_']!r}: "
+                             f"{best!r} instead of {chosen!r}.")
         self.best_name_, self.best_calibrator_, self.cv_results_ = state["best_name_"], best, results
 
 

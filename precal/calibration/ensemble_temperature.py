@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_scalar
 
 from .._chunks import FileRows, rows_per_block
-from ._base import BaseLogitCalibrator, state_array, state_count
+from .._validation import check_number, check_option
+from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count, state_float
 from ._blocks import CHUNK_ELEMENTS, tensor_blocks
-from .temperature import BETA_BOUNDS, fit_temperature
+from .temperature import BETA_BOUNDS, fit_temperature, temperature_range
 
 __all__ = ["EnsembleTemperatureScaling", "ensemble_log_proba", "LOSSES"]
 
@@ -183,10 +183,9 @@ class EnsembleTemperatureScaling(BaseLogitCalibrator):
         self.tol = tol
 
     def _validate_hyperparameters(self) -> None:
-        if not isinstance(self.loss, str) or self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
-        check_scalar(self.max_iter, "max_iter", numbers.Integral, min_val=1)
-        check_scalar(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither")
+        check_option(self.loss, "loss", LOSSES)
+        check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
+        check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _fit(self, logits: torch.Tensor | FileRows, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
         n, k = logits.shape
@@ -243,19 +242,15 @@ class EnsembleTemperatureScaling(BaseLogitCalibrator):
         return _EnsembleMap(1.0 / self.temperature_, np.asarray(self.weights_, dtype=np.float64))
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        missing = set(self._state_keys) - set(state)
-        if missing:
-            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
-        temperature = state["temperature_"]
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-            raise ValueError(f"Calibrator state 'temperature_' must be a number, got {temperature!r}.")
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"Calibrator state 'temperature_' must be finite and > 0, got {temperature!r}.")
+        check_state_keys(state, self._state_keys, "EnsembleTemperatureScaling")
+        lo, hi = temperature_range()
+        temperature = state_float(state, "temperature_", min_val=lo, max_val=hi,
+                                  what=" (the temperatures a fit can give)")
         weights = state_array(state, "weights_")
         if weights.shape != (3,) or np.any(weights < 0) or not math.isclose(weights.sum(), 1.0, abs_tol=1e-9):
             raise ValueError(f"Calibrator state 'weights_' must be 3 numbers >= 0 summing to 1, got {weights}.")
         n_iter = state_count(state, "n_iter_")
-        self.temperature_, self.weights_, self.n_iter_ = float(temperature), weights, n_iter
+        self.temperature_, self.weights_, self.n_iter_ = temperature, weights, n_iter
 
 
 def _nll_objective(rows: dict[str, torch.Tensor], w: torch.Tensor, k: int):

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.isotonic import IsotonicRegression
-from sklearn.utils import check_scalar
 
 from .._numerics import to_numpy
-from ._base import BaseLogitCalibrator, state_array
-from .temperature import fit_temperature
+from .._validation import check_number, check_option
+from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_float
+from .temperature import fit_temperature, temperature_range
 
 __all__ = ["TopLabelCalibrator", "fit_confidence_map", "top_label_log_proba", "METHODS"]
 
@@ -306,14 +306,11 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         self.n_bins = n_bins
 
     def _validate_hyperparameters(self) -> None:
-        if not isinstance(self.method, str) or self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
-        if self.base not in BASES:
-            raise ValueError(f"base must be 'temperature' or None, got {self.base!r}.")
-        if not (self.per_class == "auto" or isinstance(self.per_class, (bool, np.bool_))):
-            raise ValueError(f"per_class must be 'auto', True or False, got {self.per_class!r}.")
-        check_scalar(self.min_samples_per_class, "min_samples_per_class", numbers.Integral, min_val=1)
-        check_scalar(self.n_bins, "n_bins", numbers.Integral, min_val=1)
+        check_option(self.method, "method", METHODS)
+        check_option(self.base, "base", BASES)
+        check_option(self.per_class, "per_class", ("auto", True, False))
+        check_number(self.min_samples_per_class, "min_samples_per_class", numbers.Integral, min_val=1)
+        check_number(self.n_bins, "n_bins", numbers.Integral, min_val=1)
 
     def _fit(self, logits: torch.Tensor, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
         n_classes = logits.shape[1]
@@ -331,7 +328,7 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         maps = [fit_confidence_map(conf, correct, weight, self.method, self.n_bins)]
         caps = [1.0 - 1.0 / (weight.sum() + 2.0)]
         class_map = np.zeros(n_classes, dtype=np.int64)
-        if self.per_class is not False:
+        if self.per_class == "auto" or self.per_class:  # also numpy.bool_
             count = np.bincount(pred, weights=weight, minlength=n_classes)
             need = self.min_samples_per_class if self.per_class == "auto" else 0
             for c in np.flatnonzero((count > 0) & (count >= need)):
@@ -352,14 +349,10 @@ class TopLabelCalibrator(BaseLogitCalibrator):
 
     def _set_state(self, state: dict[str, Any]) -> None:
         """Load and check the fitted maps (shapes, order, ranges) before setting anything."""
-        missing = set(self._state_keys) - set(state)
-        if missing:
-            raise ValueError(f"Calibrator state is missing key(s) {sorted(missing)}.")
-        temperature = state["temperature_"]
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-            raise ValueError(f"Calibrator state 'temperature_' must be a number, got {temperature!r}.")
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"Calibrator state 'temperature_' must be finite and > 0, got {temperature!r}.")
+        check_state_keys(state, self._state_keys, "TopLabelCalibrator")
+        lo, hi = temperature_range()
+        temperature = state_float(state, "temperature_", min_val=lo, max_val=hi,
+                                  what=" (the temperatures a fit can give)")
         breakpoints, coef = state_array(state, "breakpoints_"), state_array(state, "coef_")
         class_map, cap = state_array(state, "class_map_"), state_array(state, "cap_")
         degree = _DEGREE.get(self.method)
@@ -379,7 +372,7 @@ class TopLabelCalibrator(BaseLogitCalibrator):
             (class_map < 0) | (class_map >= n_maps)
         ):
             raise ValueError(f"Calibrator state 'class_map_' must be one integer in [0, {n_maps}) per class.")
-        self.temperature_ = float(temperature)
+        self.temperature_ = temperature
         self.breakpoints_, self.coef_, self.cap_ = breakpoints, coef, cap
         self.class_map_ = class_map.astype(np.int64)
 
