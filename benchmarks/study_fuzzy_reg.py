@@ -41,7 +41,7 @@ C. **Comparisons**, paired over splits, of every method against Dirichlet (and T
    pool of data, so p-values are nominal.
 
 D. **Parallelism.** The fits are independent: they run over ``--workers`` (default 2) spawned
-   processes, one torch/BLAS thread each (``seeds.data.set_threads``), longest first.
+   processes, one torch/BLAS thread each (``harness.set_threads``), longest first.
    Fit times are therefore taken with ``--workers`` fits running at once.
 
 E. **Outputs**: ``benchmarks/results/study_fuzzy_reg.json`` (every number, per-split values,
@@ -89,7 +89,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeds.data import set_threads  # noqa: E402
+from harness import set_threads  # noqa: E402
 from study_fuzzy import (  # noqa: E402
     _clean,
     digits_datasets,
