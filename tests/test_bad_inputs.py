@@ -368,6 +368,12 @@ METRIC_ADAPTERS: dict[str, Adapter] = {
     "classwise_calibration_error": Adapter("y_p", metrics.classwise_calibration_error, {"n_bins": N_BINS_BAD}),
     "brier_score": Adapter("y_p", metrics.brier_score, {"scale_by_half": ["x", 1, 0, None, "AUTO"]}),
     "negative_log_likelihood": Adapter("y_p", metrics.negative_log_likelihood, {}),
+    "debiased_calibration_error": Adapter("y_p", metrics.debiased_calibration_error,
+                                          {"n_bins": N_BINS_BAD, "strategy": ["equal", None, 1],
+                                           "squared": ["yes", None, 1]}),
+    "smooth_calibration_error": Adapter("y_p", metrics.smooth_calibration_error,
+                                        {"bandwidth": [math.nan, 0, -0.1, True, "wide", None],
+                                         "return_bandwidth": ["yes", None, 1]}),
     "reliability_curve": Adapter("y_p", metrics.reliability_curve, {"n_bins": N_BINS_BAD,
                                                                     "strategy": ["equal", None, 1]}),
     "calibration_error_ci": Adapter(
