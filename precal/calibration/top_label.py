@@ -317,8 +317,11 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         temperature = 1.0
         if self.base == "temperature":
             temperature = float(fit_temperature(logits, y_idx, sample_weight).temperature)
-        logp = torch.log_softmax(logits.to(torch.float64) / temperature, dim=1)
-        log_top, pred = logp.max(dim=1)
+        # the confidences exactly as top_label_log_proba computes them (z * (1/T), not z / T):
+        # histogram edges sit at calibration confidences, and a sample on an edge must fall in
+        # the same bin when it is predicted as when it was fitted
+        logp = torch.log_softmax(logits.to(torch.float64) * (1.0 / temperature), dim=-1)
+        log_top, pred = logp.max(dim=-1)
         conf, pred = to_numpy(log_top.exp()), to_numpy(pred)
         correct = (pred == to_numpy(y_idx)).astype(np.float64)
         weight = np.ones(len(pred)) if sample_weight is None else to_numpy(sample_weight).astype(np.float64)
