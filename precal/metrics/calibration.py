@@ -194,7 +194,19 @@ def _mce(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
 
 
 def _classwise(y_idx: np.ndarray, prob: Any, n_bins: int = 15) -> float:
-    n, k = prob.shape
+    conf_sum, acc_sum = _classwise_sums(y_idx, prob, n_bins)
+    return _classwise_of_sums(conf_sum, acc_sum, prob.shape[0], prob.shape[1], n_bins)
+
+
+def _classwise_of_sums(conf_sum: np.ndarray, acc_sum: np.ndarray, n: int, k: int, n_bins: int) -> float:
+    """Class-wise ECE from the ``(class, bin)`` sums of :func:`_classwise_sums` over ``n`` samples."""
+    per_class = np.abs(acc_sum - conf_sum).reshape(k, n_bins).sum(axis=1) / n
+    return float(per_class.mean())
+
+
+def _classwise_sums(y_idx: np.ndarray, prob: Any, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``(class, bin)`` (flat, ``class * n_bins + bin``) sums of probability and of correctness."""
+    _, k = prob.shape
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     offsets = np.arange(k) * n_bins  # (class, bin) -> class * n_bins + bin
     conf_sum = np.zeros(k * n_bins)
@@ -207,8 +219,7 @@ def _classwise(y_idx: np.ndarray, prob: Any, n_bins: int = 15) -> float:
         conf_sum += np.bincount((bins + offsets).ravel(), weights=p.ravel(), minlength=k * n_bins)
         # a sample counts as correct for its own class only, in the bin of that class's probability
         acc_sum += np.bincount(offsets[yb] + bins[np.arange(m), yb], minlength=k * n_bins)
-    per_class = np.abs(acc_sum - conf_sum).reshape(k, n_bins).sum(axis=1) / n
-    return float(per_class.mean())
+    return conf_sum, acc_sum
 
 
 def _brier_rows(y_idx: np.ndarray, block: Any) -> np.ndarray:
