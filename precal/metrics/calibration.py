@@ -38,6 +38,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from .._chunks import row_blocks, rows_per_block
+from .._dask import is_dask_array
 from .._numerics import as_tensor
 from .._threads import threaded
 from .._validation import check_number, check_option, check_probabilities, check_same_length, encode_labels
@@ -68,6 +69,17 @@ def _validate(y_true: Any, y_prob: Any, labels: Any, *, stream: bool = True) -> 
     check_same_length(y_true=y_true, y_prob=prob)
     _, y_idx = encode_labels(y_true, prob.shape[1], labels=labels, name="y_true", min_classes=1)
     return y_idx, prob
+
+
+def _is_dask(*arrays: Any) -> bool:
+    return any(is_dask_array(a) for a in arrays)
+
+
+def _dask_state(y_true: Any, y_prob: Any, n_bins: int, labels: Any) -> Any:
+    """The :class:`~precal.metrics.CalibrationState` of dask input, chunk by chunk (:mod:`precal._dask`)."""
+    from .._dask import dask_state
+
+    return dask_state(y_true, y_prob, n_bins, labels)
 
 
 def _check_n_bins(n_bins: Any) -> None:
@@ -310,6 +322,8 @@ def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     0.3
     """
     _check_n_bins(n_bins)
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, n_bins, labels).ece()
     return _ece(*_validate(y_true, y_prob, labels), n_bins)
 
 
@@ -344,6 +358,10 @@ def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     Learning". CVPR Workshops 2019. arXiv:1904.01685.
     """
     _check_n_bins(n_bins)
+    if _is_dask(y_true, y_prob):
+        from .._dask import dask_top_label
+
+        return _ace_of_top_label(*dask_top_label(y_true, y_prob, labels), n_bins)
     return _ace(*_validate(y_true, y_prob, labels), n_bins)
 
 
@@ -356,6 +374,8 @@ def maximum_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, lab
     Parameters and bins as in :func:`expected_calibration_error`. Equals netcal's ``MCE``.
     """
     _check_n_bins(n_bins)
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, n_bins, labels).mce()
     return _mce(*_validate(y_true, y_prob, labels), n_bins)
 
 
@@ -379,6 +399,8 @@ def classwise_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, l
     calibration". NeurIPS 2019. arXiv:1910.12656.
     """
     _check_n_bins(n_bins)
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, n_bins, labels).classwise_ece()
     return _classwise(*_validate(y_true, y_prob, labels), n_bins)
 
 
@@ -403,6 +425,8 @@ def brier_score(y_true: Any, y_prob: Any, *, labels: Any = None, scale_by_half: 
     Weather Review 78(1), 1950.
     """
     _check_scale_by_half(scale_by_half)
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, 1, labels).brier(scale_by_half)
     return _brier(*_validate(y_true, y_prob, labels), scale_by_half)
 
 
@@ -416,6 +440,8 @@ def negative_log_likelihood(y_true: Any, y_prob: Any, *, labels: Any = None) -> 
     a bfloat16 softmax, costs 36.04 nats rather than infinity; this equals scikit-learn's
     ``log_loss`` on float64 input.
     """
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, 1, labels).nll()
     return _nll(*_validate(y_true, y_prob, labels))
 
 
@@ -589,6 +615,9 @@ def calibration_error_ci(
         rng = check_random_state(random_state)
     except ValueError as exc:
         raise ValueError(f"random_state: {exc}") from exc
+    if _is_dask(y_true, y_prob):
+        raise TypeError("calibration_error_ci resamples rows in memory and does not take Dask arrays; compute "
+                        "them first (y_prob.compute()).")
     y_idx, prob = _validate(y_true, y_prob, labels, stream=False)  # resamples gather rows: in memory
     if callable(metric):
         classes = np.arange(prob.shape[1])
