@@ -247,7 +247,7 @@ def _chunk_totals(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any,
     z = torch.from_numpy(np.ascontiguousarray(z_block, dtype=work_dtype))
     y = torch.from_numpy(np.asarray(y_block, dtype=np.int64))
     w = None if w_block is None else torch.from_numpy(np.asarray(w_block, dtype=np.float64))
-    return ShiftedLogits(z, y, w, 1, keep=False).totals(fn)
+    return ShiftedLogits(z, y, w, 1).totals(fn)  # kept (class-major) blocks: the in-memory layout and sums
 
 
 class DaskLogits:
