@@ -26,6 +26,11 @@ after mapping does not change the result), so every metric except :func:`calibra
 (whose resamples gather rows) works on files larger than memory, with the in-memory
 result up to float64 summation order. Probabilities of a large logits file come from a
 calibrator's ``predict_proba`` applied block by block, e.g. into an ``np.lib.format.open_memmap``.
+
+Dask arrays: the ECE, MCE, class-wise ECE, Brier score and NLL reduce each chunk to the
+statistics vector of :class:`~precal.metrics.CalibrationState` (same per-block code) and
+sum the vectors; the ACE gathers the top-label confidence and correctness (two float64 per
+sample). Dask is imported only for dask input; see :mod:`precal._dask`.
 """
 
 from __future__ import annotations
