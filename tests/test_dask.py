@@ -27,6 +27,7 @@ from precal.metrics import (  # noqa: E402
     expected_calibration_error,
     maximum_calibration_error,
     negative_log_likelihood,
+    reliability_curve,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +101,18 @@ def test_metrics_binary_1d_float32_and_string_labels(metric, kw):
                     metric(y3 + 1, p3, **kw), rtol=0, atol=1e-12)
     assert_allclose(metric(y3 + 1, da.from_array(p3, chunks=(500, 3)), labels=[1, 2, 3], **kw),
                     metric(y3 + 1, p3, labels=[1, 2, 3], **kw), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "quantile"])
+def test_reliability_curve(strategy):
+    y, _, p = _data(12, 2000, 4)
+    got = reliability_curve(da.from_array(y, chunks=300), da.from_array(p, chunks=(500, 4)), n_bins=12,
+                            strategy=strategy)
+    ref = reliability_curve(y, p, n_bins=12, strategy=strategy)
+    assert_array_equal(got.counts, ref.counts)
+    assert_allclose(got.bin_edges, ref.bin_edges, rtol=0, atol=0)
+    assert_allclose(got.mean_confidence, ref.mean_confidence, rtol=0, atol=1e-12)
+    assert_allclose(got.accuracy, ref.accuracy, rtol=0, atol=1e-12)
 
 
 def test_metric_dask_labels_with_in_memory_probabilities():

@@ -493,8 +493,14 @@ def reliability_curve(
     """
     _check_n_bins(n_bins)
     _check_strategy(strategy)
-    y_idx, prob = _validate(y_true, y_prob, labels)
-    conf, correct = _top_label(y_idx, prob)
+    if _is_dask(y_true, y_prob) and strategy == "uniform":
+        return _dask_state(y_true, y_prob, n_bins, labels).reliability_curve()
+    if _is_dask(y_true, y_prob):  # equal-mass bins: the top-label pairs in memory, as the ACE
+        from .._dask import dask_top_label
+
+        conf, correct = dask_top_label(y_true, y_prob, labels)
+    else:
+        conf, correct = _top_label(*_validate(y_true, y_prob, labels))
     idx, edges = _bin_index(conf, n_bins, strategy)
     count, conf_sum, acc_sum = _bin_sums(idx, conf, correct, n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
