@@ -19,3 +19,9 @@ def test_sklearn_page_shows_the_example_code():
     page = (EXAMPLES.parent / "sklearn-integration.md").read_text()
     code = (EXAMPLES / "sklearn_integration.py").read_text().split('"""', 2)[2].strip()
     assert code in page
+
+
+def test_scaling_out_page_shows_the_dask_example_code():
+    page = (EXAMPLES.parent / "scaling-out.md").read_text()
+    code = (EXAMPLES / "scaling_out_dask.py").read_text().split('"""', 2)[2].strip()
+    assert code in page

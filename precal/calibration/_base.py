@@ -41,6 +41,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .._chunks import FileRows
+from .._dask import is_dask_array, lazy_rows
 from .._numerics import as_tensor, binary_logit_to_two_columns, is_tensor, log_softmax, softmax, to_numpy
 from .._threads import threaded
 from .._validation import as_numpy, check_logits, check_same_length, check_sample_weight, encode_labels
@@ -114,6 +115,8 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
     _device_native: ClassVar[bool] = False
     #: ``_fit`` streams 2-D ``numpy.memmap`` logits from their mapping (see the module docstring).
     _streams_memmaps: ClassVar[bool] = False
+    #: ``_fit_dask(X, y, sample_weight)`` fits dask arrays chunk by chunk (see :mod:`precal._dask`).
+    _fits_dask: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -240,8 +243,12 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             iteration) cross to the host. A
             2-D ``numpy.memmap`` is read block by block from its mapping (never re-opened by path) by
             ``TemperatureScaling`` and ``PACSCalibrator``, so it may be larger than memory.
+            A ``dask.array.Array`` is fitted chunk by chunk by ``TemperatureScaling``
+            (one dask computation per Newton pass, see :mod:`precal._dask`); the other
+            calibrators refuse it with a ``TypeError``. ``predict_proba`` and the other
+            prediction methods of every calibrator return a lazy dask array for dask input.
         y : array-like of shape (n_samples,)
-            True labels.
+            True labels (a dask array too, with dask ``X``).
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights of the samples in the loss.
 
@@ -249,9 +256,23 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         -------
         self
         """
+        if is_dask_array(X):
+            if not self._fits_dask:
+                raise TypeError(
+                    f"{type(self).__name__}.fit does not take Dask arrays (TemperatureScaling does); compute them "
+                    "first (X.compute()) or fit on a memory-mapped file."
+                )
+            self._fit_dask(X, y, sample_weight)
+            return self
+        if is_dask_array(y) or is_dask_array(sample_weight):  # logits in memory: so are labels and weights
+            y = y.compute() if is_dask_array(y) else y
+            sample_weight = sample_weight.compute() if is_dask_array(sample_weight) else sample_weight
         logits, y_idx, weights = self._validate_fit_data(X, y, sample_weight)
         self._fit(logits, y_idx, weights)
         return self
+
+    def _fit_dask(self, X: Any, y: Any, sample_weight: Any) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     @threaded
     def decision_function(self, X: Any, *, return_tensor: bool = False) -> Any:
@@ -261,6 +282,8 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         input) instead of a numpy array; the same holds for :meth:`predict_proba` and
         :meth:`predict_log_proba`. Device-native calibrators compute it on that device.
         """
+        if is_dask_array(X):
+            return lazy_rows(self, "decision_function", X, return_tensor)
         out = self._calibrated(X)
         if self.n_features_in_ == 1:
             out = out[:, 1] - out[:, 0]
@@ -269,16 +292,22 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
     @threaded
     def predict_proba(self, X: Any, *, return_tensor: bool = False) -> Any:
         """Calibrated probabilities, shape ``(n_samples, n_classes)``; rows sum to 1."""
+        if is_dask_array(X):
+            return lazy_rows(self, "predict_proba", X, return_tensor)
         return _as_output(softmax(self._calibrated(X)), X, return_tensor)
 
     @threaded
     def predict_log_proba(self, X: Any, *, return_tensor: bool = False) -> Any:
         """Log of the calibrated probabilities, computed stably in log space."""
+        if is_dask_array(X):
+            return lazy_rows(self, "predict_log_proba", X, return_tensor)
         return _as_output(log_softmax(self._calibrated(X)), X, return_tensor)
 
     @threaded
     def predict(self, X: Any) -> np.ndarray:
         """The class with the highest calibrated probability."""
+        if is_dask_array(X):
+            return lazy_rows(self, "predict", X)
         calibrated = self._calibrated(X)
         if is_tensor(calibrated):
             return self.classes_[to_numpy(calibrated.argmax(dim=1))]

@@ -139,6 +139,15 @@ class ShiftedLogits:
     def shape(self) -> tuple[int, int]:
         return tuple(self.source.shape)
 
+    def subsample(self, stride: int) -> ShiftedLogits:
+        """Rows ``0, stride, 2 stride, ...`` (read from the file for a :class:`FileRows`), kept, one thread."""
+        z, yi, w = self.source, self.y_idx, self.w
+        if isinstance(z, FileRows):
+            sub_z = as_tensor(z.take(np.arange(0, z.shape[0], stride)))
+        else:
+            sub_z = z[::stride]
+        return ShiftedLogits(sub_z, yi[::stride], None if w is None else w[::stride], 1)
+
     def _block(self, z: torch.Tensor, start: int) -> Block:
         """Rows ``start:start + len(z)`` shifted, with their true-class entries and weights."""
         stop = start + z.shape[0]

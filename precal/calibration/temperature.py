@@ -13,7 +13,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from .._chunks import FileRows, file_rows
-from .._numerics import as_tensor, to_tensor
+from .._numerics import to_tensor
 from .._threads import thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_count, state_float
@@ -199,18 +199,18 @@ def _fit_temperature(
     return fit_shifted(ShiftedLogits(z, yi, w, n_threads), max_iter, tol)
 
 
-def fit_shifted(data: ShiftedLogits, max_iter: int = 100, tol: float = 1e-4) -> TemperatureFit:
-    """:func:`fit_temperature` on logits already held as :class:`~precal.calibration._blocks.ShiftedLogits`."""
-    z, yi, w = data.source, data.y_idx, data.w
-    streamed = isinstance(z, FileRows)
-    n = z.shape[0]
+def fit_shifted(data: Any, max_iter: int = 100, tol: float = 1e-4) -> TemperatureFit:
+    """:func:`fit_temperature` on logits already held as :class:`~precal.calibration._blocks.ShiftedLogits`.
+
+    ``data`` may be anything with the same pass interface: ``shape``, ``denom``,
+    ``totals(fn)`` and ``subsample(stride)`` (a :class:`ShiftedLogits` in memory), such as
+    the Dask logits of :class:`precal._dask.DaskLogits`.
+    """
+    n = data.shape[0]
     if n > 4 * _WARM_START_ROWS:
         # A deterministic strided subsample puts the start within a few percent of the
         # minimiser, so the full-data Newton iteration needs two or three passes.
-        stride = n // _WARM_START_ROWS
-        sub_w = None if w is None else w[::stride]
-        sub_z = as_tensor(z.take(np.arange(0, n, stride))) if streamed else z[::stride]
-        sub = ShiftedLogits(sub_z, yi[::stride], sub_w, 1)
+        sub = data.subsample(n // _WARM_START_ROWS)
         beta = 1.0 / _newton(sub, _start(sub), max_iter, 1e-3)[0]
     else:
         beta = _start(data)
@@ -333,6 +333,7 @@ class TemperatureScaling(BaseLogitCalibrator):
     _state_keys = ("temperature_", "n_iter_")
     _device_native = True
     _streams_memmaps = True
+    _fits_dask = True
 
     def __init__(self, *, max_iter: int = 100, tol: float = 1e-4) -> None:
         self.max_iter = max_iter
@@ -343,13 +344,25 @@ class TemperatureScaling(BaseLogitCalibrator):
         check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _fit(self, logits: torch.Tensor | FileRows, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
-        result = fit_temperature(logits, y_idx, sample_weight, max_iter=self.max_iter, tol=self.tol)
+        self._store(fit_temperature(logits, y_idx, sample_weight, max_iter=self.max_iter, tol=self.tol))
+
+    def _fit_dask(self, X: Any, y: Any, sample_weight: Any) -> None:
+        """Fit on a dask array: one pass to check the chunks, then one dask computation per
+        Newton pass, each chunk reduced by the in-memory block kernel (see :mod:`precal._dask`)."""
+        from .._dask import DaskLogits
+
+        self._validate_hyperparameters()
+        data = DaskLogits.validated(X, y, sample_weight)
+        self.classes_, self.n_features_in_ = data.classes, data.n_features_in
+        self._store(fit_shifted(data, self.max_iter, self.tol))
+
+    def _store(self, result: TemperatureFit) -> None:
         if not result.converged:
             warnings.warn(
                 f"TemperatureScaling did not converge in max_iter={self.max_iter} passes "
                 f"(T={result.temperature:.6g}); increase max_iter.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         self.temperature_ = float(result.temperature)
         self.n_iter_ = int(result.n_iter)

@@ -12,6 +12,7 @@ from .calibration import (
     negative_log_likelihood,
     reliability_curve,
 )
+from .state import CalibrationState
 from .ece_estimators import debiased_calibration_error, smooth_calibration_error
 from .diagnostics import (
     ConfidenceShift,
@@ -53,6 +54,7 @@ __all__ = [
     "smooth_calibration_error",
     "calibration_error_ci",
     "CalibrationErrorCI",
+    "CalibrationState",
     "precision_split",
     "PrecisionSplit",
     "swap_analysis",

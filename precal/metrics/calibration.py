@@ -26,6 +26,11 @@ after mapping does not change the result), so every metric except :func:`calibra
 (whose resamples gather rows) works on files larger than memory, with the in-memory
 result up to float64 summation order. Probabilities of a large logits file come from a
 calibrator's ``predict_proba`` applied block by block, e.g. into an ``np.lib.format.open_memmap``.
+
+Dask arrays: the ECE, MCE, class-wise ECE, Brier score and NLL reduce each chunk to the
+statistics vector of :class:`~precal.metrics.CalibrationState` (same per-block code) and
+sum the vectors; the ACE gathers the top-label confidence and correctness (two float64 per
+sample). Dask is imported only for dask input; see :mod:`precal._dask`.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from .._chunks import row_blocks, rows_per_block
+from .._dask import is_dask_array
 from .._numerics import as_tensor
 from .._threads import threaded
 from .._validation import check_number, check_option, check_probabilities, check_same_length, encode_labels
@@ -68,6 +74,17 @@ def _validate(y_true: Any, y_prob: Any, labels: Any, *, stream: bool = True) -> 
     check_same_length(y_true=y_true, y_prob=prob)
     _, y_idx = encode_labels(y_true, prob.shape[1], labels=labels, name="y_true", min_classes=1)
     return y_idx, prob
+
+
+def _is_dask(*arrays: Any) -> bool:
+    return any(is_dask_array(a) for a in arrays)
+
+
+def _dask_state(y_true: Any, y_prob: Any, n_bins: int, labels: Any) -> Any:
+    """The :class:`~precal.metrics.CalibrationState` of dask input, chunk by chunk (:mod:`precal._dask`)."""
+    from .._dask import dask_state
+
+    return dask_state(y_true, y_prob, n_bins, labels)
 
 
 def _check_n_bins(n_bins: Any) -> None:
@@ -194,7 +211,19 @@ def _mce(y_idx: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
 
 
 def _classwise(y_idx: np.ndarray, prob: Any, n_bins: int = 15) -> float:
-    n, k = prob.shape
+    conf_sum, acc_sum = _classwise_sums(y_idx, prob, n_bins)
+    return _classwise_of_sums(conf_sum, acc_sum, prob.shape[0], prob.shape[1], n_bins)
+
+
+def _classwise_of_sums(conf_sum: np.ndarray, acc_sum: np.ndarray, n: int, k: int, n_bins: int) -> float:
+    """Class-wise ECE from the ``(class, bin)`` sums of :func:`_classwise_sums` over ``n`` samples."""
+    per_class = np.abs(acc_sum - conf_sum).reshape(k, n_bins).sum(axis=1) / n
+    return float(per_class.mean())
+
+
+def _classwise_sums(y_idx: np.ndarray, prob: Any, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``(class, bin)`` (flat, ``class * n_bins + bin``) sums of probability and of correctness."""
+    _, k = prob.shape
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     offsets = np.arange(k) * n_bins  # (class, bin) -> class * n_bins + bin
     conf_sum = np.zeros(k * n_bins)
@@ -207,8 +236,7 @@ def _classwise(y_idx: np.ndarray, prob: Any, n_bins: int = 15) -> float:
         conf_sum += np.bincount((bins + offsets).ravel(), weights=p.ravel(), minlength=k * n_bins)
         # a sample counts as correct for its own class only, in the bin of that class's probability
         acc_sum += np.bincount(offsets[yb] + bins[np.arange(m), yb], minlength=k * n_bins)
-    per_class = np.abs(acc_sum - conf_sum).reshape(k, n_bins).sum(axis=1) / n
-    return float(per_class.mean())
+    return conf_sum, acc_sum
 
 
 def _brier_rows(y_idx: np.ndarray, block: Any) -> np.ndarray:
@@ -299,6 +327,8 @@ def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     0.3
     """
     _check_n_bins(n_bins)
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, n_bins, labels).ece()
     return _ece(*_validate(y_true, y_prob, labels), n_bins)
 
 
@@ -333,6 +363,10 @@ def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     Learning". CVPR Workshops 2019. arXiv:1904.01685.
     """
     _check_n_bins(n_bins)
+    if _is_dask(y_true, y_prob):
+        from .._dask import dask_top_label
+
+        return _ace_of_top_label(*dask_top_label(y_true, y_prob, labels), n_bins)
     return _ace(*_validate(y_true, y_prob, labels), n_bins)
 
 
@@ -345,6 +379,8 @@ def maximum_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, lab
     Parameters and bins as in :func:`expected_calibration_error`. Equals netcal's ``MCE``.
     """
     _check_n_bins(n_bins)
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, n_bins, labels).mce()
     return _mce(*_validate(y_true, y_prob, labels), n_bins)
 
 
@@ -368,6 +404,8 @@ def classwise_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, l
     calibration". NeurIPS 2019. arXiv:1910.12656.
     """
     _check_n_bins(n_bins)
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, n_bins, labels).classwise_ece()
     return _classwise(*_validate(y_true, y_prob, labels), n_bins)
 
 
@@ -392,6 +430,8 @@ def brier_score(y_true: Any, y_prob: Any, *, labels: Any = None, scale_by_half: 
     Weather Review 78(1), 1950.
     """
     _check_scale_by_half(scale_by_half)
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, 1, labels).brier(scale_by_half)
     return _brier(*_validate(y_true, y_prob, labels), scale_by_half)
 
 
@@ -405,6 +445,8 @@ def negative_log_likelihood(y_true: Any, y_prob: Any, *, labels: Any = None) -> 
     a bfloat16 softmax, costs 36.04 nats rather than infinity; this equals scikit-learn's
     ``log_loss`` on float64 input.
     """
+    if _is_dask(y_true, y_prob):
+        return _dask_state(y_true, y_prob, 1, labels).nll()
     return _nll(*_validate(y_true, y_prob, labels))
 
 
@@ -451,8 +493,14 @@ def reliability_curve(
     """
     _check_n_bins(n_bins)
     _check_strategy(strategy)
-    y_idx, prob = _validate(y_true, y_prob, labels)
-    conf, correct = _top_label(y_idx, prob)
+    if _is_dask(y_true, y_prob) and strategy == "uniform":
+        return _dask_state(y_true, y_prob, n_bins, labels).reliability_curve()
+    if _is_dask(y_true, y_prob):  # equal-mass bins: the top-label pairs in memory, as the ACE
+        from .._dask import dask_top_label
+
+        conf, correct = dask_top_label(y_true, y_prob, labels)
+    else:
+        conf, correct = _top_label(*_validate(y_true, y_prob, labels))
     idx, edges = _bin_index(conf, n_bins, strategy)
     count, conf_sum, acc_sum = _bin_sums(idx, conf, correct, n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -578,6 +626,9 @@ def calibration_error_ci(
         rng = check_random_state(random_state)
     except ValueError as exc:
         raise ValueError(f"random_state: {exc}") from exc
+    if _is_dask(y_true, y_prob):
+        raise TypeError("calibration_error_ci resamples rows in memory and does not take Dask arrays; compute "
+                        "them first (y_prob.compute()).")
     y_idx, prob = _validate(y_true, y_prob, labels, stream=False)  # resamples gather rows: in memory
     if callable(metric):
         classes = np.arange(prob.shape[1])

@@ -1,0 +1,267 @@
+"""Dask arrays in (issue 18, item 1): metrics and TemperatureScaling chunk by chunk, equal to in-memory.
+
+In-process tests run on dask's synchronous scheduler; one slow test runs on a two-process
+``distributed.LocalCluster``.
+"""
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+
+from precal import DirichletCalibrator, TemperatureScaling  # noqa: E402
+from precal._dask import is_dask_array  # noqa: E402
+from precal._numerics import softmax  # noqa: E402
+from precal.metrics import (  # noqa: E402
+    adaptive_calibration_error,
+    brier_score,
+    calibration_error_ci,
+    classwise_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    reliability_curve,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+METRICS = [
+    (expected_calibration_error, {"n_bins": 15}),
+    (expected_calibration_error, {"n_bins": 7}),
+    (maximum_calibration_error, {"n_bins": 10}),
+    (classwise_calibration_error, {"n_bins": 15}),
+    (adaptive_calibration_error, {"n_bins": 15}),
+    (brier_score, {}),
+    (brier_score, {"scale_by_half": True}),
+    (negative_log_likelihood, {}),
+]
+
+
+@pytest.fixture(autouse=True)
+def _synchronous():
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+def _data(seed=0, n=3000, k=5, dtype=np.float64, scale=3.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    z = scale * (rng.normal(size=(n, k)) + np.eye(k)[y])
+    return y, z.astype(dtype), softmax(z).astype(dtype)
+
+
+def test_is_dask_array_by_type_name_only():
+    assert is_dask_array(da.ones(3))
+    assert not is_dask_array(np.ones(3))
+    assert not is_dask_array(da.ones(3).to_delayed()[0])
+
+
+def test_no_dask_import_for_in_memory_input():
+    code = (
+        "import sys, numpy as np\n"
+        "from precal import TemperatureScaling\n"
+        "from precal.metrics import expected_calibration_error, CalibrationState\n"
+        "z = np.random.default_rng(0).normal(size=(50, 3)); y = np.arange(50) % 3\n"
+        "ts = TemperatureScaling().fit(z, y); p = ts.predict_proba(z)\n"
+        "expected_calibration_error(y, p); CalibrationState(3).update(y, p).ece()\n"
+        "assert not any(m == 'dask' or m.startswith('dask.') for m in sys.modules), 'dask imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("metric,kw", METRICS)
+@pytest.mark.parametrize("prob_chunks,label_chunks", [((700, 5), 700), ((1000, 2), 333), ((3000, 5), None)])
+def test_metrics_equal_in_memory(metric, kw, prob_chunks, label_chunks):
+    y, _, p = _data()
+    y_in = y if label_chunks is None else da.from_array(y, chunks=label_chunks)  # labels rechunked to the rows
+    got = metric(y_in, da.from_array(p, chunks=prob_chunks), **kw)
+    assert_allclose(got, metric(y, p, **kw), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric,kw", METRICS)
+def test_metrics_binary_1d_float32_and_string_labels(metric, kw):
+    y, _, p = _data(1, 2000, 2, np.float32)
+    assert_allclose(metric(da.from_array(y, chunks=300), da.from_array(p[:, 1], chunks=450), **kw),
+                    metric(y, p[:, 1], **kw), rtol=0, atol=1e-12)
+    y3, _, p3 = _data(2, 1500, 3)
+    names = np.array(["cat", "dog", "eel"])[y3]
+    expected = metric(names, p3, **kw)
+    assert_allclose(metric(da.from_array(names, chunks=200), da.from_array(p3, chunks=(400, 3)), **kw),
+                    expected, rtol=0, atol=1e-12)
+    # labels 1..3 (not the column indices) are the sorted distinct labels of the whole array, in every chunk
+    assert_allclose(metric(da.from_array(y3 + 1, chunks=100), da.from_array(p3, chunks=(500, 3)), **kw),
+                    metric(y3 + 1, p3, **kw), rtol=0, atol=1e-12)
+    assert_allclose(metric(y3 + 1, da.from_array(p3, chunks=(500, 3)), labels=[1, 2, 3], **kw),
+                    metric(y3 + 1, p3, labels=[1, 2, 3], **kw), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "quantile"])
+def test_reliability_curve(strategy):
+    y, _, p = _data(12, 2000, 4)
+    got = reliability_curve(da.from_array(y, chunks=300), da.from_array(p, chunks=(500, 4)), n_bins=12,
+                            strategy=strategy)
+    ref = reliability_curve(y, p, n_bins=12, strategy=strategy)
+    assert_array_equal(got.counts, ref.counts)
+    assert_allclose(got.bin_edges, ref.bin_edges, rtol=0, atol=0)
+    assert_allclose(got.mean_confidence, ref.mean_confidence, rtol=0, atol=1e-12)
+    assert_allclose(got.accuracy, ref.accuracy, rtol=0, atol=1e-12)
+
+
+def test_metric_dask_labels_with_in_memory_probabilities():
+    y, _, p = _data(3, 1000, 4)
+    assert_allclose(expected_calibration_error(da.from_array(y, chunks=128), p),
+                    expected_calibration_error(y, p), rtol=0, atol=1e-12)
+
+
+def test_metric_bad_chunks_are_named():
+    y, _, p = _data(4, 1000, 3)
+    bad = p.copy()
+    bad[650, 1] = np.nan
+    with pytest.raises(ValueError, match=r"y_prob chunk 2 \(rows 600:900.*contains NaN"):
+        expected_calibration_error(y, da.from_array(bad, chunks=(300, 3)))
+    bad = p.copy()
+    bad[10] *= 2
+    with pytest.raises(ValueError, match=r"y_prob chunk 0 .*in \[0, 1\]|y_prob chunk 0 .*sum to 1"):
+        brier_score(y, da.from_array(bad, chunks=(300, 3)))
+    with pytest.raises(ValueError, match="Inconsistent numbers of samples"):
+        expected_calibration_error(da.from_array(y[:-1], chunks=100), da.from_array(p, chunks=(300, 3)))
+    with pytest.raises(ValueError, match="Inconsistent numbers of samples"):
+        negative_log_likelihood(y[:-1], da.from_array(p, chunks=(300, 3)))
+    four = np.array(["a", "b", "c", "d"])[np.arange(1000) % 4]
+    with pytest.raises(ValueError, match="has 4 classes"):  # four labels, three columns
+        expected_calibration_error(da.from_array(four, chunks=100), da.from_array(p, chunks=(300, 3)))
+    unknown = da.from_array(p, chunks=(300, 3))
+    unknown = unknown[unknown[:, 0] >= 0]  # unknown chunk sizes
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        expected_calibration_error(y, unknown)
+    with pytest.raises(TypeError, match="Dask"):
+        calibration_error_ci(y, da.from_array(p, chunks=(300, 3)))
+    with pytest.raises(ValueError, match="single column"):
+        expected_calibration_error(y, da.from_array(p[:, :1], chunks=(300, 1)))
+
+
+@pytest.mark.parametrize("n,k,chunks", [(2000, 4, 300), (40000, 6, 7000)])  # the second warm-starts on a subsample
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_temperature_scaling_fit_equals_in_memory(n, k, chunks, dtype):
+    y, z, _ = _data(5, n, k, dtype)
+    ref = TemperatureScaling().fit(z, y)
+    got = TemperatureScaling().fit(da.from_array(z, chunks=(chunks, k)), da.from_array(y, chunks=chunks // 3 + 1))
+    assert_allclose(got.temperature_, ref.temperature_, rtol=1e-10)
+    assert got.n_iter_ == ref.n_iter_
+    assert_array_equal(got.classes_, ref.classes_)
+    assert got.n_features_in_ == ref.n_features_in_
+    lazy = got.predict_proba(da.from_array(z, chunks=(chunks, k)))
+    assert is_dask_array(lazy)
+    assert_allclose(lazy.compute(), ref.predict_proba(z), rtol=0, atol=1e-10)
+    zd = da.from_array(z, chunks=(chunks, 2))
+    assert_allclose(got.predict_log_proba(zd).compute(), ref.predict_log_proba(z), rtol=1e-10, atol=1e-10)
+    assert_allclose(got.decision_function(zd).compute(), ref.decision_function(z), rtol=1e-10)
+    assert_array_equal(got.predict(zd).compute(), ref.predict(z))
+
+
+def test_temperature_scaling_weights_strings_and_single_logit():
+    y, z, _ = _data(6, 20000, 3)
+    w = np.random.default_rng(0).uniform(0, 2, size=len(y))
+    names = np.array(["a", "b", "c"])[y]
+    ref = TemperatureScaling().fit(z, names, sample_weight=w)
+    for weights in (w, da.from_array(w, chunks=777)):
+        got = TemperatureScaling().fit(da.from_array(z, chunks=(4000, 3)), da.from_array(names, chunks=5000),
+                                       sample_weight=weights)
+        assert_allclose(got.temperature_, ref.temperature_, rtol=1e-10)
+        assert_array_equal(got.classes_, ref.classes_)
+        assert_array_equal(got.predict(da.from_array(z, chunks=(4000, 3))).compute(), ref.predict(z))
+    yb, zb, _ = _data(7, 3000, 2)
+    margin = zb[:, 1] - zb[:, 0]
+    ref = TemperatureScaling().fit(margin, yb)
+    got = TemperatureScaling().fit(da.from_array(margin, chunks=500), yb)
+    assert_allclose(got.temperature_, ref.temperature_, rtol=1e-10)
+    assert got.n_features_in_ == 1
+    md = da.from_array(margin, chunks=500)
+    assert got.predict_proba(md).shape == (3000, 2)
+    assert_allclose(got.predict_proba(md).compute(), ref.predict_proba(margin), atol=1e-12)
+    assert_allclose(got.decision_function(md).compute(), ref.decision_function(margin), rtol=1e-12)
+
+
+def test_temperature_scaling_float32_range_overflow_is_read_in_float64():
+    y, z, _ = _data(8, 500, 3, np.float32)
+    z[3] = [3e38, -3e38, 0.0]
+    ref = TemperatureScaling().fit(z, y)
+    got = TemperatureScaling().fit(da.from_array(z, chunks=(100, 3)), y)
+    assert_allclose(got.temperature_, ref.temperature_, rtol=1e-10)
+
+
+def test_temperature_scaling_bad_dask_input():
+    y, z, _ = _data(9, 1000, 3)
+    bad = z.copy()
+    bad[450, 2] = np.nan
+    with pytest.raises(ValueError, match=r"X chunk 2 \(rows 400:600.*contains NaN"):
+        TemperatureScaling().fit(da.from_array(bad, chunks=(200, 3)), y)
+    bad[450, 2] = np.inf
+    with pytest.raises(ValueError, match=r"X chunk 2 .*infinity"):
+        TemperatureScaling().fit(da.from_array(bad, chunks=(200, 3)), y)
+    fitted = TemperatureScaling().fit(z, y)
+    nan_chunk = fitted.predict_proba(da.from_array(np.where(np.arange(1000)[:, None] == 700, np.nan, z),
+                                                   chunks=(300, 3)))
+    with pytest.raises(ValueError, match="X chunk 2: .*NaN"):
+        nan_chunk.compute()
+    w = np.ones(1000)
+    w[999] = -1
+    with pytest.raises(ValueError, match="sample_weight chunk 4 .*non-negative"):
+        TemperatureScaling().fit(da.from_array(z, chunks=(200, 3)), y, sample_weight=da.from_array(w, chunks=200))
+    with pytest.raises(ValueError, match="non-negative"):
+        TemperatureScaling().fit(da.from_array(z, chunks=(200, 3)), y, sample_weight=w)
+    with pytest.raises(ValueError, match="Inconsistent numbers of samples"):
+        TemperatureScaling().fit(da.from_array(z, chunks=(200, 3)), y[:-1])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        TemperatureScaling().fit(da.from_array(z, chunks=(200, 3)), da.zeros(1000, dtype=int, chunks=250))
+    with pytest.raises(ValueError, match="max_iter"):
+        TemperatureScaling(max_iter=0).fit(da.from_array(z, chunks=(200, 3)), y)
+    with pytest.raises(TypeError, match="does not take Dask arrays"):
+        DirichletCalibrator().fit(da.from_array(z, chunks=(200, 3)), y)
+    with pytest.raises(ValueError, match="expecting 3 features"):
+        fitted.predict_proba(da.from_array(z[:, :2], chunks=(200, 2)))
+    with pytest.raises(ValueError, match="return_tensor"):
+        fitted.predict_proba(da.from_array(z, chunks=(200, 3)), return_tensor=True)
+    # logits in memory with dask labels: the labels are computed and the in-memory fit runs
+    assert_allclose(TemperatureScaling().fit(z, da.from_array(y, chunks=100)).temperature_,
+                    fitted.temperature_, rtol=0, atol=0)
+
+
+def test_in_memory_calibrators_predict_lazily_on_dask():
+    y, z, _ = _data(10, 600, 3)
+    cal = DirichletCalibrator().fit(z, y)
+    out = cal.predict_proba(da.from_array(z, chunks=(100, 3)))
+    assert is_dask_array(out)
+    assert_allclose(out.compute(), cal.predict_proba(z), rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_local_cluster_two_processes():
+    distributed = pytest.importorskip("distributed")
+    y, z, p = _data(11, 30000, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+                                      memory_limit="2GiB") as cluster, distributed.Client(cluster):
+            with dask.config.set(scheduler=None):
+                zd = da.from_array(z, chunks=(4000, 5)).persist()
+                yd = da.from_array(y, chunks=3000).persist()
+                ts = TemperatureScaling().fit(zd, yd)
+                proba = ts.predict_proba(zd)
+                ece = expected_calibration_error(yd, proba)
+                nll = negative_log_likelihood(yd, proba)
+                cw = classwise_calibration_error(yd, da.from_array(p, chunks=(5000, 5)))
+    ref = TemperatureScaling().fit(z, y)
+    assert_allclose(ts.temperature_, ref.temperature_, rtol=1e-10)
+    ref_proba = ref.predict_proba(z)
+    assert_allclose(ece, expected_calibration_error(y, ref_proba), rtol=0, atol=1e-10)
+    assert_allclose(nll, negative_log_likelihood(y, ref_proba), rtol=0, atol=1e-10)
+    assert_allclose(cw, classwise_calibration_error(y, p), rtol=0, atol=1e-12)
