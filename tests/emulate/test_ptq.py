@@ -89,7 +89,7 @@ def reference_gptq(W, H, bits, group=None, damp=0.01, act_order=False):
 
 @pytest.mark.parametrize("group,block,act_order", [
     (None, 128, False), (None, 128, True), (128, 128, False), (32, 128, False), (32, 48, False),
-    (64, 40, False), (32, 128, True), (128, 64, True),
+    (64, 40, False), (16, 40, False), (8, 128, False), (32, 128, True), (128, 64, True),
 ])
 def test_gptq_matches_a_column_by_column_reference_of_algorithm_1(group, block, act_order):
     """Lazy batching (any block size, groups starting inside a block) changes nothing but rounding."""
@@ -265,7 +265,7 @@ def test_awq_chosen_alpha_never_raises_the_calibration_error(seed, config):
         ref = model(X)
         e_awq = float((awq(X) - ref).pow(2).mean())
         e_rtn = float((rtn(X) - ref).pow(2).mean())
-    assert e_awq <= e_rtn * (1 + 1e-6)
+    assert e_awq <= e_rtn * (1 + 1e-5)
     if seed % 2 == 0:  # salient channels: AWQ scales them up and wins clearly
         assert chosen["alpha"] > 0 and e_awq < 0.9 * e_rtn
         s = awq[0].input_scale
@@ -276,12 +276,12 @@ def test_awq_search_losses_match_the_formula():
     X = _salient_inputs(rows=256, d=64)
     W = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
     x_mean = X.abs().mean(0)
-    alpha, s, losses = awq_search(W, X, x_mean, lambda w: _rtn(w, 4, 16), n_grid=20)
+    alpha, s, losses = awq_search(W, X.t() @ X / X.shape[0], x_mean, lambda w: _rtn(w, 4, 16), n_grid=20)
     for i in (0, 7, 19):
         si = x_mean.pow(i / 20).clamp(min=1e-4)
         si = si / (si.max() * si.min()).sqrt()
         out = (X / si) @ _rtn(W * si, 4, 16).t()
-        assert losses[i] == pytest.approx(float((out - X @ W.t()).double().pow(2).mean()), rel=1e-5)
+        assert losses[i] == pytest.approx(float((out - X @ W.t()).double().pow(2).mean()), rel=1e-4)
     assert losses[int(round(alpha * 20))] == min(losses)
 
 

@@ -1,0 +1,99 @@
+"""Timing of precal's PTQ weight schemes (GPTQ, AWQ, SmoothQuant) on a MiniLM-size encoder.
+
+The model is ``transformers.BertModel(BertConfig(hidden_size=384, num_hidden_layers=12,
+num_attention_heads=12, intermediate_size=1536))`` with **random** weights (seed 0; no
+download), the size of all-MiniLM-L12: 72 linear layers, about 21 M weights in them
+(the pooler, the output layer, stays float under group-wise configs). Calibration data:
+``--n-seq`` random token sequences of ``--seq-len`` tokens (default 128 x 128 = 16,384
+rows per layer), in batches of 16; evaluation data: 32 other sequences.
+
+For each config the wall time of ``emulate_model(model, config, calibration_data=...)``
+is measured once (``time.perf_counter``), on ``--threads`` CPU threads (default 2, the
+issue's target: GPTQ on a 12-layer MiniLM-size encoder in at most 60 s on 2 cores). It
+includes the deep copy, the calibration pass through the float model that collects the
+layers' inputs (Hessians for GPTQ, statistics for AWQ/SmoothQuant), the algorithm and, for
+static-activation configs, the activation calibration pass. Also printed: the relative
+error of the last hidden state on the evaluation sequences, ``||h_q - h|| / ||h||``. With
+random weights (no outlier channels, no learned structure) these errors say little about a
+trained model; they are there to show the algorithms run end to end, not to rank them.
+
+Writes ``benchmarks/results/ptq.md`` and ``ptq.json``. Run: ``python benchmarks/bench_ptq.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # measure this checkout's precal, not another installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import limit_threads  # noqa: E402
+
+CONFIGS = ["w4a16-g128", "w4a16-g128-gptq", "w4a16-g128-gptq-actorder", "w4a16-g128-awq", "w8a8-dyn",
+           "w8a8-dyn-sq"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-seq", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--configs", nargs="*", default=CONFIGS)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    limit_threads(args.threads)
+    import transformers
+
+    from precal.emulate import emulate_model
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                                  intermediate_size=1536)
+    model = transformers.BertModel(cfg).eval()
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    g = torch.Generator().manual_seed(1)
+    cal = {"input_ids": torch.randint(1000, cfg.vocab_size, (args.n_seq, args.seq_len), generator=g),
+           "attention_mask": torch.ones(args.n_seq, args.seq_len, dtype=torch.long)}
+    test = {"input_ids": torch.randint(1000, cfg.vocab_size, (32, args.seq_len), generator=g),
+            "attention_mask": torch.ones(32, args.seq_len, dtype=torch.long)}
+    batch = 16
+    with torch.no_grad():
+        ref = model(**test).last_hidden_state
+    rows = []
+    for name in args.configs:
+        t0 = time.perf_counter()
+        emulated = emulate_model(model, name, calibration_data=cal, batch_size=batch,
+                                 n_calibration_batches=-(-args.n_seq // batch))
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            err = float((emulated(**test).last_hidden_state - ref).norm() / ref.norm())
+        rows.append({"config": name, "seconds": round(seconds, 2), "rel_error": round(err, 5)})
+        print(f"{name:28s} {seconds:7.2f} s   rel. error {err:.4f}", flush=True)
+        del emulated
+
+    meta = {"model": "BertModel(hidden 384, 12 layers, 12 heads, intermediate 1536), random weights, seed 0",
+            "linear_layers": n_linear, "calibration": f"{args.n_seq} x {args.seq_len} random tokens, batches of {batch}",
+            "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ptq.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    lines = ["# PTQ weight schemes: time of emulate_model on a MiniLM-size encoder", "",
+             f"{meta['model']}; {n_linear} linear layers; calibration {meta['calibration']}; "
+             f"{args.threads} CPU threads; torch {torch.__version__}, transformers {transformers.__version__}.", "",
+             "| config | emulate_model time (s) | rel. error of last hidden state (random weights) |",
+             "|---|---|---|"]
+    lines += [f"| `{r['config']}` | {r['seconds']:.2f} | {r['rel_error']:.4f} |" for r in rows]
+    (args.out / "ptq.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
