@@ -8,7 +8,8 @@ download), the size of all-MiniLM-L12: 72 linear layers, about 21 M weights in t
 rows per layer), in batches of 16; evaluation data: 32 other sequences.
 
 For each config the wall time of ``emulate_model(model, config, calibration_data=...)``
-is measured once (``time.perf_counter``), on ``--threads`` CPU threads (default 2, the
+is measured once (``time.perf_counter``; and the process's CPU time, ``time.process_time``,
+with the 1-minute load average before it, since a shared machine inflates wall times), on ``--threads`` CPU threads (default 2, the
 issue's target: GPTQ on a 12-layer MiniLM-size encoder in at most 60 s on 2 cores). It
 includes the deep copy, the calibration pass through the float model that collects the
 layers' inputs (Hessians for GPTQ, statistics for AWQ/SmoothQuant), the algorithm and, for
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -69,14 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         ref = model(**test).last_hidden_state
     rows = []
     for name in args.configs:
-        t0 = time.perf_counter()
+        load = os.getloadavg()[0]
+        t0, c0 = time.perf_counter(), time.process_time()
         emulated = emulate_model(model, name, calibration_data=cal, batch_size=batch,
                                  n_calibration_batches=-(-args.n_seq // batch))
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         with torch.no_grad():
             err = float((emulated(**test).last_hidden_state - ref).norm() / ref.norm())
-        rows.append({"config": name, "seconds": round(seconds, 2), "rel_error": round(err, 5)})
-        print(f"{name:28s} {seconds:7.2f} s   rel. error {err:.4f}", flush=True)
+        rows.append({"config": name, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+                     "load_before": round(load, 2), "rel_error": round(err, 5)})
+        print(f"{name:28s} {seconds:7.2f} s wall  {cpu:7.2f} s CPU  (load {load:.1f})  rel. error {err:.4f}",
+              flush=True)
         del emulated
 
     meta = {"model": "BertModel(hidden 384, 12 layers, 12 heads, intermediate 1536), random weights, seed 0",
@@ -88,9 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# PTQ weight schemes: time of emulate_model on a MiniLM-size encoder", "",
              f"{meta['model']}; {n_linear} linear layers; calibration {meta['calibration']}; "
              f"{args.threads} CPU threads; torch {torch.__version__}, transformers {transformers.__version__}.", "",
-             "| config | emulate_model time (s) | rel. error of last hidden state (random weights) |",
-             "|---|---|---|"]
-    lines += [f"| `{r['config']}` | {r['seconds']:.2f} | {r['rel_error']:.4f} |" for r in rows]
+             f"Machine: {os.cpu_count()} logical CPUs; the 1-minute load average before each config is shown "
+             "(a load above the thread count means other processes shared the cores, and wall times are "
+             "inflated; CPU time is the process's own, all threads).", "",
+             "| config | emulate_model wall time (s) | CPU time (s) | load before | "
+             "rel. error of last hidden state (random weights) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| `{r['config']}` | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['load_before']:.1f} | "
+              f"{r['rel_error']:.4f} |" for r in rows]
     (args.out / "ptq.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
