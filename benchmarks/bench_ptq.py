@@ -2,8 +2,8 @@
 
 The model is ``transformers.BertModel(BertConfig(hidden_size=384, num_hidden_layers=12,
 num_attention_heads=12, intermediate_size=1536))`` with **random** weights (seed 0; no
-download), the size of all-MiniLM-L12: 72 linear layers, about 21 M weights in them
-(the pooler, the output layer, stays float under group-wise configs). Calibration data:
+download), the size of all-MiniLM-L12: 73 linear layers, 72 of them in the encoder
+(the pooler, the output layer, stays float under group-wise and dynamic configs). Calibration data:
 ``--n-seq`` random token sequences of ``--seq-len`` tokens (default 128 x 128 = 16,384
 rows per layer), in batches of 16; evaluation data: 32 other sequences.
 
