@@ -18,7 +18,8 @@ error of the last hidden state on the evaluation sequences, ``||h_q - h|| / ||h|
 random weights (no outlier channels, no learned structure) these errors say little about a
 trained model; they are there to show the algorithms run end to end, not to rank them.
 
-Writes ``benchmarks/results/ptq.md`` and ``ptq.json``. Run: ``python benchmarks/bench_ptq.py``.
+Writes ``benchmarks/results/ptq.md`` and ``ptq.json`` (``--out`` elsewhere). Run:
+``python benchmarks/bench_ptq.py``; ``--quick`` runs a 2-layer, hidden-128 model on 16 x 32 tokens.
 """
 
 from __future__ import annotations
@@ -50,15 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--configs", nargs="*", default=CONFIGS)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--quick", action="store_true",
+                        help="a 2-layer, hidden-128 encoder and 16 x 32 calibration tokens (checks that the script runs)")
     args = parser.parse_args(argv)
+    layers, hidden, heads = 12, 384, 12
+    if args.quick:
+        layers, hidden, heads, args.n_seq, args.seq_len = 2, 128, 4, 16, 32
     limit_threads(args.threads)
     import transformers
 
     from precal.emulate import emulate_model
 
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
-                                  intermediate_size=1536)
+    cfg = transformers.BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                  intermediate_size=4 * hidden)
     model = transformers.BertModel(cfg).eval()
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     g = torch.Generator().manual_seed(1)
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         del emulated
 
-    meta = {"model": "BertModel(hidden 384, 12 layers, 12 heads, intermediate 1536), random weights, seed 0",
+    meta = {"model": f"BertModel(hidden {hidden}, {layers} layers, {heads} heads, intermediate {4 * hidden}), random weights, "
+                     "seed 0",
             "linear_layers": n_linear, "calibration": f"{args.n_seq} x {args.seq_len} random tokens, batches of {batch}",
             "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()}
