@@ -9,8 +9,9 @@ rows per layer), in batches of 16; evaluation data: 32 other sequences.
 
 For each config the wall time of ``emulate_model(model, config, calibration_data=...)``
 is measured once (``time.perf_counter``; and the process's CPU time, ``time.process_time``,
-with the 1-minute load average before it, since a shared machine inflates wall times), on ``--threads`` CPU threads (default 2, the
-issue's target: GPTQ on a 12-layer MiniLM-size encoder in at most 60 s on 2 cores). It
+with the 1-minute load average before it, since a shared machine inflates wall times), on
+``--threads`` CPU threads (default 2, the issue's target: GPTQ on a 12-layer MiniLM-size
+encoder in at most 60 s on 2 cores). It
 includes the deep copy, the calibration pass through the float model that collects the
 layers' inputs (Hessians for GPTQ, statistics for AWQ/SmoothQuant), the algorithm and, for
 static-activation configs, the activation calibration pass. Also printed: the relative
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="*", default=CONFIGS)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--quick", action="store_true",
-                        help="a 2-layer, hidden-128 encoder and 16 x 32 calibration tokens (checks that the script runs)")
+                        help="a 2-layer, hidden-128 encoder and 16 x 32 calibration tokens "
+                             "(checks that the script runs)")
     args = parser.parse_args(argv)
     layers, hidden, heads = 12, 384, 12
     if args.quick:
@@ -90,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         del emulated
 
-    meta = {"model": f"BertModel(hidden {hidden}, {layers} layers, {heads} heads, intermediate {4 * hidden}), random weights, "
-                     "seed 0",
-            "linear_layers": n_linear, "calibration": f"{args.n_seq} x {args.seq_len} random tokens, batches of {batch}",
+    meta = {"model": f"BertModel(hidden {hidden}, {layers} layers, {heads} heads, intermediate {4 * hidden}), "
+                     "random weights, seed 0",
+            "linear_layers": n_linear,
+            "calibration": f"{args.n_seq} x {args.seq_len} random tokens, batches of {batch}",
             "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()}
     args.out.mkdir(parents=True, exist_ok=True)

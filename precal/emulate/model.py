@@ -29,7 +29,7 @@ emulated one that applies a :class:`QuantConfig`:
   float32.
 
 Config names: ``"fp32"`` (no change), a float format name (compute precision) with an
-optional ``-attn``, or ``"w{bits}a{bits}[-g{group}][-asym][-dyn]"`` such as ``"w8a8"``,
+optional ``-attn``, or ``"w{bits}a{bits}[-g{group}][-asym][-dyn][-gptq|-awq|-sq]"`` such as ``"w8a8"``,
 ``"w4a8"``, ``"w4a4"``, ``"w4a16-g128"``, ``"w4a16-g128-asym"``, ``"w8a8-dyn"``, and
 ``"w8a8-x86"`` (backend-faithful static int8 as torch.ao's x86 backend runs it:
 :mod:`precal.emulate.backend`), with a PTQ algorithm for the weights
@@ -597,7 +597,7 @@ def emulate_model(
     model : torch.nn.Module
     config : str or QuantConfig
         ``"fp32"``, a float format (``"bf16"``, ``"fp16"``, ``"fp8_e4m3"``, ``"bf16-attn"``,
-        ...) or ``"w{b}a{b}[-g{g}][-asym][-dyn]"`` (see the module docstring).
+        ...) or ``"w{b}a{b}[-g{g}][-asym][-dyn][-gptq[-actorder]|-awq|-sq]"`` (see the module docstring).
     calibration_data : tensor, array, dict of tensors or iterable of batches, optional
         Inputs for static activation observers (and weight schemes that learn from
         inputs); required when the config needs them. Keep these out of your evaluation
