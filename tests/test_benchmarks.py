@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["study_pacs.py", "bench_emulate.py", "bench_scale.py", "bench_speed.py"])
+@pytest.mark.parametrize("script", ["study_pacs.py", "bench_emulate.py", "bench_scale.py", "bench_speed.py",
+                                    "bench_ptq.py"])
 def test_script_quick_mode_runs(script, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(tmp_path)],

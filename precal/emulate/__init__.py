@@ -42,6 +42,15 @@ from .mx import (
     nvfp4_quantize,
 )
 from .observers import OBSERVERS, RangeObserver
+from .ptq import (
+    AWQScheme,
+    GPTQScheme,
+    SmoothQuantScheme,
+    awq_scales,
+    awq_search,
+    gptq_quantize,
+    smoothquant_scales,
+)
 from .quantize import SCALE_RULES, fake_quantize_int, int_qparams, quantize
 from .sweep import predict_logits, sweep
 from .weights import WEIGHT_SCHEMES, WeightResult, WeightScheme, register_weight_scheme
@@ -95,6 +104,13 @@ __all__ = [
     "WeightResult",
     "WEIGHT_SCHEMES",
     "register_weight_scheme",
+    "gptq_quantize",
+    "awq_search",
+    "awq_scales",
+    "smoothquant_scales",
+    "GPTQScheme",
+    "AWQScheme",
+    "SmoothQuantScheme",
     "RangeObserver",
     "OBSERVERS",
     "sweep",

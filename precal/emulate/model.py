@@ -29,10 +29,12 @@ emulated one that applies a :class:`QuantConfig`:
   float32.
 
 Config names: ``"fp32"`` (no change), a float format name (compute precision) with an
-optional ``-attn``, or ``"w{bits}a{bits}[-g{group}][-asym][-dyn]"`` such as ``"w8a8"``,
+optional ``-attn``, or ``"w{bits}a{bits}[-g{group}][-asym][-dyn][-gptq|-awq|-sq]"`` such as ``"w8a8"``,
 ``"w4a8"``, ``"w4a4"``, ``"w4a16-g128"``, ``"w4a16-g128-asym"``, ``"w8a8-dyn"``, and
 ``"w8a8-x86"`` (backend-faithful static int8 as torch.ao's x86 backend runs it:
-:mod:`precal.emulate.backend`), or a block format (:mod:`precal.emulate.mx`): ``"mxfp8"``,
+:mod:`precal.emulate.backend`), with a PTQ algorithm for the weights
+(:mod:`precal.emulate.ptq`): ``"w4a16-g128-gptq"``, ``"w4a16-g128-gptq-actorder"``,
+``"w4a16-g128-awq"``, ``"w8a8-sq"`` (SmoothQuant), or a block format (:mod:`precal.emulate.mx`): ``"mxfp8"``,
 ``"mxfp6"``, ``"mxfp4"``, ``"mxint8"``, ``"nvfp4"`` quantize weights and layer inputs in
 blocks along the reduction dimension (``"w-mxfp4"``: weights only; ``"mxfp4-rceil"``:
 another MX scale rule).
@@ -43,6 +45,7 @@ Group-wise and dynamic configs are LLM-style: they keep the model's output layer
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import warnings
 from collections.abc import Iterable
@@ -76,6 +79,9 @@ __all__ = [
 
 _WA_RE = re.compile(r"^w(\d+)a(\d+)((?:-[a-z0-9]+)*)$")
 _FLOAT_RE = re.compile(r"^([a-z0-9_]+?)(-attn)?$")
+#: Config-name suffixes that select a PTQ weight scheme (:mod:`precal.emulate.ptq`).
+_PTQ_SUFFIXES = {"gptq": "gptq", "awq": "awq", "sq": "smoothquant"}
+_SUFFIX_OF = {v: k for k, v in _PTQ_SUFFIXES.items()}
 
 #: What to do with a layer whose inputs per output channel are not a multiple of the
 #: group size: ``"error"`` (default), ``"channel"`` (one scale per output channel for
@@ -217,6 +223,13 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
     activations); ``"w8a8-x86"`` is torch.ao's x86 int8 recipe, backend-faithful
     (``quantize_outputs``, uint8 activations with ``reduce_range``, histogram observer).
 
+    PTQ algorithms (:mod:`precal.emulate.ptq`; they need ``calibration_data``): ``-gptq``
+    (GPTQ, ``weight_scheme="gptq"``; with ``-actorder``, act-order, and static groups when
+    ``-g`` is set), ``-awq`` (AWQ), ``-sq`` (SmoothQuant), e.g. ``"w4a16-g128-gptq"``,
+    ``"w4a16-g128-gptq-actorder"``, ``"w4a16-g128-awq"``, ``"w8a8-sq"``,
+    ``"w8a8-dyn-sq"``. Their parameters go in ``options`` (``options={"damp": 0.05}``),
+    merged with those the name sets.
+
     Examples
     --------
     >>> from precal.emulate import parse_config
@@ -225,6 +238,9 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
     ('int4', 128, None, True)
     >>> parse_config("w8a8-dyn").act_scheme
     'dynamic'
+    >>> cfg = parse_config("w4a16-g128-gptq-actorder")
+    >>> cfg.weight_scheme, cfg.options
+    ('gptq', {'act_order': True})
     """
     if isinstance(config, QuantConfig):
         return replace(config, **options) if options else config
@@ -257,9 +273,22 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
                     raise ValueError(f"Config {config!r}: -x86 is torch.ao's x86 int8 recipe: use w8a8-x86.")
                 # quint8 with reduce_range, histogram observer, int8 tensors between layers
                 fields.update(act_format="uint8", act_reduce_range=True, observer="histogram", quantize_outputs=True)
+            elif suffix in _PTQ_SUFFIXES:
+                scheme = _PTQ_SUFFIXES[suffix]
+                if fields.get("weight_scheme", scheme) != scheme:
+                    raise ValueError(f"Config {config!r}: one PTQ algorithm per config "
+                                     f"(-{_SUFFIX_OF[fields['weight_scheme']]} and -{suffix}).")
+                fields["weight_scheme"] = scheme
+            elif suffix == "actorder":
+                fields.setdefault("options", {})["act_order"] = True
             else:
-                raise ValueError(f"Config {config!r}: unknown suffix {suffix!r} (use -g<group>, -asym, -dyn, -x86).")
+                raise ValueError(f"Config {config!r}: unknown suffix {suffix!r} (use -g<group>, -asym, -dyn, -x86, "
+                                 "-gptq, -actorder, -awq, -sq).")
+        if fields.get("options", {}).get("act_order") and fields.get("weight_scheme") != "gptq":
+            raise ValueError(f"Config {config!r}: -actorder is a GPTQ option: use it with -gptq.")
         fields["keep_head"] = "weight_group_size" in fields or fields.get("act_scheme") == "dynamic"
+        if "options" in fields and "options" in options:  # name-given options, overridden by explicit ones
+            options = {**options, "options": {**fields["options"], **dict(options["options"] or {})}}
         return QuantConfig(name=key, **{**fields, **options})
     if key == "fp32":
         return QuantConfig(name=key, **options)
@@ -276,7 +305,8 @@ def parse_config(config: str | QuantConfig, **options: Any) -> QuantConfig:
     raise ValueError(
         f"Unknown config {config!r}: use 'fp32', a float format name for compute precision "
         "('fp16', 'bf16', 'tf32', 'fp8_e4m3', 'fp8_e5m2', ..., optionally with '-attn'), or "
-        "'w<bits>a<bits>[-g<group>][-asym][-dyn]' such as 'w8a8', 'w4a8', 'w4a4', 'w4a16-g128', 'w8a8-dyn', "
+        "'w<bits>a<bits>[-g<group>][-asym][-dyn][-gptq|-awq|-sq]' such as 'w8a8', 'w4a8', 'w4a4', 'w4a16-g128', "
+        "'w8a8-dyn', 'w4a16-g128-gptq', 'w8a8-sq', "
         "or a block format ('mxfp8', 'mxfp6', 'mxfp4', 'mxint8', 'nvfp4', 'w-mxfp4', 'mxfp4-rceil', ...)."
     )
 
@@ -437,6 +467,15 @@ def _layer_configs(model: nn.Module, cfg: QuantConfig, layer_cfgs: dict[str, Qua
     return plan
 
 
+def _begin(scheme: Any, name: str, module: nn.Module, config: QuantConfig) -> Any:
+    """``scheme.begin(name, module)``, with ``config=`` too when the scheme's ``begin`` takes it."""
+    try:
+        takes_config = "config" in inspect.signature(scheme.begin).parameters
+    except (TypeError, ValueError):
+        takes_config = False
+    return scheme.begin(name, module, config=config) if takes_config else scheme.begin(name, module)
+
+
 def _check_calibration_data(data: Any) -> None:
     """The first calibration batch must be a tensor or a dict of tensors (no forward pass)."""
     if isinstance(data, (torch.Tensor, dict)) or hasattr(data, "shape"):
@@ -558,7 +597,7 @@ def emulate_model(
     model : torch.nn.Module
     config : str or QuantConfig
         ``"fp32"``, a float format (``"bf16"``, ``"fp16"``, ``"fp8_e4m3"``, ``"bf16-attn"``,
-        ...) or ``"w{b}a{b}[-g{g}][-asym][-dyn]"`` (see the module docstring).
+        ...) or ``"w{b}a{b}[-g{g}][-asym][-dyn][-gptq[-actorder]|-awq|-sq]"`` (see the module docstring).
     calibration_data : tensor, array, dict of tensors or iterable of batches, optional
         Inputs for static activation observers (and weight schemes that learn from
         inputs); required when the config needs them. Keep these out of your evaluation
@@ -616,7 +655,7 @@ def emulate_model(
                 raise ValueError(f"Weight scheme {layer_cfg.weight_scheme!r} learns from layer inputs, which "
                                  f"layer {name!r} ({type(targets[name]).__name__}) cannot provide.")
             module = targets[name]
-            states[name] = scheme.begin(name, module)
+            states[name] = _begin(scheme, name, module, layer_cfg)
 
             def hook(mod, args, _name=name, _scheme=scheme, _adapter=adapter):
                 _scheme.observe(states[_name], _adapter.inputs_2d(mod, args[0].detach().float()))

@@ -71,7 +71,11 @@ class WeightScheme:
             raise ValueError(f"Asymmetric weights need an integer format, got {fmt.name!r}.")
 
     def begin(self, name: str, layer: Any) -> Any:
-        """Per-layer state to accumulate calibration inputs into (``needs_inputs`` schemes)."""
+        """Per-layer state to accumulate calibration inputs into (``needs_inputs`` schemes).
+
+        A subclass whose ``begin`` also takes a ``config`` keyword gets the layer's
+        :class:`~precal.emulate.QuantConfig` (e.g. to size its buffers from the options).
+        """
         return None
 
     def observe(self, state: Any, x: torch.Tensor) -> None:
