@@ -42,7 +42,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSErr
 LARGE_LOGIT = 1e4
 
 #: Calibrator short names of ``--calibrators``; :data:`precal.report.CALIBRATORS` builds them.
-CALIBRATOR_NAMES = ("ts", "pacs", "dirichlet", "fuzzy")
+CALIBRATOR_NAMES = ("ts", "pacs", "dirichlet", "fuzzy", "ets", "toplabel", "auto")
 
 _SILENT_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
 
@@ -370,7 +370,10 @@ one index per line.
 Every calibrator is scored out of fold: stratified --cv folds, each predicted
 by a calibrator fitted on the other folds. The table gives accuracy, ECE, ACE,
 MCE (percent), NLL and Brier score, each with a bootstrap interval, for the
-uncalibrated logits and each calibrator.
+uncalibrated logits and each calibrator. ECE, ACE and MCE are biased upward,
+so their estimate and interval are bootstrap bias-corrected (the estimate
+always lies in its interval); the others show the plain value and percentile
+interval.
 
 With --precision FMT the logits are first rounded to FMT (as a model deployed
 at FMT would emit them), PACS is told FMT, and precision diagnostics compare
@@ -396,7 +399,9 @@ Examples:
               help="Label column of a .csv file.")
 @click.option("--calibrators", default="ts,pacs,dirichlet", show_default=True, callback=_parse_calibrators,
               metavar="LIST", help="Comma-separated: ts (temperature scaling), pacs, dirichlet, fuzzy "
-                                   "(fuzzy Dirichlet; slow: minutes on 10 000 samples), or none.")
+                                   "(fuzzy Dirichlet; slow: minutes on 10 000 samples), ets (ensemble temperature "
+                                   "scaling), toplabel (top-label isotonic), auto (AutoCalibrator: picks by "
+                                   "cross-validated NLL, reports its choice per fold), or none.")
 @click.option("--precision", metavar="FMT",
               help="Evaluate as if deployed at this format (e.g. bf16, fp16, fp8_e4m3, int8): round the "
                    "logits to it, give it to PACS, add precision diagnostics.")
