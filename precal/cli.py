@@ -690,8 +690,10 @@ def demo_command(seed: int, epochs: int, as_json: bool) -> None:
 
     Trains a small CNN on half of scikit-learn's bundled digits images (nothing is
     downloaded), runs it at several emulated precisions (fp32 to w4a4), fits
-    calibrators on half of the held-out logits at each precision and reports
-    accuracy and calibration metrics before and after calibration on the other half.
+    calibrators (temperature scaling, PACS, fuzzy Dirichlet and an AutoCalibrator,
+    whose row names the method it picked) on half of the held-out logits at each
+    precision and reports accuracy and calibration metrics before and after
+    calibration on the other half.
 
     It takes from tens of seconds to a few minutes, depending on the machine and
     its load (48 s, 9 s of it CPU time, on a 2-core machine shared with other

@@ -707,6 +707,11 @@ def test_demo_json_has_scores_before_and_after(capsys):
         assert rows["temperature scaling"]["nll"] <= before["nll"] + 0.05  # fitted on another half
     assert all(t > 0 for t in out["fitted"]["temperature"].values())
     assert out["n_calibration"] + out["n_test"] + out["n_train"] == 1797
+    # the AutoCalibrator row is named after its choice, and the choice is recorded per precision
+    for config, rows in by_precision.items():
+        chosen = out["fitted"]["auto"][config]["chosen"]
+        assert f"auto ({chosen})" in rows
+        assert chosen in out["fitted"]["auto"][config]["mean_cv_nll"]
 
 
 @pytest.mark.slow
@@ -721,6 +726,17 @@ def test_demo_table_output(capsys):
     assert main(["demo", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "temperature scaling" in out and "ece" in out and "w4a4" in out and "fitted temperatures" in out
+
+
+def test_demo_summary_shows_autos_choice():
+    from precal.demo import format_summary
+
+    rows = [{"method": m, "precision": "fp32", "ece": 0.1} for m in ("uncalibrated", "auto (ets)")]
+    result = DemoResult(rows=rows, n_train=1, n_calibration=1, n_test=1, fitted={
+        "temperature": {"fp32": 1.5}, "pacs": {"fp32": {"lambda": 0.0}}, "fuzzy_labels": {},
+        "auto": {"fp32": {"chosen": "ets", "mean_cv_nll": {"temperature": 0.3, "ets": 0.2}}}})
+    text = format_summary(result)
+    assert "AutoCalibrator's choice" in text and "fp32 ets" in text and "auto (ets)" in text
 
 
 def test_format_table_aligns_columns():
