@@ -507,8 +507,8 @@ class CalibrationErrorCI:
     estimate : float
         The reported point estimate: the bootstrap bias-corrected estimate
         ``2 * plugin - median(bootstrap values)`` (clipped to the named metrics' range) with
-        ``method="bias_corrected"``, the plug-in value with ``method="percentile"``. It
-        always lies in ``[low, high]``.
+        ``method="bias_corrected"`` (then it always lies in ``[low, high]``), the plug-in
+        value with ``method="percentile"`` (then it can fall outside for a biased metric).
     low, high : float
         The interval's ends.
     confidence_level : float
