@@ -25,6 +25,9 @@ __all__ = [
     "PACSCalibrator",
     "DirichletCalibrator",
     "FuzzyDirichletCalibrator",
+    "EnsembleTemperatureScaling",
+    "TopLabelCalibrator",
+    "AutoCalibrator",
     "CalibratedClassifier",
     "LogitTransformer",
     "load_calibrator",
@@ -39,6 +42,9 @@ _FROM_CALIBRATION = frozenset({
     "PACSCalibrator",
     "DirichletCalibrator",
     "FuzzyDirichletCalibrator",
+    "EnsembleTemperatureScaling",
+    "TopLabelCalibrator",
+    "AutoCalibrator",
     "CalibratedClassifier",
     "LogitTransformer",
     "load_calibrator",
@@ -49,12 +55,15 @@ _FROM_THREADS = frozenset({"config_context", "get_config", "set_config"})
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from . import calibration, emulate, metrics
     from .calibration import (
+        AutoCalibrator,
         CalibratedClassifier,
         DirichletCalibrator,
+        EnsembleTemperatureScaling,
         FuzzyDirichletCalibrator,
         LogitTransformer,
         PACSCalibrator,
         TemperatureScaling,
+        TopLabelCalibrator,
         load_calibrator,
     )
     from ._threads import config_context, get_config, set_config

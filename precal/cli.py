@@ -42,7 +42,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSErr
 LARGE_LOGIT = 1e4
 
 #: Calibrator short names of ``--calibrators``; :data:`precal.report.CALIBRATORS` builds them.
-CALIBRATOR_NAMES = ("ts", "pacs", "dirichlet", "fuzzy")
+CALIBRATOR_NAMES = ("ts", "pacs", "dirichlet", "fuzzy", "ets", "toplabel", "auto")
 
 _SILENT_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
 
@@ -370,7 +370,10 @@ one index per line.
 Every calibrator is scored out of fold: stratified --cv folds, each predicted
 by a calibrator fitted on the other folds. The table gives accuracy, ECE, ACE,
 MCE (percent), NLL and Brier score, each with a bootstrap interval, for the
-uncalibrated logits and each calibrator.
+uncalibrated logits and each calibrator. ECE, ACE and MCE are biased upward,
+so their estimate and interval are bootstrap bias-corrected (the estimate
+always lies in its interval); the others show the plain value and percentile
+interval.
 
 With --precision FMT the logits are first rounded to FMT (as a model deployed
 at FMT would emit them), PACS is told FMT, and precision diagnostics compare
@@ -396,7 +399,9 @@ Examples:
               help="Label column of a .csv file.")
 @click.option("--calibrators", default="ts,pacs,dirichlet", show_default=True, callback=_parse_calibrators,
               metavar="LIST", help="Comma-separated: ts (temperature scaling), pacs, dirichlet, fuzzy "
-                                   "(fuzzy Dirichlet; slow: minutes on 10 000 samples), or none.")
+                                   "(fuzzy Dirichlet; slow: minutes on 10 000 samples), ets (ensemble temperature "
+                                   "scaling), toplabel (top-label isotonic), auto (AutoCalibrator: picks by "
+                                   "cross-validated NLL, reports its choice per fold), or none.")
 @click.option("--precision", metavar="FMT",
               help="Evaluate as if deployed at this format (e.g. bf16, fp16, fp8_e4m3, int8): round the "
                    "logits to it, give it to PACS, add precision diagnostics.")
@@ -685,8 +690,10 @@ def demo_command(seed: int, epochs: int, as_json: bool) -> None:
 
     Trains a small CNN on half of scikit-learn's bundled digits images (nothing is
     downloaded), runs it at several emulated precisions (fp32 to w4a4), fits
-    calibrators on half of the held-out logits at each precision and reports
-    accuracy and calibration metrics before and after calibration on the other half.
+    calibrators (temperature scaling, PACS, fuzzy Dirichlet and an AutoCalibrator,
+    whose row names the method it picked) on half of the held-out logits at each
+    precision and reports accuracy and calibration metrics before and after
+    calibration on the other half.
 
     It takes from tens of seconds to a few minutes, depending on the machine and
     its load (48 s, 9 s of it CPU time, on a 2-core machine shared with other

@@ -4,8 +4,11 @@ Data: scikit-learn's bundled handwritten digits (1 797 real 8x8 images, 10 class
 is downloaded). A small CNN is trained on half of the images; the other half is split into
 a calibration half and a test half. The emulator runs the trained network at each precision
 config (activation observers calibrated on training images); at each precision,
-temperature scaling, PACS and the fuzzy-gated Dirichlet calibrator are fitted on the
-calibration logits and every method is scored on the test logits. The fuzzy calibrator's
+temperature scaling, PACS, the fuzzy-gated Dirichlet calibrator and an AutoCalibrator
+(which picks among its default candidates by cross-validated NLL, and keeps temperature
+scaling unless another beats it by more than a standard error) are fitted on the
+calibration logits and every method is scored on the test logits; the AutoCalibrator's
+row is named after its choice, ``"auto (ets)"``. The fuzzy calibrator's
 linguistic confidence labels ("low", "moderate", "high") are counted on the test logits,
 with the accuracy of the predictions under each label.
 """
@@ -22,7 +25,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from ._numerics import softmax
-from .calibration import FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
+from .calibration import AutoCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
 from .emulate import parse_config, sweep
 from .metrics import (
     adaptive_calibration_error,
@@ -173,7 +176,7 @@ def run_demo(
     seconds["emulation"] = time.perf_counter() - start
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    fitted: dict[str, dict[str, Any]] = {"temperature": {}, "pacs": {}, "fuzzy_labels": {}}
+    fitted: dict[str, dict[str, Any]] = {"temperature": {}, "pacs": {}, "fuzzy_labels": {}, "auto": {}}
     with _bar(len(logits), "precal demo: calibrating", "precision", progress) as bar:
         for config, z in logits.items():
             bar.set_postfix_str(config)
@@ -181,12 +184,17 @@ def run_demo(
             ts = TemperatureScaling().fit(z_cal, data.cal_labels)
             pacs = PACSCalibrator(precision=config_precision(config)).fit(z_cal, data.cal_labels)
             fuzzy = FuzzyDirichletCalibrator(random_state=random_state).fit(z_cal, data.cal_labels)
+            auto = AutoCalibrator(random_state=random_state).fit(z_cal, data.cal_labels)
             fitted["temperature"][config] = ts.temperature_
             fitted["pacs"][config] = {"T0": pacs.temperature_, "lambda": pacs.lambda_, "precision": pacs.precision}
             fitted["fuzzy_labels"][config] = confidence_label_counts(fuzzy, z_test, data.test_labels)
+            fitted["auto"][config] = {"chosen": auto.best_name_,
+                                      "mean_cv_nll": dict(zip(auto.cv_results_["candidate"],
+                                                              map(float, auto.cv_results_["mean_score"])))}
             for method, prob in (("uncalibrated", softmax(z_test)), ("temperature scaling", ts.predict_proba(z_test)),
                                  ("PACS", pacs.predict_proba(z_test)),
-                                 ("fuzzy Dirichlet", fuzzy.predict_proba(z_test))):
+                                 ("fuzzy Dirichlet", fuzzy.predict_proba(z_test)),
+                                 (f"auto ({auto.best_name_})", auto.predict_proba(z_test))):
                 rows.append({"method": method, "precision": config, **_scores(data.test_labels, prob)})
             bar.update(1)
     seconds["calibration"] = time.perf_counter() - start
@@ -226,11 +234,14 @@ def format_summary(result: DemoResult) -> str:
     """The text ``precal demo`` prints: what was run, what was fitted, and the score table."""
     temps = ", ".join(f"{k} {v:.3f}" for k, v in result.fitted["temperature"].items())
     lams = ", ".join(f"{k} {v['lambda']:.3g}" for k, v in result.fitted["pacs"].items())
+    auto = ", ".join(f"{k} {v['chosen']}" for k, v in result.fitted.get("auto", {}).items())
     return "\n".join([
         f"precal demo: digits (scikit-learn), small CNN trained on {result.n_train} images; "
         f"calibrated on {result.n_calibration}, scored on {result.n_test} held-out images.",
         f"fitted temperatures: {temps}",
         f"PACS lambda (0 = temperature scaling): {lams}",
+        *([f"AutoCalibrator's choice (5-fold CV NLL; temperature scaling unless another is better by more "
+           f"than one standard error): {auto}"] if auto else []),
         "",
         format_table(result.rows),
         "",

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CALIBRATORS",
     "METRICS",
+    "INTERVALS",
     "Evaluation",
     "make_calibrator",
     "evaluate",
@@ -56,6 +57,7 @@ __all__ = [
     "printable",
     "markdown_text",
     "format_table",
+    "auto_choice_text",
 ]
 
 
@@ -83,25 +85,58 @@ def _fuzzy(precision: str, random_state: int) -> Any:
     return FuzzyDirichletCalibrator(random_state=random_state)
 
 
+def _ets(precision: str, random_state: int) -> Any:
+    from .calibration import EnsembleTemperatureScaling
+
+    return EnsembleTemperatureScaling()
+
+
+def _toplabel(precision: str, random_state: int) -> Any:
+    from .calibration import TopLabelCalibrator
+
+    return TopLabelCalibrator()
+
+
+def _auto(precision: str, random_state: int) -> Any:
+    from .calibration import AutoCalibrator
+
+    return AutoCalibrator(random_state=random_state)
+
+
 #: Short name -> (display name, builder(precision, random_state)).
 CALIBRATORS: dict[str, tuple[str, Callable[[str, int], Any]]] = {
     "ts": ("temperature scaling", _ts),
     "pacs": ("PACS", _pacs),
     "dirichlet": ("Dirichlet", _dirichlet),
     "fuzzy": ("fuzzy Dirichlet", _fuzzy),
+    "ets": ("ensemble temperature scaling", _ets),
+    "toplabel": ("top-label", _toplabel),
+    "auto": ("auto", _auto),
 }
 
 #: Metrics of the table, in column order; the first four are shares shown in percent.
 METRICS = ("accuracy", "ece", "ace", "mce", "nll", "brier")
 _PERCENT = ("accuracy", "ece", "ace", "mce")
 _HEADERS = {"accuracy": "accuracy %", "ece": "ECE %", "ace": "ACE %", "mce": "MCE %", "nll": "NLL", "brier": "Brier"}
+
+#: Bootstrap interval of each metric (``method`` of :func:`precal.metrics.calibration_error_ci`):
+#: the binned metrics are biased upward, so their estimate and interval are bias-corrected;
+#: accuracy, NLL and Brier are sample means (unbiased): the plug-in and the percentile interval.
+INTERVALS = {"accuracy": "percentile", "ece": "bias_corrected", "ace": "bias_corrected", "mce": "bias_corrected",
+             "nll": "percentile", "brier": "percentile"}
+_BIAS_CORRECTED_NOTE = ("ECE, ACE and MCE show the bootstrap bias-corrected estimate and its interval (the binned "
+                        "plug-in is biased upward); accuracy, NLL and Brier the plain value and percentile interval.")
 AS_GIVEN = "as given"
 
 
 def make_calibrator(name: str, *, precision: str = "fp32", random_state: int = 0) -> Any:
-    """A fresh calibrator by short name (``ts``, ``pacs``, ``dirichlet``, ``fuzzy``).
+    """A fresh calibrator by short name: ``ts``, ``pacs``, ``dirichlet``, ``fuzzy``, ``ets``
+    (:class:`~precal.calibration.EnsembleTemperatureScaling`), ``toplabel``
+    (:class:`~precal.calibration.TopLabelCalibrator`, defaults) or ``auto``
+    (:class:`~precal.calibration.AutoCalibrator`, default candidates).
 
-    ``precision`` is PACS's format; ``random_state`` seeds FuzzyDirichlet's noise copies.
+    ``precision`` is PACS's format; ``random_state`` seeds FuzzyDirichlet's noise copies and
+    AutoCalibrator's folds.
 
     Examples
     --------
@@ -143,14 +178,19 @@ class Evaluation:
     rows : list of dict
         One per method: ``method``, ``calibrator`` (short name or None), ``logits``
         (``"as given"`` or the precision) and ``metrics``: ``{name: {"estimate", "low",
-        "high"}}`` (``low``/``high`` None without bootstrap).
+        "high", "plugin"}}``. ``plugin`` is the metric on all rows; ``estimate`` is the
+        point estimate of the interval (:data:`INTERVALS`): bias-corrected for ECE, ACE and
+        MCE, the plug-in for the others, and the plug-in for all without bootstrap
+        (``low``/``high`` None).
     diagnostics : list of dict or None
         With a precision: ``{"name", "value", "description"}`` rows comparing the given
         logits with the rounded ones.
     confidence_shift : list of dict or None
         Per bin of reference confidence: ``bin``, ``count``, ``mean_shift``.
     fitted : dict
-        Per calibrator: scalar fitted parameters per fold and fit time.
+        Per calibrator: scalar fitted parameters per fold (``per_fold``) and fit time; for
+        ``auto`` the candidate chosen in each fold (``chosen_per_fold``, and ``chosen_full``
+        with ``fit_full``) instead of parameters.
     calibrators : dict
         Per calibrator: ``to_dict()`` of one fitted on all rows (only with ``fit_full``).
     """
@@ -291,13 +331,22 @@ def _precision_diagnostics(
 
 
 def _scalar_state(est: Any) -> dict[str, float]:
-    """The fitted scalars of ``est``: its persisted state, plus PACS's ε (derived from its precision)."""
+    """The fitted scalars of ``est``: its persisted state, plus PACS's ε (derived from its
+    precision) and ETS's three weights (``weights_[0]`` TS, ``[1]`` raw softmax, ``[2]`` uniform)."""
     state = est.to_dict()["state"]
     out = {k: v for k, v in state.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     epsilon = getattr(est, "epsilon_", None)
     if isinstance(epsilon, float):
         out["epsilon_"] = epsilon
+    if type(est).__name__ == "EnsembleTemperatureScaling":
+        out.update({f"weights_[{i}]": float(w) for i, w in enumerate(est.weights_)})
     return out
+
+
+def _fold_choice(est: Any) -> str | None:
+    """The candidate an :class:`~precal.calibration.AutoCalibrator` chose, else None."""
+    name = getattr(est, "best_name_", None)
+    return name if isinstance(name, str) else None
 
 
 def evaluate(
@@ -403,18 +452,28 @@ def evaluate(
             base = make_calibrator(name, precision=pacs_precision, random_state=random_state)
             out = np.empty_like(p_uncal)
             per_fold: dict[str, list[float]] = {}
+            chosen: list[str] = []
             start = time.perf_counter()
             for train, test in folds:
                 bar.set_postfix_str(name)
                 est = clone(base).fit(z[train], labels[train])
                 out[test] = est.predict_proba(z[test])
-                for key, value in _scalar_state(est).items():
-                    per_fold.setdefault(key, []).append(value)
+                choice = _fold_choice(est)
+                if choice is not None:  # AutoCalibrator: which method each fold's fit picked
+                    chosen.append(choice)
+                else:
+                    for key, value in _scalar_state(est).items():
+                        per_fold.setdefault(key, []).append(value)
                 bar.update(1)
             fitted[name] = {"params": base.get_params(), "per_fold": per_fold,
                             "fit_seconds": time.perf_counter() - start}
+            if chosen:
+                fitted[name]["chosen_per_fold"] = chosen
             if fit_full:
-                full[name] = clone(base).fit(z, labels).to_dict()
+                full_est = clone(base).fit(z, labels)
+                full[name] = full_est.to_dict()
+                if _fold_choice(full_est) is not None:
+                    fitted[name]["chosen_full"] = _fold_choice(full_est)
                 bar.update(1)
             rows.append({"method": display, "calibrator": name, "logits": tag})
             probs[_row_label(rows[-1])] = out
@@ -429,11 +488,13 @@ def evaluate(
                 params = {"n_bins": n_bins} if metric in ("ece", "ace", "mce") else {}
                 if n_bootstrap:
                     ci = calibration_error_ci(labels, p, metric=fn, n_bootstrap=n_bootstrap,
-                                              confidence_level=confidence_level, random_state=random_state, **params)
-                    metrics[metric] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
+                                              confidence_level=confidence_level, random_state=random_state,
+                                              method=INTERVALS[metric], **params)
+                    metrics[metric] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high,
+                                       "plugin": ci.plugin}
                 else:
-                    metrics[metric] = {"estimate": _estimator(metric)(labels, p, **params), "low": None,
-                                       "high": None}
+                    value = _estimator(metric)(labels, p, **params)
+                    metrics[metric] = {"estimate": value, "low": None, "high": None, "plugin": value}
                 bar.update(1)
             row["metrics"] = metrics
 
@@ -459,6 +520,7 @@ def evaluate(
         "seed": int(random_state),
         "n_bootstrap": int(n_bootstrap),
         "confidence_level": float(confidence_level),
+        "intervals": dict(INTERVALS) if n_bootstrap else None,
         "n_bins": int(n_bins),
     }
     return Evaluation(info, settings, rows, diagnostics, bins, fitted, full, labels, probs, p_ref, swaps)
@@ -503,8 +565,10 @@ def _summary_lines(ev: Evaluation, text: Callable[[Any], str] = printable) -> li
         f"precal evaluate: {src}: {i['n_samples']} samples, {i['n_classes']} classes.",
         f"Calibrators scored out of fold ({s['cv']}-fold stratified cross-validation, seed {s['seed']}); "
         + (f"{100 * s['confidence_level']:g}% bootstrap intervals from {s['n_bootstrap']} resamples in brackets."
-           if s["n_bootstrap"] else "no bootstrap intervals."),
+           if s["n_bootstrap"] else "no bootstrap intervals; plug-in estimates."),
     ]
+    if s["n_bootstrap"]:
+        lines.append(_BIAS_CORRECTED_NOTE)
     if s["precision"]:
         lines.append(f"Logits rounded to {s['precision']} (as a model deployed at {s['precision']} would emit them); "
                      f"PACS precision {s['pacs_precision']}.")
@@ -566,8 +630,9 @@ def _inputs_rows(ev: Evaluation, text: Callable[[Any], str] = printable) -> list
         {"item": "precision", "value": s["precision"] or "none (logits as given)"},
         {"item": "PACS precision", "value": s["pacs_precision"]},
         {"item": "cross-validation", "value": f"{s['cv']} stratified folds, seed {s['seed']}"},
-        {"item": "bootstrap", "value": f"{s['n_bootstrap']} resamples, {100 * s['confidence_level']:g}% percentile "
-                                       "interval" if s["n_bootstrap"] else "none"},
+        {"item": "bootstrap", "value": f"{s['n_bootstrap']} resamples, {100 * s['confidence_level']:g}% intervals: "
+                                       "bias-corrected for ECE/ACE/MCE, percentile for accuracy/NLL/Brier"
+                                       if s["n_bootstrap"] else "none"},
         {"item": "bins (ECE/ACE/MCE)", "value": s["n_bins"]},
     ]
     return rows
@@ -578,9 +643,22 @@ def _fitted_rows(ev: Evaluation) -> list[dict[str, Any]]:
     for name, info in ev.fitted.items():
         params = ", ".join(f"{k} {np.mean(v):.4g} (folds {min(v):.4g}..{max(v):.4g})"
                            for k, v in info["per_fold"].items() if k != "n_iter_")
+        if info.get("chosen_per_fold"):
+            params = "chose " + auto_choice_text(info["chosen_per_fold"], info.get("chosen_full"))
         rows.append({"calibrator": CALIBRATORS[name][0], "fitted parameters (mean over folds)": params or "-",
                      "fit time s (all folds)": f"{info['fit_seconds']:.2f}"})
     return rows
+
+
+def auto_choice_text(chosen: Sequence[str], full: str | None = None) -> str:
+    """What an AutoCalibrator picked: ``"temperature 3/5 folds, ets 2/5"`` (most often first),
+    plus ``"; on all rows: ets"`` when the fit on all rows is known."""
+    counts: dict[str, int] = {}
+    for name in chosen:
+        counts[name] = counts.get(name, 0) + 1
+    order = sorted(counts, key=lambda n: (-counts[n], n))
+    text = ", ".join(f"{n} {counts[n]}/{len(chosen)}" + (" folds" if i == 0 else "") for i, n in enumerate(order))
+    return text + (f"; on all rows: {full}" if full else "")
 
 
 _FIGURE_TITLES = {
@@ -692,7 +770,8 @@ def to_html(ev: Evaluation, figures: dict[str, bytes] | None = None) -> str:
         "<h2>Inputs and settings</h2>", _html_table(_inputs_rows(ev)),
         "<h2>Calibration metrics</h2>",
         "<p class='note'>Calibrated rows are out-of-fold predictions: each sample is scored by a calibrator "
-        "fitted on the other folds. Brackets hold the bootstrap percentile interval; accuracy, ECE, ACE and MCE "
+        "fitted on the other folds. Brackets hold the bootstrap interval (bias-corrected for ECE, ACE and MCE, "
+        "percentile for the others); accuracy, ECE, ACE and MCE "
         "in percent. Lower is better for every column but accuracy.</p>",
         _html_table(metric_table(ev)),
     ]

@@ -127,8 +127,11 @@ def test_evaluate_reads_every_file_kind(files, zy, args):
     out = json.loads(result.stdout)
     assert out["inputs"]["n_samples"] == N and out["inputs"]["n_classes"] == K
     assert [r["method"] for r in out["rows"]] == ["uncalibrated", "temperature scaling"]
-    ece = out["rows"][0]["metrics"]["ece"]["estimate"]
+    ece = out["rows"][0]["metrics"]["ece"]["plugin"]
     assert ece == pytest.approx(expected_calibration_error(y, softmax(z.astype(np.float64))), rel=1e-6)
+    for row in out["rows"]:
+        for m in row["metrics"].values():
+            assert m["low"] <= m["estimate"] <= m["high"]
     assert out["rows"][1]["metrics"]["nll"]["estimate"] < out["rows"][0]["metrics"]["nll"]["estimate"]
 
 
@@ -153,6 +156,31 @@ def test_evaluate_precision_rounds_and_diagnoses(files):
     assert [r["logits"] for r in out["rows"]] == ["as given", "bf16", "bf16", "bf16"]
     names = {d["name"] for d in out["diagnostics"]}
     assert {"share swapped", "mean |confidence gap|", "mean true-class shift", "softmax in bf16: share at 1.0"} <= names
+
+
+def test_evaluate_accepts_the_new_calibrators_and_reports_autos_choice(files):
+    result = invoke("evaluate", files / "zy.npz", "--calibrators", "ets,TopLabel,auto", "--cv", 2, "--n-bootstrap",
+                    0, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert [r["method"] for r in out["rows"]] == ["uncalibrated", "ensemble temperature scaling", "top-label", "auto"]
+    assert list(out["settings"]["calibrators"]) == ["ets", "toplabel", "auto"]
+    assert len(out["fitted"]["auto"]["chosen_per_fold"]) == 2
+    assert len(out["fitted"]["ets"]["per_fold"]["weights_[2]"]) == 2
+    text = invoke("evaluate", files / "zy.npz", "--calibrators", "auto", "--cv", 2, "--n-bootstrap", 0)
+    assert text.exit_code == 0, text.stderr
+    assert "auto" in text.stdout
+
+
+def test_evaluate_report_names_autos_choice(files, tmp_path):
+    pytest.importorskip("matplotlib")
+    result = invoke("evaluate", files / "zy.npz", "--cv", 2, "--n-bootstrap", 0, "--calibrators", "auto",
+                    "--report", tmp_path / "rep")
+    assert result.exit_code == 0, result.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "chose " in md and "on all rows:" in md
+    saved = json.loads((tmp_path / "rep" / "calibrators.json").read_text())
+    assert saved["auto"]["estimator"] == "AutoCalibrator"
 
 
 def test_evaluate_without_calibrators_scores_the_logits_alone(files):
@@ -679,6 +707,11 @@ def test_demo_json_has_scores_before_and_after(capsys):
         assert rows["temperature scaling"]["nll"] <= before["nll"] + 0.05  # fitted on another half
     assert all(t > 0 for t in out["fitted"]["temperature"].values())
     assert out["n_calibration"] + out["n_test"] + out["n_train"] == 1797
+    # the AutoCalibrator row is named after its choice, and the choice is recorded per precision
+    for config, rows in by_precision.items():
+        chosen = out["fitted"]["auto"][config]["chosen"]
+        assert f"auto ({chosen})" in rows
+        assert chosen in out["fitted"]["auto"][config]["mean_cv_nll"]
 
 
 @pytest.mark.slow
@@ -693,6 +726,17 @@ def test_demo_table_output(capsys):
     assert main(["demo", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "temperature scaling" in out and "ece" in out and "w4a4" in out and "fitted temperatures" in out
+
+
+def test_demo_summary_shows_autos_choice():
+    from precal.demo import format_summary
+
+    rows = [{"method": m, "precision": "fp32", "ece": 0.1} for m in ("uncalibrated", "auto (ets)")]
+    result = DemoResult(rows=rows, n_train=1, n_calibration=1, n_test=1, fitted={
+        "temperature": {"fp32": 1.5}, "pacs": {"fp32": {"lambda": 0.0}}, "fuzzy_labels": {},
+        "auto": {"fp32": {"chosen": "ets", "mean_cv_nll": {"temperature": 0.3, "ets": 0.2}}}})
+    text = format_summary(result)
+    assert "AutoCalibrator's choice" in text and "fp32 ets" in text and "auto (ets)" in text
 
 
 def test_format_table_aligns_columns():
@@ -822,6 +866,17 @@ def test_import_precal_is_lazy_but_complete():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[]", "[]", "True", "precal.calibration.temperature"]
+
+
+def test_top_level_exports_the_new_calibrators():
+    import precal
+    import precal.calibration
+
+    new = {"EnsembleTemperatureScaling", "TopLabelCalibrator", "AutoCalibrator"}
+    assert new <= set(precal.__all__) and new <= set(precal.calibration.__all__)
+    for name in new:
+        assert getattr(precal, name) is getattr(precal.calibration, name)
+        assert name in dir(precal)
 
 
 def test_main_returns_the_exit_code_without_exiting(tmp_path):

@@ -61,7 +61,8 @@ def test_rows_cover_uncalibrated_at_both_precisions_and_each_calibrator(ev):
     for row in ev.rows:
         assert list(row["metrics"]) == list(METRICS)
         for m in row["metrics"].values():
-            assert m["low"] <= m["high"]  # a percentile interval need not hold a biased estimate (ECE, NLL)
+            # bias-corrected (ECE, ACE, MCE) or percentile around an unbiased mean: the estimate is inside
+            assert m["low"] <= m["estimate"] <= m["high"]
 
 
 def test_uncalibrated_rows_are_the_softmax_of_given_and_rounded_logits(ev, data):
@@ -79,7 +80,9 @@ def test_metric_estimates_equal_the_library_metrics(ev, data):
         p = _probs(ev, row["method"], row["logits"])
         assert row["metrics"]["accuracy"]["estimate"] == pytest.approx(np.mean(p.argmax(axis=1) == y))
         for name, fn in fns.items():
-            assert row["metrics"][name]["estimate"] == pytest.approx(fn(y, p))
+            assert row["metrics"][name]["plugin"] == pytest.approx(fn(y, p))
+            if name in ("nll", "brier"):  # unbiased means: the plug-in is the estimate
+                assert row["metrics"][name]["estimate"] == row["metrics"][name]["plugin"]
 
 
 def test_intervals_are_the_library_bootstrap_with_the_seed(ev, data):
@@ -222,3 +225,106 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'precal\[plot\]'"):
         require_matplotlib()
+
+
+# ------------------------------------------------------------------------- bias-corrected intervals
+def test_binned_metrics_are_bias_corrected_and_said_so(ev, data):
+    _, y = data
+    assert ev.settings["intervals"] == {"accuracy": "percentile", "ece": "bias_corrected", "ace": "bias_corrected",
+                                        "mce": "bias_corrected", "nll": "percentile", "brier": "percentile"}
+    p = _probs(ev, "temperature scaling", "fp8_e4m3")
+    for metric in ("ece", "mce"):
+        ci = calibration_error_ci(y, p, metric=metric, n_bootstrap=30, random_state=2, n_bins=15)
+        got = ev.rows[2]["metrics"][metric]
+        assert ci.method == "bias_corrected"
+        assert (got["estimate"], got["low"], got["high"], got["plugin"]) == pytest.approx(
+            (ci.estimate, ci.low, ci.high, ci.plugin))
+    text = format_text(ev)
+    assert "bias-corrected" in text
+    assert "bias-corrected for ECE, ACE and MCE" in to_html(ev)
+
+
+def test_issue_case_estimates_lie_inside_their_intervals():
+    """The issue: "ECE 0.63 [0.63, 1.22], MCE 3.98 [5.00, 26.47]" on a well calibrated model."""
+    rng = np.random.default_rng(0)
+    z = 2.5 * rng.normal(size=(5000, 10))
+    p = softmax(z)
+    y = np.minimum((p.cumsum(axis=1) < rng.uniform(size=(5000, 1))).sum(axis=1), 9)  # labels drawn from p
+    ev = evaluate(z, y, calibrators=[], cv=2, n_bootstrap=100, random_state=0)
+    for metric, values in ev.rows[0]["metrics"].items():
+        assert values["low"] <= values["estimate"] <= values["high"], (metric, values)
+    for cell in metric_table(ev)[0].values():
+        if "[" in cell:
+            est, rest = cell.split(" [")
+            low, high = (float(v) for v in rest.rstrip("]").split(", "))
+            assert low <= float(est) <= high, cell
+
+
+def test_without_bootstrap_every_estimate_is_the_plugin(data):
+    z, y = data
+    ev = evaluate(z, y, calibrators=[], cv=2, n_bootstrap=0)
+    assert ev.settings["intervals"] is None
+    for values in ev.rows[0]["metrics"].values():
+        assert values["estimate"] == values["plugin"] and values["low"] is None
+    assert "plug-in estimates" in format_text(ev)
+
+
+# ------------------------------------------------------------------------- ets, toplabel, auto
+@pytest.fixture(scope="module")
+def ev_new(data):
+    z, y = data
+    return evaluate(z, y, calibrators=["ets", "toplabel", "auto"], cv=3, n_bootstrap=0, random_state=4,
+                    fit_full=True)
+
+
+def test_new_calibrators_by_short_name():
+    from precal.calibration import AutoCalibrator, EnsembleTemperatureScaling, TopLabelCalibrator
+
+    assert isinstance(make_calibrator("ets"), EnsembleTemperatureScaling)
+    assert isinstance(make_calibrator("toplabel"), TopLabelCalibrator)
+    auto = make_calibrator("auto", random_state=9)
+    assert isinstance(auto, AutoCalibrator) and auto.random_state == 9
+
+
+def test_new_calibrators_are_scored_out_of_fold(ev_new, data):
+    from precal.calibration import AutoCalibrator, EnsembleTemperatureScaling, TopLabelCalibrator
+
+    z, y = data
+    assert [r["method"] for r in ev_new.rows] == ["uncalibrated", "ensemble temperature scaling", "top-label",
+                                                  "auto"]
+    cv = StratifiedKFold(n_splits=3, shuffle=True, random_state=4)
+    for est, label in ((EnsembleTemperatureScaling(), "ensemble temperature scaling"),
+                       (TopLabelCalibrator(), "top-label"), (AutoCalibrator(random_state=4), "auto")):
+        expected = cross_val_predict(est, z.astype(np.float64), y, cv=cv, method="predict_proba")
+        assert_allclose(_probs(ev_new, label, "as given"), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_per_fold_state_of_new_calibrators(ev_new, data):
+    from precal.calibration import AutoCalibrator
+
+    z, y = data
+    ets = ev_new.fitted["ets"]["per_fold"]
+    assert len(ets["temperature_"]) == 3
+    for f in range(3):  # the mixture weights are reported and sum to one
+        assert sum(ets[f"weights_[{i}]"][f] for i in range(3)) == pytest.approx(1.0)
+    assert len(ev_new.fitted["toplabel"]["per_fold"]["temperature_"]) == 3
+    auto = ev_new.fitted["auto"]
+    assert auto["per_fold"] == {}
+    assert len(auto["chosen_per_fold"]) == 3
+    assert set(auto["chosen_per_fold"]) <= set(AutoCalibrator(random_state=4).fit(z, y).cv_results_["candidate"])
+    full = AutoCalibrator(random_state=4).fit(z.astype(np.float64), y)
+    assert auto["chosen_full"] == full.best_name_
+    restored = load_calibrator(json.loads(json.dumps(ev_new.calibrators["auto"])))
+    assert restored.best_name_ == full.best_name_
+    md = to_markdown(ev_new)
+    assert "chose " in md and f"on all rows: {full.best_name_}" in md
+    assert "weights_[0]" in md
+    out = ev_new.to_dict()
+    assert out["fitted"]["auto"]["chosen_per_fold"] == auto["chosen_per_fold"]
+
+
+def test_auto_choice_text():
+    from precal.report import auto_choice_text
+
+    assert auto_choice_text(["ets", "temperature", "ets"]) == "ets 2/3 folds, temperature 1/3"
+    assert auto_choice_text(["temperature"] * 5, "temperature") == "temperature 5/5 folds; on all rows: temperature"

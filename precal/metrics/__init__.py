@@ -34,11 +34,13 @@ from .scorers import (
     ace_scorer,
     brier_scorer,
     classwise_ece_scorer,
+    debiased_ece_scorer,
     ece_scorer,
     get_scorer,
     get_scorer_names,
     mce_scorer,
     nll_scorer,
+    smooth_ece_scorer,
 )
 
 __all__ = [
@@ -75,6 +77,8 @@ __all__ = [
     "classwise_ece_scorer",
     "brier_scorer",
     "nll_scorer",
+    "debiased_ece_scorer",
+    "smooth_ece_scorer",
     "get_scorer",
     "get_scorer_names",
 ]

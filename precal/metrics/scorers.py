@@ -23,6 +23,7 @@ from .calibration import (
     maximum_calibration_error,
     negative_log_likelihood,
 )
+from .ece_estimators import debiased_calibration_error, smooth_calibration_error
 
 __all__ = [
     "MetricInfo",
@@ -35,6 +36,8 @@ __all__ = [
     "classwise_ece_scorer",
     "brier_scorer",
     "nll_scorer",
+    "debiased_ece_scorer",
+    "smooth_ece_scorer",
 ]
 
 
@@ -55,6 +58,8 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo(classwise_calibration_error, "classwise_ece", "neg_classwise_calibration_error"),
     MetricInfo(brier_score, "brier", "neg_brier_score"),
     MetricInfo(negative_log_likelihood, "nll", "neg_negative_log_likelihood"),
+    MetricInfo(debiased_calibration_error, "debiased_ece", "neg_debiased_calibration_error"),
+    MetricInfo(smooth_calibration_error, "smooth_ece", "neg_smooth_calibration_error"),
 )
 
 _SCORERS: dict[str, Any] = {
@@ -83,6 +88,12 @@ brier_scorer = _SCORERS["neg_brier_score"]
 #: Scorer of ``-negative_log_likelihood(y, estimator.predict_proba(X))``;
 #: the same object as ``get_scorer("neg_negative_log_likelihood")``.
 nll_scorer = _SCORERS["neg_negative_log_likelihood"]
+#: Scorer of ``-debiased_calibration_error(y, estimator.predict_proba(X))`` (an L2 error);
+#: the same object as ``get_scorer("neg_debiased_calibration_error")``.
+debiased_ece_scorer = _SCORERS["neg_debiased_calibration_error"]
+#: Scorer of ``-smooth_calibration_error(y, estimator.predict_proba(X))``;
+#: the same object as ``get_scorer("neg_smooth_calibration_error")``.
+smooth_ece_scorer = _SCORERS["neg_smooth_calibration_error"]
 
 
 def get_scorer(scoring: str | Callable[..., float]) -> Callable[..., float]:
@@ -94,7 +105,9 @@ def get_scorer(scoring: str | Callable[..., float]) -> Callable[..., float]:
         ``"neg_expected_calibration_error"`` (alias ``"ece"``), ``"neg_adaptive_calibration_error"``
         (``"ace"``), ``"neg_maximum_calibration_error"`` (``"mce"``),
         ``"neg_classwise_calibration_error"`` (``"classwise_ece"``), ``"neg_brier_score"``
-        (``"brier"``), ``"neg_negative_log_likelihood"`` (``"nll"``), any name
+        (``"brier"``), ``"neg_negative_log_likelihood"`` (``"nll"``),
+        ``"neg_debiased_calibration_error"`` (``"debiased_ece"``),
+        ``"neg_smooth_calibration_error"`` (``"smooth_ece"``), any name
         :func:`sklearn.metrics.get_scorer` knows, or a callable (returned as is).
 
     Raises

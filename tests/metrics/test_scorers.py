@@ -16,6 +16,8 @@ from precal.metrics import (
     brier_scorer,
     classwise_calibration_error,
     classwise_ece_scorer,
+    debiased_calibration_error,
+    debiased_ece_scorer,
     ece_scorer,
     expected_calibration_error,
     get_scorer,
@@ -24,6 +26,8 @@ from precal.metrics import (
     mce_scorer,
     negative_log_likelihood,
     nll_scorer,
+    smooth_calibration_error,
+    smooth_ece_scorer,
 )
 from precal.metrics.scorers import METRICS
 
@@ -34,6 +38,8 @@ SCORERS = {
     "neg_classwise_calibration_error": (classwise_ece_scorer, "classwise_ece", classwise_calibration_error),
     "neg_brier_score": (brier_scorer, "brier", brier_score),
     "neg_negative_log_likelihood": (nll_scorer, "nll", negative_log_likelihood),
+    "neg_debiased_calibration_error": (debiased_ece_scorer, "debiased_ece", debiased_calibration_error),
+    "neg_smooth_calibration_error": (smooth_ece_scorer, "smooth_ece", smooth_calibration_error),
 }
 
 
@@ -179,6 +185,8 @@ def test_aliases_are_the_same_object():
     assert get_scorer("classwise_ece") is classwise_ece_scorer
     assert get_scorer("brier") is brier_scorer
     assert get_scorer("nll") is nll_scorer
+    assert get_scorer("debiased_ece") is get_scorer("neg_debiased_calibration_error") is debiased_ece_scorer
+    assert get_scorer("smooth_ece") is get_scorer("neg_smooth_calibration_error") is smooth_ece_scorer
     # repeated lookups give the same object
     assert get_scorer("ece") is get_scorer("ece")
 
@@ -248,3 +256,51 @@ def test_get_scorer_names():
     # every listed name resolves
     for name in names:
         assert callable(get_scorer(name))
+
+
+# ---------------------------------------------------------------- debiased and smooth ECE on calibrators
+@pytest.fixture(scope="module")
+def overconfident_logits():
+    rng = np.random.default_rng(3)
+    n, k = 900, 4
+    true_logits = rng.normal(size=(n, k)) * 1.5
+    p = np.exp(true_logits - true_logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(k, p=row) for row in p])
+    return (true_logits * 2.5).astype(np.float32), y  # temperature 1/2.5: overconfident
+
+
+@pytest.mark.parametrize("name", ["debiased_ece", "smooth_ece"])
+def test_new_scorers_score_a_fitted_calibrator(name, overconfident_logits):
+    from precal.calibration import TemperatureScaling
+
+    z, y = overconfident_logits
+    fn = SCORERS[get_scorer_name(name)][2]
+    cal = TemperatureScaling().fit(z[:600], y[:600])
+    value = get_scorer(name)(cal, z[600:], y[600:])
+    assert value == pytest.approx(-fn(y[600:], cal.predict_proba(z[600:])), abs=1e-12)
+    assert value <= 0
+
+
+@pytest.mark.parametrize("scoring", ["debiased_ece", "neg_smooth_calibration_error"])
+def test_grid_search_over_a_calibrator_with_new_scorers(scoring, overconfident_logits):
+    """GridSearchCV runs with the new scorers and prefers the calibrator that fixes the overconfidence."""
+    from sklearn.model_selection import GridSearchCV
+
+    from precal.calibration import EnsembleTemperatureScaling
+
+    z, y = overconfident_logits
+    search = GridSearchCV(EnsembleTemperatureScaling(), {"loss": ["nll", "mse"]}, cv=3,
+                          scoring=get_scorer(scoring)).fit(z, y)
+    assert search.best_params_["loss"] in ("nll", "mse")
+    scores = search.cv_results_["mean_test_score"]
+    assert scores.shape == (2,) and np.all(np.isfinite(scores)) and np.all(scores <= 0)
+    # the uncalibrated model (no fit) scores worse than the tuned one on held-out folds
+    prob = np.exp(z - z.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    fn = SCORERS[get_scorer_name(scoring)][2]
+    assert -fn(y, prob) < search.best_score_
+
+
+def get_scorer_name(name):
+    return {info.short_name: info.scorer_name for info in METRICS}.get(name, name)
