@@ -178,7 +178,7 @@ class _DataTerm:
     """
 
     def __init__(self, features: Any, y_idx: torch.Tensor, weights: torch.Tensor | None, *, diagonal: bool,
-                 dtype: torch.dtype, device: torch.device, keep_probs: bool) -> None:
+                 dtype: torch.dtype, device: torch.device, keep_probs: bool, low_rank: bool = True) -> None:
         self.features = features
         self.n, self.k = features.n, features.k
         self.y = y_idx
@@ -187,8 +187,9 @@ class _DataTerm:
         self.dtype = dtype
         self.device = device
         self.n_params = 2 * self.k if diagonal else self.k * (self.k + 1)
-        # at the point of the last evaluate(keep=True): q (full maps) or [q ⊙ F, q] (diagonal)
-        width = 2 * self.k if diagonal else self.k
+        # at the point of the last evaluate(keep=True): q, or [q ⊙ F, q] for a diagonal map
+        # with low_rank (hessp is then two matrix-vector products)
+        width = 2 * self.k if diagonal and low_rank else self.k
         self.probs = torch.empty((self.n, width), dtype=dtype, device=device) if keep_probs else None
         self._kept_at: np.ndarray | None = None  # the point whose probabilities hessp uses
         self._kept_curv: np.ndarray | None = None
@@ -259,9 +260,11 @@ class _DataTerm:
             wq = q if wc is None else q * wcd
             if diagonal and (grad or store):
                 qf = q * feats
-                if store:
+                if store and self.probs.shape[1] == 2 * k:
                     self.probs[rows, :k] = qf
                     self.probs[rows, k:] = q
+                elif store:
+                    self.probs[rows] = q
                 if grad:
                     wqf = qf if wc is None else qf.mul_(wcd)
                     true_w = torch.ones_like(a_true) if wc is None else wc.to(q.dtype)
@@ -366,7 +369,7 @@ class _DataTerm:
         k, diagonal, dev = self.k, self.diagonal, self.device
         if self._kept_at is None:  # pragma: no cover - internal misuse
             raise RuntimeError("hessp needs a point evaluated with keep=True first")
-        if diagonal and self.probs is not None:
+        if diagonal and self.probs is not None and self.probs.shape[1] == 2 * k:
             # H = D - U^T S U with U_i = [q_i ⊙ F_i, q_i] (kept) and D the diagonal blocks
             vt = torch.from_numpy(np.ascontiguousarray(v)).to(dev, self.dtype)
             r = self.probs @ vt
@@ -833,10 +836,12 @@ class _Problem:
                 cache[rows] = features(rows)
             features = _Rows(cache)
         self.shift, self.scale = shift.cpu().numpy(), scale.cpu().numpy()  # K numbers each
-        width = 2 * k if diagonal else k
+        # the kept probabilities (n K; [q ⊙ F, q], 2 n K, for a diagonal map when that fits
+        # too) when the features are cached: each array within _CACHE_ELEMENTS
         conjugate_gradients = (2 * k if diagonal else k * (k + 1)) > _DENSE_MAX_PARAMS
         self.data = _DataTerm(features, y_idx, weights, diagonal=diagonal, dtype=dtype, device=device,
-                              keep_probs=conjugate_gradients and n * (k + width) <= _CACHE_ELEMENTS)
+                              keep_probs=conjugate_gradients and n * k <= _CACHE_ELEMENTS,
+                              low_rank=diagonal and 2 * n * k <= _CACHE_ELEMENTS)
 
     def from_original(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
         """``θ`` of a map on the original log-probabilities: ``W~ = W diag(s)``, ``b~ = b + W m``."""

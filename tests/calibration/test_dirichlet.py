@@ -462,9 +462,11 @@ def test_conjugate_gradient_steps_reach_the_dense_newton_optimum(monkeypatch, di
     assert dense.converged and dense.n_cg == 0
     monkeypatch.setattr(dirichlet_module, "_DENSE_MAX_PARAMS", 0)
     cg = fit_dirichlet(z, y, **kw)
+    monkeypatch.setattr(dirichlet_module, "_CACHE_ELEMENTS", 600 * 6)  # diagonal: q kept, not [q F, q]
+    cg_q_only = fit_dirichlet(z, y, **kw)
     monkeypatch.setattr(dirichlet_module, "_CACHE_ELEMENTS", 0)  # probabilities recomputed in every product
     cg_uncached = fit_dirichlet(z, y, **kw)
-    for fit in (cg, cg_uncached):
+    for fit in (cg, cg_q_only, cg_uncached):
         assert fit.converged and fit.n_cg > 0
         assert_allclose(fit.coef, dense.coef, atol=1e-9)
         assert_allclose(fit.intercept, dense.intercept, atol=1e-9)
