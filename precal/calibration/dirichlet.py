@@ -626,7 +626,7 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
     Each step solves ``(∇²f + c Π) d = -∇f`` (``Π`` the projection onto the flat directions,
     ``c`` the Hessian's mean diagonal, so the system is positive definite and ``d`` has no
     flat component): exactly by Cholesky for up to :data:`_DENSE_MAX_PARAMS` parameters,
-    else by conjugate gradients preconditioned with the Hessian's diagonal, to a relative
+    else by conjugate gradients preconditioned by :func:`_preconditioner`, to a relative
     residual ``min(0.5, sqrt(|∇f| / |∇f_0|))`` (superlinear convergence; ``1e-10`` for the
     polishing steps below). Once the Newton
     decrement ``δ = -∇f·d`` (twice the predicted decrease) satisfies
@@ -1030,7 +1030,8 @@ def fit_dirichlet(
     parameters (full maps up to 22 classes, diagonal maps up to 256) the Hessian is formed and
     each step solved by Cholesky; larger problems solve each step by conjugate gradients on
     exact Hessian-vector products (one pass each, using the probabilities kept from the
-    gradient pass), preconditioned by the Hessian's diagonal, to a relative residual that
+    gradient pass), preconditioned by the Hessian's exact ``2 × 2`` block per class (diagonal
+    maps) or a Kronecker-like Gram-matrix approximation (full maps), to a relative residual that
     shrinks with the gradient (an inexact Newton method; superlinear). Everything runs in
     torch on the logits' device, chunked over rows (one block kernel computes values,
     gradients, Hessians and Hessian-vector products); only ``K``-sized vectors and, for dense
