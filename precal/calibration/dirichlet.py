@@ -56,6 +56,9 @@ _CACHE_ELEMENTS = 1 << 27
 #: (Cholesky); larger ones by preconditioned conjugate gradients on Hessian-vector products.
 _DENSE_MAX_PARAMS = 512
 
+#: Rows of the strided sample that sets the standardisation (and the temperature start) of large fits.
+_STATS_ROWS = 8192
+
 #: Conjugate-gradient iterations per Newton step at most.
 _CG_MAX_ITER = 250
 
@@ -149,7 +152,7 @@ class _Evaluation:
     f: float
     g: np.ndarray | None = None
     hess: np.ndarray | None = None  # dense (P, P)
-    hess_diag: np.ndarray | None = None  # (P,)
+    hess_diag: np.ndarray | None = None  # (P,) for full maps, (K, 2, 2) blocks for diagonal ones
     n_errors: int = -1
 
 
@@ -175,7 +178,7 @@ class _DataTerm:
     """
 
     def __init__(self, features: Any, y_idx: torch.Tensor, weights: torch.Tensor | None, *, diagonal: bool,
-                 dtype: torch.dtype, device: torch.device, keep_probs: bool) -> None:
+                 dtype: torch.dtype, device: torch.device, keep_probs: bool, low_rank: bool = True) -> None:
         self.features = features
         self.n, self.k = features.n, features.k
         self.y = y_idx
@@ -184,8 +187,13 @@ class _DataTerm:
         self.dtype = dtype
         self.device = device
         self.n_params = 2 * self.k if diagonal else self.k * (self.k + 1)
-        self.probs = torch.empty((self.n, self.k), dtype=dtype, device=device) if keep_probs else None
+        # at the point of the last evaluate(keep=True): q, or [q ⊙ F, q] for a diagonal map
+        # with low_rank (hessp is then two matrix-vector products)
+        width = 2 * self.k if diagonal and low_rank else self.k
+        self.probs = torch.empty((self.n, width), dtype=dtype, device=device) if keep_probs else None
         self._kept_at: np.ndarray | None = None  # the point whose probabilities hessp uses
+        self._kept_curv: np.ndarray | None = None
+        self._gram: tuple[np.ndarray, np.ndarray] | None = None
         self.n_passes = 0
 
     # ------------------------------------------------------------ parameters
@@ -212,7 +220,12 @@ class _DataTerm:
 
     def evaluate(self, theta: np.ndarray, *, grad: bool = True, hess: bool = False, hess_diag: bool = False,
                  keep: bool = False, count_errors: bool = False) -> _Evaluation:
-        """Value (and gradient, dense Hessian, Hessian diagonal) of the data term at ``theta``."""
+        """Value (and gradient, dense Hessian, curvature for preconditioning) of the data term at ``theta``.
+
+        ``hess_diag`` gives the Hessian's diagonal for a full map and its ``2 × 2`` diagonal
+        blocks (one per class, ``(K, 2, 2)``) for a diagonal map. ``keep`` stores what
+        :meth:`hessp` needs at this point.
+        """
         f64 = torch.float64
         k, diagonal, dev = self.k, self.diagonal, self.device
         w, b = self.params(theta)
@@ -220,8 +233,10 @@ class _DataTerm:
         errors = torch.zeros((), dtype=torch.int64, device=dev)
         g_w = torch.zeros((k,) if diagonal else (k, k), dtype=f64, device=dev) if grad else None
         g_b = torch.zeros(k, dtype=f64, device=dev) if grad else None
-        d_w = torch.zeros_like(g_w) if hess_diag and grad else None
-        d_b = torch.zeros_like(g_b) if hess_diag and grad else None
+        curv = None
+        if grad and (hess_diag or keep):
+            # diagonal maps: Σ s q F², Σ s q F, Σ s q, Σ s q² F², Σ s q² F, Σ s q² per class
+            curv = torch.zeros((6, k) if diagonal else (k, k + 1), dtype=f64, device=dev)
         big = torch.zeros((self.n_params, self.n_params), dtype=f64, device=dev) if hess else None
         store = keep and self.probs is not None
         for rows in _row_chunks(self.n, k):
@@ -241,30 +256,63 @@ class _DataTerm:
             if not (grad or hess or store):
                 continue
             q = e.div_(s[:, None])  # softmax, in place of a
-            if store:
-                self.probs[rows] = q
-            wq = q if wc is None else q * wc.to(q.dtype)[:, None]
-            if grad:
-                minus = -(torch.ones_like(q[:, 0]) if wc is None else wc.to(q.dtype))
-                r = wq.scatter_add(1, yc, minus[:, None])  # s (q - onehot(y))
-                g_b += r.sum(dim=0).to(f64)
-                g_w += (r.mul_(feats).sum(dim=0) if diagonal else r.T @ feats).to(f64)
-            if hess_diag and grad:
-                v = wq - wq * q  # s q (1 - q)
-                d_b += v.sum(dim=0).to(f64)
-                f2 = feats.square()
-                d_w += (v.mul_(f2).sum(dim=0) if diagonal else v.T @ f2).to(f64)
+            wcd = None if wc is None else wc.to(q.dtype)[:, None]
+            wq = q if wc is None else q * wcd
+            if diagonal and (grad or store):
+                qf = q * feats
+                if store and self.probs.shape[1] == 2 * k:
+                    self.probs[rows, :k] = qf
+                    self.probs[rows, k:] = q
+                elif store:
+                    self.probs[rows] = q
+                if grad:
+                    wqf = qf if wc is None else qf.mul_(wcd)
+                    true_w = torch.ones_like(a_true) if wc is None else wc.to(q.dtype)
+                    g_w += wqf.sum(dim=0).to(f64)
+                    g_w.index_add_(0, yc[:, 0], -(feats.gather(1, yc)[:, 0] * true_w).to(f64))
+                    g_b += wq.sum(dim=0).to(f64)
+                    g_b.index_add_(0, yc[:, 0], -true_w.to(f64))
+                    if curv is not None:
+                        curv[0] += torch.linalg.vecdot(wqf, feats, dim=0).to(f64)
+                        curv[1] += wqf.sum(dim=0).to(f64)
+                        curv[2] += wq.sum(dim=0).to(f64)
+                        wq2 = wq * q
+                        curv[5] += wq2.sum(dim=0).to(f64)
+                        wq2f = wq2.mul_(feats)
+                        curv[4] += wq2f.sum(dim=0).to(f64)
+                        curv[3] += torch.linalg.vecdot(wq2f, feats, dim=0).to(f64)
+            elif grad or store:
+                if store:
+                    self.probs[rows] = q
+                if grad:
+                    minus = -(torch.ones_like(q[:, 0]) if wc is None else wc.to(q.dtype))
+                    r = wq.scatter_add(1, yc, minus[:, None])  # s (q - onehot(y))
+                    g_b += r.sum(dim=0).to(f64)
+                    g_w += (r.T @ feats).to(f64)
+                    if curv is not None:
+                        v = wq - wq * q  # s q (1 - q)
+                        curv[:, k] += v.sum(dim=0).to(f64)
+                        curv[:, :k] += (v.T @ feats.square()).to(f64)
             if hess:
                 self._add_hessian(big, feats, q, wq)
         scale = 1.0 / self.n if self.weights is None else 1.0
         self.n_passes += 1
-        if keep:
-            self._kept_at = np.array(theta, dtype=np.float64, copy=True)
         out = _Evaluation(f=float(total) * scale, n_errors=int(errors) if count_errors else -1)
         if grad:
             out.g = self._flat(g_w, g_b) * scale
-        if hess_diag and grad:
-            out.hess_diag = self._flat(d_w, d_b) * scale
+        if curv is not None:
+            curv = curv.cpu().numpy() * scale
+            if diagonal:
+                d1, d2, d3, e1, e2, e3 = curv
+                blocks = np.empty((k, 2, 2))
+                blocks[:, 0, 0], blocks[:, 0, 1], blocks[:, 1, 1] = d1 - e1, d2 - e2, d3 - e3
+                blocks[:, 1, 0] = blocks[:, 0, 1]
+                out.hess_diag = blocks
+            else:
+                out.hess_diag = curv.ravel()
+        if keep:
+            self._kept_at = np.array(theta, dtype=np.float64, copy=True)
+            self._kept_curv = curv
         if hess:
             out.hess = big.cpu().numpy() * scale
         return out
@@ -297,13 +345,40 @@ class _DataTerm:
                 j = torch.arange(k, device=big.device)
                 view[j, :, j, :] += blocks
 
+    def gram_eigen(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues and vectors of ``G = Σ s x x^T``, ``x = [F, 1]`` (computed once; float64)."""
+        if self._gram is None:
+            f64 = torch.float64
+            k = self.k
+            g = torch.zeros((k + 1, k + 1), dtype=f64, device=self.device)
+            for rows in _row_chunks(self.n, k):
+                feats = self.features(rows)
+                x = torch.cat([feats, torch.ones_like(feats[:, :1])], dim=1)
+                wc = self._chunk_weights(rows)
+                xw = x if wc is None else x * wc.to(x.dtype)[:, None]
+                g += (xw.T @ x).to(f64)
+            g = g.cpu().numpy() / (self.n if self.weights is None else 1.0)
+            lam, basis = np.linalg.eigh(0.5 * (g + g.T))
+            self._gram = (np.maximum(lam, 0.0), basis)
+            self.n_passes += 1
+        return self._gram
+
     def hessp(self, v: np.ndarray) -> np.ndarray:
         """The data term's Hessian at the last point evaluated with ``keep=True`` times ``v``."""
         f64 = torch.float64
         k, diagonal, dev = self.k, self.diagonal, self.device
-        vw, vb = self.params(v)
         if self._kept_at is None:  # pragma: no cover - internal misuse
             raise RuntimeError("hessp needs a point evaluated with keep=True first")
+        if diagonal and self.probs is not None and self.probs.shape[1] == 2 * k:
+            # H = D - U^T S U with U_i = [q_i ⊙ F_i, q_i] (kept) and D the diagonal blocks
+            vt = torch.from_numpy(np.ascontiguousarray(v)).to(dev, self.dtype)
+            r = self.probs @ vt
+            r = r / self.n if self.weights is None else r * self.weights.to(r.dtype)
+            low = (self.probs.T @ r).to(f64).cpu().numpy()
+            d1, d2, d3 = self._kept_curv[:3]
+            self.n_passes += 1
+            return np.concatenate([d1 * v[:k] + d2 * v[k:], d2 * v[:k] + d3 * v[k:]]) - low
+        vw, vb = self.params(v)
         w = b = None
         if self.probs is None:
             w, b = self.params(self._kept_at)
@@ -415,13 +490,18 @@ class _Penalty:
         return self._dense
 
     def diagonal_estimate(self) -> np.ndarray:
-        """An estimate of ``R``'s diagonal (the centring corrections left out), for preconditioning."""
+        """``R``'s diagonal (full maps) or its ``2 × 2`` blocks per class (diagonal maps, ``(K, 2, 2)``),
+        with the centring corrections left out: for preconditioning."""
         k = self.k
         inv_s2 = 1.0 / self.s**2
         c_b = 2.0 * self.mu / k * (1.0 - 1.0 / k)
         c_d = 2.0 * self.nu / k * (1.0 - 1.0 / k)
-        if self.diagonal:
-            return np.concatenate([(c_d + c_b * self.m**2) * inv_s2, np.full(k, c_b)])
+        if self.diagonal:  # μ/K (b~ - w~ m/s)² + ν/K (w~/s)² per class
+            blocks = np.empty((k, 2, 2))
+            blocks[:, 0, 0] = (c_d + c_b * self.m**2) * inv_s2
+            blocks[:, 0, 1] = blocks[:, 1, 0] = -c_b * self.m / self.s
+            blocks[:, 1, 1] = c_b
+            return blocks
         c_o = 2.0 * self.lam / (k * (k - 1)) * (1.0 - 1.0 / (k - 1)) if k > 2 else 0.0
         d_w = np.full((k, k), c_o)
         np.fill_diagonal(d_w, c_d)
@@ -455,11 +535,68 @@ class _NewtonResult:
     message: str
 
 
-def _pcg(apply: Any, rhs: np.ndarray, inv_diag: np.ndarray, rtol: float, max_iter: int) -> tuple[np.ndarray, int]:
+def _preconditioner(curv: np.ndarray, data: _DataTerm, penalty: _Penalty, c: float) -> Any:
+    """``r -> M^{-1} r``, ``M`` an approximation of the Hessian that is cheap to invert.
+
+    Diagonal maps: the exact ``2 × 2`` block of each class (``w_k`` and ``b_k`` are strongly
+    coupled) plus the penalty's. Full maps: the data term's row ``j`` of ``Θ`` is approximated
+    by ``c_j G`` (``c_j = Σ s q_j (1 - q_j)``, ``G = Σ s x x^T`` the features' Gram matrix: the
+    columns of ``log_softmax`` are strongly correlated, which a diagonal cannot capture), the
+    penalty by a multiple of the identity plus, per row, its rank-two part (the intercept's
+    coupling ``b = b~ - W~ m/s`` and the diagonal entry); with ``G = U Λ U^T`` each row's
+    system is diagonal plus rank two in ``U``'s basis (Woodbury), two ``K × (K+1)`` products
+    per application.
+    """
+    k = data.k
+    if data.diagonal:
+        blocks = curv + penalty.diagonal_estimate()
+        blocks[:, 1, 1] += c / k
+        det = blocks[:, 0, 0] * blocks[:, 1, 1] - blocks[:, 0, 1] ** 2
+        scale = np.maximum(blocks[:, 0, 0] * blocks[:, 1, 1], 1e-300)
+        singular = ~(det > 1e-12 * scale)
+        blocks[singular, 0, 1] = blocks[singular, 1, 0] = 0.0  # fall back to the diagonal there
+        det = np.where(singular, scale, det)
+        a, b, d = blocks[:, 1, 1] / det, -blocks[:, 0, 1] / det, blocks[:, 0, 0] / det
+
+        def apply_blocks(r: np.ndarray) -> np.ndarray:
+            rw, rb = r[:k], r[k:]
+            return np.concatenate([a * rw + b * rb, b * rw + d * rb])
+
+        return apply_blocks
+
+    lam, basis = data.gram_eigen()
+    c_row = np.maximum(curv.reshape(k, k + 1)[:, k], 0.0)  # Σ s q_j (1 - q_j): x's last entry is 1
+    inv_s2 = 1.0 / penalty.s**2
+    off = 2.0 * penalty.lam / (k * (k - 1)) * (1.0 - 1.0 / (k - 1)) if k > 2 else 0.0
+    alpha = off * inv_s2.mean() + c / k  # the penalty's (and c Π's) level on every entry
+    gamma = np.maximum(2.0 * penalty.nu / k * (1.0 - 1.0 / k) * inv_s2 - off * inv_s2, 0.0)  # diagonal excess
+    beta = 2.0 * penalty.mu / k * (1.0 - 1.0 / k)
+    den = c_row[:, None] * lam[None, :] + alpha  # (K, K+1): row j's M in the basis U
+    den = np.maximum(den, 1e-300)
+    a_vec = np.concatenate([-penalty.m / penalty.s, [1.0]]) @ basis  # U^T a
+    e_rows = basis[:k]  # U^T e_j is row j of U
+    a_hat, e_hat = a_vec[None, :] / den, e_rows / den
+    s11 = (1.0 / beta if beta > 0 else 1e300) + a_hat @ a_vec
+    s12 = np.einsum("jl,jl->j", a_hat, e_rows)
+    s22 = np.where(gamma > 0, 1.0 / np.maximum(gamma, 1e-300), 1e300) + np.einsum("jl,jl->j", e_hat, e_rows)
+    det = s11 * s22 - s12**2
+
+    def apply_rows(r: np.ndarray) -> np.ndarray:
+        r_hat = r.reshape(k, k + 1) @ basis
+        z0 = r_hat / den
+        t1, t2 = z0 @ a_vec, np.einsum("jl,jl->j", z0, e_rows)
+        u1, u2 = (s22 * t1 - s12 * t2) / det, (s11 * t2 - s12 * t1) / det  # S^{-1} t per row
+        z = z0 - a_hat * u1[:, None] - e_hat * u2[:, None]
+        return (z @ basis.T).ravel()
+
+    return apply_rows
+
+
+def _pcg(apply: Any, rhs: np.ndarray, precondition: Any, rtol: float, max_iter: int) -> tuple[np.ndarray, int]:
     """Preconditioned conjugate gradients for ``A x = rhs`` (``A`` positive definite)."""
     x = np.zeros_like(rhs)
     r = rhs.copy()
-    z = inv_diag * r
+    z = precondition(r)
     p = z.copy()
     rz = float(r @ z)
     target = rtol * float(np.linalg.norm(rhs))
@@ -476,7 +613,7 @@ def _pcg(apply: Any, rhs: np.ndarray, inv_diag: np.ndarray, rtol: float, max_ite
         r -= alpha * ap
         if float(np.linalg.norm(r)) <= target:
             break
-        z = inv_diag * r
+        z = precondition(r)
         rz_new = float(r @ z)
         p = z + (rz_new / rz) * p
         rz = rz_new
@@ -489,7 +626,7 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
     Each step solves ``(∇²f + c Π) d = -∇f`` (``Π`` the projection onto the flat directions,
     ``c`` the Hessian's mean diagonal, so the system is positive definite and ``d`` has no
     flat component): exactly by Cholesky for up to :data:`_DENSE_MAX_PARAMS` parameters,
-    else by conjugate gradients preconditioned with the Hessian's diagonal, to a relative
+    else by conjugate gradients preconditioned by :func:`_preconditioner`, to a relative
     residual ``min(0.5, sqrt(|∇f| / |∇f_0|))`` (superlinear convergence; ``1e-10`` for the
     polishing steps below). Once the Newton
     decrement ``δ = -∇f·d`` (twice the predicted decrease) satisfies
@@ -502,7 +639,6 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
     dense = data.n_params <= _DENSE_MAX_PARAMS
     eps = float(torch.finfo(data.dtype).eps)
     r_dense = penalty.dense() if dense else None
-    r_diag = None if dense else penalty.diagonal_estimate()
 
     def full(x: np.ndarray) -> tuple[float, np.ndarray | None, np.ndarray | None]:
         ev = data.evaluate(x, grad=True, hess=dense, hess_diag=not dense, keep=not dense)
@@ -510,7 +646,7 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
             # the penalty's gradient from its structured form (centred differences first): the
             # dense R x would sum terms of size λ that cancel, losing digits for large λ
             f, g = ev.f + penalty.value(x), ev.g + penalty.grad(x)
-            curv = ev.hess + r_dense if dense else ev.hess_diag + r_diag
+            curv = ev.hess + r_dense if dense else ev.hess_diag  # the data term's only (CG)
         if not (math.isfinite(f) and np.isfinite(g).all() and np.isfinite(curv).all()):
             return math.inf, None, None
         return f, g, curv
@@ -533,14 +669,18 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
             c = max(float(np.mean(np.diag(curv))), 1e-12)
             d = _dense_newton_step(curv, g, c, k, diagonal)
         else:
-            c = max(float(np.mean(curv)), 1e-12)
+            pen = penalty.diagonal_estimate()
+            if diagonal:
+                curv_diag, pen = np.diagonal(curv, axis1=1, axis2=2), np.diagonal(pen, axis1=1, axis2=2)
+            else:
+                curv_diag = curv
+            c = max(float(np.mean(curv_diag + pen)), 1e-12)
 
             def apply(v: np.ndarray) -> np.ndarray:
                 return data.hessp(v) + penalty.grad(v) + c * _null_projection(v, k, diagonal)
 
-            pre = curv + c * _null_projection_diagonal(k, diagonal)
             rtol = 1e-10 if polish else min(0.5, math.sqrt(float(np.linalg.norm(g)) / g0))
-            d, used = _pcg(apply, -g, 1.0 / np.maximum(pre, 1e-300), rtol, _CG_MAX_ITER)
+            d, used = _pcg(apply, -g, _preconditioner(curv, data, penalty, c), rtol, _CG_MAX_ITER)
             n_cg += used
             d = d - _null_projection(d, k, diagonal)
         dec = -float(g @ d)
@@ -661,40 +801,47 @@ class _Problem:
         self.n, self.k, self.diagonal, self.dtype = n, k, diagonal, dtype
         self.magnitude = magnitude
 
-        # Column means and standard deviations of the log-probabilities (float64 sums of values
-        # divided by the largest possible |log p|, 2 max|z|, so squares cannot overflow).
+        # Column means and standard deviations of the log-probabilities, on all rows or on a
+        # strided sample of them (they only choose the optimiser's coordinates), as float64
+        # sums of values divided by the largest possible |log p|, 2 max|z|, so squares cannot
+        # overflow; weighted, so that weights and repeated rows give the same coordinates.
         unit = 2.0 * magnitude
-        cache = torch.empty((n, k), dtype=dtype, device=device) if n * k <= _CACHE_ELEMENTS else None
+        stride = max(1, n // _STATS_ROWS)
+        sample = z[::stride]
+        w_sample = None if weights is None else weights[::stride]
         s1 = torch.zeros(k, dtype=f64, device=device)
         s2 = torch.zeros(k, dtype=f64, device=device)
-        for rows in _row_chunks(n, k):
-            lp = torch.log_softmax(z[rows].to(dtype), dim=1)
-            if cache is not None:
-                cache[rows] = lp
-            lp64 = lp.to(f64) / unit
-            if weights is None:
+        for rows in _row_chunks(sample.shape[0], k):
+            lp64 = torch.log_softmax(sample[rows].to(dtype), dim=1).to(f64) / unit
+            if w_sample is None:
                 s1 += lp64.sum(dim=0)
                 s2 += lp64.square().sum(dim=0)
-            else:  # weighted, so that weights and repeated rows give the same fit
-                wc = weights[rows, None]
+            else:
+                wc = w_sample[rows, None]
                 s1 += (wc * lp64).sum(dim=0)
                 s2 += (wc * lp64.square()).sum(dim=0)
-        total_weight = n if weights is None else 1.0
+        total_weight = float(sample.shape[0]) if w_sample is None else float(w_sample.sum())
+        if not total_weight > 0:  # a sample of zero-weight rows: any coordinates do
+            total_weight, s1, s2 = 1.0, s1 * 0.0, s2 * 0.0 + 1.0 / unit**2
         mean = s1 / total_weight
         var = (s2 / total_weight - mean.square()).clamp_min(0.0)
         shift, scale = mean * unit, var.sqrt() * unit
         scale = torch.where(scale > 1e-12 * (1.0 + shift.abs()), scale, torch.ones_like(scale))
         if not (torch.isfinite(shift).all() and torch.isfinite(scale).all()):  # pragma: no cover - defensive
             shift, scale = torch.zeros(k, dtype=f64, device=device), torch.ones(k, dtype=f64, device=device)
-        if cache is not None:
-            cache.sub_(shift.to(dtype)).mul_((1.0 / scale).to(dtype))
-            features: Any = _Rows(cache)
-        else:
-            features = _StandardisedLogProbs(z, shift, scale, dtype)
+        features: Any = _StandardisedLogProbs(z, shift, scale, dtype)
+        if n * k <= _CACHE_ELEMENTS:  # one pass writes the standardised features
+            cache = torch.empty((n, k), dtype=dtype, device=device)
+            for rows in _row_chunks(n, k):
+                cache[rows] = features(rows)
+            features = _Rows(cache)
         self.shift, self.scale = shift.cpu().numpy(), scale.cpu().numpy()  # K numbers each
-        keep = (not diagonal and k * (k + 1) > _DENSE_MAX_PARAMS) or (diagonal and 2 * k > _DENSE_MAX_PARAMS)
+        # the kept probabilities (n K; [q ⊙ F, q], 2 n K, for a diagonal map when that fits
+        # too) when the features are cached: each array within _CACHE_ELEMENTS
+        conjugate_gradients = (2 * k if diagonal else k * (k + 1)) > _DENSE_MAX_PARAMS
         self.data = _DataTerm(features, y_idx, weights, diagonal=diagonal, dtype=dtype, device=device,
-                              keep_probs=keep and cache is not None)
+                              keep_probs=conjugate_gradients and n * k <= _CACHE_ELEMENTS,
+                              low_rank=diagonal and 2 * n * k <= _CACHE_ELEMENTS)
 
     def from_original(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
         """``θ`` of a map on the original log-probabilities: ``W~ = W diag(s)``, ``b~ = b + W m``."""
@@ -711,8 +858,13 @@ class _Problem:
         # fit_temperature keeps 1/T in [e^-10, e^10]; logits far beyond any real network's are
         # scaled by a power of two first (exact), so the start is temperature scaling there too
         unit = 2.0 ** max(0, math.frexp(self.magnitude)[1] - 20)
-        z = self.logits if unit == 1.0 else self.logits / unit
-        beta = 1.0 / fit_temperature(z, self.y, self.weights).temperature / unit
+        stride = max(1, self.n // _STATS_ROWS)  # any start does; a sample's temperature is close
+        z, y = self.logits[::stride], self.y[::stride]
+        w = None if self.weights is None else self.weights[::stride]
+        if w is not None and not float(w.sum()) > 0:
+            z, y, w = self.logits, self.y, self.weights
+        z = z if unit == 1.0 else z / unit
+        beta = 1.0 / fit_temperature(z, y, w).temperature / unit
         k = self.k
         return self.from_original(np.full(k, beta) if self.diagonal else beta * np.eye(k), np.zeros(k))
 
@@ -878,7 +1030,8 @@ def fit_dirichlet(
     parameters (full maps up to 22 classes, diagonal maps up to 256) the Hessian is formed and
     each step solved by Cholesky; larger problems solve each step by conjugate gradients on
     exact Hessian-vector products (one pass each, using the probabilities kept from the
-    gradient pass), preconditioned by the Hessian's diagonal, to a relative residual that
+    gradient pass), preconditioned by the Hessian's exact ``2 × 2`` block per class (diagonal
+    maps) or a Kronecker-like Gram-matrix approximation (full maps), to a relative residual that
     shrinks with the gradient (an inexact Newton method; superlinear). Everything runs in
     torch on the logits' device, chunked over rows (one block kernel computes values,
     gradients, Hessians and Hessian-vector products); only ``K``-sized vectors and, for dense

@@ -462,9 +462,11 @@ def test_conjugate_gradient_steps_reach_the_dense_newton_optimum(monkeypatch, di
     assert dense.converged and dense.n_cg == 0
     monkeypatch.setattr(dirichlet_module, "_DENSE_MAX_PARAMS", 0)
     cg = fit_dirichlet(z, y, **kw)
+    monkeypatch.setattr(dirichlet_module, "_CACHE_ELEMENTS", 600 * 6)  # diagonal: q kept, not [q F, q]
+    cg_q_only = fit_dirichlet(z, y, **kw)
     monkeypatch.setattr(dirichlet_module, "_CACHE_ELEMENTS", 0)  # probabilities recomputed in every product
     cg_uncached = fit_dirichlet(z, y, **kw)
-    for fit in (cg, cg_uncached):
+    for fit in (cg, cg_q_only, cg_uncached):
         assert fit.converged and fit.n_cg > 0
         assert_allclose(fit.coef, dense.coef, atol=1e-9)
         assert_allclose(fit.intercept, dense.intercept, atol=1e-9)
@@ -474,3 +476,21 @@ def test_clone_keeps_the_parameters():
     cal = DirichletCalibrator(map="diagonal", reg_lambda=0.1, reg_mu=None, reg_diag=0.3, cv=3, max_iter=50,
                               tol=1e-6)
     assert clone(cal).get_params() == cal.get_params()
+
+
+@pytest.mark.slow
+def test_large_diagonal_map_conjugate_gradients_match_the_dense_newton_fit(monkeypatch):
+    # K = 600 (1200 parameters): the block-preconditioned CG path with kept probabilities, on
+    # enough weighted rows (n > 2 * 8192) that the standardisation and the start come from a
+    # strided sample; forcing the dense Cholesky steps on the same problem must give the same fit
+    z, y = _miscalibrated(n=17000, k=600, seed=13)
+    w = np.random.default_rng(13).uniform(0.5, 2.0, size=len(y))
+    kw = {"diagonal": True, "reg_lambda": 0.01, "reg_mu": 0.01, "reg_diag": 0.01, "dtype": torch.float64}
+    cg = fit_dirichlet(z, y, w, **kw)
+    assert cg.converged and cg.n_cg > 0
+    monkeypatch.setattr(dirichlet_module, "_DENSE_MAX_PARAMS", 1200)
+    dense = fit_dirichlet(z, y, w, **kw)
+    assert dense.converged and dense.n_cg == 0
+    assert_allclose(cg.coef, dense.coef, rtol=1e-8, atol=1e-8 * np.abs(dense.coef).max())
+    assert_allclose(cg.intercept, dense.intercept, rtol=1e-8, atol=1e-8 * np.abs(dense.intercept).max())
+    assert cg.objective == pytest.approx(dense.objective, rel=1e-12)
