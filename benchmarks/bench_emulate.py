@@ -103,6 +103,9 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # measure this checkout's precal, not another installed copy
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model, limit_threads  # noqa: E402  (benchmarks/_common.py)
+
 DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_DOCS_PAGE = REPO_ROOT / "docs" / "benchmarks-emulate.md"
 RERUN_COMMAND = "python benchmarks/bench_emulate.py"
@@ -171,23 +174,6 @@ QUICK = Sizes(
 
 
 # --------------------------------------------------------------------------- threads, timing
-_THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def limit_threads(threads: int) -> None:
-    """Cap torch, OpenMP and BLAS at ``threads`` threads for the rest of this process (0: no cap)."""
-    if threads <= 0:
-        return
-    for var in _THREAD_ENV_VARS:
-        os.environ[var] = str(threads)
-    torch.set_num_threads(threads)
-    try:
-        import threadpoolctl
-    except ImportError:  # torch's own pool is the one that matters here
-        return
-    threadpoolctl.threadpool_limits(limits=threads)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -477,7 +463,7 @@ def environment(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "ml_dtypes": ml_dtypes.__version__,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
@@ -489,16 +475,6 @@ def environment(threads: int) -> dict[str, Any]:
     if torch.cuda.is_available():
         env["cuda"] = {"device": torch.cuda.get_device_name(0), "cuda_version": torch.version.cuda}
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _git_state() -> dict[str, Any] | None:
