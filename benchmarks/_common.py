@@ -139,3 +139,24 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def write_marked_section(page: Path, section: str, begin: str, end: str) -> None:
+    """Replace the text between the ``begin`` and ``end`` marker lines of a docs page."""
+    text = page.read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        raise SystemExit(f"{page} lacks the markers {begin!r} / {end!r}.")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    page.write_text(f"{head}{begin}\n\n{section}\n{end}{tail}", encoding="utf-8")
+
+
+def write_results(out: Path, stem: str, title: str, report: dict[str, Any], section: str) -> list[Path]:
+    """Write ``<stem>.json`` (the report) and ``<stem>.md`` (``title`` over ``section``) into ``out``."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    paths[1].write_text(f"# {title}\n\n{section}", encoding="utf-8")
+    return paths

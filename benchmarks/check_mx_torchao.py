@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks._common import write_marked_section, write_results  # noqa: E402
 from precal.emulate import mx_encode, mx_quantize, nvfp4_quantize  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -181,14 +181,6 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs_section(page: Path, section: str) -> None:
-    text = page.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{page} lacks the markers {BEGIN!r} / {END!r}.")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    page.write_text(f"{head}{BEGIN}\n\n{section}\n{END}{tail}", encoding="utf-8")
-
 
 def load_torchao() -> dict[str, Any] | None:
     try:
@@ -232,13 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     section = render(report)
     print(section)
     out = args.out or (Path(tempfile.mkdtemp(prefix="precal-mx-torchao-")) if args.quick else RESULTS_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mx_torchao.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "mx_torchao.md").write_text("# precal MX / NVFP4 against torchao, bit for bit\n\n" + section,
-                                       encoding="utf-8")
-    written = [out / "mx_torchao.json", out / "mx_torchao.md"]
+    written = write_results(out, "mx_torchao", "precal MX / NVFP4 against torchao, bit for bit", report, section)
     if not args.quick and args.out is None:
-        write_docs_section(DOCS_PAGE, section)
+        write_marked_section(DOCS_PAGE, section, BEGIN, END)
         written.append(DOCS_PAGE)
     print("wrote: " + ", ".join(map(str, written)))
     return 0
