@@ -399,6 +399,19 @@ def mx_encode(
     return restore(elements), codes
 
 
+def _blocks_and_scales(elements: torch.Tensor, scales: torch.Tensor, block_size: int, axis: int, name: str,
+                       what: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """``elements`` as float32 blocks along ``axis`` (that axis last), ``scales`` moved to match them
+    (one per block, checked), and the function that restores the blocks' layout."""
+    axis = _check_axis(axis, elements.dim())
+    blocks, restore = _to_blocks(elements.to(torch.float32), block_size, axis)
+    moved = scales if axis == elements.dim() - 1 else scales.movedim(axis, -1)
+    if moved.shape != blocks.shape[:-1]:
+        raise ValueError(f"{name} has shape {tuple(scales.shape)}; expected one {what} per block of "
+                         f"{block_size} along axis {axis}: {tuple(blocks.shape[:-1])} with that axis last.")
+    return blocks, moved, restore
+
+
 def mx_decode(elements: torch.Tensor, scale_codes: torch.Tensor, *, block_size: int = MX_BLOCK_SIZE,
               axis: int = -1) -> torch.Tensor:
     """Float32 values ``P_i * 2**(code - 127)`` of an MX encoding (code 255: NaN block).
@@ -416,13 +429,8 @@ def mx_decode(elements: torch.Tensor, scale_codes: torch.Tensor, *, block_size: 
         raise TypeError("elements and scale_codes must be torch tensors (as mx_encode returns them).")
     if scale_codes.dtype != torch.uint8:
         raise ValueError(f"scale_codes must be uint8 E8M0 codes, got dtype {scale_codes.dtype}.")
-    block_size = _check_block_size(block_size)
-    axis = _check_axis(axis, elements.dim())
-    blocks, restore = _to_blocks(elements.to(torch.float32), block_size, axis)
-    codes = scale_codes if axis == elements.dim() - 1 else scale_codes.movedim(axis, -1)
-    if codes.shape != blocks.shape[:-1]:
-        raise ValueError(f"scale_codes has shape {tuple(scale_codes.shape)}; expected one code per block of "
-                         f"{block_size} along axis {axis}: {tuple(blocks.shape[:-1])} with that axis last.")
+    blocks, codes, restore = _blocks_and_scales(elements, scale_codes, _check_block_size(block_size), axis,
+                                                "scale_codes", "code")
     codes = codes.to(torch.int32).unsqueeze(-1)
     scale = _pow2(codes - E8M0_BIAS).masked_fill_(codes == E8M0_NAN, float("nan"))
     return restore(blocks * scale)
@@ -560,12 +568,8 @@ def nvfp4_decode(elements: torch.Tensor, block_scales: torch.Tensor, per_tensor_
     """Float32 values ``P_i * (s * b_j)`` of an NVFP4 encoding (``P_i * b_j`` when ``s`` is None)."""
     if not isinstance(elements, torch.Tensor) or not isinstance(block_scales, torch.Tensor):
         raise TypeError("elements and block_scales must be torch tensors (as nvfp4_encode returns them).")
-    axis = _check_axis(axis, elements.dim())
-    blocks, restore = _to_blocks(elements.to(torch.float32), NVFP4_BLOCK_SIZE, axis)
-    scales = block_scales if axis == elements.dim() - 1 else block_scales.movedim(axis, -1)
-    if scales.shape != blocks.shape[:-1]:
-        raise ValueError(f"block_scales has shape {tuple(block_scales.shape)}; expected one scale per block of "
-                         f"16 along axis {axis}: {tuple(blocks.shape[:-1])} with that axis last.")
+    blocks, scales, restore = _blocks_and_scales(elements, block_scales, NVFP4_BLOCK_SIZE, axis, "block_scales",
+                                                 "scale")
     total = scales.to(torch.float32).unsqueeze(-1)
     if per_tensor_scale is not None:
         total = per_tensor_scale.to(torch.float32) * total
