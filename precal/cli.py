@@ -492,6 +492,13 @@ An existing FILE is kept unless --force. NaN or inf logits under any config
 are an error and nothing is written.
 
 \b
+Under torchrun (torchrun --nproc_per_node N -m precal sweep ...) each process
+sweeps its contiguous share of INPUTS in whole --batch-size batches (--device
+cuda: one GPU per process, cuda:LOCAL_RANK), every process calibrates on all of
+--calibration-inputs, and rank 0 alone writes --out and prints the summary: the
+same file, bit for bit, as one process would write.
+
+\b
 Examples:
   precal sweep mypkg.models:build test.npz --calibration-inputs train.npy \\
       --configs fp32,bf16,w8a8,w4a4 --out logits.npz
@@ -499,6 +506,8 @@ Examples:
       --configs fp32,bf16 --out logits.npz
   precal sweep my_own_model.pt2 test.npz --trust-model-file --configs fp32 \\
       --out logits.npz
+  torchrun --nproc_per_node 2 -m precal sweep mypkg.models:build test.npz \\
+      --calibration-inputs train.npy --configs fp32,w8a8 --out logits.npz
 """
 
 

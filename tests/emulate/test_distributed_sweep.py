@@ -169,6 +169,33 @@ def test_torchrun_cli_writes_one_file_from_rank_0(tmp_path):
             np.testing.assert_array_equal(got[name], reference[name])
 
 
+EXAMPLE = ROOT / "docs" / "examples" / "distributed_sweep.py"
+
+
+@pytest.mark.slow
+def test_docs_example_prints_the_same_under_torchrun_as_in_one_process(tmp_path, capsys, monkeypatch):
+    import runpy
+
+    proc = _torchrun([str(EXAMPLE)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun workers
+    try:
+        runpy.run_path(str(EXAMPLE), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    alone = capsys.readouterr().out
+    assert len(alone.splitlines()) == 4  # one line per config
+    assert proc.stdout == alone  # rank 0 alone printed, the same numbers
+
+
+def test_distributed_sweeps_page_shows_the_example_code():
+    page = (ROOT / "docs" / "distributed-sweeps.md").read_text()
+    code = EXAMPLE.read_text().split('"""', 2)[2].strip()
+    assert code in page
+
+
 # ------------------------------------------------------------------ in one process
 def test_distributed_true_without_a_process_group_is_a_clear_error():
     x, cal = make_inputs("cnn")
