@@ -12,7 +12,8 @@
   depends on its batch (per-batch "current scaling" of 8-bit compute formats, kernels
   that pick their blocking by batch size);
 * **agreement**, before any forward pass: every rank states its configs, settings, input
-  length, first-batch structure and a digest of the model's weights; a rank that
+  length, first-batch structure, a digest of its first and last input rows and one of
+  the model's weights; a rank that
   disagrees, or that failed its own checks, stops every rank with the same message (no
   rank is left waiting in a collective);
 * **calibration**: every rank runs the *whole* calibration data through its own copy of

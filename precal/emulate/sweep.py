@@ -352,7 +352,7 @@ def _run_shard(ctx: Any, model: nn.Module, name: str, cfg: QuantConfig | nn.Modu
         run_model, run_device = _config_model(model, cfg, target, calibration_data, batch_size, kwargs)
     except Exception as exc:  # noqa: BLE001 - every rank must hear of it, or the others wait forever
         error = exc
-    if isinstance(cfg, QuantConfig) and calibration_data is not None and not cfg.is_identity:
+    if isinstance(cfg, QuantConfig) and calibration_data is not None:  # (overrides may quantize under "fp32")
         dist_.check_calibration(ctx, run_model, name, error)
     try:
         if error is None and n_local:
