@@ -492,6 +492,13 @@ An existing FILE is kept unless --force. NaN or inf logits under any config
 are an error and nothing is written.
 
 \b
+Under torchrun (torchrun --nproc_per_node N -m precal sweep ...) each process
+sweeps its contiguous share of INPUTS in whole --batch-size batches (--device
+cuda: one GPU per process, cuda:LOCAL_RANK), every process calibrates on all of
+--calibration-inputs, and rank 0 alone writes --out and prints the summary: the
+same file, bit for bit, as one process would write.
+
+\b
 Examples:
   precal sweep mypkg.models:build test.npz --calibration-inputs train.npy \\
       --configs fp32,bf16,w8a8,w4a4 --out logits.npz
@@ -499,6 +506,8 @@ Examples:
       --configs fp32,bf16 --out logits.npz
   precal sweep my_own_model.pt2 test.npz --trust-model-file --configs fp32 \\
       --out logits.npz
+  torchrun --nproc_per_node 2 -m precal sweep mypkg.models:build test.npz \\
+      --calibration-inputs train.npy --configs fp32,w8a8 --out logits.npz
 """
 
 
@@ -599,10 +608,16 @@ def sweep_command(model: str, inputs: str, configs: list[str], out_path: str, fo
                                       max_bytes=max_input_size)
         loaded = load_model(model, weights=weights_path, trust=trust_model_file, max_bytes=max_input_size)
         _check_configs_supported(loaded, configs)
-    with _guarded():
+    from .emulate.distributed import RankFailedError, init_from_env
+
+    # under torchrun (WORLD_SIZE > 1) every rank joins the group and sweeps its shard of INPUTS;
+    # every rank gets all the logits, and rank 0 alone writes --out and prints the summary
+    with _guarded(), init_from_env(device) as (device, rank):
         try:
             logits = sweep(loaded.module, x, configs, calibration_data=calib, batch_size=batch_size,
                            device=device, progress=True)
+        except RankFailedError as exc:
+            raise _fail(exc) from exc
         except (RuntimeError, AssertionError) as exc:
             hint = ""
             if "Guard failed" in str(exc):
@@ -617,11 +632,14 @@ def sweep_command(model: str, inputs: str, configs: list[str], out_path: str, fo
             arrays["labels"] = labels
         import numpy as np
 
-        try:
-            write_file_atomic(out_path, lambda fh: np.savez(fh, **arrays), overwrite=force)
-        except FileExistsError:
-            raise _fail(f"{out_path!r} appeared while the sweep ran; not overwritten (pass --force to replace it)."
-                        ) from None
+        if rank == 0:
+            try:
+                write_file_atomic(out_path, lambda fh: np.savez(fh, **arrays), overwrite=force)
+            except FileExistsError:
+                raise _fail(f"{out_path!r} appeared while the sweep ran; not overwritten (pass --force to replace "
+                            "it).") from None
+    if rank != 0:
+        return
     rows = _sweep_summary(logits, labels, configs)
     if as_json:
         _echo_json({

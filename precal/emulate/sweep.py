@@ -124,6 +124,72 @@ def _head_rows(batch: Any, n: int = 2) -> Any:
     return {k: (v[:n] if isinstance(v, torch.Tensor) and v.dim() else v) for k, v in batch.items()}
 
 
+def _check_sweep(model: nn.Module, data: Any, configs: Any, calibration_data: Any, skip: Iterable[str],
+                 overrides: dict[str, Any] | None, observer: str | None, output: Any, predict: Any,
+                 options: dict[str, Any]) -> tuple[list[tuple[str, QuantConfig | nn.Module]], Any]:
+    """Every check of :func:`sweep` that needs no forward pass: ``(entries, first data batch)``."""
+    entries = _entries(configs)
+    if not entries:
+        raise ValueError("configs is empty.")
+    names = [name for name, _ in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Duplicate config names in {names}.")
+    if predict is not None and not callable(predict):
+        raise TypeError(f"predict must be callable, got {type(predict).__name__}.")
+    if output is not None and not callable(output):
+        raise TypeError(f"output must be callable, got {type(output).__name__}.")
+    if predict is None and data is None:
+        raise ValueError("data is None: pass evaluation inputs, or predict=callable(model) -> logits.")
+    first = None if data is None else _first_batch(data, "data", len(entries))
+    emulated_cfgs = [c for _, c in entries if isinstance(c, QuantConfig)]
+    for cfg in emulated_cfgs:  # every config's checks before any forward pass
+        _prepare(model, cfg, calibration_data=calibration_data, skip=skip, overrides=overrides, observer=observer,
+                 check_data=False, **options)
+    n_uses = sum(1 for c in emulated_cfgs if not c.is_identity)
+    if calibration_data is not None and n_uses:
+        cal_first = _first_batch(calibration_data, "calibration_data", n_uses)
+        if cal_first is not None and first is not None:
+            _same_structure(first, cal_first)
+    return entries, first
+
+
+def _distributed_plan(ctx: Any, model: nn.Module, data: Any, configs: Any, calibration_data: Any, skip: Iterable[str],
+                      overrides: dict[str, Any] | None, observer: str | None, output: Any, predict: Any,
+                      options: dict[str, Any], batch_size: int, n_calibration_batches: int) -> tuple[tuple, dict]:
+    """The local checks of a distributed sweep, this rank's shard, and what every rank must agree on."""
+    from . import distributed as dist_
+
+    if predict is not None:
+        raise ValueError("predict= replaces the forward pass over data, which a distributed sweep cannot shard: run "
+                         "it with distributed=False (every rank runs everything), or shard inside predict yourself.")
+    if data is None:
+        raise ValueError("data is None: a distributed sweep shards data over the ranks.")
+    entries, first = _check_sweep(model, data, configs, calibration_data, skip, overrides, observer, output, predict,
+                                  options)
+    part, n_local, n_batches = dist_.shard(data, batch_size, ctx)
+    kind, n = dist_.data_length(data)
+    if calibration_data is None:
+        calibration = "none"
+    else:
+        try:
+            calibration = "{1} {0}".format(*dist_.data_length(calibration_data))
+        except (TypeError, ValueError):
+            calibration = type(calibration_data).__name__
+    plan = {
+        "configs": [f"{name}: {cfg!r}" if isinstance(cfg, QuantConfig)
+                    else f"{name}: {type(cfg).__name__} {dist_.state_digest(cfg)}" for name, cfg in entries],
+        "options": repr((sorted([skip] if isinstance(skip, str) else list(skip)), overrides, observer,
+                         n_calibration_batches, sorted(options.items()))),
+        "batch_size": batch_size,
+        "input length": f"{n} {kind}",
+        "input batch structure": repr(describe_batch(first)),
+        "first and last inputs (digest)": dist_.inputs_digest(data, first),
+        "calibration data length": calibration,
+        "model weights (digest)": dist_.state_digest(model),
+    }
+    return (entries, first, part, n_local, n_batches), plan
+
+
 def sweep(
     model: nn.Module,
     data: Any,
@@ -139,6 +205,8 @@ def sweep(
     n_calibration_batches: int = 8,
     output: Callable[[Any], Any] | None = None,
     predict: Callable[[nn.Module], Any] | None = None,
+    distributed: bool | None = None,
+    process_group: Any = None,
     **options: Any,
 ) -> dict[str, np.ndarray]:
     """Logits of ``model`` on ``data`` at every precision config (and of other tools' models).
@@ -174,11 +242,24 @@ def sweep(
     predict : callable, optional
         ``predict(model) -> logits`` replaces the batched forward over ``data`` (e.g.
         ``lambda m: multiple_choice_logits(m, tokenizer, contexts, choices)``).
+    distributed : bool, optional
+        Data-parallel over the processes of a ``torch.distributed`` group (launched with
+        ``torchrun``): each rank emulates its contiguous shard of ``data``, in whole
+        batches of ``batch_size`` (:mod:`precal.emulate.distributed`), for every config,
+        calibrating activation observers on the whole ``calibration_data``; the logits are
+        gathered and **every rank** gets the whole dict, rows in input order, bit-identical
+        to a single-process sweep with the same ``batch_size``. None (default): shard
+        whenever a process group with more than one process is initialised; True: require
+        one; False: never shard (every rank runs the whole sweep). Every rank must pass the
+        same model, data, calibration data and configs (checked before any forward pass).
+    process_group : torch.distributed.ProcessGroup, optional
+        The group to shard over; default the whole world.
 
     Returns
     -------
     dict
-        ``{name: float32 ndarray (n_samples, ...)}`` in the order given.
+        ``{name: float32 ndarray (n_samples, ...)}`` in the order given (on every rank of
+        a distributed sweep).
 
     Raises
     ------
@@ -186,40 +267,37 @@ def sweep(
         Before any emulated forward pass: unknown or duplicate names, unknown layer names
         or types in ``skip``/``overrides``, group sizes that do not divide a layer, data or
         calibration batches of the wrong structure, and (after one forward pass of
-        ``model`` on two rows of ``data``) a model output without logits.
+        ``model`` on two rows of ``data``) a model output without logits. Distributed:
+        ``distributed=True`` without an initialised process group; ``predict=``; data
+        without a length or in a shuffling/distributed DataLoader; ranks that disagree on
+        configs, options, input length or model weights (every rank raises, before any
+        forward pass); calibration that differs between ranks (before the config runs
+        on ``data``). A rank that fails makes every other rank raise
+        :class:`~precal.emulate.distributed.RankFailedError` (a ``RuntimeError``) naming it.
     """
-    entries = _entries(configs)
-    if not entries:
-        raise ValueError("configs is empty.")
-    names = [name for name, _ in entries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Duplicate config names in {names}.")
-    if predict is not None and not callable(predict):
-        raise TypeError(f"predict must be callable, got {type(predict).__name__}.")
-    if output is not None and not callable(output):
-        raise TypeError(f"output must be callable, got {type(output).__name__}.")
-    if predict is None and data is None:
-        raise ValueError("data is None: pass evaluation inputs, or predict=callable(model) -> logits.")
-    first = None if data is None else _first_batch(data, "data", len(entries))
-    emulated_cfgs = [c for _, c in entries if isinstance(c, QuantConfig)]
-    for cfg in emulated_cfgs:  # every config's checks before any forward pass
-        _prepare(model, cfg, calibration_data=calibration_data, skip=skip, overrides=overrides, observer=observer,
-                 check_data=False, **options)
-    n_uses = sum(1 for c in emulated_cfgs if not c.is_identity)
-    if calibration_data is not None and n_uses:
-        cal_first = _first_batch(calibration_data, "calibration_data", n_uses)
-        if cal_first is not None and first is not None:
-            _same_structure(first, cal_first)
+    from . import distributed as dist_
+
+    ctx = dist_.resolve(distributed, process_group)
+    if ctx is None:
+        entries, first = _check_sweep(model, data, configs, calibration_data, skip, overrides, observer, output,
+                                      predict, options)
+        local, n_local, n_batches = data, None, None
+    else:
+        entries, first, local, n_local, n_batches = dist_.agree(ctx, lambda: _distributed_plan(
+            ctx, model, data, configs, calibration_data, skip, overrides, observer, output, predict, options,
+            batch_size, n_calibration_batches))
     target = torch.device(device) if device is not None else _model_device(model)
     if first is not None and predict is None:  # one small forward of the float model: is there a logits tensor?
         with _eval_mode(model), torch.no_grad():
             logits_of(call_model(model, to_device(_head_rows(first), _model_device(model))), output)
 
     total = None
-    if isinstance(data, (torch.Tensor, np.ndarray)) and predict is None:
+    if ctx is not None:
+        total = len(entries) * n_local
+    elif isinstance(data, (torch.Tensor, np.ndarray)) and predict is None:
         total = len(entries) * -(-len(data) // batch_size)
     bar = None
-    if progress:
+    if progress and (ctx is None or ctx.rank == 0):  # one bar, rank 0's, in a distributed sweep
         from tqdm.auto import tqdm
 
         # disable=None: no bar when stderr is not a terminal (logs, CI)
@@ -229,14 +307,15 @@ def sweep(
         for name, cfg in entries:
             if bar is not None:
                 bar.set_postfix_str(name)
-            if isinstance(cfg, nn.Module):
-                run_model, run_device = cfg, _model_device(cfg)
-            else:
-                source = model if _model_device(model) == target else copy.deepcopy(model).to(target)
-                run_model = emulate_model(source, cfg, calibration_data=calibration_data, batch_size=batch_size,
-                                          skip=skip, overrides=overrides, observer=observer,
-                                          n_calibration_batches=n_calibration_batches, **options)
-                run_device = target
+            if ctx is not None:
+                results[name] = _run_shard(ctx, model, name, cfg, local, n_local, target, calibration_data,
+                                           batch_size, bar, output, dict(skip=skip, overrides=overrides,
+                                           observer=observer, n_calibration_batches=n_calibration_batches,
+                                           **options))
+                continue
+            run_model, run_device = _config_model(model, cfg, target, calibration_data, batch_size, dict(
+                skip=skip, overrides=overrides, observer=observer, n_calibration_batches=n_calibration_batches,
+                **options))
             if predict is not None:
                 with _eval_mode(run_model), torch.no_grad():
                     out = predict(run_model)
@@ -250,3 +329,36 @@ def sweep(
         if bar is not None:
             bar.close()
     return results
+
+
+def _config_model(model: nn.Module, cfg: QuantConfig | nn.Module, target: torch.device, calibration_data: Any,
+                  batch_size: int, kwargs: dict[str, Any]) -> tuple[nn.Module, torch.device]:
+    """The model a config runs (an emulated copy, or a given model as is) and its device."""
+    if isinstance(cfg, nn.Module):
+        return cfg, _model_device(cfg)
+    source = model if _model_device(model) == target else copy.deepcopy(model).to(target)
+    return emulate_model(source, cfg, calibration_data=calibration_data, batch_size=batch_size, **kwargs), target
+
+
+def _run_shard(ctx: Any, model: nn.Module, name: str, cfg: QuantConfig | nn.Module, local: Any, n_local: int,
+               target: torch.device, calibration_data: Any, batch_size: int, bar: Any, output: Any,
+               kwargs: dict[str, Any]) -> np.ndarray:
+    """One config of a distributed sweep: calibrate on all of calibration_data, check that every
+    rank calibrated alike, run this rank's shard, gather every shard on every rank."""
+    from . import distributed as dist_
+
+    run_model, logits, error = None, None, None
+    try:
+        run_model, run_device = _config_model(model, cfg, target, calibration_data, batch_size, kwargs)
+    except Exception as exc:  # noqa: BLE001 - every rank must hear of it, or the others wait forever
+        error = exc
+    if isinstance(cfg, QuantConfig) and calibration_data is not None:  # (overrides may quantize under "fp32")
+        dist_.check_calibration(ctx, run_model, name, error)
+    try:
+        if error is None and n_local:
+            logits = predict_logits(run_model, local, batch_size=batch_size, device=run_device, progress=bar,
+                                    output=output)
+    except Exception as exc:  # noqa: BLE001 - as above
+        error = exc
+    del run_model
+    return dist_.gather_rows(ctx, logits, error, name)
