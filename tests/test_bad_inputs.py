@@ -242,51 +242,6 @@ for _cls in CALIBRATORS:
     add(cal, "predict-unfitted", lambda c=_cls: make(c).predict(Z), "not fitted")
 
 
-# the PACS first stage of TopLabelCalibrator: its own fit (PACS's), so its own rows of the matrix
-_TOP_PACS = "TopLabelCalibrator[base=pacs]"
-
-
-def _top_pacs() -> BaseLogitCalibrator:
-    return calibration.TopLabelCalibrator(base="pacs")
-
-
-def _top_pacs_matches_float64(fitted: BaseLogitCalibrator) -> None:
-    reference = _top_pacs().fit(Z_OVERFLOW64, Y)
-    _assert_state_close(fitted._get_state(), reference._get_state(), "state")
-    assert_allclose(fitted.predict_proba(Z), reference.predict_proba(Z), rtol=1e-9, atol=1e-12)
-
-
-for bad, (x, msg) in BAD_LOGITS.items():
-    add(_TOP_PACS, f"fit-X-{bad}", lambda b=bad: _top_pacs().fit(bad_logits(b), Y), msg)
-for bad, (yy, msg) in BAD_LABELS.items():
-    add(_TOP_PACS, f"fit-y-{bad}", lambda yy=yy: _top_pacs().fit(Z, yy), msg)
-for bad, (w, msg) in BAD_WEIGHTS.items():
-    add(_TOP_PACS, f"fit-sample_weight-{bad}", lambda w=w: _top_pacs().fit(Z, Y, sample_weight=w), msg)
-for _value in ("fp99", math.nan, True, None, -1.0, math.inf):
-    add(_TOP_PACS, f"param-precision={_value!r}", lambda v=_value: _top_pacs().set_params(precision=v).fit(Z, Y),
-        "precision")
-    add(_TOP_PACS, f"retarget-precision={_value!r}",
-        lambda v=_value: _top_pacs().fit(Z, Y).set_params(precision=v).predict_proba(Z), "precision")
-add(_TOP_PACS, "fit-float32-overflow-rows", lambda: _top_pacs().fit(Z_OVERFLOW32, Y), raises=None,
-    check=_top_pacs_matches_float64)
-add(_TOP_PACS, "fit-tensor-float32-overflow-rows", lambda: _top_pacs().fit(torch.from_numpy(Z_OVERFLOW32), Y),
-    raises=None, check=_top_pacs_matches_float64)
-add(_TOP_PACS, "fit-memmap-float32-overflow-rows", lambda: _top_pacs().fit(memmap_of(Z_OVERFLOW32), Y),
-    raises=None, check=_top_pacs_matches_float64)
-for _method in ("predict", "predict_proba", "decision_function"):
-    for bad in ("nan", "inf", "float64-row-range-overflow", "3-d", "empty", "sparse", "tensor-nan"):
-        add(_TOP_PACS, f"{_method}-X-{bad}",
-            lambda m=_method, b=bad: getattr(_top_pacs().fit(Z, Y), m)(bad_logits(b)), BAD_LOGITS[bad][1])
-add(_TOP_PACS, "predict_proba-float32-overflow-rows", lambda: _top_pacs().fit(Z, Y).predict_proba(Z_OVERFLOW32),
-    raises=None, check=lambda p: assert_allclose(p, _top_pacs().fit(Z, Y).predict_proba(Z_OVERFLOW64), rtol=1e-12))
-for _key, _value, _match in (("lambda_", -1.0, "lambda_"), ("lambda_", math.nan, "lambda_"),
-                             ("temperature_", 0.0, "temperature_"), ("temperature_", "x", "temperature_")):
-    add(f"load_calibrator[{_TOP_PACS}]", f"state-{_key}={_value!r}",
-        lambda k=_key, v=_value: load_calibrator(
-            {**(d := json.loads(json.dumps(_top_pacs().fit(Z, Y).to_dict()))), "state": {**d["state"], k: v}}),
-        _match)
-
-
 # ----------------------------------------------------------------------------- loaders
 def _damaged(cls: type, edit: Callable[[dict], None]) -> dict:
     data = json.loads(json.dumps(_fitted(cls).to_dict()))

@@ -14,7 +14,7 @@ from precal.calibration import AutoCalibrator, EnsembleTemperatureScaling, TopLa
 
 CALIBRATORS = [TemperatureScaling(), PACSCalibrator(), DirichletCalibrator(), FuzzyDirichletCalibrator(),
                EnsembleTemperatureScaling(), TopLabelCalibrator(), TopLabelCalibrator(method="histogram"),
-               TopLabelCalibrator(method="spline", base=None), TopLabelCalibrator(base="pacs"), AutoCalibrator()]
+               TopLabelCalibrator(method="spline", base=None), AutoCalibrator()]
 
 _NOT_LOGITS = (
     "fits on feature matrices whose column count differs from the number of classes "

@@ -10,13 +10,7 @@ from scipy.interpolate import PchipInterpolator
 from sklearn.base import clone
 from sklearn.isotonic import IsotonicRegression
 
-from precal.calibration import (
-    PACSCalibrator,
-    TemperatureScaling,
-    TopLabelCalibrator,
-    fit_confidence_map,
-    load_calibrator,
-)
+from precal.calibration import TemperatureScaling, TopLabelCalibrator, fit_confidence_map, load_calibrator
 
 from ..conftest import make_logits
 
@@ -28,10 +22,9 @@ def _softmax(z):
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _reference(z, base_temperature, g, cap, p=None):
-    """The documented formula, written out directly: q_c = clip(g(p_c)), the rest in proportion
-    (``p``: the base probabilities, when the base is not one temperature)."""
-    p = _softmax(z / base_temperature) if p is None else p
+def _reference(z, base_temperature, g, cap):
+    """The documented formula, written out directly: q_c = clip(g(p_c)), the rest in proportion."""
+    p = _softmax(z / base_temperature)
     n = len(p)
     c = p.argmax(axis=1)
     p_c = p[np.arange(n), c]
@@ -73,58 +66,6 @@ def test_base_temperature_is_temperature_scaling_and_base_none_is_one():
     ts = TemperatureScaling().fit(z, y)
     assert TopLabelCalibrator().fit(z, y).temperature_ == ts.temperature_
     assert TopLabelCalibrator(base=None).fit(z, y).temperature_ == 1.0
-    assert TopLabelCalibrator().fit(z, y).lambda_ == 0.0
-
-
-def _norm_growing(n, k, seed):
-    """Logits calibrated at scale 1 and multiplied by a per-sample factor in [1, 5]: the
-    over-confidence grows with the logit norm, which one temperature cannot undo (PACS's λ > 0)."""
-    rng = np.random.default_rng(seed)
-    base = 2.0 * rng.normal(size=(n, k))
-    p = _softmax(base)
-    y = (p.cumsum(axis=1) > rng.uniform(size=(n, 1))).argmax(axis=1)
-    return base * rng.uniform(1.0, 5.0, size=(n, 1)), y
-
-
-def test_base_pacs_is_pacs_then_the_confidence_map():
-    z, y = _norm_growing(3000, 10, seed=0)
-    zt, _ = _norm_growing(800, 10, seed=31)
-    cal = TopLabelCalibrator(base="pacs", precision="bf16", per_class=False).fit(z, y)
-    pacs = PACSCalibrator(precision="bf16").fit(z, y)
-    assert pacs.lambda_ > 0  # else this test would not test the per-sample temperature
-    assert (cal.temperature_, cal.lambda_) == (pacs.temperature_, pacs.lambda_)
-    p = pacs.predict_proba(z)
-    conf, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
-    iso = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(conf, correct)
-    expected = _reference(zt, None, iso.predict, 1 - 1 / (len(y) + 2), p=pacs.predict_proba(zt))
-    assert_allclose(cal.predict_proba(zt), expected, rtol=1e-9, atol=1e-12)
-
-
-def test_set_params_precision_retargets_the_pacs_base_without_refit():
-    z, y = _norm_growing(3000, 6, seed=32)
-    cal = TopLabelCalibrator(base="pacs", precision="fp16", per_class=False).fit(z, y)
-    pacs = PACSCalibrator(precision="fp16").fit(z, y)
-    assert pacs.lambda_ > 0
-    state = dict(cal._get_state())
-    cal.set_params(precision="bf16")
-    for key, value in cal._get_state().items():  # nothing refitted
-        assert_array_equal(np.asarray(value), np.asarray(state[key]))
-    p = pacs.set_params(precision="bf16").predict_proba(z)
-    iso = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
-        PACSCalibrator(precision="fp16").fit(z, y).predict_proba(z).max(axis=1),
-        (z.argmax(axis=1) == y).astype(float))
-    expected = _reference(z, None, iso.predict, 1 - 1 / (len(y) + 2), p=p)
-    assert_allclose(cal.predict_proba(z), expected, rtol=1e-9, atol=1e-12)
-    assert not np.allclose(cal.predict_proba(z), TopLabelCalibrator(base="pacs", precision="fp16",
-                                                                    per_class=False).fit(z, y).predict_proba(z))
-
-
-def test_precision_is_ignored_without_the_pacs_base():
-    z, y = make_logits(n=800, k=4, seed=33)
-    a = TopLabelCalibrator(precision="fp16").fit(z, y)
-    b = TopLabelCalibrator(precision="int4").fit(z, y)
-    assert_array_equal(a.predict_proba(z), b.predict_proba(z))
-    assert_array_equal(a.predict_proba(z), clone(a).fit(z, y).set_params(precision="bf16").predict_proba(z))
 
 
 def test_histogram_bins_hold_equal_mass_and_give_their_accuracy():
@@ -300,12 +241,10 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("per_class", [False, True])
-@pytest.mark.parametrize("base", ["temperature", "pacs"])
-def test_to_torch_reproduces_predict_proba(method, per_class, base, device):
-    z, y = make_logits(n=1500, k=5, seed=17) if base == "temperature" else _norm_growing(1500, 10, seed=2)
-    zt, _ = make_logits(n=400, k=z.shape[1], seed=18, scale=6.0)
-    cal = TopLabelCalibrator(method=method, per_class=per_class, base=base).fit(z, y)
-    assert base == "temperature" or cal.lambda_ > 0
+def test_to_torch_reproduces_predict_proba(method, per_class, device):
+    z, y = make_logits(n=1500, k=5, seed=17)
+    zt, _ = make_logits(n=400, k=5, seed=18, scale=6.0)
+    cal = TopLabelCalibrator(method=method, per_class=per_class).fit(z, y)
     module = cal.to_torch(output="proba").to(device)
     with torch.no_grad():
         got = module(torch.from_numpy(zt).to(device)).cpu().numpy()
@@ -323,14 +262,6 @@ def test_json_round_trip_of_every_method(method):
     assert_array_equal(again.predict_proba(z), cal.predict_proba(z))
 
 
-def test_json_round_trip_of_the_pacs_base_keeps_its_precision():
-    z, y = _norm_growing(1500, 4, seed=34)
-    cal = TopLabelCalibrator(base="pacs", precision="fp8_e4m3").fit(z, y)
-    again = load_calibrator(json.loads(json.dumps(cal.to_dict())))
-    assert again.get_params() == cal.get_params() and again.lambda_ == cal.lambda_ > 0
-    assert_array_equal(again.predict_proba(z), cal.predict_proba(z))
-
-
 @pytest.mark.parametrize("mutate, match", [
     (lambda s: s.update(breakpoints_=[row[::-1] for row in s["breakpoints_"]]), "non-decreasing"),
     (lambda s: s.update(class_map_=[99] * len(s["class_map_"])), "class_map_"),
@@ -338,8 +269,6 @@ def test_json_round_trip_of_the_pacs_base_keeps_its_precision():
     (lambda s: s.update(cap_=[1.5] * len(s["cap_"])), "cap_"),
     (lambda s: s.update(coef_=s["coef_"][:1]), "coef_"),
     (lambda s: s.update(temperature_=-1.0), "temperature_"),
-    (lambda s: s.update(lambda_=-1.0), "lambda_"),
-    (lambda s: s.update(lambda_=0.5), "lambda_' must be 0 for base='temperature'"),
 ])
 def test_malformed_state_is_refused(mutate, match):
     z, y = make_logits(n=600, k=3, seed=20)
@@ -357,9 +286,6 @@ def test_malformed_state_is_refused(mutate, match):
     ({"min_samples_per_class": 0}, ValueError, "min_samples_per_class"),
     ({"min_samples_per_class": 2.5}, TypeError, "min_samples_per_class"),
     ({"n_bins": 0}, ValueError, "n_bins"),
-    ({"base": "pacs", "precision": "fp7"}, ValueError, "precision"),
-    ({"precision": True}, TypeError, "precision"),
-    ({"precision": -1.0}, ValueError, "precision"),
 ])
 def test_bad_parameters_are_refused_at_fit(params, error, match):
     z, y = make_logits(n=100, k=3)
@@ -387,16 +313,3 @@ def test_two_stage_map_beats_its_parts_on_held_out_over_confident_logits():
     ece_ts = expected_calibration_error(y[test], ts.predict_proba(z[test]))
     ece_two = expected_calibration_error(y[test], two_stage.predict_proba(z[test]))
     assert ece_two < ece_ts
-
-
-def test_pacs_base_module_is_scriptable_and_exportable():
-    z, y = _norm_growing(3000, 10, seed=0)
-    cal = TopLabelCalibrator(base="pacs").fit(z, y)
-    assert cal.lambda_ > 0
-    module = cal.to_torch(output="proba")
-    x = torch.from_numpy(z[:200])
-    with torch.no_grad():
-        expected = module(x)
-        assert_allclose(expected.numpy(), cal.predict_proba(z[:200]), rtol=1e-12, atol=1e-15)
-        assert torch.allclose(torch.jit.script(module)(x), expected)
-        assert torch.allclose(torch.export.export(module, (x,)).module()(x), expected)
