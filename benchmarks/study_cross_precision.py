@@ -666,7 +666,7 @@ def figure(report: dict[str, Any], staged: h.StagedOutputs, paths: dict[str, Pat
             rows = [(j, 100 * np.asarray(r["per_split"][p][m]["ece"])) for j, p in enumerate(precisions)
                     if m in r["per_split"][p]]
             if rows:
-                x = [j + (i - 2.5) * 0.07 for j, _ in rows]
+                x = [j + (i - (len(COLORS) - 1) / 2) * 0.07 for j, _ in rows]
                 med = np.array([np.median(v) for _, v in rows])
                 lo, hi = med - [v.min() for _, v in rows], [v.max() for _, v in rows] - med
                 ax.errorbar(x, med, yerr=[lo, hi], marker="o", ms=3, capsize=2, color=COLORS[m], label=m)
@@ -682,8 +682,9 @@ def figure(report: dict[str, Any], staged: h.StagedOutputs, paths: dict[str, Pat
     return [{"path": path, "caption": f"Test ECE at each precision (log scale): median over {report['n_splits']} "
                                       f"splits, bars from the smallest to the largest split. Uncalibrated; fitted "
                                       f"at fp32 and applied as fitted (TS fp32, PACS fp32) or re-targeted with "
-                                      f"`set_params(precision=P)` (PACS fp32→P); refitted at P (TS refit, PACS "
-                                      f"refit)."}]
+                                      f"`set_params(precision=P)` (PACS fp32→P, and the composite PACS+top-label "
+                                      f"fp32→P); refitted at P (TS refit, PACS refit, TS+top-label refit, "
+                                      f"PACS+top-label refit)."}]
 
 
 # --------------------------------------------------------------------------- main
