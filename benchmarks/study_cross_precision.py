@@ -27,13 +27,15 @@ C. **Seed models** (``../shared/data/models``): the CIFAR-10 ResNet-20 (``--seed
 For each model, ``--splits`` (20) stratified 50/50 calibration/test splits of its rows (the
 same rows at every precision, so the halves are paired). On each split:
 
-* fitted once on the **fp32** calibration half: ``TemperatureScaling`` and
-  ``PACSCalibrator(precision="fp32")`` (and, when this precal has them, the calibrators
-  of :data:`FROM_FP32`); each is applied **as fitted** to the test half at every precision
-  ``P`` ("TS fp32", "PACS fp32"), and PACS also **re-targeted** -- a copy with
-  ``set_params(precision=P)``, no refit ("PACS fp32→P");
+* fitted once on the **fp32** calibration half: ``TemperatureScaling``,
+  ``PACSCalibrator(precision="fp32")``, ``EnsembleTemperatureScaling``, ``TopLabelCalibrator()``
+  (TS then top-label isotonic, "TS+top-label") and the composite "precision-aware temperature +
+  top-label recalibration" of issue 14 (:class:`PACSThenTopLabel`, "PACS+top-label"); each is
+  applied **as fitted** to the test half at every precision ``P`` ("TS fp32", ...), and the two
+  with a PACS stage also **re-targeted** -- a copy with ``set_params(precision=P)``, no refit
+  ("PACS fp32→P", "PACS+top-label fp32→P");
 * refitted on the calibration half **at P** (the oracle that needs labelled data at ``P``):
-  ``TemperatureScaling`` ("TS refit") and ``PACSCalibrator(precision=P)`` ("PACS refit");
+  TS, PACS, TS+top-label and PACS+top-label ("... refit");
 * all scored with the uncalibrated softmax on the test half at ``P``: accuracy, top-label
   ECE (15 bins), NLL, Brier.
 
@@ -111,9 +113,12 @@ MUCH_ECE = 0.01
 SHARE_OF_SPLITS = 0.25
 #: Fitted once on the fp32 calibration half, applied at every precision as fitted (and re-targeted
 #: when the class has a ``precision`` parameter). Names this precal lacks are listed on the page.
-FROM_FP32 = {"TS": "ts", "PACS": "pacs", "ETS": "ets", "top-label isotonic": "top-label-isotonic"}
+FROM_FP32 = {"TS": "ts", "PACS": "pacs", "ETS": "ets", "TS+top-label": "top-label-isotonic"}
 #: Refitted on the calibration half at each precision: the oracle.
-REFIT = {"TS": "ts", "PACS": "pacs"}
+REFIT = {"TS": "ts", "PACS": "pacs", "TS+top-label": "top-label-isotonic"}
+#: The composite "precision-aware temperature + top-label recalibration" (issue 14, item 3):
+#: :class:`PACSThenTopLabel`, fitted at fp32 (and re-targeted) and refitted at P as PACS is.
+COMPOSITE = "PACS+top-label"
 #: (a, b, what a - b measures), on every model × precision setting.
 COMPARISONS = (
     ("PACS fp32→P", "TS refit", "re-targeted PACS vs TS refitted at P (the claim)"),
@@ -121,12 +126,23 @@ COMPARISONS = (
     ("PACS fp32", "TS fp32", "PACS vs TS, both fitted at fp32 and applied as fitted"),
     ("TS fp32", "TS refit", "what skipping TS's refit at P costs"),
     ("PACS refit", "TS refit", "PACS vs TS, both refitted at P (study_pacs's question)"),
+    ("TS+top-label refit", "TS refit", "what top-label isotonic adds to TS, both refitted at P"),
+    ("PACS+top-label refit", "TS refit", "the composite vs TS, both refitted at P"),
+    ("PACS+top-label refit", "PACS refit", "what top-label isotonic adds to PACS, both refitted at P"),
+    ("PACS+top-label refit", "TS+top-label refit", "the composite vs TS + top-label: what the PACS stage adds"),
+    ("PACS+top-label fp32", "TS+top-label fp32", "the composite vs TS + top-label, both fitted at fp32, as fitted"),
+    ("PACS+top-label fp32→P", "TS refit", "the re-targeted composite vs TS refitted at P"),
+    ("PACS+top-label fp32→P", "TS+top-label fp32", "the re-targeted composite vs TS + top-label fitted at fp32"),
 )
 #: How a PACS variant compares with its temperature-scaling counterpart, for "where PACS helps".
 VARIANTS = {"PACS fp32→P - TS fp32": "re-targeted from fp32", "PACS fp32 - TS fp32": "fitted at fp32, as fitted",
-            "PACS refit - TS refit": "refitted at P"}
+            "PACS refit - TS refit": "refitted at P",
+            "PACS+top-label fp32→P - TS+top-label fp32": "composite, re-targeted from fp32",
+            "PACS+top-label fp32 - TS+top-label fp32": "composite, fitted at fp32, as fitted",
+            "PACS+top-label refit - TS+top-label refit": "composite, refitted at P"}
 COLORS = {"uncalibrated": "0.55", "TS fp32": "C0", "PACS fp32": "C2", "PACS fp32→P": "C3", "TS refit": "C1",
-          "PACS refit": "C4"}
+          "PACS refit": "C4", "TS+top-label refit": "C5", "PACS+top-label refit": "C6",
+          "PACS+top-label fp32→P": "C9"}
 
 
 # --------------------------------------------------------------------------- data
@@ -201,6 +217,60 @@ def _state(est: Any) -> dict[str, float]:
     return {a: float(getattr(est, a)) for a in ("temperature_", "lambda_", "epsilon_") if hasattr(est, a)}
 
 
+class PACSThenTopLabel:
+    """The composite: ``PACSCalibrator(precision)``, then ``TopLabelCalibrator(method="isotonic",
+    base=None)`` fitted on PACS's calibrated logits (so its confidence map sees PACS's
+    probabilities). ``set_params(precision=P)`` re-targets the PACS stage without a refit; the
+    confidence map stays as fitted. Not in the library: this study found it equal to
+    ``TopLabelCalibrator()`` (TS + top-label) within noise, see the page.
+    """
+
+    def __init__(self, precision: str = "fp32") -> None:
+        self.precision = precision
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"precision": self.precision}
+
+    def set_params(self, **params: Any) -> PACSThenTopLabel:
+        self.precision = params.pop("precision", self.precision)
+        if params:
+            raise ValueError(f"PACSThenTopLabel has no parameters {sorted(params)}.")
+        if hasattr(self, "pacs_"):
+            self.pacs_.set_params(precision=self.precision)
+        return self
+
+    def fit(self, z: np.ndarray, y: np.ndarray) -> PACSThenTopLabel:
+        from precal.calibration import PACSCalibrator, TopLabelCalibrator
+
+        self.pacs_ = PACSCalibrator(precision=self.precision).fit(z, y)
+        self.top_ = TopLabelCalibrator(method="isotonic", base=None).fit(self.pacs_.decision_function(z), y)
+        self.temperature_, self.lambda_, self.epsilon_ = (self.pacs_.temperature_, self.pacs_.lambda_,
+                                                         self.pacs_.epsilon_)
+        return self
+
+    def predict_proba(self, z: np.ndarray) -> np.ndarray:
+        return self.top_.predict_proba(self.pacs_.decision_function(z))
+
+    @staticmethod
+    def describe(precision: str) -> str:
+        return (f"PACSCalibrator(precision={precision!r}), then TopLabelCalibrator(method='isotonic', base=None) on "
+                f"its calibrated logits")
+
+
+def _composite(precision: str) -> Any:
+    """A factory of :class:`PACSThenTopLabel` (picklable: a partial of a module-level class)."""
+    import functools
+
+    return functools.partial(PACSThenTopLabel, precision=precision)
+
+
+def _retargetable(est: Any) -> bool:
+    """Whether ``set_params(precision=...)`` changes what ``est`` predicts: PACS, and the
+    top-label calibrator on a PACS base (its ``precision`` is unused on the other bases)."""
+    params = est.get_params()
+    return "precision" in params and params.get("base", "pacs") == "pacs"
+
+
 def one_split(item: tuple[Any, ...]) -> dict[str, Any]:
     """Every method of one model on one split (module level: runs in worker processes).
 
@@ -210,6 +280,7 @@ def one_split(item: tuple[Any, ...]) -> dict[str, Any]:
     z32 = np.asarray(logits["fp32"], dtype=np.float64)
     caught: dict[str, int] = {}
     sources, _ = h.method_table(FROM_FP32, precision="fp32", random_state=seed)
+    sources[COMPOSITE] = _composite("fp32")
     fitted32 = {label: _fit(m, z32[cal], y[cal], f"{label} fp32", caught) for label, m in sources.items()}
     out: dict[str, Any] = {"scores": {}, "fitted": {"fp32": {k: _state(e) for k, e in fitted32.items()}},
                            "warnings": caught}
@@ -218,7 +289,7 @@ def one_split(item: tuple[Any, ...]) -> dict[str, Any]:
         prob = {"uncalibrated": h.softmax64(z[test])}
         for label, est in fitted32.items():
             prob[f"{label} fp32"] = est.predict_proba(z[test])
-            if p != "fp32" and "precision" in est.get_params():
+            if p != "fp32" and _retargetable(est):
                 moved = copy.deepcopy(est).set_params(precision=precision_of[p])
                 prob[f"{label} fp32→P"] = moved.predict_proba(z[test])
                 if hasattr(moved, "sample_temperature"):
@@ -226,6 +297,7 @@ def one_split(item: tuple[Any, ...]) -> dict[str, Any]:
                         np.median(moved.sample_temperature(z[test])))
         if p != "fp32":
             refits, _ = h.method_table(REFIT, precision=precision_of[p], random_state=seed)
+            refits[COMPOSITE] = _composite(precision_of[p])
             for label, m in refits.items():
                 est = _fit(m, z[cal], y[cal], f"{label} refit", caught)
                 out["fitted"].setdefault(p, {})[label] = _state(est)
@@ -374,6 +446,64 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     return {"word": word, "reason": reason, "details": details, "holds": holds, "fails": fails}
 
 
+def _tally(report: dict[str, Any], key: str) -> dict[str, dict[str, list[str]]]:
+    """Settings where ``a - b`` is clearly lower / higher, per metric (ECE, NLL), one-sd rule."""
+    out: dict[str, dict[str, list[str]]] = {m: {"lower": [], "higher": []} for m in ("ece", "nll")}
+    for model, p, comps in _settings(report):
+        if key in comps:
+            for m in out:
+                v = comps[key][m]["verdict"]
+                if v in out[m]:
+                    out[m][v].append(f"{model} {p}")
+    return out
+
+
+def _mean_of(report: dict[str, Any], method: str, metric: str) -> list[float]:
+    """Per-setting means of one method's metric (settings in page order; fp32 rows left out)."""
+    return [r["summary"][p][method][metric]["mean"] for block in report["blocks"].values()
+            for r in block["models"].values() for p in r["comparisons"] if method in r["summary"][p]]
+
+
+def composite_reading(report: dict[str, Any]) -> list[str]:
+    """Does the composite (PACS + top-label isotonic) win? Computed from the comparisons."""
+    n = len(_settings(report))
+    c = COMPOSITE
+    if not any(f"{c} refit - TS refit" in comps for _, _, comps in _settings(report)):
+        return [f"The composite {c} was not measured."]
+
+    def counts(key: str) -> str:
+        t = _tally(report, key)
+        return (f"ECE clearly lower in {len(t['ece']['lower'])} and higher in {len(t['ece']['higher'])}, NLL "
+                f"clearly lower in {len(t['nll']['lower'])} and higher in {len(t['nll']['higher'])} of {n} settings")
+
+    wins = []
+    for model, p, comps in _settings(report):
+        rivals = [f"{c} refit - TS refit", f"{c} refit - TS+top-label refit", f"{c} refit - PACS refit"]
+        if all(k in comps for k in rivals):
+            lower_ece = all(comps[k]["ece"]["verdict"] == "lower" for k in rivals)
+            no_worse_nll = all(comps[k]["nll"]["verdict"] != "higher" for k in rivals)
+            if lower_ece and no_worse_nll:
+                wins.append(f"{model} {p}")
+    ece = {m: np.asarray(_mean_of(report, m, "ece")) for m in ("TS refit", "TS+top-label refit", f"{c} refit")}
+    lines = [
+        f"The composite {c} (PACS's per-sample temperature, then top-label isotonic recalibration of its "
+        f"probabilities), refitted at P, against TS refitted at P: {counts(f'{c} refit - TS refit')}. "
+        f"Against TS + top-label isotonic refitted at P (what the PACS stage adds): "
+        f"{counts(f'{c} refit - TS+top-label refit')}. Against PACS refitted at P (what the top-label stage adds): "
+        f"{counts(f'{c} refit - PACS refit')}.",
+        f"Top-label isotonic on top of TS (both refitted at P) against TS: {counts('TS+top-label refit - TS refit')}. "
+        f"Mean test ECE over the {n} settings: TS {100 * ece['TS refit'].mean():.2f} %, TS + top-label "
+        f"{100 * ece['TS+top-label refit'].mean():.2f} %, {c} {100 * ece[f'{c} refit'].mean():.2f} % (all refitted "
+        f"at P).",
+        f"The composite wins (clearly lower ECE than TS, TS + top-label and PACS, all refitted at P, with no clearly "
+        f"higher NLL) in {len(wins)} of {n} settings" + (f": {', '.join(wins)}." if wins else "."),
+        f"Re-targeted from fp32 with `set_params(precision=P)`, the composite against TS refitted at P: "
+        f"{counts(f'{c} fp32→P - TS refit')}; it inherits PACS's re-targeting (the confidence map, fitted on the "
+        f"fp32 base's confidences, is then read at the far lower confidences of the re-targeted base).",
+    ]
+    return lines
+
+
 def reading(report: dict[str, Any]) -> list[str]:
     """Where PACS helps and where it equals TS, and what refitting is worth; computed."""
     n = len(_settings(report))
@@ -399,6 +529,14 @@ def reading(report: dict[str, Any]) -> list[str]:
              f"in {len(kept['hurts'])}; refitted at P it helps in {len(refit['helps'])} "
              f"({', '.join(refit['helps']) or 'none'}) and hurts in {len(refit['hurts'])}; everywhere else it "
              f"equals TS (identical or within noise)."]
+    composite = composite_reading(report)
+    if len(composite) > 2:
+        same = groups[f"{COMPOSITE} refit - TS+top-label refit"]
+        n_same = len(same["within noise"]) + len(same["identical"])
+        lines[0] += (f" {composite[2]} Against TS + top-label isotonic (`TopLabelCalibrator()`), both refitted at "
+                     f"P, the composite is within noise in {n_same} of {n} settings"
+                     + (": the PACS stage adds nothing measurable." if n_same == n else
+                        f", helps in {len(same['helps'])} and hurts in {len(same['hurts'])}."))
     for key, groups in report["where_pacs_helps"].items():
         a, b = key.split(" - ")
         counts = ", ".join(f"{k} in {len(v)}" for k, v in groups.items() if v)
@@ -419,7 +557,7 @@ def reading(report: dict[str, Any]) -> list[str]:
                  "`set_params(precision=P)` then multiplies λ·ε by ε_P / ε_fp32 (the factor in the lines above). "
                  "Where the fp32 fit found λ = 0 nothing changes and PACS is TS; where it found λ > 0, the "
                  "adaptive part grows by that factor.")
-    return lines
+    return lines + composite
 
 
 # --------------------------------------------------------------------------- markdown
@@ -528,7 +666,7 @@ def figure(report: dict[str, Any], staged: h.StagedOutputs, paths: dict[str, Pat
             rows = [(j, 100 * np.asarray(r["per_split"][p][m]["ece"])) for j, p in enumerate(precisions)
                     if m in r["per_split"][p]]
             if rows:
-                x = [j + (i - 2.5) * 0.07 for j, _ in rows]
+                x = [j + (i - (len(COLORS) - 1) / 2) * 0.07 for j, _ in rows]
                 med = np.array([np.median(v) for _, v in rows])
                 lo, hi = med - [v.min() for _, v in rows], [v.max() for _, v in rows] - med
                 ax.errorbar(x, med, yerr=[lo, hi], marker="o", ms=3, capsize=2, color=COLORS[m], label=m)
@@ -544,8 +682,9 @@ def figure(report: dict[str, Any], staged: h.StagedOutputs, paths: dict[str, Pat
     return [{"path": path, "caption": f"Test ECE at each precision (log scale): median over {report['n_splits']} "
                                       f"splits, bars from the smallest to the largest split. Uncalibrated; fitted "
                                       f"at fp32 and applied as fitted (TS fp32, PACS fp32) or re-targeted with "
-                                      f"`set_params(precision=P)` (PACS fp32→P); refitted at P (TS refit, PACS "
-                                      f"refit)."}]
+                                      f"`set_params(precision=P)` (PACS fp32→P, and the composite PACS+top-label "
+                                      f"fp32→P); refitted at P (TS refit, PACS refit, TS+top-label refit, "
+                                      f"PACS+top-label refit)."}]
 
 
 # --------------------------------------------------------------------------- main
@@ -636,9 +775,12 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
                 + ", ".join(QUICK["real"] if q else REAL_PRECISIONS) + "."),
             "methods": ("fitted once at fp32: " + ", ".join(f"{k} = `{m.describe()}`" for k, m in
                                                            h.method_table(FROM_FP32, precision="fp32")[0].items())
+                        + f", {COMPOSITE} = {PACSThenTopLabel.describe('fp32')}"
                         + "; applied at P as fitted (\"fp32\") and, for those with a `precision` parameter, "
                           "re-targeted by a copy with `set_params(precision=P)` (\"fp32→P\"); refitted at P: "
-                        + ", ".join(f"{k} (`{h.method(v, precision='P').describe()}`)" for k, v in REFIT.items())
+                        + ", ".join(f"{k} (`{m.describe()}`)"
+                                    for k, m in h.method_table(REFIT, precision="P")[0].items())
+                        + f", {COMPOSITE} (the same with precision P)"
                         + "; the uncalibrated softmax at P."),
             "splits": f"{args.splits} stratified 50/50 calibration/test splits per model (split s from "
                       f"np.random.default_rng(seed + s)), the same rows at every precision",

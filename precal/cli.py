@@ -43,6 +43,10 @@ LARGE_LOGIT = 1e4
 
 #: Calibrator short names of ``--calibrators``; :data:`precal.report.CALIBRATORS` builds them.
 CALIBRATOR_NAMES = ("ts", "pacs", "dirichlet", "fuzzy", "ets", "toplabel", "auto")
+#: ``precal.report.AVAILABLE_METRICS`` (spelled out: the report module is imported only once the
+#: arguments are checked); the first six are ``evaluate``'s default columns.
+METRIC_NAMES = ("accuracy", "ece", "ace", "mce", "nll", "brier", "debiased_ece", "smooth_ece")
+DEFAULT_METRICS = METRIC_NAMES[:6]
 
 _SILENT_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
 
@@ -159,6 +163,17 @@ def _parse_calibrators(ctx: click.Context, param: click.Parameter, value: str) -
         raise click.BadParameter(f"unknown calibrator(s) {', '.join(map(repr, unknown))}; "
                                  f"choose from {', '.join(CALIBRATOR_NAMES)} (or 'none').")
     return names
+
+
+def _parse_metrics(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    names = [v.lower().replace("-", "_") for v in _comma_list(value, "metric")]
+    if names == ["all"]:
+        return list(METRIC_NAMES)
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise click.BadParameter(f"unknown metric(s) {', '.join(map(repr, unknown))}; "
+                                 f"choose from {', '.join(METRIC_NAMES)} (or 'all').")
+    return list(dict.fromkeys(names))
 
 
 def _parse_config_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -369,11 +384,13 @@ one index per line.
 
 Every calibrator is scored out of fold: stratified --cv folds, each predicted
 by a calibrator fitted on the other folds. The table gives accuracy, ECE, ACE,
-MCE (percent), NLL and Brier score, each with a bootstrap interval, for the
-uncalibrated logits and each calibrator. ECE, ACE and MCE are biased upward,
-so their estimate and interval are bootstrap bias-corrected (the estimate
-always lies in its interval); the others show the plain value and percentile
-interval.
+MCE (percent), NLL and Brier score (--metrics picks others, e.g. the debiased
+and the smooth ECE), each with a bootstrap interval, for the uncalibrated
+logits and each calibrator. ECE, ACE, MCE and the smooth ECE are biased
+upward, so their estimate and interval are bootstrap bias-corrected; the
+debiased ECE keeps its own value with the interval centred on it; the others
+show the plain value and percentile interval. The estimate always lies in
+its interval.
 
 With --precision FMT the logits are first rounded to FMT (as a model deployed
 at FMT would emit them), PACS is told FMT, and precision diagnostics compare
@@ -385,6 +402,7 @@ Examples:
   precal evaluate val.npz
   precal evaluate logits.npy --labels labels.npy --precision bf16 --report out/
   precal evaluate sweep.npz --logits-key w4a4 --calibrators ts,pacs --json
+  precal evaluate val.npz --metrics ece,debiased_ece,smooth_ece,nll
 """
 
 
@@ -402,6 +420,10 @@ Examples:
                                    "(fuzzy Dirichlet; slow: minutes on 10 000 samples), ets (ensemble temperature "
                                    "scaling), toplabel (top-label isotonic), auto (AutoCalibrator: picks by "
                                    "cross-validated NLL, reports its choice per fold), or none.")
+@click.option("--metrics", default=",".join(DEFAULT_METRICS), show_default=True, callback=_parse_metrics,
+              metavar="LIST", help="Comma-separated columns of the table, in order: accuracy, ece, ace, mce, nll, "
+                                   "brier, debiased_ece (Kumar et al. 2019: debiased L2 calibration error, equal-mass "
+                                   "bins), smooth_ece (Blasiok & Nakkiran 2023), or all.")
 @click.option("--precision", metavar="FMT",
               help="Evaluate as if deployed at this format (e.g. bf16, fp16, fp8_e4m3, int8): round the "
                    "logits to it, give it to PACS, add precision diagnostics.")
@@ -410,7 +432,7 @@ Examples:
 @click.option("--n-bootstrap", type=click.IntRange(min=0), default=200, show_default=True,
               help="Bootstrap resamples for the intervals (0: none).")
 @click.option("--n-bins", type=click.IntRange(min=1), default=15, show_default=True,
-              help="Bins of ECE, ACE and MCE.")
+              help="Bins of ECE, ACE, MCE and the debiased ECE.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Write report.html (self-contained), report.md, results.json, calibrators.json and figures "
                    "to DIR, replacing an earlier report's files (needs matplotlib: pip install 'precal[plot]').")
@@ -418,8 +440,9 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds, the bootstrap and fuzzy.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
 def evaluate_command(logits: str, labels_path: str | None, logits_key: str | None, labels_key: str | None,
-                     label_column: str, calibrators: list[str], precision: str | None, cv: int, n_bootstrap: int,
-                     n_bins: int, report_dir: str | None, max_input_size: int, seed: int, as_json: bool) -> None:
+                     label_column: str, calibrators: list[str], metrics: list[str], precision: str | None, cv: int,
+                     n_bootstrap: int, n_bins: int, report_dir: str | None, max_input_size: int, seed: int,
+                     as_json: bool) -> None:
     with _guarded():  # every path first, before anything heavy is imported or read
         if report_dir is not None:
             _check_report_dir(report_dir)
@@ -434,7 +457,7 @@ def evaluate_command(logits: str, labels_path: str | None, logits_key: str | Non
                            label_column=label_column, max_bytes=max_input_size)
         _large_logits(data.logits, "LOGITS")
         _precision_clamps(data.logits, precision)
-        ev = evaluate(data.logits, data.labels, calibrators=calibrators, precision=precision, cv=cv,
+        ev = evaluate(data.logits, data.labels, calibrators=calibrators, metrics=metrics, precision=precision, cv=cv,
                       n_bootstrap=n_bootstrap, n_bins=n_bins, random_state=seed, fit_full=report_dir is not None,
                       progress=True, inputs=data.source)
         written = write_report(ev, report_dir) if report_dir is not None else []

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CALIBRATORS",
     "METRICS",
+    "AVAILABLE_METRICS",
     "INTERVALS",
     "Evaluation",
     "make_calibrator",
@@ -58,6 +59,7 @@ __all__ = [
     "markdown_text",
     "format_table",
     "auto_choice_text",
+    "check_metrics",
 ]
 
 
@@ -114,18 +116,98 @@ CALIBRATORS: dict[str, tuple[str, Callable[[str, int], Any]]] = {
     "auto": ("auto", _auto),
 }
 
-#: Metrics of the table, in column order; the first four are shares shown in percent.
+#: Metrics of the default table, in column order.
 METRICS = ("accuracy", "ece", "ace", "mce", "nll", "brier")
-_PERCENT = ("accuracy", "ece", "ace", "mce")
-_HEADERS = {"accuracy": "accuracy %", "ece": "ECE %", "ace": "ACE %", "mce": "MCE %", "nll": "NLL", "brier": "Brier"}
+#: Every metric :func:`evaluate` can report (``metrics=``; ``precal evaluate --metrics``): the
+#: default ones, the debiased ECE of Kumar, Liang & Ma (2019,
+#: :func:`~precal.metrics.debiased_calibration_error`) and the smooth ECE of Błasiok & Nakkiran
+#: (2023, :func:`~precal.metrics.smooth_calibration_error`).
+AVAILABLE_METRICS = (*METRICS, "debiased_ece", "smooth_ece")
+#: Shares, shown in percent.
+_PERCENT = ("accuracy", "ece", "ace", "mce", "debiased_ece", "smooth_ece")
+_HEADERS = {"accuracy": "accuracy %", "ece": "ECE %", "ace": "ACE %", "mce": "MCE %", "nll": "NLL", "brier": "Brier",
+            "debiased_ece": "debiased ECE %", "smooth_ece": "smooth ECE %"}
+_NAMES = {"accuracy": "accuracy", "ece": "ECE", "ace": "ACE", "mce": "MCE", "nll": "NLL", "brier": "Brier",
+          "debiased_ece": "debiased ECE", "smooth_ece": "smooth ECE"}
+#: Metrics that take ``n_bins`` (the debiased ECE: equal-mass bins, as Kumar et al.).
+_BINNED = ("ece", "ace", "mce", "debiased_ece")
 
-#: Bootstrap interval of each metric (``method`` of :func:`precal.metrics.calibration_error_ci`):
-#: the binned metrics are biased upward, so their estimate and interval are bias-corrected;
-#: accuracy, NLL and Brier are sample means (unbiased): the plug-in and the percentile interval.
+#: Bootstrap interval of each metric: ``"percentile"`` and ``"bias_corrected"`` are the
+#: ``method`` of :func:`precal.metrics.calibration_error_ci`; ``"centred"`` is the percentile
+#: interval moved so that its median is the estimate itself.
+#:
+#: * The binned plug-in metrics are biased upward, and so is the smooth ECE (a kernel average of
+#:   residual noise: on 1 000 calibrated samples of 10 classes it read 0.023 and its percentile
+#:   interval [0.027, 0.054] lay above it): bias-corrected estimate and interval.
+#: * Accuracy, NLL and Brier are sample means (unbiased): the plain value and percentile interval.
+#: * The debiased ECE is already (nearly) unbiased, but its resamples are not centred on it: a
+#:   resample is drawn from the sample, whose own calibration error is the *plug-in* one, so the
+#:   resamples' debiased ECE centres on the plug-in value and the percentile interval can lie
+#:   above the estimate (2.03 [2.22, 10.14] on 600 samples). Correcting the estimate again would
+#:   remove the bias twice (a calibrated model's estimate then falls below 0), so the estimate is
+#:   kept and the interval is shifted by the bootstrap's bias ``b = median - estimate``:
+#:   ``[q_lo - b, q_hi - b]``, which contains the estimate (its median).
 INTERVALS = {"accuracy": "percentile", "ece": "bias_corrected", "ace": "bias_corrected", "mce": "bias_corrected",
-             "nll": "percentile", "brier": "percentile"}
-_BIAS_CORRECTED_NOTE = ("ECE, ACE and MCE show the bootstrap bias-corrected estimate and its interval (the binned "
-                        "plug-in is biased upward); accuracy, NLL and Brier the plain value and percentile interval.")
+             "nll": "percentile", "brier": "percentile", "debiased_ece": "centred",
+             "smooth_ece": "bias_corrected"}
+
+
+def _interval_note(metrics: Sequence[str]) -> str:
+    """Which metrics show a bias-corrected estimate and interval, which the plain ones."""
+    corrected = [_NAMES[m] for m in metrics if INTERVALS[m] == "bias_corrected"]
+    plain = [_NAMES[m] for m in metrics if INTERVALS[m] == "percentile"]
+    centred = [_NAMES[m] for m in metrics if INTERVALS[m] == "centred"]
+    parts = []
+    if corrected:
+        binned = "smooth_ece" not in metrics
+        parts.append(f"{_join(corrected)} show the bootstrap bias-corrected estimate and its interval (the "
+                     f"{'binned ' if binned else ''}plug-in is biased upward)")
+    if plain:
+        parts.append(f"{_join(plain)} the plain value and percentile interval")
+    if centred:
+        parts.append(f"{_join(centred)} its own (already debiased) value and the percentile interval centred on it "
+                     f"(the resamples centre on the plug-in value)")
+    note = "; ".join(parts) + "."
+    if "smooth_ece" in metrics:
+        note += (" The smooth ECE's resamples use the kernel bandwidth chosen on all rows (shown in the JSON): "
+                 "the automatic choice costs a root search per call.")
+    return note[0].upper() + note[1:]
+
+
+def _interval_kinds(metrics: Sequence[str], join: Callable[[list[str]], str], others: bool = False) -> str:
+    """``"bias-corrected for ECE/ACE/MCE, percentile for accuracy/NLL/Brier"`` for the metrics shown
+    (``others``: "percentile for the others" instead of naming them)."""
+    kinds = (("bias_corrected", "bias-corrected"), ("centred", "centred on the estimate"),
+             ("percentile", "percentile"))
+    parts = []
+    for key, word in kinds:
+        names = [_NAMES[m] for m in metrics if INTERVALS[m] == key]
+        if names:
+            parts.append(f"{word} for " + ("the others" if others and key == "percentile" else join(names)))
+    return ", ".join(parts)
+
+
+def _percent_note(metrics: Sequence[str]) -> str:
+    percent = [_NAMES[m] for m in metrics if m in _PERCENT]
+    return f"{_join(percent)} in percent. " if percent else ""
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def check_metrics(metrics: Sequence[str]) -> list[str]:
+    """The metric names in order, duplicates dropped; ValueError for an unknown name or none."""
+    if isinstance(metrics, str):
+        raise TypeError(f"metrics must be a sequence of names, got the string {metrics!r}; e.g. ['ece', 'nll'].")
+    names = list(dict.fromkeys(metrics))
+    unknown = [m for m in names if not isinstance(m, str) or m not in AVAILABLE_METRICS]
+    if unknown:
+        raise ValueError(f"Unknown metric(s) {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(AVAILABLE_METRICS)}.")
+    if not names:
+        raise ValueError(f"metrics must name at least one of {', '.join(AVAILABLE_METRICS)}.")
+    return names
 AS_GIVEN = "as given"
 
 
@@ -155,14 +237,15 @@ def _accuracy(y_true: Any, y_prob: Any, *, labels: Any = None) -> float:
 
 
 def _estimator(metric: str) -> Callable[..., float]:
-    """The function behind a metric of :data:`METRICS`."""
+    """The function behind a metric of :data:`AVAILABLE_METRICS`."""
     from . import metrics
 
     if metric == "accuracy":
         return _accuracy
     return {"ece": metrics.expected_calibration_error, "ace": metrics.adaptive_calibration_error,
             "mce": metrics.maximum_calibration_error, "nll": metrics.negative_log_likelihood,
-            "brier": metrics.brier_score}[metric]
+            "brier": metrics.brier_score, "debiased_ece": metrics.debiased_calibration_error,
+            "smooth_ece": metrics.smooth_calibration_error}[metric]
 
 
 @dataclass
@@ -178,10 +261,11 @@ class Evaluation:
     rows : list of dict
         One per method: ``method``, ``calibrator`` (short name or None), ``logits``
         (``"as given"`` or the precision) and ``metrics``: ``{name: {"estimate", "low",
-        "high", "plugin"}}``. ``plugin`` is the metric on all rows; ``estimate`` is the
-        point estimate of the interval (:data:`INTERVALS`): bias-corrected for ECE, ACE and
-        MCE, the plug-in for the others, and the plug-in for all without bootstrap
-        (``low``/``high`` None).
+        "high", "plugin"}}`` for each metric of ``settings["metrics"]``. ``plugin`` is the
+        metric on all rows; ``estimate`` is the point estimate of the interval
+        (:data:`INTERVALS`): bias-corrected for ECE, ACE, MCE and smooth ECE, the plug-in
+        for the others, and the plug-in for all without bootstrap (``low``/``high`` None).
+        The smooth ECE also has ``bandwidth``, the kernel width chosen on all rows.
     diagnostics : list of dict or None
         With a precision: ``{"name", "value", "description"}`` rows comparing the given
         logits with the rounded ones.
@@ -354,6 +438,7 @@ def evaluate(
     labels: np.ndarray,
     *,
     calibrators: Sequence[str] = ("ts", "pacs", "dirichlet"),
+    metrics: Sequence[str] = METRICS,
     precision: str | None = None,
     cv: int = 5,
     n_bootstrap: int = 200,
@@ -373,6 +458,12 @@ def evaluate(
         Column index of each sample's class.
     calibrators : sequence of str
         Short names from :data:`CALIBRATORS`.
+    metrics : sequence of str, default=METRICS
+        Names from :data:`AVAILABLE_METRICS`, the table's columns in this order: the default
+        accuracy, ECE, ACE, MCE, NLL and Brier, and ``"debiased_ece"`` (Kumar et al.'s
+        debiased L2 calibration error, ``n_bins`` equal-mass bins) and ``"smooth_ece"``
+        (Błasiok & Nakkiran's smooth ECE; its bootstrap resamples keep the bandwidth chosen
+        on all rows, since choosing it costs a root search per call).
     precision : str, optional
         Evaluate as if the logits came out of a model deployed at this format: the logits
         are rounded with :func:`precal.emulate.round_logits` before calibration, PACS gets
@@ -386,7 +477,7 @@ def evaluate(
         the intervals.
     confidence_level : float, default=0.95
     n_bins : int, default=15
-        Bins of ECE, ACE and MCE.
+        Bins of ECE, ACE, MCE and the debiased ECE.
     random_state : int, default=0
         Seeds the folds, FuzzyDirichlet and the bootstrap.
     fit_full : bool, default=False
@@ -406,7 +497,6 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from .emulate import format_info, round_logits
-    from .metrics import calibration_error_ci
 
     logits = np.asarray(logits)
     labels = np.asarray(labels)
@@ -416,6 +506,7 @@ def evaluate(
         raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}.")
     if logits.shape[0] < cv:
         raise ValueError(f"cv={cv} folds need at least {cv} samples, got {logits.shape[0]}.")
+    metric_names = check_metrics(metrics)
     names = list(dict.fromkeys(calibrators))
     for name in names:
         make_calibrator(name)  # unknown names fail before any work
@@ -478,25 +569,15 @@ def evaluate(
             rows.append({"method": display, "calibrator": name, "logits": tag})
             probs[_row_label(rows[-1])] = out
 
-    with tqdm(total=len(rows) * len(METRICS), desc="precal evaluate: bootstrap", unit="metric", leave=False,
+    with tqdm(total=len(rows) * len(metric_names), desc="precal evaluate: bootstrap", unit="metric", leave=False,
               disable=None if progress else True) as bar:
         for row in rows:
             p = probs[_row_label(row)]
-            metrics: dict[str, Any] = {}
-            for metric in METRICS:
-                fn: Any = _accuracy if metric == "accuracy" else metric
-                params = {"n_bins": n_bins} if metric in ("ece", "ace", "mce") else {}
-                if n_bootstrap:
-                    ci = calibration_error_ci(labels, p, metric=fn, n_bootstrap=n_bootstrap,
-                                              confidence_level=confidence_level, random_state=random_state,
-                                              method=INTERVALS[metric], **params)
-                    metrics[metric] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high,
-                                       "plugin": ci.plugin}
-                else:
-                    value = _estimator(metric)(labels, p, **params)
-                    metrics[metric] = {"estimate": value, "low": None, "high": None, "plugin": value}
+            scores: dict[str, Any] = {}
+            for metric in metric_names:
+                scores[metric] = _score(metric, labels, p, n_bins, n_bootstrap, confidence_level, random_state)
                 bar.update(1)
-            row["metrics"] = metrics
+            row["metrics"] = scores
 
     diagnostics = bins = swaps = None
     if precision is not None:
@@ -514,16 +595,46 @@ def evaluate(
     })
     settings = {
         "calibrators": {name: CALIBRATORS[name][0] for name in names},
+        "metrics": metric_names,
         "precision": precision,
         "pacs_precision": pacs_precision,
         "cv": int(cv),
         "seed": int(random_state),
         "n_bootstrap": int(n_bootstrap),
         "confidence_level": float(confidence_level),
-        "intervals": dict(INTERVALS) if n_bootstrap else None,
+        "intervals": {m: INTERVALS[m] for m in metric_names} if n_bootstrap else None,
         "n_bins": int(n_bins),
     }
     return Evaluation(info, settings, rows, diagnostics, bins, fitted, full, labels, probs, p_ref, swaps)
+
+
+def _score(metric: str, labels: np.ndarray, p: np.ndarray, n_bins: int, n_bootstrap: int, confidence_level: float,
+           random_state: int) -> dict[str, Any]:
+    """``{"estimate", "low", "high", "plugin"}`` of one metric on one row's probabilities."""
+    from .metrics import calibration_error_ci
+
+    params: dict[str, Any] = {"n_bins": n_bins} if metric in _BINNED else {}
+    extra: dict[str, Any] = {}
+    if metric == "smooth_ece":
+        # the bandwidth chosen on all rows, then kept: the resamples measure the estimate's noise at it
+        _, bandwidth = _estimator(metric)(labels, p, return_bandwidth=True)
+        params = extra = {"bandwidth": float(bandwidth)}
+    if not n_bootstrap:
+        value = _estimator(metric)(labels, p, **params)
+        return {"estimate": value, "low": None, "high": None, "plugin": value, **extra}
+    named = metric in ("ece", "ace", "mce", "nll", "brier")
+    fn: Any = metric if named else _estimator(metric)
+    centred = INTERVALS[metric] == "centred"
+    ci = calibration_error_ci(labels, p, metric=fn, n_bootstrap=n_bootstrap, confidence_level=confidence_level,
+                              random_state=random_state, method="bias_corrected" if centred else INTERVALS[metric],
+                              **params)
+    estimate, low, high = ci.estimate, ci.low, ci.high
+    if centred:  # undo one of the two shifts by b: estimate θ̂, interval [q_lo - b, q_hi - b] (a callable: no clip)
+        b = ci.plugin - ci.estimate
+        estimate, low, high = ci.plugin, low + b, high + b
+    if not named and metric != "accuracy":  # a calibration error lies in [0, 1]; clipping keeps the order
+        estimate, low, high = (min(max(v, 0.0), 1.0) for v in (estimate, low, high))
+    return {"estimate": estimate, "low": low, "high": high, "plugin": ci.plugin, **extra}
 
 
 # ------------------------------------------------------------------------- rendering
@@ -541,7 +652,7 @@ def metric_table(ev: Evaluation) -> list[dict[str, str]]:
     with_logits = ev.settings["precision"] is not None  # else every row is "as given"
     return [
         {"method": row["method"], **({"logits": row["logits"]} if with_logits else {}),
-         **{_HEADERS[m]: _cell(m, row["metrics"][m]) for m in METRICS}}
+         **{_HEADERS[m]: _cell(m, row["metrics"][m]) for m in ev.settings.get("metrics", METRICS)}}
         for row in ev.rows
     ]
 
@@ -568,7 +679,7 @@ def _summary_lines(ev: Evaluation, text: Callable[[Any], str] = printable) -> li
            if s["n_bootstrap"] else "no bootstrap intervals; plug-in estimates."),
     ]
     if s["n_bootstrap"]:
-        lines.append(_BIAS_CORRECTED_NOTE)
+        lines.append(_interval_note(s.get("metrics", METRICS)))
     if s["precision"]:
         lines.append(f"Logits rounded to {s['precision']} (as a model deployed at {s['precision']} would emit them); "
                      f"PACS precision {s['pacs_precision']}.")
@@ -631,7 +742,7 @@ def _inputs_rows(ev: Evaluation, text: Callable[[Any], str] = printable) -> list
         {"item": "PACS precision", "value": s["pacs_precision"]},
         {"item": "cross-validation", "value": f"{s['cv']} stratified folds, seed {s['seed']}"},
         {"item": "bootstrap", "value": f"{s['n_bootstrap']} resamples, {100 * s['confidence_level']:g}% intervals: "
-                                       "bias-corrected for ECE/ACE/MCE, percentile for accuracy/NLL/Brier"
+                                       + _interval_kinds(s.get("metrics", METRICS), "/".join)
                                        if s["n_bootstrap"] else "none"},
         {"item": "bins (ECE/ACE/MCE)", "value": s["n_bins"]},
     ]
@@ -770,9 +881,10 @@ def to_html(ev: Evaluation, figures: dict[str, bytes] | None = None) -> str:
         "<h2>Inputs and settings</h2>", _html_table(_inputs_rows(ev)),
         "<h2>Calibration metrics</h2>",
         "<p class='note'>Calibrated rows are out-of-fold predictions: each sample is scored by a calibrator "
-        "fitted on the other folds. Brackets hold the bootstrap interval (bias-corrected for ECE, ACE and MCE, "
-        "percentile for the others); accuracy, ECE, ACE and MCE "
-        "in percent. Lower is better for every column but accuracy.</p>",
+        "fitted on the other folds. Brackets hold the bootstrap interval ("
+        + esc(_interval_kinds(ev.settings.get("metrics", METRICS), _join, others=True)) + "); "
+        + esc(_percent_note(ev.settings.get("metrics", METRICS)))
+        + "Lower is better for every column but accuracy.</p>",
         _html_table(metric_table(ev)),
     ]
     if ev.diagnostics:

@@ -183,6 +183,30 @@ def test_evaluate_report_names_autos_choice(files, tmp_path):
     assert saved["auto"]["estimator"] == "AutoCalibrator"
 
 
+def test_evaluate_metrics_are_selectable(files):
+    result = invoke("evaluate", files / "zy.npz", "--metrics", "NLL,debiased-ece,smooth_ece,ece,nll", "--cv", 2,
+                    "--n-bootstrap", 5, "--calibrators", "ts", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["settings"]["metrics"] == ["nll", "debiased_ece", "smooth_ece", "ece"]
+    for row in out["rows"]:
+        assert list(row["metrics"]) == ["nll", "debiased_ece", "smooth_ece", "ece"]
+        for m in row["metrics"].values():
+            assert m["low"] <= m["estimate"] <= m["high"]
+    table = invoke("evaluate", files / "zy.npz", "--metrics", "all", "--cv", 2, "--n-bootstrap", 0,
+                   "--calibrators", "none")
+    assert table.exit_code == 0, table.stderr
+    header = next(line for line in table.stdout.splitlines() if line.startswith("method"))
+    assert "debiased ECE %" in header and "smooth ECE %" in header and header.index("NLL") < header.index("debiased")
+
+
+def test_evaluate_metric_names_are_the_reports():
+    import precal.cli as cli_module
+    from precal.report import AVAILABLE_METRICS, METRICS
+
+    assert cli_module.METRIC_NAMES == AVAILABLE_METRICS and cli_module.DEFAULT_METRICS == METRICS
+
+
 def test_evaluate_without_calibrators_scores_the_logits_alone(files):
     result = invoke("evaluate", files / "zy.npz", "--calibrators", "none", "--cv", 2, "--n-bootstrap", 0, "--json")
     assert result.exit_code == 0, result.stderr
@@ -225,6 +249,8 @@ def test_report_without_matplotlib_fails_first_with_the_install_hint(files, tmp_
         (["nan.npz"], ["1 NaN or inf"]),
         (["nolabel.csv"], ["no label column 'label'"]),
         (["zy.npz", "--calibrators", "ts,platt"], ["--calibrators", "unknown calibrator(s) 'platt'"]),
+        (["zy.npz", "--metrics", "ece,kece"], ["--metrics", "unknown metric(s) 'kece'", "smooth_ece"]),
+        (["zy.npz", "--metrics", ""], ["--metrics"]),
         (["zy.npz", "--precision", "bf17"], ["--precision", "unknown format 'bf17'", "bf16"]),
         (["zy.npz", "--cv", "1"], ["--cv"]),
         (["zy.npz", "--n-bootstrap", "-2"], ["--n-bootstrap"]),

@@ -17,13 +17,17 @@ from precal.metrics import (
     adaptive_calibration_error,
     brier_score,
     calibration_error_ci,
+    debiased_calibration_error,
     expected_calibration_error,
     maximum_calibration_error,
     negative_log_likelihood,
     precision_split,
+    smooth_calibration_error,
     swap_analysis,
 )
 from precal.report import (
+    AVAILABLE_METRICS,
+    INTERVALS,
     METRICS,
     evaluate,
     format_text,
@@ -328,3 +332,99 @@ def test_auto_choice_text():
 
     assert auto_choice_text(["ets", "temperature", "ets"]) == "ets 2/3 folds, temperature 1/3"
     assert auto_choice_text(["temperature"] * 5, "temperature") == "temperature 5/5 folds; on all rows: temperature"
+
+
+# ------------------------------------------------------------------------- selectable metrics (issue 14, item 5)
+@pytest.fixture(scope="module")
+def ev_metrics(data):
+    z, y = data
+    return evaluate(z, y, calibrators=["ts"], metrics=["nll", "debiased_ece", "smooth_ece", "ece"], cv=3,
+                    n_bootstrap=30, random_state=2)
+
+
+def test_default_metrics_are_unchanged(ev):
+    assert ev.settings["metrics"] == list(METRICS) == ["accuracy", "ece", "ace", "mce", "nll", "brier"]
+    assert list(metric_table(ev)[0]) == ["method", "logits", "accuracy %", "ECE %", "ACE %", "MCE %", "NLL", "Brier"]
+
+
+def test_selected_metrics_are_the_columns_in_their_order(ev_metrics):
+    assert ev_metrics.settings["metrics"] == ["nll", "debiased_ece", "smooth_ece", "ece"]
+    assert ev_metrics.settings["intervals"] == {"nll": "percentile", "debiased_ece": "centred",
+                                                "smooth_ece": "bias_corrected", "ece": "bias_corrected"}
+    for row in ev_metrics.rows:
+        assert list(row["metrics"]) == ["nll", "debiased_ece", "smooth_ece", "ece"]
+    assert list(metric_table(ev_metrics)[0]) == ["method", "NLL", "debiased ECE %", "smooth ECE %", "ECE %"]
+    text = format_text(ev_metrics)
+    assert "debiased ECE its own (already debiased) value" in text and "smooth ECE" in text
+    md, page = to_markdown(ev_metrics), to_html(ev_metrics)
+    for row in metric_table(ev_metrics):
+        assert "| " + " | ".join(row.values()) + " |" in md
+        assert all(f"<td>{v}</td>" in page for v in row.values())
+    assert "bias-corrected for smooth ECE and ECE, centred on the estimate for debiased ECE" in page
+    assert json.loads(json.dumps(ev_metrics.to_dict()))["settings"]["metrics"][1] == "debiased_ece"
+
+
+def test_new_metrics_are_the_library_estimators(ev_metrics, data):
+    _, y = data
+    for row in ev_metrics.rows:
+        p = _probs(ev_metrics, row["method"], row["logits"])
+        got = row["metrics"]
+        assert got["debiased_ece"]["plugin"] == pytest.approx(debiased_calibration_error(y, p, n_bins=15))
+        assert got["debiased_ece"]["estimate"] == got["debiased_ece"]["plugin"]  # already debiased: kept
+        value, bandwidth = smooth_calibration_error(y, p, return_bandwidth=True)
+        assert got["smooth_ece"]["plugin"] == pytest.approx(value)
+        assert got["smooth_ece"]["bandwidth"] == pytest.approx(bandwidth)
+
+
+def test_new_metrics_intervals_are_the_library_bootstrap_moved_as_documented(ev_metrics, data):
+    _, y = data
+    p = _probs(ev_metrics, "temperature scaling", "as given")
+    got = ev_metrics.rows[1]["metrics"]
+    # debiased ECE: the bias-corrected interval moved back by the bootstrap bias b (estimate kept)
+    ci = calibration_error_ci(y, p, metric=debiased_calibration_error, n_bootstrap=30, random_state=2,
+                              method="bias_corrected", n_bins=15)
+    b = ci.plugin - ci.estimate
+    assert (got["debiased_ece"]["low"], got["debiased_ece"]["high"]) == pytest.approx(
+        (max(ci.low + b, 0.0), min(ci.high + b, 1.0)))
+    # smooth ECE: bias-corrected at the bandwidth chosen on all rows, clipped to [0, 1]
+    bandwidth = got["smooth_ece"]["bandwidth"]
+    ci = calibration_error_ci(y, p, metric=smooth_calibration_error, n_bootstrap=30, random_state=2,
+                              method="bias_corrected", bandwidth=bandwidth)
+    assert (got["smooth_ece"]["estimate"], got["smooth_ece"]["low"], got["smooth_ece"]["high"]) == pytest.approx(
+        tuple(min(max(v, 0.0), 1.0) for v in (ci.estimate, ci.low, ci.high)))
+
+
+def test_every_metric_estimate_lies_inside_its_interval():
+    """The issue's well calibrated case, with every metric: no interval excludes its estimate."""
+    rng = np.random.default_rng(0)
+    z = 2.5 * rng.normal(size=(2000, 10))
+    p = softmax(z)
+    y = np.minimum((p.cumsum(axis=1) < rng.uniform(size=(2000, 1))).sum(axis=1), 9)  # labels drawn from p
+    ev = evaluate(z, y, calibrators=[], metrics=AVAILABLE_METRICS, cv=2, n_bootstrap=40, random_state=0)
+    assert set(INTERVALS) == set(AVAILABLE_METRICS)
+    for metric, values in ev.rows[0]["metrics"].items():
+        assert values["low"] <= values["estimate"] <= values["high"], (metric, values)
+        if metric != "nll":
+            assert 0.0 <= values["low"] and values["high"] <= 1.0, (metric, values)
+
+
+def test_new_metrics_without_bootstrap_are_the_plugin(data):
+    z, y = data
+    ev = evaluate(z, y, calibrators=[], metrics=["debiased_ece", "smooth_ece"], cv=2, n_bootstrap=0)
+    values = ev.rows[0]["metrics"]
+    p = softmax(z.astype(np.float64))
+    assert values["debiased_ece"]["estimate"] == pytest.approx(debiased_calibration_error(y, p))
+    assert values["smooth_ece"]["estimate"] == pytest.approx(smooth_calibration_error(y, p))
+    assert values["smooth_ece"]["low"] is None
+
+
+@pytest.mark.parametrize("metrics, error, match", [
+    (["ece", "bogus"], ValueError, "Unknown metric.*'bogus'.*debiased_ece"),
+    ([], ValueError, "at least one"),
+    ("ece", TypeError, "sequence of names"),
+    ([3], ValueError, "Unknown metric"),
+])
+def test_bad_metric_names_are_refused(data, metrics, error, match):
+    z, y = data
+    with pytest.raises(error, match=match):
+        evaluate(z, y, calibrators=[], metrics=metrics, cv=2, n_bootstrap=0)

@@ -47,6 +47,37 @@ def test_one_split_applies_fp32_fits_as_fitted_retargeted_and_refitted():
     assert out["fitted"]["fp32"]["PACS"]["epsilon_"] == pytest.approx(2.0**-24)
     accuracy = {m: s["accuracy"] for m, s in out["scores"]["int4"].items()}
     assert len(set(accuracy.values())) == 1  # TS and PACS keep the argmax, whatever their temperature
+    # the composite: fitted at fp32, re-targeted, refitted; TS+top-label has no precision to re-target
+    assert {"PACS+top-label fp32", "PACS+top-label fp32→P", "PACS+top-label refit", "TS+top-label fp32",
+            "TS+top-label refit"} <= set(out["scores"]["int4"]) and "TS+top-label fp32→P" not in out["scores"]["int4"]
+    comp = cp.PACSThenTopLabel("fp32").fit(z[cal], y[cal]).set_params(precision="int4")
+    assert out["scores"]["int4"]["PACS+top-label fp32→P"] == h.scores(y[test], comp.predict_proba(z4[test]),
+                                                                       cp.METRICS)
+    comp4 = cp.PACSThenTopLabel("int4").fit(z4[cal], y[cal])
+    assert out["scores"]["int4"]["PACS+top-label refit"] == h.scores(y[test], comp4.predict_proba(z4[test]),
+                                                                      cp.METRICS)
+
+
+def test_composite_is_pacs_then_top_label_on_its_calibrated_logits():
+    from precal import PACSCalibrator
+    from precal.calibration import TopLabelCalibrator
+
+    rng = np.random.default_rng(3)
+    base = 2.0 * rng.normal(size=(3000, 10))
+    p = np.exp(base) / np.exp(base).sum(axis=1, keepdims=True)
+    y = (p.cumsum(axis=1) > rng.uniform(size=(3000, 1))).argmax(axis=1)
+    z = base * rng.uniform(1.0, 5.0, size=(3000, 1))  # over-confidence grows with the norm: λ > 0
+    comp = cp.PACSThenTopLabel("bf16").fit(z, y)
+    pacs = PACSCalibrator(precision="bf16").fit(z, y)
+    assert comp.lambda_ == pacs.lambda_ > 0
+    top = TopLabelCalibrator(base=None).fit(pacs.decision_function(z), y)
+    np.testing.assert_array_equal(comp.predict_proba(z), top.predict_proba(pacs.decision_function(z)))
+    maps = comp.top_.breakpoints_.copy()
+    comp.set_params(precision="fp8_e4m3")  # re-targets the PACS stage only: the confidence map stays
+    np.testing.assert_array_equal(comp.top_.breakpoints_, maps)
+    moved = pacs.set_params(precision="fp8_e4m3").decision_function(z)
+    np.testing.assert_array_equal(comp.predict_proba(z), top.predict_proba(moved))
+    assert cp._retargetable(comp) and cp._retargetable(pacs) and not cp._retargetable(TopLabelCalibrator())
 
 
 def test_summary_pairs_every_comparison_over_the_splits():
