@@ -52,13 +52,23 @@ What is measured, in one run, on every available device (the CPU, and the GPU wh
    config list is timed once (the user-facing number: copies, quantization, calibration,
    forward passes and the copies of the logits to numpy).
 
+3. **Sweep of ResNet-20** (issue 15): the CIFAR ResNet-20 of ``benchmarks/seeds/models.py``
+   (random seeded weights and BatchNorm statistics, eval mode) on 256 seeded ``N(0, 1)``
+   images of 3 x 32 x 32, calibration on 256 others; ``sweep(model, data, ["fp32", "bf16",
+   "w8a8", "w4a4"], calibration_data=...)`` (the configs of ``precal sweep``'s default) and
+   the plain fp32 forward over the same data, round-robin, R rounds after a warm-up. Reported:
+   the sweep's median over four fp32 forwards' median (the cost per config in units of the
+   forward it emulates: copies, BatchNorm folding, weight quantization, observer calibration
+   and the emulated forward).
+
 Targets (from the issue that asked for the emulator):
 
 * native-cast formats (fp16, bf16, fp8_e4m3, fp8_e5m2): ``quantize`` <= 2x a plain cast;
 * emulated formats (tf32, fp6, fp4): ``quantize`` <= 15x a plain cast;
 * block-scaled formats (MX, NVFP4): <= 15x a plain cast (issue 15);
 * integer ``w*a*`` configs: forward pass of the emulated model <= 3x the fp32 forward
-  pass once the weights are quantized (part 2b). Integer ``quantize`` calls and the float
+  pass once the weights are quantized (part 2b);
+* ``sweep`` over four ResNet-20 configs <= 4x the plain fp32 forward per config (part 3). Integer ``quantize`` calls and the float
   model configs are reported without a target.
 
 Threads: ``--threads 1`` (default) caps torch's intra-op pool, OpenMP and BLAS at one
@@ -115,6 +125,9 @@ NATIVE_TARGET = 2.0
 EMULATED_TARGET = 15.0
 BLOCK_TARGET = 15.0
 MODEL_INT_TARGET = 3.0
+SWEEP_PER_CONFIG_TARGET = 4.0
+#: Part 3: the configs of ``precal sweep``'s default.
+RESNET_SWEEP_CONFIGS = ("fp32", "bf16", "w8a8", "w4a4")
 
 NATIVE_FORMATS = ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 EMULATED_FORMATS = ("tf32", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1")
@@ -157,6 +170,8 @@ class Sizes:
     cnn_repeats: int
     cnn_emulate_repeats: int
     cuda_min_repeats: int  # GPU calls are short: at least this many rounds there
+    resnet_n: int = 256
+    resnet_repeats: int = 3
 
 
 FULL = Sizes(
@@ -169,7 +184,7 @@ QUICK = Sizes(
     quant_shape=(512, 512), quant_repeats=1,
     digits_n=512, digits_repeats=1, digits_emulate_repeats=1,
     cnn_n=32, cnn_calibration_n=32, cnn_repeats=1, cnn_emulate_repeats=1,
-    cuda_min_repeats=1,
+    cuda_min_repeats=1, resnet_n=32, resnet_repeats=1,
 )
 
 
@@ -451,6 +466,60 @@ def bench_model(spec: dict[str, Any], device: torch.device, sizes: Sizes) -> dic
     }
 
 
+def bench_resnet_sweep(device: torch.device, sizes: Sizes, seed: int) -> dict[str, Any]:
+    """Part 3: ``sweep`` over :data:`RESNET_SWEEP_CONFIGS` of ResNet-20 against its fp32 forward."""
+    from benchmarks.seeds.models import cifar_resnet
+    from precal.emulate import sweep
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 2)
+    model = cifar_resnet(20).eval()
+    _randomise_batchnorm(model, gen)
+    model = model.to(device)
+    data = torch.randn(sizes.resnet_n, 3, 32, 32, generator=gen).to(device)
+    cal = torch.randn(sizes.resnet_n, 3, 32, 32, generator=gen).to(device)
+    batches = list(data.split(MODEL_BATCH))
+    configs = list(RESNET_SWEEP_CONFIGS)
+    out: dict[str, Any] = {}
+
+    def run_sweep() -> None:
+        out["logits"] = sweep(model, data, configs, calibration_data=cal, batch_size=MODEL_BATCH, progress=False)
+
+    times, _ = time_round_robin({"fp32 forward": lambda: _forward_all(model, batches), "sweep": run_sweep},
+                                _repeats(sizes.resnet_repeats, sizes, device), device)
+    fwd, swp = _stats_ms(times["fp32 forward"]), _stats_ms(times["sweep"])
+    with torch.no_grad():
+        reference = torch.cat([model(b) for b in batches]).float().cpu().numpy()
+    per_config = swp["median_ms"] / (len(configs) * fwd["median_ms"])
+    return {
+        "name": "ResNet-20",
+        "description": "CIFAR ResNet-20 (benchmarks/seeds/models.py), random weights and BatchNorm statistics; "
+                       "N(0,1) inputs",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input_shape": list(data.shape),
+        "calibration_rows": len(cal),
+        "configs": configs,
+        "repeats": len(times["sweep"]),
+        "fp32_forward": fwd,
+        "sweep": swp,
+        "ratio_per_config": per_config,
+        "target": SWEEP_PER_CONFIG_TARGET,
+        "met": bool(per_config <= SWEEP_PER_CONFIG_TARGET),
+        "fp32_logits_max_abs_diff": float(np.max(np.abs(out["logits"]["fp32"] - reference))),
+    }
+
+
+def _resnet_line(r: dict[str, Any]) -> str:
+    return (f"{r['name']} ({r['description']}; {_spaced(r['parameters'])} parameters; data "
+            f"{' x '.join(map(str, r['input_shape']))}, calibration {r['calibration_rows']} other images): "
+            f"`sweep` over {', '.join(r['configs'])}, median of R = {r['repeats']} rounds, {r['sweep']['median_ms']:.0f} ms "
+            f"(min {r['sweep']['min_ms']:.0f}); plain fp32 forward {r['fp32_forward']['median_ms']:.1f} ms "
+            f"(min {r['fp32_forward']['min_ms']:.1f}), timed in the same rounds; the sweep costs "
+            f"{r['ratio_per_config']:.2f}x the fp32 forward per config (target <= {r['target']:g}x: "
+            f"{_met_text(r['met'], md=True)}); its fp32 logits differ from the model's by at most "
+            f"{r['fp32_logits_max_abs_diff']:.1e}")
+
+
 # --------------------------------------------------------------------------- environment
 def environment(threads: int) -> dict[str, Any]:
     import ml_dtypes
@@ -602,6 +671,15 @@ def check_targets(devices: dict[str, Any]) -> list[dict[str, Any]]:
                 "detail": (f"worst: {worst['label']} at {worst['ratio_to_cast']:.2f}x" if not misses
                            else "missed by " + "; ".join(misses)),
             })
+        r = res.get("resnet_sweep")
+        if r is not None:
+            out.append({
+                "device": dev,
+                "statement": f"{r['name']}: sweep over {len(r['configs'])} configs ({', '.join(r['configs'])}) "
+                             f"<= {r['target']:g}x the fp32 forward per config",
+                "met": r["met"],
+                "detail": f"{r['ratio_per_config']:.2f}x per config",
+            })
         for m in res["models"]:
             rows = [c for c in m["configs"] if c["target"] is not None]
             misses = [f"{c['config']} {c['forward_ratio']:.2f}x" for c in rows if not c["met"]]
@@ -668,6 +746,8 @@ def results_markdown(report: dict[str, Any]) -> str:
                 "",
                 _sweep_line(m)[0].upper() + _sweep_line(m)[1:] + ".",
             ]
+        if res.get("resnet_sweep") is not None:
+            lines += ["", f"## Sweep of ResNet-20 on {dev}", "", _resnet_line(res["resnet_sweep"]) + "."]
     lines += ["", "## Environment", "", f"{_env_line(report)}. Run {report['created']}; seed {report['seed']}."]
     cpu = report["process_cpu_seconds"]
     share = cpu["system"] / max(cpu["user"] + cpu["system"], 1e-9)
@@ -795,6 +875,8 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"\n{_model_caption(m)} [{dev}]")
             print(text_table(MODEL_HEADERS, model_rows(m, md=False)))
             print(_sweep_line(m))
+        if res.get("resnet_sweep") is not None:
+            print("\n" + _resnet_line(res["resnet_sweep"]))
     print()
     for t in report["targets"]:
         print(f"target [{t['device']}]: {t['statement']}: {_met_text(t['met'], md=False)} ({t['detail']})")
@@ -867,7 +949,9 @@ def main(argv: list[str] | None = None) -> int:
         for spec in make_models(sizes, args.seed):
             print(f"[{device.type}] {spec['name']}: emulate_model, forward, sweep ...", flush=True)
             models.append(bench_model(spec, device, sizes))
-        results[device.type] = {"quantize": quant, "models": models}
+        print(f"[{device.type}] ResNet-20: sweep over {', '.join(RESNET_SWEEP_CONFIGS)} vs fp32 forward ...", flush=True)
+        resnet = bench_resnet_sweep(device, sizes, args.seed)
+        results[device.type] = {"quantize": quant, "models": models, "resnet_sweep": resnet}
     report = {
         "benchmark": "precal.emulate speed: quantize vs a plain cast; emulated model forward vs fp32",
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

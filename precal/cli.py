@@ -508,6 +508,15 @@ quantization (w8a8, w4a8, w4a4, w4a16-g128). Configs that quantize activations
 inputs kept apart from INPUTS).
 
 \b
+Emulation options apply to every config, as precal.emulate.sweep's keyword
+arguments: --keep-head/--no-keep-head (the output layer in float or
+quantized), --embeddings (quantize nn.Embedding tables too), --observer
+(static activation ranges: minmax, percentile, mse, histogram) and
+--group-fallback (a layer that a -g<group> size does not divide: error,
+channel or skip). One that no config would use is an error, before any
+model is loaded.
+
+\b
 --out FILE.npz gets one float32 array (n_samples, n_outputs) per config, under
 the config's name ('fp32', 'bf16', 'w8a8', ...), and 'labels' when INPUTS had
 them; 'precal evaluate FILE.npz --logits-key w8a8' then evaluates one config.
@@ -571,6 +580,77 @@ def _check_configs_supported(loaded: Any, configs: list[str]) -> None:
         )
 
 
+#: Emulation options of ``precal sweep``: (flags, QuantConfig field, choices, help). Each is given
+#: to every config (``precal.emulate.sweep(..., **options)``); a flag that would change none of
+#: them is an error. The choices are ``precal.emulate``'s (``OBSERVERS``, ``GROUP_FALLBACKS``),
+#: written out so that ``precal --help`` does not import torch (a test checks they agree).
+_EMULATION_OPTIONS = (
+    ("--keep-head/--no-keep-head", "keep_head", None,
+     "Leave the model's output layer in float (--keep-head) or quantize it (--no-keep-head)  [default: the "
+     "config's: kept for group-wise (-g) and dynamic (-dyn) configs, as GPTQ/AWQ deployments do]"),
+    ("--embeddings", "embeddings", None,
+     "Also quantize nn.Embedding tables (one scale per row) with the weight format, or round them to a float "
+     "config's format."),
+    ("--observer", "observer", ("minmax", "percentile", "mse", "histogram"),
+     "Range observer of static activation quantization (histogram: torch.ao's)  [default: the config's]"),
+    ("--group-fallback", "group_fallback", ("error", "channel", "skip"),
+     "For a layer whose inputs are not a multiple of the -g group size: error, channel (per-channel scales for "
+     "that layer) or skip (leave it in float)  [default: error]"),
+)
+
+
+def _emulation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the :data:`_EMULATION_OPTIONS` to ``precal sweep``."""
+    for flags, name, choices, text in reversed(_EMULATION_OPTIONS):
+        if choices is not None:
+            option = click.option(flags, name, type=click.Choice(choices), default=None, help=text)
+        elif "/" in flags:
+            option = click.option(flags, name, default=None, help=text)
+        else:
+            option = click.option(flags, name, is_flag=True, help=text)
+        command = option(command)
+    return command
+
+
+def _check_emulation_options(configs: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """The emulation options given (``{field: value}``), checked against the configs before any
+    model is loaded.
+
+    An option that no config would use (``--observer`` without a static ``w*a*`` config,
+    ``--group-fallback`` without a ``-g`` config, ``--embeddings``/``--(no-)keep-head`` with
+    only fp32) is a usage error, as is a value a config rejects.
+    """
+    from .emulate import parse_config
+
+    given = {k: v for k, v in options.items() if v is not None and not (k == "embeddings" and v is False)}
+    parsed = [parse_config(c) for c in configs]
+    emulated = any(not c.is_identity for c in parsed)
+    uses = {
+        "observer": (any(c.act_format is not None and c.act_scheme == "static" for c in parsed),
+                     "it sets the range observer of static activation quantization and no config quantizes "
+                     "activations statically (w8a8, w4a4, ...)"),
+        "group_fallback": (any(c.weight_group_size is not None for c in parsed),
+                           "it applies to group-wise weight configs and no config has a -g<group> suffix"),
+        "embeddings": (emulated, "only fp32 runs, which changes no layer"),
+        "keep_head": (emulated, "only fp32 runs, which changes no layer"),
+    }
+    flag = {name: flags.split("/")[0] for flags, name, _, _ in _EMULATION_OPTIONS}
+    if given.get("keep_head") is False:
+        flag["keep_head"] = "--no-keep-head"
+    for name in given:
+        used, why = uses[name]
+        if not used:
+            raise click.BadParameter(f"has no effect on --configs {','.join(configs)}: {why}.",
+                                     param_hint=f"'{flag[name]}'")
+    for name in configs:
+        try:
+            parse_config(name, **given)
+        except (ValueError, TypeError) as exc:
+            raise click.BadParameter(f"config {name!r}: {_one_line(exc)}",
+                                     param_hint=", ".join(f"'{flag[k]}'" for k in given)) from None
+    return given
+
+
 def _activation_configs(configs: list[str]) -> list[str]:
     from .emulate import parse_config
 
@@ -603,10 +683,11 @@ def _activation_configs(configs: list[str]) -> list[str]:
               help="Inputs per forward pass.")
 @_max_input_size_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+@_emulation_options
 def sweep_command(model: str, inputs: str, configs: list[str], out_path: str, force: bool,
                   calibration_path: str | None, weights_path: str | None, trust_model_file: bool,
                   inputs_key: str | None, calibration_key: str | None, device: str, batch_size: int,
-                  max_input_size: int, as_json: bool) -> None:
+                  max_input_size: int, as_json: bool, **emulation: Any) -> None:
     _check_out_path(out_path, force)
     with _guarded():  # every path first, before anything heavy is imported or any file is read
         from .io import check_model_spec
@@ -614,6 +695,7 @@ def sweep_command(model: str, inputs: str, configs: list[str], out_path: str, fo
         check_model_spec(model, weights=weights_path, trust=trust_model_file)
         _check_input_sizes([inputs, calibration_path, weights_path], max_input_size)
     configs = _canonical_configs(configs)
+    emulation = _check_emulation_options(configs, emulation)
     device = _resolve_device(device)
 
     from .emulate import sweep
@@ -638,7 +720,7 @@ def sweep_command(model: str, inputs: str, configs: list[str], out_path: str, fo
     with _guarded(), init_from_env(device) as (device, rank):
         try:
             logits = sweep(loaded.module, x, configs, calibration_data=calib, batch_size=batch_size,
-                           device=device, progress=True)
+                           device=device, progress=True, **emulation)
         except RankFailedError as exc:
             raise _fail(exc) from exc
         except (RuntimeError, AssertionError) as exc:

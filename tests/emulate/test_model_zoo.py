@@ -3,12 +3,18 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from precal.emulate import (
+    BLOCK_FORMATS,
     EmulatedLayer,
     EmulatedMultiheadAttention,
+    FloatFormat,
     emulate_model,
+    format_info,
+    format_names,
     output_layer,
+    parse_config,
     quantizable_layers,
     sweep,
 )
@@ -87,3 +93,87 @@ def test_transformers_model_at_every_config(name):
     output = None if name == "bert" else (lambda o: o.logits[:, -1])
     out = _check(model, tokens(6), tokens(4), output=output)
     assert out["fp32"].shape == ((6, 3) if name == "bert" else (6, 96))
+
+
+# --------------------------------------------------------------------------- every config family
+#: Every compute format (with and without ``-attn``), every block format and the weight-only
+#: block and MX scale-rounding variants, every PTQ suffix, and the backend-faithful int8 recipe:
+#: with :data:`CONFIGS`, every kind of name :func:`precal.emulate.parse_config` accepts.
+FLOATS = [n for n in format_names() if isinstance(format_info(n), FloatFormat) and n != "fp32"]
+BLOCKS = sorted(BLOCK_FORMATS) + ["w-mxfp4", "mxfp4-rceil"]
+PTQ = ["w4a16-g32-gptq", "w4a16-g32-gptq-actorder", "w4a16-g32-awq", "w8a8-sq"]
+EVERY = list(dict.fromkeys(CONFIGS + FLOATS + [f"{f}-attn" for f in FLOATS] + BLOCKS + PTQ + ["w8a8-x86"]))
+
+
+def test_every_config_family_is_in_the_zoo_tests():
+    """A format, block format or PTQ suffix added to the emulator without a zoo run fails here."""
+    from precal.emulate.model import _PTQ_SUFFIXES
+
+    assert set(FLOATS) | {"fp32"} == {n for n in format_names() if isinstance(format_info(n), FloatFormat)}
+    assert set(BLOCK_FORMATS) <= set(EVERY)
+    assert {s for c in PTQ for s in c.split("-")} >= set(_PTQ_SUFFIXES) | {"actorder"}
+    for name in EVERY:
+        assert parse_config(name).name == name
+
+
+def _ptq_unsupported(model):
+    """Layers a PTQ scheme cannot learn from (grouped/depthwise convs, nn.MultiheadAttention)."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.MultiheadAttention) or (isinstance(m, nn.Conv2d) and m.groups > 1)]
+
+
+def _every(model, data, cal, output=None, traceable=True):
+    """``sweep`` at every config of :data:`EVERY`: finite, fp32 exact, every other config changes the logits.
+
+    PTQ configs: layers the algorithm cannot learn from are a clear error before any forward pass;
+    overridden to the same config without the algorithm (round-to-nearest) they run. ``-x86`` needs
+    a model ``torch.fx`` traces (the CNNs); the others get its clear error.
+    """
+    with torch.no_grad():
+        raw = model(**data) if isinstance(data, dict) else model(data)
+        ref = (output(raw) if output else getattr(raw, "logits", raw)).float().numpy()
+    plain = [c for c in EVERY if c not in PTQ and (traceable or c != "w8a8-x86")]
+    out = sweep(model, data, plain, calibration_data=cal, batch_size=4, progress=False, output=output,
+                group_fallback="channel")
+    unsupported = _ptq_unsupported(model)
+    for config in PTQ:
+        if unsupported:
+            with pytest.raises(ValueError, match="cannot"):
+                sweep(model, data, [config], calibration_data=cal, progress=False, output=output,
+                      group_fallback="channel")
+        rtn = "-".join(s for s in config.split("-") if s not in ("gptq", "actorder", "awq", "sq"))
+        out |= sweep(model, data, [config], calibration_data=cal, batch_size=4, progress=False, output=output,
+                     group_fallback="channel", overrides={n: rtn for n in unsupported})
+    if not traceable:
+        with pytest.raises(ValueError, match="torch.fx"):
+            sweep(model, data, ["w8a8-x86"], calibration_data=cal, progress=False, output=output)
+    np.testing.assert_allclose(out["fp32"], ref, rtol=0, atol=1e-5)
+    for config, z in out.items():
+        assert z.shape == ref.shape and np.isfinite(z).all(), config
+        if config not in ("fp32", "tf32"):
+            assert not np.array_equal(z, ref), config
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(VISION))
+def test_vision_model_at_every_config_family(name):
+    model = vision_model(name)
+    gen = torch.Generator().manual_seed(2)
+    out = _every(model, torch.randn(6, 3, 16, 16, generator=gen), torch.randn(4, 3, 16, 16, generator=gen))
+    assert set(out) == set(EVERY)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "qwen2"])
+def test_transformers_model_at_every_config_family(name):
+    pytest.importorskip("transformers")
+    model = hf_model(name)
+    gen = torch.Generator().manual_seed(2)
+
+    def tokens(n):
+        return {"input_ids": torch.randint(2, 96, (n, 8), generator=gen), "attention_mask": torch.ones(n, 8).long()}
+
+    output = None if name == "bert" else (lambda o: o.logits[:, -1])
+    out = _every(model, tokens(6), tokens(4), output=output, traceable=False)
+    assert set(out) == set(EVERY) - {"w8a8-x86"}
