@@ -22,7 +22,7 @@ C. **Methods**: the uncalibrated softmax, ``TemperatureScaling()``, ``DirichletC
    and ``FuzzyDirichletCalibrator(random_state=seed + s)``, all at their defaults. Each fit is
    timed (``time.perf_counter``, one thread).
 D. **Fit time at 5 000 x 100**: TS, Dirichlet and Fuzzy fitted on the full 5 000-row calibration
-   half of split 0 of each 100-class file, ``--timing-repeats`` times each, in the same process,
+   half of split 0 of each 100-class file, ``--timing-repeats`` (1) times each, in the same process,
    one after the other, so their ratio is measured under the same load.
 
 Verdict (harness one-sd rule, :func:`harness.paired`): the claim holds when, in every setting,
@@ -66,7 +66,7 @@ METHODS = {"uncalibrated": None, "TS": "ts", "Dirichlet": "dirichlet", "Fuzzy": 
 METRICS = ("accuracy", "ece", "nll")
 INT4_FILES = ("resnet50_cifar10.npz", "resnet50-focal_cifar10.npz")
 DIGITS_CONFIGS = ("w4a4",)
-CAL_ROWS = 1000
+CAL_ROWS = 500
 #: An NLL difference at most this large is not called clear, however small its sd.
 NEGLIGIBLE_NLL = 1e-4
 ACCURACY_TOL = 0.001
@@ -268,7 +268,7 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
     parser.add_argument("--cal-rows", type=int, default=None,
                         help=f"calibration rows drawn from each calibration half (default {CAL_ROWS}; "
                              f"{QUICK['cal_rows']} with --quick)")
-    parser.add_argument("--timing-repeats", type=int, default=3, help="repeats of the 5 000 x 100 timing (default 3)")
+    parser.add_argument("--timing-repeats", type=int, default=1, help="repeats of the 5 000 x 100 timing (default 1)")
     parser.add_argument("--page-only", action="store_true", help="rewrite the pages from the results JSON")
     args = h.finish_study_arguments(parser, parser.parse_args(argv))
     committed = {"json": h.REPO_ROOT / "benchmarks" / "results" / "study_fuzzy_dirichlet.json",
