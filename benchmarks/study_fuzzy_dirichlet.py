@@ -14,10 +14,10 @@ A. **Data**: every file of ``../shared/data/logits`` (its test arrays; the files
    seed-study setting of ``study_fuzzy``: the ``precal.demo`` digits CNN on its 899 held-out
    images at fp32 and with the whole network emulated at w4a4 (``precal.emulate.sweep``).
 B. **Splits**: ``--splits`` (20) stratified 50/50 calibration/test splits of each setting's rows
-   (harness ``make_splits``); of each calibration half, ``--cal-rows`` (1 000) rows drawn with
-   ``default_rng(seed + s)`` are the calibration set -- a realistic calibration set, and what
-   keeps 20 splits of every file within the machine's budget -- and the whole test half is the
-   test set.
+   (harness ``make_splits``); of each calibration half, ``--cal-rows`` (500) rows drawn with
+   ``default_rng(seed + s)`` are the calibration set -- the size issue 14 calls realistic, and
+   what keeps 20 splits of every file within the budget of two shared cores -- and the whole
+   test half is the test set.
 C. **Methods**: the uncalibrated softmax, ``TemperatureScaling()``, ``DirichletCalibrator()``
    and ``FuzzyDirichletCalibrator(random_state=seed + s)``, all at their defaults. Each fit is
    timed (``time.perf_counter``, one thread).
