@@ -491,13 +491,15 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         Form of every ``W_r``, as in :class:`DirichletCalibrator` (``"auto"``: full up to 20
         classes, diagonal above).
     noise : {"int4", None} or callable, default="int4"
-        ``"int4"``: the objective also averages over ``n_noise_copies`` copies of the logits
-        passed through emulated per-row INT4 fake quantization (see
+        ``"int4"``: the stage-2 objective also averages over ``n_noise_copies`` copies of the
+        logits passed through emulated per-row INT4 fake quantization (see
         :func:`int4_noise_copies`: copy 0 is plain INT4 rounding, the others shift the grid
         by a random sub-step offset so they differ). ``None``: clean logits only. A callable
         ``f(logits, generator) -> noisy_logits`` (float64 ``(n, K)`` tensor and a seeded
         ``torch.Generator``) makes each copy instead; it is given the logits on their
-        device, and its output is moved there.
+        device, and its output is moved there. Stage 1 (Dirichlet) and the held-out check
+        use the clean logits only: the noisy copies are part of the gated candidate, which is
+        kept only if it is better on the data given.
     n_noise_copies : int, default=2
         Noisy copies per fit (ignored when ``noise=None``). The copies are drawn once, from
         ``random_state``, and fixed for the whole fit, so the objective is deterministic
