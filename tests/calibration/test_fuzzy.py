@@ -185,8 +185,30 @@ def test_objective_gradient_matches_finite_differences():
             def f(t):
                 return fuzzy_objective(t, (lp - shift) / scale, conf, yi, w, n_regions=r, diagonal=diagonal,
                                        reg_lambda=0.2, reg_mu=0.1, reg_region=0.3, soft_ece_weight=ece,
-                                       shift=shift, scale=scale)
+                                       shift=shift, scale=scale, reg_diag=0.4)
             assert torch.autograd.gradcheck(f, (theta,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_shared_map_penalty_is_dirichlets(diagonal):
+    """The shared map's penalty is DirichletCalibrator's (odir_penalty, with reg_diag) at the
+    equivalent map with the smallest penalty, so stage 2 starts from stage 1's objective."""
+    from precal.calibration.dirichlet import _canonical_coef, odir_penalty
+    from precal.calibration.fuzzy import _penalty
+
+    k, r = 4, 2
+    rng = np.random.default_rng(3)
+    theta = rng.normal(size=_n_theta(r, k, diagonal))
+    at = 2 * r + (k if diagonal else k * k) + k
+    theta[at:] = 0.0  # no deviations
+    ones, zeros = torch.ones(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+    got = _penalty(torch.from_numpy(theta), k, n_regions=r, diagonal=diagonal, reg_lambda=0.3, reg_mu=0.2,
+                   reg_region=5.0, shift=zeros, scale=ones, reg_diag=0.7)
+    _, _, coefs, intercepts = _unpack(torch.from_numpy(theta), r, k, diagonal)
+    w, b = coefs[0].numpy(), intercepts[0].numpy()
+    w = w if diagonal else _canonical_coef(w)
+    want = odir_penalty(w, b - b.mean(), 0.3, 0.2, 0.7)[0]
+    assert float(got) == pytest.approx(want, rel=1e-12)
 
 
 def test_confidence_labels(fitted, data):
