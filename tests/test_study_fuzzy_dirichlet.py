@@ -51,6 +51,8 @@ def test_verdict_follows_the_three_bars(study):
     assert study.verdict(worse)["word"] == "does not hold"
     assert study.verdict(_report(study, 0.0, -0.002, 0.1))["word"] == "does not hold"  # -0.2 accuracy points
     assert study.verdict(_report(study, 0.0, -0.0009, 0.1))["word"] == "holds"  # within 0.1 point
+    gain = study.verdict(_report(study, 0.0, 0.005, 0.1))  # a gain is listed, not a failure
+    assert gain["word"] == "holds" and "+0.50 points" in gain["details"][1]
 
 
 def test_one_split_fits_every_method_and_scores_it(study):
