@@ -34,17 +34,6 @@ EXPECTED_FAILED_CHECKS = {
     "check_decision_proba_consistency": _COLUMNS_ARE_CLASSES,
 }
 
-_ABSENT_CLASSES_UNPENALISED = (
-    "FuzzyDirichlet's maps use the paper's ODIR penalty, which leaves the spread of W's diagonal "
-    "unpenalised (DirichletCalibrator adds reg_diag, following reg_lambda). The check's data are 15 rows "
-    "of 30 columns, i.e. 30 classes of which 3 occur: the diagonal entries of the 27 absent classes are "
-    "then not determined by the data, and the weighted and repeated-row fits pick different ones "
-    "(fit_dirichlet on that data: coefficients differ by 0.28 with reg_diag=0, by 1e-11 with reg_diag=1e-3). "
-    "On data with every class present the calibrator contract test "
-    "(tests/calibration/test_calibrator_contract.py) finds the two fits equal to 1e-5 (measured ~1e-12)"
-)
-
-
 _CV_OVER_ROWS = (
     "AutoCalibrator chooses its calibrator by cross-validation over rows: weighted data and the same data "
     "with repeated rows are split into different folds and may choose different calibrators (documented). "
@@ -57,8 +46,6 @@ def _expected_failures(estimator):
     failures = dict(EXPECTED_FAILED_CHECKS)
     if isinstance(estimator, AutoCalibrator):
         failures["check_sample_weight_equivalence_on_dense_data"] = _CV_OVER_ROWS
-    if isinstance(estimator, FuzzyDirichletCalibrator):
-        failures["check_sample_weight_equivalence_on_dense_data"] = _ABSENT_CLASSES_UNPENALISED
     return failures
 
 

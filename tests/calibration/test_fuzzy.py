@@ -36,19 +36,65 @@ def fitted(data):
 
 
 def test_one_region_without_noise_is_dirichlet_calibration(data):
+    """Stage 1 is DirichletCalibrator itself: with nothing for stage 2 to add, the maps are its maps."""
     z, y = data
     for map_ in ("full", "diagonal"):
-        ref = DirichletCalibrator(map=map_, reg_lambda=1e-3, reg_diag=0.0).fit(z, y)
-        fz = FuzzyDirichletCalibrator(n_regions=1, noise=None, map=map_, tol=1e-12).fit(z, y)
-        assert fz.map_ == ref.map_ == map_
-        assert_allclose(fz.score(z, y), ref.score(z, y), atol=1e-6)
-        assert_allclose(fz.predict_proba(z), ref.predict_proba(z), atol=1e-5)
-        assert_allclose(fz.coefs_[0], ref.coef_, atol=1e-3)
-        assert_allclose(fz.intercepts_[0], ref.intercept_, atol=1e-3)
-    # the same regularisation: a stronger ODIR moves both the same way
+        ref = DirichletCalibrator(map=map_).fit(z, y)  # the cross-validated default
+        fz = FuzzyDirichletCalibrator(n_regions=1, noise=None, map=map_).fit(z, y)
+        assert fz.map_ == ref.map_ == map_ and fz.reg_lambda_ == ref.reg_lambda_
+        assert not fz.gated_ and fz.gate_scores_ == []
+        assert_allclose(fz.coefs_[0], ref.coef_, rtol=0, atol=1e-12)  # re-canonicalised: rounding only
+        assert_allclose(fz.intercepts_[0], ref.intercept_, rtol=0, atol=1e-12)
+        assert_allclose(fz.predict_proba(z), ref.predict_proba(z), rtol=0, atol=1e-14)
+    # fixed strengths are passed on as they are (the paper's ODIR: reg_diag=0)
     ref = DirichletCalibrator(reg_lambda=0.3, reg_mu=0.1, reg_diag=0.0).fit(z, y)
-    fz = FuzzyDirichletCalibrator(n_regions=1, noise=None, reg_lambda=0.3, reg_mu=0.1, tol=1e-12).fit(z, y)
-    assert_allclose(fz.predict_proba(z), ref.predict_proba(z), atol=1e-5)
+    fz = FuzzyDirichletCalibrator(n_regions=1, noise=None, reg_lambda=0.3, reg_mu=0.1, reg_diag=0.0).fit(z, y)
+    assert fz.reg_lambda_ == 0.3
+    assert_allclose(fz.predict_proba(z), ref.predict_proba(z), rtol=0, atol=1e-14)
+
+
+def test_gates_are_kept_only_when_they_win_on_every_held_out_fold(data):
+    """Stage 2 replaces the Dirichlet map only if its held-out loss is lower on every fold;
+    otherwise the calibrator is DirichletCalibrator with the same settings, exactly."""
+    z, y = data
+    ref = DirichletCalibrator().fit(z, y)
+    for params in ({"random_state": 0}, {"noise": None}, {"n_regions": 2, "cv": 3}, {"loss": "nll+soft_ece"}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fz = FuzzyDirichletCalibrator(max_iter=60, **params).fit(z, y)
+        n_folds = params.get("cv", 5)
+        wins = [gated < base for base, gated in fz.gate_scores_]
+        # folds are visited until the first the gates lose
+        assert 1 <= len(wins) <= n_folds and all(wins[:-1])
+        assert fz.gated_ == (len(wins) == n_folds and wins[-1])
+        if not fz.gated_:
+            ref_here = ref if "cv" not in params else DirichletCalibrator(cv=params["cv"]).fit(z, y)
+            assert_allclose(fz.predict_proba(z), ref_here.predict_proba(z), rtol=0, atol=1e-14)
+            assert_allclose(fz.coefs_, np.broadcast_to(fz.coefs_[0], fz.coefs_.shape), rtol=0, atol=0)
+
+
+def _confidence_dependent(n, seed):
+    """Three classes whose true temperature depends on the confidence: the labels are drawn from
+    softmax(z / T(c)) with T = 0.5 below c = 0.75 and T = 2 above, which no single affine map of
+    log p reproduces (a Dirichlet map applies one set of coefficients at every confidence)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=2.5, size=(n, 3))
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    t = np.where(p.max(axis=1) < 0.75, 0.5, 2.0)[:, None]
+    q = np.exp(z / t - (z / t).max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    y = (rng.random(n)[:, None] > np.cumsum(q, axis=1)).sum(axis=1)
+    return z, y
+
+
+def test_gates_that_help_are_kept_and_beat_dirichlet_on_new_data():
+    z, y = _confidence_dependent(3000, seed=1)
+    z_new, y_new = _confidence_dependent(20000, seed=2)
+    fz = FuzzyDirichletCalibrator(noise=None).fit(z, y)
+    ref = DirichletCalibrator().fit(z, y)
+    assert fz.gated_, fz.gate_scores_
+    assert fz.score(z_new, y_new) > ref.score(z_new, y_new)  # score is the mean log-likelihood
 
 
 def test_rows_sum_to_one_and_shapes(fitted, data):
@@ -70,9 +116,11 @@ def test_fit_is_deterministic_for_a_fixed_random_state(data):
         warnings.simplefilter("ignore", ConvergenceWarning)
         a = FuzzyDirichletCalibrator(random_state=3, max_iter=60).fit(z, y)
         b = FuzzyDirichletCalibrator(random_state=3, max_iter=60).fit(z, y)
-        c = FuzzyDirichletCalibrator(random_state=4, max_iter=60).fit(z, y)
+        # the gated maps (kept here without the held-out check) depend on the noise copies' seed
+        c, d = (FuzzyDirichletCalibrator(random_state=seed, max_iter=60, check_gates=False).fit(z, y)
+                for seed in (3, 4))
     assert_array_equal(a.predict_proba(z), b.predict_proba(z))
-    assert not np.array_equal(a.predict_proba(z), c.predict_proba(z))  # other noise copies
+    assert not np.array_equal(c.predict_proba(z), d.predict_proba(z))  # other noise copies
 
 
 def test_noise_copies_differ_and_are_seeded(data):
@@ -137,8 +185,30 @@ def test_objective_gradient_matches_finite_differences():
             def f(t):
                 return fuzzy_objective(t, (lp - shift) / scale, conf, yi, w, n_regions=r, diagonal=diagonal,
                                        reg_lambda=0.2, reg_mu=0.1, reg_region=0.3, soft_ece_weight=ece,
-                                       shift=shift, scale=scale)
+                                       shift=shift, scale=scale, reg_diag=0.4)
             assert torch.autograd.gradcheck(f, (theta,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_shared_map_penalty_is_dirichlets(diagonal):
+    """The shared map's penalty is DirichletCalibrator's (odir_penalty, with reg_diag) at the
+    equivalent map with the smallest penalty, so stage 2 starts from stage 1's objective."""
+    from precal.calibration.dirichlet import _canonical_coef, odir_penalty
+    from precal.calibration.fuzzy import _penalty
+
+    k, r = 4, 2
+    rng = np.random.default_rng(3)
+    theta = rng.normal(size=_n_theta(r, k, diagonal))
+    at = 2 * r + (k if diagonal else k * k) + k
+    theta[at:] = 0.0  # no deviations
+    ones, zeros = torch.ones(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+    got = _penalty(torch.from_numpy(theta), k, n_regions=r, diagonal=diagonal, reg_lambda=0.3, reg_mu=0.2,
+                   reg_region=5.0, shift=zeros, scale=ones, reg_diag=0.7)
+    _, _, coefs, intercepts = _unpack(torch.from_numpy(theta), r, k, diagonal)
+    w, b = coefs[0].numpy(), intercepts[0].numpy()
+    w = w if diagonal else _canonical_coef(w)
+    want = odir_penalty(w, b - b.mean(), 0.3, 0.2, 0.7)[0]
+    assert float(got) == pytest.approx(want, rel=1e-12)
 
 
 def test_confidence_labels(fitted, data):
@@ -244,7 +314,7 @@ def test_loss_with_soft_ece(data):
 def test_non_convergence_warns_and_keeps_finite_parameters(data):
     z, y = data
     with pytest.warns(ConvergenceWarning, match="max_iter"):
-        cal = FuzzyDirichletCalibrator(max_iter=2).fit(z, y)
+        cal = FuzzyDirichletCalibrator(max_iter=2, check_gates=False).fit(z, y)
     for name in ("centers_", "widths_", "coefs_", "intercepts_"):
         assert np.isfinite(getattr(cal, name)).all()
 
@@ -267,7 +337,7 @@ def test_chunked_objective_gives_the_same_fit(data, monkeypatch):
 def test_strong_region_penalty_nests_dirichlet_calibration(data):
     """``reg_region -> inf`` ties every region to the shared map: Dirichlet calibration."""
     z, y = data
-    ref = DirichletCalibrator(reg_lambda=1e-3, reg_diag=0.0).fit(z, y)
+    ref = DirichletCalibrator().fit(z, y)
     fz = FuzzyDirichletCalibrator(noise=None, reg_region=1e6).fit(z, y)
     assert_allclose(fz.predict_proba(z), ref.predict_proba(z), atol=1e-4)
     assert_allclose(fz.coefs_, np.broadcast_to(fz.coefs_[0], fz.coefs_.shape), atol=1e-4)
