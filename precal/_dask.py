@@ -7,15 +7,23 @@ in-memory and memory-mapped input, and only small per-chunk results travel:
 * metrics: each chunk's probabilities are validated (errors name the chunk) and reduced to
   the flat sufficient-statistics vector of :class:`~precal.metrics.CalibrationState`; the
   vectors are summed in a tree of dask tasks;
-* temperature scaling: each Newton pass maps every chunk to the totals of the block kernel
-  of :mod:`precal.calibration._blocks` (three floats) and sums them with ``math.fsum``;
+* calibrators (:class:`DaskLogits`): each optimiser pass maps every chunk to the totals of
+  the calibrator's own in-memory block kernel (a few floats: temperature scaling's and PACS's
+  kernels of :mod:`precal.calibration._blocks`, ensemble temperature scaling's row statistics,
+  the Dirichlet data term of :mod:`precal.calibration.dirichlet` through :class:`DaskDataTerm`)
+  and sums them with ``math.fsum`` (or, for vectors and matrices, in float64);
 * prediction: ``predict_proba`` and friends return lazy dask arrays (``map_blocks``).
 
 Labels (and weights) given in memory are cut to the logits' row chunks; given as dask
 arrays chunked differently, they are rechunked to them. Column chunks are merged, so every
 task sees whole rows. The graph is computed with dask's current scheduler (a
-``distributed.Client`` when one is active) once per metric or per Newton pass: persist
+``distributed.Client`` when one is active) once per metric or per optimiser pass: persist
 (``X.persist()``) input whose graph is expensive to recompute.
+
+A pass either returns every chunk's result or raises: with ``distributed``, a task whose
+worker dies is recomputed on another one (dask's ``allowed-failures`` retries), and when
+the retries run out the pass raises a ``RuntimeError`` that says so; no sum is ever taken
+over part of the chunks.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["is_dask_array", "dask_state", "dask_top_label", "DaskLogits", "lazy_rows"]
+__all__ = ["is_dask_array", "dask_state", "dask_top_label", "DaskLogits", "DaskDataTerm", "lazy_rows",
+           "refusal"]
 
 #: Vectors summed per task in the reduction tree of :func:`dask_state`.
 _FAN_IN = 8
@@ -171,7 +180,7 @@ def dask_state(y_true: Any, y_prob: Any, n_bins: int, labels: Any = None) -> Any
     ]
     while len(parts) > 1:
         parts = [dask.delayed(_sum_vectors)(*parts[j : j + _FAN_IN]) for j in range(0, len(parts), _FAN_IN)]
-    (total,) = dask.compute(parts[0])
+    (total,) = compute(parts[0])
     return CalibrationState.from_tensor(total, n_columns, n_bins)
 
 
@@ -202,11 +211,11 @@ def dask_top_label(y_true: Any, y_prob: Any, labels: Any = None) -> tuple[np.nda
         for i, (start, yb, pb) in enumerate(zip(_starts(prob.chunks[0]), y.to_delayed().ravel(),
                                                 prob.to_delayed().ravel()))
     ]
-    both = np.concatenate(dask.compute(*parts), axis=1)
+    both = np.concatenate(compute(*parts), axis=1)
     return both[0], both[1]
 
 
-# ----------------------------------------------------------------------------- temperature scaling
+# ----------------------------------------------------------------------------- calibrators
 def _chunk_logit_range(i: int, start: int, z_block: Any, w_block: Any) -> np.ndarray:
     """``[min, max, weight sum]`` of a chunk, after the checks of :func:`precal._validation.check_logits`."""
     from ._validation import _aminmax, _as_float, _check_finite_range
@@ -237,17 +246,68 @@ def _chunk_row_ranges(i: int, start: int, z_block: Any) -> None:
     _check_row_ranges(z.max(axis=1) - z.min(axis=1), start, z, "X")
 
 
-def _chunk_totals(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any,
-                  fn: Callable[..., Any]) -> list[float]:
-    """The totals of ``fn`` over the blocks of one chunk (the in-memory kernel, one thread)."""
-    import torch
+def compute(*objs: Any) -> tuple[Any, ...]:
+    """``dask.compute(*objs)``; a task that lost every worker it ran on becomes a ``RuntimeError``
+    that says nothing was summed (dask returns every result or raises: never part of them)."""
+    import dask
 
-    from .calibration._blocks import ShiftedLogits
+    try:
+        return dask.compute(*objs)
+    except Exception as exc:
+        if type(exc).__name__ != "KilledWorker":
+            raise
+        raise RuntimeError(
+            f"A Dask pass of the fit lost the workers its tasks ran on more often than distributed's "
+            f"'allowed-failures' setting permits ({exc}); the pass was abandoned as a whole (no partial sum was "
+            "used). Check the workers' memory limits and logs, then fit again."
+        ) from exc
+
+
+def _chunk_tensors(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any) -> tuple[Any, Any, Any]:
+    """One chunk as the CPU tensors of the in-memory path: logits in the work dtype, int64
+    labels, float64 weights (or ``None``)."""
+    import torch
 
     z = torch.from_numpy(np.ascontiguousarray(z_block, dtype=work_dtype))
     y = torch.from_numpy(np.asarray(y_block, dtype=np.int64))
     w = None if w_block is None else torch.from_numpy(np.asarray(w_block, dtype=np.float64))
+    return z, y, w
+
+
+def _chunk_reduce(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any, fn: Callable[..., Any],
+                  args: tuple[Any, ...]) -> list[float]:
+    """``fn(z, y, w, *args)`` on one chunk's tensors, as a list of Python floats."""
+    z, y, w = _chunk_tensors(z_block, y_block, w_block, work_dtype)
+    return [float(v) for v in fn(z, y, w, *args)]
+
+
+def _shifted_totals(z: Any, y: Any, w: Any, fn: Callable[..., Any]) -> list[float]:
+    """The totals of ``fn`` over the blocks of one chunk (the in-memory kernel, one thread)."""
+    from .calibration._blocks import ShiftedLogits
+
     return ShiftedLogits(z, y, w, 1).totals(fn)  # kept (class-major) blocks: the in-memory layout and sums
+
+
+def _chunk_floats(fn: Callable[..., Any], *blocks_and_args: Any) -> list[float]:
+    return [float(v) for v in fn(*blocks_and_args)]
+
+
+def reduce_arrays(fn: Callable[..., Any], arrays: list[Any], *args: Any) -> list[float]:
+    """``Σ_chunks fn(*blocks, *args)`` (``math.fsum`` of each entry) over dask arrays with the
+    same row chunks (e.g. per-row values from :meth:`DaskLogits.map_rows` and the weights),
+    one dask computation; ``fn`` gets numpy blocks and returns a short vector of sums."""
+    import dask
+
+    blocks = [list(a.to_delayed().ravel()) for a in arrays]
+    parts = compute(*[dask.delayed(_chunk_floats)(fn, *chunk, *args) for chunk in zip(*blocks)])
+    return [math.fsum(column) for column in zip(*parts)]
+
+
+def _chunk_rows(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any, fn: Callable[..., Any],
+                args: tuple[Any, ...]) -> np.ndarray:
+    """``fn(z, y, w, *args)`` on one chunk: a float64 ``(rows, width)`` array of per-row values."""
+    z, y, w = _chunk_tensors(z_block, y_block, w_block, work_dtype)
+    return np.asarray(fn(z, y, w, *args), dtype=np.float64)
 
 
 class DaskLogits:
@@ -271,7 +331,13 @@ class DaskLogits:
         return (int(self.z.shape[0]), int(self.z.shape[1]))
 
     @classmethod
-    def validated(cls, X: Any, y: Any, sample_weight: Any, *, min_classes: int = 2) -> DaskLogits:
+    def validated(cls, X: Any, y: Any, sample_weight: Any, *, min_classes: int = 2,
+                  owner: str = "TemperatureScaling") -> DaskLogits:
+        """Check ``X`` (every chunk finite, in range), encode ``y`` and check the weights.
+
+        Labels and weights chunked differently from ``X``'s rows are rechunked to them; ``X``'s
+        column chunks are merged. Errors about a chunk name its index and rows.
+        """
         import dask
         import dask.array as da
 
@@ -292,7 +358,7 @@ class DaskLogits:
         n_columns = int(X.shape[1])
         z = X.rechunk({1: -1})
         if y is None:
-            raise ValueError("TemperatureScaling requires y to be passed, but the target y is None.")
+            raise ValueError(f"{owner} requires y to be passed, but the target y is None.")
         if is_dask_array(y):
             classes = _global_classes(y, n_columns, None, min_classes)
             y_idx = _as_rows(y, rows, "y").map_blocks(_encode_chunk, n_columns, classes, "y", dtype=np.int64)
@@ -316,7 +382,7 @@ class DaskLogits:
         w_blocks = [None] * len(rows) if w is None else list(w.to_delayed().ravel())
         parts = [dask.delayed(_chunk_logit_range)(i, s, zb, wb)
                  for i, (s, zb, wb) in enumerate(zip(_starts(rows), z.to_delayed().ravel(), w_blocks))]
-        ranges = np.array(dask.compute(*parts))
+        ranges = np.array(compute(*parts))
         lo, hi = float(ranges[:, 0].min()), float(ranges[:, 1].max())
         denom = math.fsum(ranges[:, 2])
         if w is not None and not denom > 0:
@@ -327,9 +393,13 @@ class DaskLogits:
             if work == np.float32:
                 work = np.float64
             else:
-                dask.compute(*[dask.delayed(_chunk_row_ranges)(i, s, zb)
+                compute(*[dask.delayed(_chunk_row_ranges)(i, s, zb)
                                for i, (s, zb) in enumerate(zip(_starts(rows), z.to_delayed().ravel()))])
         return cls(z, y_idx, w, work, denom, classes, 1 if single else n_columns)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.z.chunks[0])
 
     def _chunks(self) -> list[tuple[Any, Any, Any]]:
         zs = self.z.to_delayed().ravel()
@@ -337,25 +407,46 @@ class DaskLogits:
         ws = [None] * len(zs) if self.w is None else list(self.w.to_delayed().ravel())
         return list(zip(zs, ys, ws))
 
-    def totals(self, fn: Callable[..., Any]) -> list[float]:
-        """Totals over all rows of ``fn(block, span)`` (the block kernel), one dask computation."""
+    def reduce(self, fn: Callable[..., Any], *args: Any) -> list[float]:
+        """``Σ_chunks fn(z, y, w, *args)`` (``math.fsum`` of each entry), one dask computation.
+
+        ``fn`` gets one chunk's rows as the CPU tensors of the in-memory path (logits in the
+        work dtype, int64 labels, float64 weights or ``None``) and returns a short vector of
+        sums over those rows; it runs on a worker, with one torch thread.
+        """
         import dask
 
-        parts = dask.compute(*[dask.delayed(_chunk_totals)(zb, yb, wb, self.work_dtype, fn)
-                               for zb, yb, wb in self._chunks()])
+        parts = compute(*[dask.delayed(_chunk_reduce)(zb, yb, wb, self.work_dtype, fn, args)
+                          for zb, yb, wb in self._chunks()])
         return [math.fsum(column) for column in zip(*parts)]
+
+    def totals(self, fn: Callable[..., Any]) -> list[float]:
+        """Totals over all rows of ``fn(block, span)`` (the block kernel of
+        :class:`~precal.calibration._blocks.ShiftedLogits`), one dask computation."""
+        return self.reduce(_shifted_totals, fn)
+
+    def map_rows(self, fn: Callable[..., Any], width: int, *args: Any) -> Any:
+        """A lazy float64 dask array ``(n, width)`` of ``fn(z, y, w, *args)`` per chunk (per-row
+        values), with the logits' row chunks; ``persist()`` it to keep it on the workers."""
+        import dask
+        import dask.array as da
+
+        blocks = [da.from_delayed(dask.delayed(_chunk_rows)(zb, yb, wb, self.work_dtype, fn, args),
+                                  shape=(m, width), dtype=np.float64)
+                  for m, (zb, yb, wb) in zip(self.z.chunks[0], self._chunks())]
+        return da.concatenate(blocks, axis=0)
 
     def subsample(self, stride: int) -> Any:
         """Rows ``0, stride, 2 stride, ...`` in memory, as :class:`~precal.calibration._blocks.ShiftedLogits`."""
-        import dask
-        import torch
-
         from .calibration._blocks import ShiftedLogits
 
-        z, y, w = dask.compute(self.z[::stride], self.y_idx[::stride], None if self.w is None else self.w[::stride])
-        z = torch.from_numpy(np.ascontiguousarray(z, dtype=self.work_dtype))
-        w = None if w is None else torch.from_numpy(np.asarray(w, dtype=np.float64))
-        return ShiftedLogits(z, torch.from_numpy(np.asarray(y, dtype=np.int64)), w, 1)
+        z, y, w = self.sample(stride)
+        return ShiftedLogits(z, y, w, 1)
+
+    def sample(self, stride: int) -> tuple[Any, Any, Any]:
+        """Rows ``0, stride, 2 stride, ...`` in memory: CPU tensors ``(z, y_idx, w)`` as :meth:`reduce` gets them."""
+        z, y, w = compute(self.z[::stride], self.y_idx[::stride], None if self.w is None else self.w[::stride])
+        return _chunk_tensors(z, y, w, self.work_dtype)
 
 
 # ----------------------------------------------------------------------------- prediction
