@@ -325,6 +325,8 @@ class DaskLogits:
         self.denom = denom
         self.classes = classes
         self.n_features_in = n_features_in
+        #: the smallest and largest logit (set by :meth:`validated`)
+        self.value_range: tuple[float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -395,7 +397,9 @@ class DaskLogits:
             else:
                 compute(*[dask.delayed(_chunk_row_ranges)(i, s, zb)
                                for i, (s, zb) in enumerate(zip(_starts(rows), z.to_delayed().ravel()))])
-        return cls(z, y_idx, w, work, denom, classes, 1 if single else n_columns)
+        out = cls(z, y_idx, w, work, denom, classes, 1 if single else n_columns)
+        out.value_range = (lo, hi)
+        return out
 
     @property
     def n_chunks(self) -> int:
@@ -447,6 +451,181 @@ class DaskLogits:
         """Rows ``0, stride, 2 stride, ...`` in memory: CPU tensors ``(z, y_idx, w)`` as :meth:`reduce` gets them."""
         z, y, w = compute(self.z[::stride], self.y_idx[::stride], None if self.w is None else self.w[::stride])
         return _chunk_tensors(z, y, w, self.work_dtype)
+
+
+# ----------------------------------------------------------------------------- Dirichlet calibration
+def _dirichlet_chunk(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any, spec: tuple[Any, ...],
+                     call: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """One chunk's share of a :class:`DaskDataTerm` pass: the in-memory ``_DataTerm`` on the
+    chunk's rows (standardised log-probabilities from its raw logits), its result rescaled
+    from the chunk's mean to its share of the whole array's."""
+    import torch
+
+    from .calibration.dirichlet import _DataTerm, _row_chunks, _StandardisedLogProbs
+
+    shift, scale, dtype, diagonal, n, denom = spec
+    z, y, w = _chunk_tensors(z_block, y_block, w_block, work_dtype)
+    m = z.shape[0]
+    weights = None if w is None else w / denom  # normalised over the whole array, as in memory
+    factor = m / n if w is None else 1.0  # a chunk's unweighted results are means over its m rows
+    features = _StandardisedLogProbs(z, torch.from_numpy(shift), torch.from_numpy(scale), dtype)
+    term = _DataTerm(features, y, weights, diagonal=diagonal, dtype=dtype, device=torch.device("cpu"),
+                     keep_probs=False)
+    if call == "evaluate":
+        theta, kw = args
+        ev = term.evaluate(theta, **kw)
+        return (ev.f * factor, None if ev.g is None else ev.g * factor, None if ev.hess is None else ev.hess * factor,
+                None if ev.hess_diag is None else ev.hess_diag * factor, ev.n_errors)
+    if call == "hessp":
+        kept, v = args
+        term._kept_at = kept  # the point whose probabilities the product uses (recomputed: no kept probabilities)
+        return (term.hessp(v) * factor,)
+    # the Gram matrix of x = [F, 1] (the preconditioner of full maps), as _DataTerm.gram_eigen sums it
+    f64 = torch.float64
+    k = z.shape[1]
+    g = torch.zeros((k + 1, k + 1), dtype=f64)
+    for rows in _row_chunks(m, k):
+        feats = features(rows)
+        x = torch.cat([feats, torch.ones_like(feats[:, :1])], dim=1)
+        xw = x if weights is None else x * weights[rows].to(x.dtype)[:, None]
+        g += (xw.T @ x).to(f64)
+    return (g.numpy() / n if weights is None else g.numpy(),)
+
+
+class DaskDataTerm:
+    """The Dirichlet data term of :mod:`precal.calibration.dirichlet` (the ``_DataTerm``
+    interface its Newton solver uses: ``evaluate``, ``hessp``, ``gram_eigen``) over dask
+    logits: each call is one dask computation in which every chunk runs the in-memory
+    ``_DataTerm`` on its rows, and the chunks' values, gradients, Hessians and
+    Hessian-vector products are summed in float64.
+
+    No probabilities are kept between passes (they would be ``n K`` numbers): a
+    Hessian-vector product recomputes them from the point of the last ``evaluate(keep=True)``,
+    as the in-memory term does for inputs beyond its cache.
+    """
+
+    def __init__(self, data: DaskLogits, shift: np.ndarray, scale: np.ndarray, *, diagonal: bool, dtype: Any) -> None:
+        self.data = data
+        self.n, self.k = data.shape
+        self.diagonal = diagonal
+        self.dtype = dtype
+        self.device = "cpu"
+        self.n_params = 2 * self.k if diagonal else self.k * (self.k + 1)
+        self.probs = None
+        self.n_passes = 0
+        self._spec = (np.asarray(shift, np.float64), np.asarray(scale, np.float64), dtype, diagonal, self.n,
+                      data.denom)
+        self._kept_at: np.ndarray | None = None
+        self._gram: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _pass(self, call: str, *args: Any) -> list[tuple[Any, ...]]:
+        import dask
+
+        self.n_passes += 1
+        return list(compute(*[dask.delayed(_dirichlet_chunk)(zb, yb, wb, self.data.work_dtype, self._spec, call, args)
+                              for zb, yb, wb in self.data._chunks()]))
+
+    def evaluate(self, theta: np.ndarray, *, grad: bool = True, hess: bool = False, hess_diag: bool = False,
+                 keep: bool = False, count_errors: bool = False) -> Any:
+        """As ``_DataTerm.evaluate``: one dask computation."""
+        from .calibration.dirichlet import _Evaluation
+
+        theta = np.array(theta, dtype=np.float64, copy=True)
+        kw = {"grad": grad, "hess": hess, "hess_diag": hess_diag, "count_errors": count_errors}
+        parts = self._pass("evaluate", theta, kw)
+
+        def total(i: int) -> Any:
+            values = [p[i] for p in parts]
+            return None if values[0] is None else np.sum(values, axis=0)
+
+        out = _Evaluation(f=math.fsum(p[0] for p in parts), g=total(1), hess=total(2), hess_diag=total(3),
+                          n_errors=sum(p[4] for p in parts) if count_errors else -1)
+        if keep:
+            self._kept_at = theta
+        return out
+
+    def hessp(self, v: np.ndarray) -> np.ndarray:
+        """As ``_DataTerm.hessp``, at the point of the last ``evaluate(keep=True)``: one dask computation."""
+        if self._kept_at is None:  # pragma: no cover - internal misuse
+            raise RuntimeError("hessp needs a point evaluated with keep=True first")
+        parts = self._pass("hessp", self._kept_at, np.asarray(v, dtype=np.float64))
+        return np.sum([p[0] for p in parts], axis=0)
+
+    def gram_eigen(self) -> tuple[np.ndarray, np.ndarray]:
+        """As ``_DataTerm.gram_eigen`` (computed once): one dask computation."""
+        if self._gram is None:
+            g = np.sum([p[0] for p in self._pass("gram")], axis=0)
+            lam, basis = np.linalg.eigh(0.5 * (g + g.T))
+            self._gram = (np.maximum(lam, 0.0), basis)
+        return self._gram
+
+
+def dirichlet_problem(data: DaskLogits, *, diagonal: bool) -> Any:
+    """The ``_Problem`` of :func:`precal.calibration.dirichlet.fit_dirichlet` for dask logits.
+
+    Everything but the data term comes from the same strided sample of rows the in-memory
+    problem uses (``z[::max(1, n // 8192)]``, computed into memory): the working dtype (by
+    the in-memory rule on the whole array's ``n K`` and largest ``|z|``), the standardisation
+    of the features and the temperature-scaling start. The data term is a
+    :class:`DaskDataTerm` over all rows.
+    """
+    import torch
+
+    from .calibration import dirichlet as dr
+    from .calibration.temperature import fit_shifted
+
+    n, k = data.shape
+    lo, hi = data.value_range
+    magnitude = max(abs(lo), abs(hi), 1.0)
+    f64 = torch.float64
+    work = torch.float64 if data.work_dtype == np.float64 else torch.float32
+    # the dtype rule of dirichlet._Problem, on the whole array
+    dtype = f64 if n * k <= dr._FLOAT64_MAX_ELEMENTS or (work == f64 and magnitude > 1e30) else torch.float32
+    z_s, y_s, w_s = data.sample(max(1, n // dr._STATS_ROWS))
+    w_s = None if w_s is None else w_s / data.denom  # normalised over all rows, as the in-memory weights
+
+    class _DaskProblem(dr._Problem):
+        def start(self) -> np.ndarray:
+            if self.weights is None or float(self.weights.sum()) > 0:
+                return super().start()
+            # every sampled row has weight 0: the in-memory problem starts from all rows
+            unit = 2.0 ** max(0, math.frexp(self.magnitude)[1] - 20)
+            scaled = DaskLogits(data.z if unit == 1.0 else data.z / unit, data.y_idx, data.w, data.work_dtype,
+                                data.denom, data.classes, data.n_features_in)
+            beta = 1.0 / fit_shifted(scaled).temperature / unit
+            return self.from_original(np.full(k, beta) if self.diagonal else beta * np.eye(k), np.zeros(k))
+
+    # The sample's own problem (its rows, so start() takes them all) gives the coordinates.
+    problem = _DaskProblem(z_s, y_s, w_s, diagonal=diagonal, dtype=dtype)
+    problem.magnitude = magnitude  # the whole array's, as the in-memory start scales by it
+    problem.data = DaskDataTerm(data, problem.shift, problem.scale, diagonal=diagonal, dtype=dtype)
+    return problem
+
+
+# ----------------------------------------------------------------------------- refusals
+#: The calibrators that fit on dask arrays (``_fits_dask``).
+DASK_FITTERS = ("TemperatureScaling", "PACSCalibrator", "EnsembleTemperatureScaling",
+                "DirichletCalibrator(reg_lambda=<float>)")
+
+#: Why a calibrator's fit is not a few passes of sums over rows, by class name.
+_WHY_NOT = {
+    "TopLabelCalibrator": "its isotonic, histogram or spline map is fitted on all the confidences sorted "
+                          "together (equal-mass bins, pooled adjacent violators), which is not a sum over row chunks",
+    "FuzzyDirichletCalibrator": "its INT4 noise copies are drawn from one random stream over all the rows (so a "
+                                "chunked fit would differ from the in-memory one) and its optional soft-ECE term is "
+                                "not a sum over rows",
+    "AutoCalibrator": "it refits every candidate on cross-validation folds (subsets of the rows), and some "
+                      "candidates (top-label maps, Dirichlet with reg_lambda='cv') are not sums over row chunks",
+}
+
+
+def refusal(name: str) -> str:
+    """The ``TypeError`` message of a calibrator (class ``name``) that does not fit dask arrays."""
+    why = _WHY_NOT.get(name, "its fit is not written as passes of sums over row chunks")
+    return (f"{name}.fit does not take Dask arrays: {why}. Fit it on an in-memory sample (e.g. "
+            f"{name}().fit(X[:200_000].compute(), y[:200_000].compute()); calibration maps need far fewer rows "
+            f"than a cluster holds), or use a calibrator that fits Dask arrays chunk by chunk: "
+            f"{', '.join(DASK_FITTERS)}.")
 
 
 # ----------------------------------------------------------------------------- prediction
