@@ -154,7 +154,9 @@ class EnsembleTemperatureScaling(BaseLogitCalibrator):
     Each component ranks the classes like the logits, so the argmax is kept unless all
     weight goes to the uniform term (possible only when the logits carry no information
     about the labels). Tensors are fitted on their device and 2-D memory-mapped files are
-    read block by block, as for :class:`TemperatureScaling`.
+    read block by block, as for :class:`TemperatureScaling`; dask arrays are fitted chunk by
+    chunk, one dask computation per pass (for ``loss="nll"`` the two per-row
+    log-probabilities of the weight fit are persisted, 16 bytes per sample).
 
     References
     ----------

@@ -284,7 +284,10 @@ class PACSCalibrator(BaseLogitCalibrator):
     the CPU the blocks of a pass are shared among up to ``precal.get_config()["n_threads"]``
     threads (see :mod:`precal._threads`), with the same result for any thread count; a
     2-D ``numpy.memmap`` is read block by block from its mapping in every pass, so logits
-    larger than memory can be fitted (the result equals the in-memory fit).
+    larger than memory can be fitted (the result equals the in-memory fit). A ``dask.array``
+    is fitted chunk by chunk: every evaluation is one dask computation in which each chunk
+    computes its own rows' risk and returns the objective's three sums by the same block
+    kernel (see :mod:`precal._dask`); the mean risk is one more pass.
 
     **Shift.** The risk uses the raw logits (rounding error depends on their actual
     magnitudes), so unlike temperature scaling PACS is not invariant to adding a constant
