@@ -218,10 +218,12 @@ def make_data(data_dir: Path, n: int, k: int, seed: int) -> dict[str, Path]:
         for b, start in enumerate(range(0, n, rows)):
             m = min(rows, n - start)
             rng = np.random.default_rng([seed, k, b])
-            y = rng.integers(0, k, size=m)
-            z = rng.standard_normal((m, k), dtype=np.float32)
+            # every block is drawn whole and cut to m rows: a file's last, partial block is then the
+            # prefix of the same block of a longer file (the scales are drawn after the normals)
+            y = rng.integers(0, k, size=rows)[:m]
+            z = rng.standard_normal((rows, k), dtype=np.float32)[:m]
             z[np.arange(m), y] += np.float32(MARGIN)
-            z *= rng.uniform(*SCALE_RANGE, size=(m, 1)).astype(np.float32)
+            z *= rng.uniform(*SCALE_RANGE, size=(rows, 1)).astype(np.float32)[:m]
             labels[start : start + m] = y
             for kind, block in (("logits", z), ("proba", softmax(z).astype(np.float32))):
                 f = handles[kind]
