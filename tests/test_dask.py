@@ -323,7 +323,7 @@ def test_pacs_fit_equals_in_memory(dtype, risk):
     y, z, w = _spread(20, 20000, 6, dtype)
     ref = PACSCalibrator(risk=risk).fit(z, y)
     assert ref.lambda_ > 0  # the risk term is used, so its per-chunk computation is tested
-    got = PACSCalibrator(risk=risk).fit(da.from_array(z, chunks=(3000, 6)), da.from_array(y, chunks=2500))
+    got = PACSCalibrator(risk=risk).fit(da.from_array(z, chunks=(3000, 6)), da.from_array(y, chunks=1300))
     _assert_pacs_equal(got, ref, rtol)
     zd = da.from_array(z, chunks=(3000, 6))
     assert_allclose(got.predict_proba(zd).compute(), ref.predict_proba(z), rtol=0, atol=1e-12)
@@ -349,11 +349,11 @@ def test_ensemble_temperature_fit_equals_in_memory(loss):
     # ~1e-6 relative (the loss is flat to 1e-12 around it); rounding-level differences of the sums
     # move where the optimiser stops by ~1e-8, in memory as much as on Dask
     rtol = 1e-10 if loss == "nll" else 1e-7
-    y, z, w = _spread(23, 20000, 6)
+    y, z, w = _spread(23, 10000, 6)
     for weights in (None, w):
         ref = EnsembleTemperatureScaling(loss=loss).fit(z, y, sample_weight=weights)
         got = EnsembleTemperatureScaling(loss=loss).fit(
-            da.from_array(z, chunks=(3000, 6)), da.from_array(y, chunks=2500),
+            da.from_array(z, chunks=(3000, 6)), da.from_array(y, chunks=1300),
             sample_weight=None if weights is None else da.from_array(weights, chunks=4100))
         assert_allclose(got.temperature_, ref.temperature_, rtol=rtol)
         assert_allclose(got.weights_, ref.weights_, rtol=0, atol=rtol)
@@ -367,7 +367,8 @@ def test_ensemble_temperature_fit_equals_in_memory(loss):
     (5000, 4, {"map": "full", "reg_lambda": 0.01}, False),  # dense Newton (20 parameters)
     (8000, 5, {"map": "full", "reg_lambda": 0.1, "reg_diag": 0.0}, True),
     (3000, 30, {"map": "diagonal", "reg_lambda": 0.01}, False),  # dense, 60 parameters
-    (2000, 25, {"map": "full", "reg_lambda": 1.0}, True),  # 650 parameters: CG on Hessian-vector products
+    pytest.param(2000, 25, {"map": "full", "reg_lambda": 1.0}, True,  # 650 parameters: CG on Hessian-vector
+                 marks=pytest.mark.slow),  # products, one dask computation each
 ])
 def test_dirichlet_fit_equals_in_memory(n, k, kw, weighted):
     y, z, w = _spread(24, n, k)
