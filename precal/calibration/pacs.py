@@ -370,7 +370,7 @@ class PACSCalibrator(BaseLogitCalibrator):
         if not r_ref > 0:
             r_ref = 1.0
         rho = r / r_ref
-        self._minimise(lambda theta: _objective(theta, data, rho, t_ts), t_ts, r_ref, eps)
+        self._minimise(lambda theta: _objective(theta, data, rho, t_ts), t_ts, r_ref, eps, stacklevel=6)
 
     def _fit_dask(self, X: Any, y: Any, sample_weight: Any) -> None:
         """Fit on a dask array: the temperature-scaling start as :class:`TemperatureScaling` does,
@@ -394,9 +394,9 @@ class PACSCalibrator(BaseLogitCalibrator):
             f, grad_a, grad_b = (total / data.denom for total in totals)
             return f, np.array([grad_a, grad_b])
 
-        self._minimise(evaluate, t_ts, r_ref, eps)
+        self._minimise(evaluate, t_ts, r_ref, eps, stacklevel=5)
 
-    def _minimise(self, evaluate: Any, t_ts: float, r_ref: float, eps: float) -> None:
+    def _minimise(self, evaluate: Any, t_ts: float, r_ref: float, eps: float, *, stacklevel: int) -> None:
         """L-BFGS-B on ``(a, b)`` from ``(1, 0)`` with ``evaluate(theta) -> (f, grad)`` (one pass
         over the data per new point); stores the fitted attributes."""
         last: dict[bytes, tuple[float, np.ndarray]] = {}
@@ -422,7 +422,7 @@ class PACSCalibrator(BaseLogitCalibrator):
                 f"PACSCalibrator: L-BFGS-B stopped after max_iter={self.max_iter} iterations "
                 f"({result.message}); keeping the best iterate.",
                 ConvergenceWarning,
-                stacklevel=6,
+                stacklevel=stacklevel,  # the caller of fit
             )
         a, b = float(theta[0]), float(theta[1])
         self.temperature_ = t_ts * a
