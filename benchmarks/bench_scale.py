@@ -17,6 +17,17 @@ What is measured (issue #7, item 3), each point in a fresh child process:
 2. **K sweep** at N = 100 000, K = 10 ... 10 000 (4 MB to 4 GB), memory-mapped:
    ``TemperatureScaling``, ``PACSCalibrator`` and the ECE.
 
+3. **Dask rows** (issue 18, item 4) at K = 1 000: ``TemperatureScaling().fit`` and
+   ``PACSCalibrator().fit`` on a ``dask.array`` whose every chunk (``2**24`` elements, 64 MB
+   of float32) is read by its own task from rows of the same ``.npy`` file (``np.load(path,
+   mmap_mode="r")[a:b]``, copied: what a sharded store gives each task; zarr is not a
+   dependency), fitted through a ``distributed.LocalCluster`` of 2 worker processes with one
+   thread each, started in the child before the warm-up. Besides the child's (the Dask
+   client's) peak extra memory, the child samples every worker process's resident memory
+   (``psutil``, every 50 ms) during the call and records each worker's peak minus its
+   resident memory just before the call. The memory-mapped rows of the same N are the
+   reference: the ratio of the times is the cost of going through Dask on one machine.
+
 For every point the child opens the data, makes one small warm-up call (imports, allocator
 pools), then times the call (``time.perf_counter``; the median of 3 repeats where
 ``N * K <= 1e8``, else 1 run) and measures its **peak extra resident memory**: the
@@ -108,7 +119,7 @@ class Series:
 
     name: str
     method: str  # "ts" | "pacs" | "ece" | "ace"
-    source: str  # "memmap" | "array"
+    source: str  # "memmap" | "array" | "dask"
     sweep: str  # "n" | "k"
     label: str
 
@@ -123,6 +134,8 @@ SERIES = (
     Series("ts-memmap-k", "ts", "memmap", "k", "TemperatureScaling, memmap (K sweep)"),
     Series("pacs-memmap-k", "pacs", "memmap", "k", "PACSCalibrator, memmap (K sweep)"),
     Series("ece-memmap-k", "ece", "memmap", "k", "ECE, memmap (K sweep)"),
+    Series("ts-dask", "ts", "dask", "n", "TemperatureScaling, Dask (2 workers)"),
+    Series("pacs-dask", "pacs", "dask", "n", "PACSCalibrator, Dask (2 workers)"),
 )
 SERIES_BY_NAME = {s.name: s for s in SERIES}
 
@@ -134,6 +147,7 @@ class Plan:
     array_max_n: int
     k_values: tuple[int, ...]
     n_for_k: int
+    dask_n: tuple[int, ...] = ()
 
 
 FULL = Plan(
@@ -142,15 +156,24 @@ FULL = Plan(
     array_max_n=1_000_000,
     k_values=(10, 30, 100, 300, 1_000, 3_000, 10_000),
     n_for_k=100_000,
+    dask_n=(100_000, 1_000_000),
 )
-QUICK = Plan(n_values=(2_000, 8_000), k_for_n=50, array_max_n=8_000, k_values=(10, 100), n_for_k=2_000)
+QUICK = Plan(n_values=(2_000, 8_000), k_for_n=50, array_max_n=8_000, k_values=(10, 100), n_for_k=2_000,
+             dask_n=(8_000,))
+
+#: Elements per chunk of the Dask rows (64 MB of float32).
+DASK_CHUNK_ELEMENTS = 1 << 24
+#: Worker processes of the Dask rows' LocalCluster (one thread each).
+DASK_WORKERS = 2
 
 
 def plan_points(plan: Plan, series: list[str], n_filter: set[int] | None, k_filter: set[int] | None):
     """``(series, n, k)`` for every selected point, largest data first within each K (files are made once)."""
     points = []
     for s in (SERIES_BY_NAME[name] for name in series):
-        if s.sweep == "n":
+        if s.source == "dask":
+            cand = [(s, n, plan.k_for_n) for n in plan.dask_n]
+        elif s.sweep == "n":
             ns = [n for n in plan.n_values if s.source == "memmap" or n <= plan.array_max_n]
             cand = [(s, n, plan.k_for_n) for n in ns]
         else:
@@ -195,10 +218,12 @@ def make_data(data_dir: Path, n: int, k: int, seed: int) -> dict[str, Path]:
         for b, start in enumerate(range(0, n, rows)):
             m = min(rows, n - start)
             rng = np.random.default_rng([seed, k, b])
-            y = rng.integers(0, k, size=m)
-            z = rng.standard_normal((m, k), dtype=np.float32)
+            # every block is drawn whole and cut to m rows: a file's last, partial block is then the
+            # prefix of the same block of a longer file (the scales are drawn after the normals)
+            y = rng.integers(0, k, size=rows)[:m]
+            z = rng.standard_normal((rows, k), dtype=np.float32)[:m]
             z[np.arange(m), y] += np.float32(MARGIN)
-            z *= rng.uniform(*SCALE_RANGE, size=(m, 1)).astype(np.float32)
+            z *= rng.uniform(*SCALE_RANGE, size=(rows, 1)).astype(np.float32)[:m]
             labels[start : start + m] = y
             for kind, block in (("logits", z), ("proba", softmax(z).astype(np.float32))):
                 f = handles[kind]
@@ -272,6 +297,116 @@ def _call(method: str, data: Any, y: np.ndarray) -> dict[str, Any]:
     raise ValueError(f"unknown method {method!r}")
 
 
+def _npy_rows(path: str, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a ``.npy`` file, read by the task that needs them (one Dask chunk)."""
+    return np.array(np.load(path, mmap_mode="r")[start:stop])
+
+
+def dask_logits(path: str, n: int, k: int) -> Any:
+    """The first ``n`` rows of a ``.npy`` logits file as a dask array of row chunks read from the file."""
+    import dask
+    import dask.array as da
+
+    rows = max(1, DASK_CHUNK_ELEMENTS // k)
+    blocks = [da.from_delayed(dask.delayed(_npy_rows)(path, a, min(a + rows, n)), shape=(min(a + rows, n) - a, k),
+                              dtype=np.float32) for a in range(0, n, rows)]
+    return da.concatenate(blocks, axis=0)
+
+
+class _WorkerMemory:
+    """Peak resident memory of the Dask worker processes during a call (psutil, sampled every 50 ms)."""
+
+    def __init__(self, client: Any) -> None:
+        import psutil
+
+        self.procs = {addr: psutil.Process(pid) for addr, pid in client.run(os.getpid).items()}
+        self.before = {addr: p.memory_info().rss for addr, p in self.procs.items()}
+        self.peak = dict(self.before)
+        self._stop = False
+
+    def _sample(self) -> None:
+        while not self._stop:
+            for addr, p in self.procs.items():
+                try:
+                    self.peak[addr] = max(self.peak[addr], p.memory_info().rss)
+                except Exception:  # a worker restarting: nothing to sample
+                    pass
+            time.sleep(0.05)
+
+    def __enter__(self) -> _WorkerMemory:
+        import threading
+
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop = True
+        self._thread.join()
+
+    def result(self) -> dict[str, list[float]]:
+        addrs = sorted(self.procs)
+        return {"worker_peak_extra_mb": [(self.peak[a] - self.before[a]) / 2**20 for a in addrs],
+                "worker_peak_rss_mb": [self.peak[a] / 2**20 for a in addrs]}
+
+
+_CLUSTER: list[Any] = []
+
+
+def _client() -> Any:
+    """This child's LocalCluster client (started once: a --quick run's Dask points share it)."""
+    if not _CLUSTER:
+        import atexit
+
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=DASK_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None,
+                               memory_limit="4GiB")
+        client = Client(cluster)
+        _CLUSTER.extend([cluster, client])
+        atexit.register(lambda: (client.close(), cluster.close()))
+    return _CLUSTER[1]
+
+
+def _dask_point(spec: dict[str, Any]) -> dict[str, Any]:
+    """One Dask point: a LocalCluster in this child, the logits file read chunk by chunk by the workers."""
+    import dask
+
+    n, k = spec["n"], spec["k"]
+    y = np.load(spec["paths"]["labels"])[:n]
+    client = _client()
+    with dask.config.set(scheduler=None):
+        data = dask_logits(spec["paths"]["logits"], n, k)
+        _call(spec["method"], data[:200], y[:200])
+        times, out, peaks, workers = [], {}, [], []
+        can_reset = _reset_peak()
+        for _ in range(spec["repeats"]):
+            _reset_peak()
+            before = _status_mb("VmRSS")
+            with _WorkerMemory(client) as mem:
+                start = time.perf_counter()
+                out = _call(spec["method"], data, y)
+                times.append(time.perf_counter() - start)
+            hwm = _status_mb("VmHWM")
+            workers.append(mem.result())
+            if can_reset and before is not None and hwm is not None:
+                peaks.append((hwm - before, hwm))
+    result = {"times_s": times, **out, "chunks": len(data.chunks[0]), "chunk_mb": data.chunks[0][0] * k * 4 / 2**20,
+              "workers": DASK_WORKERS}
+    result["worker_peak_extra_mb"] = [max(w["worker_peak_extra_mb"][i] for w in workers) for i in range(DASK_WORKERS)]
+    result["worker_peak_rss_mb"] = [max(w["worker_peak_rss_mb"][i] for w in workers) for i in range(DASK_WORKERS)]
+    if peaks:
+        result["peak_extra_mb"] = max(p[0] for p in peaks)
+        result["peak_rss_mb"] = max(p[1] for p in peaks)
+    return result
+
+
+def _has_dask() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("dask", "distributed", "psutil"))
+
+
 def worker(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run points in this (child) process, one after the other."""
     import warnings
@@ -283,6 +418,8 @@ def worker(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _worker_point(spec: dict[str, Any]) -> dict[str, Any]:
     """One point: open the data, warm up, time, measure the peak."""
+    if spec["source"] == "dask":
+        return _dask_point(spec)
     n, method = spec["n"], spec["method"]
     kind = "proba" if method in ("ece", "ace") else "logits"
     data = np.load(spec["paths"][kind], mmap_mode="r")[:n]
@@ -363,12 +500,33 @@ def equality_checks(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def dask_checks(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each Dask point against the memory-mapped point of the same method and size: time ratio,
+    relative difference of the fitted values, memory per process."""
+    by_key = {(p["method"], p["source"], p["n"], p["k"]): p for p in points if p["status"] == "ok"}
+    out = []
+    for (method, source, n, k), p in sorted(by_key.items()):
+        ref = by_key.get((method, "memmap", n, k))
+        if source != "dask" or ref is None:
+            continue
+        row = {"method": method, "n": n, "k": k, "data_mb": p["data_mb"], "dask_s": p["median_s"],
+               "memmap_s": ref["median_s"], "time_ratio": p["median_s"] / ref["median_s"],
+               "rel_diff": abs(p["value"] - ref["value"]) / abs(ref["value"]),
+               "worker_peak_extra_mb": p.get("worker_peak_extra_mb"), "client_peak_extra_mb": p.get("peak_extra_mb"),
+               "memmap_peak_extra_mb": ref.get("peak_extra_mb")}
+        if method == "pacs":
+            row["lambda_rel_diff"] = abs(p["lambda"] - ref["lambda"]) / abs(ref["lambda"])
+        out.append(row)
+    return out
+
+
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     points = [p for p in report["points"] if p["status"] == "ok"]
     memmap = [p for p in points if p["source"] == "memmap" and "peak_extra_mb" in p]
     largest = max(memmap, key=lambda p: (p["elements"], p["method"] == "pacs"), default=None)
     biggest_peak = max(memmap, key=lambda p: p["peak_extra_mb"], default=None)
-    out: dict[str, Any] = {"fits": slope_fits(points), "equality": equality_checks(points)}
+    out: dict[str, Any] = {"fits": slope_fits(points), "equality": equality_checks(points),
+                           "dask": dask_checks(points)}
     if largest is not None:
         same = [p for p in memmap if p["elements"] == largest["elements"] and p["n"] == largest["n"]]
         out["largest_memmap"] = {
@@ -430,7 +588,7 @@ def table_rows(points: list[dict[str, Any]], sweep: str) -> list[list[str]]:
     for p in sorted((p for p in points if p["sweep"] == sweep), key=lambda p: (order[p["series"]], p["n"], p["k"])):
         s = SERIES_BY_NAME[p["series"]]
         method = {"ts": "TemperatureScaling", "pacs": "PACSCalibrator", "ece": "ECE", "ace": "ACE"}[s.method]
-        data = "memmap" if s.source == "memmap" else "in memory"
+        data = {"memmap": "memmap", "array": "in memory", "dask": f"Dask, {DASK_WORKERS} workers"}[s.source]
         if p["status"] != "ok":
             rows.append([method, data, _fmt_int(p["n"]), _fmt_int(p["k"]), f"{p['data_mb']:.0f}", p["status"],
                          "-", "-", "-", p.get("note", "")])
@@ -529,6 +687,30 @@ def findings(report: dict[str, Any]) -> list[str]:
             "temperature scaling, then every L-BFGS-B evaluation is one more pass, computed in float64 "
             "(TemperatureScaling's 2-3 Newton passes run in float32)."
         )
+    names = {"ts": "TemperatureScaling", "pacs": "PACSCalibrator"}
+    ram_mb = (report["environment"].get("memory_gb") or 0) * 1024
+    for c in summ.get("dask", []):
+        workers = ", ".join(f"{v:.0f}" for v in c["worker_peak_extra_mb"] or [])
+        share = f", {c['data_mb'] / ram_mb:.0%} of the machine's {ram_mb / 1024:.0f} GiB RAM" if ram_mb else ""
+        lam = f", λ {c['lambda_rel_diff']:.1e}" if "lambda_rel_diff" in c else ""
+        lines.append(
+            f"Dask, {names[c['method']]} at N = {_fmt_int(c['n'])}, K = {_fmt_int(c['k'])} "
+            f"({c['data_mb'] / 1024:.2f} GiB of float32 logits{share}): {c['dask_s']:.3g} s against "
+            f"{c['memmap_s']:.3g} s memory-mapped ({c['time_ratio']:.2f}x); peak extra memory per worker "
+            f"{workers} MB, of the client {c['client_peak_extra_mb']:.0f} MB (memory-mapped call: "
+            f"{c['memmap_peak_extra_mb']:.0f} MB); relative difference of the fit from the memory-mapped one: "
+            f"T {c['rel_diff']:.1e}{lam}."
+        )
+    if summ.get("dask"):
+        lines.append(
+            "The Dask rows run on the same 2-core machine as the rest (the workers' two processes share its "
+            "cores, the file is read from the page cache), so they measure Dask's overhead, not a speed-up: on a "
+            "cluster each worker reads and reduces its own chunks, and only a few floats per chunk and pass "
+            "travel. A logits store larger than this machine's memory could not be written here (disk space). "
+            "A worker's memory is the chunks it holds at once (read ahead of their reductions by dask's "
+            "scheduling: up to about ten 64 MB chunks here) and the kernel's copy of one chunk; it does not "
+            "grow with N beyond that, and the worker's memory limit (4 GiB here) caps it."
+        )
     eq = summ["equality"]
     if eq:
         worst_eq = max(eq, key=lambda c: c["rel_diff"])
@@ -552,7 +734,8 @@ def results_markdown(report: dict[str, Any], fig_prefix: str) -> str:
     lines += [
         "`median s`: wall time of the call (median of the repeats); `ns / element`: that time over N·K; "
         "`peak extra MB`: highest resident memory during the call minus the resident memory just before it "
-        "(for `in memory` rows the data are already loaded); `iter.`: Newton passes (TemperatureScaling) or "
+        "(for `in memory` rows the data are already loaded; for Dask rows the client's, the workers' are in the "
+        "findings); `iter.`: Newton passes (TemperatureScaling) or "
         "L-BFGS-B iterations (PACSCalibrator); `value`: the fitted temperature (and PACS's λ) or the metric.",
         "",
         "## Figures",
@@ -561,6 +744,8 @@ def results_markdown(report: dict[str, Any], fig_prefix: str) -> str:
         "",
         f"![Peak extra resident memory against the size of the data]({fig_prefix}bench-scale-memory.png)",
         "",
+        *([f"![Memory-mapped file or Dask: time and peak memory per process at the largest Dask point]"
+           f"({fig_prefix}scale-out-dask.png)", ""] if report["summary"].get("dask") else []),
         "## Environment",
         "",
         _env_line(report["environment"]) + ".",
@@ -596,6 +781,11 @@ def method_paragraph(report: dict[str, Any]) -> str:
         "(`VmHWM`), reset just before the call (`/proc/self/clear_refs`), minus the resident size at that moment. "
         "The machine was shared with other jobs while this ran, so the times carry noise of tens of percent "
         "(see the load averages under Environment); the slopes and the memory bounds are the robust part."
+        + (f" The Dask rows (N = {', '.join(_fmt_int(n) for n in plan.get('dask_n', ()))}) fit the same logits "
+           "file as a `dask.array` whose every chunk (64 MB) is read by its own task from the file's rows, through a "
+           f"`distributed.LocalCluster` of {DASK_WORKERS} worker processes with one thread each; each worker's "
+           "resident memory is sampled every 50 ms during the fit (psutil). When to use which: "
+           "[Scaling out](scaling-out.md)." if any(p["source"] == "dask" for p in report["points"]) else "")
     )
 
 
@@ -622,6 +812,7 @@ def docs_page(report: dict[str, Any]) -> str:
         RERUN_COMMAND + "             # full run (30-60 min on one core, ~30 GB of temporary files)",
         RERUN_COMMAND + " --quick     # small smoke test, writes to a temporary directory",
         RERUN_COMMAND + " --n 2000000 --series ts-memmap --merge --keep-data  # one point, merged into the results",
+        RERUN_COMMAND + " --n 1000000 --series ts-memmap,ts-dask,pacs-memmap,pacs-dask --merge  # Dask rows + reference",
         RERUN_COMMAND + " --render-only  # rewrite this page and the figures from benchmarks/results/bench_scale.json",
         "```",
         "",
@@ -651,7 +842,7 @@ def make_figures(report: dict[str, Any], fig_dir: Path) -> list[Path]:
     def draw(ax: Any, key: str) -> None:
         for s in SERIES:
             pts = sorted((p for p in points if p["series"] == s.name and key in p), key=lambda p: p["elements"])
-            if not pts:
+            if not pts or s.source == "dask":  # the Dask rows have their own figure
                 continue
             style = "-" if s.source == "memmap" else ":"
             if s.sweep == "k":
@@ -692,7 +883,94 @@ def make_figures(report: dict[str, Any], fig_dir: Path) -> list[Path]:
     ax.legend(fontsize=7)
     mem_path = fig_dir / "bench-scale-memory.png"
     fig.savefig(mem_path, dpi=FIG_DPI)
-    return [time_path, mem_path]
+    paths = [time_path, mem_path]
+    checks = report["summary"].get("dask") or []
+    if checks:
+        paths.append(_dask_figure(checks, fig_dir, Figure))
+        paths.append(_choice_figure(report, checks, fig_dir, Figure))
+    return paths
+
+
+def _choice_figure(report: dict[str, Any], checks: list[dict[str, Any]], fig_dir: Path, figure: Any) -> Path:
+    """Which path to take: memmap, Dask or a mergeable metric state, each with its measured cost."""
+    from matplotlib.patches import FancyBboxPatch
+
+    n = max(c["n"] for c in checks)
+    ts = next((c for c in checks if c["n"] == n and c["method"] == "ts"), checks[-1])
+    largest = report["summary"].get("largest_memmap") or {}
+    mm_peak = (largest.get("peak_extra_mb") or {}).get("ts")
+    mm_text = (f"measured: TemperatureScaling on {_fmt_int(largest['n'])} x {_fmt_int(largest['k'])} float32\n"
+               f"({largest['data_mb'] / 1024:.1f} GiB) with {mm_peak:.0f} MB extra memory" if mm_peak else "")
+    workers = ", ".join(f"{v:.0f}" for v in ts["worker_peak_extra_mb"] or [])
+    dask_text = (f"measured ({DASK_WORKERS} workers, one machine):\n{_fmt_int(ts['n'])} x {_fmt_int(ts['k'])} float32 "
+                 f"({ts['data_mb'] / 1024:.1f} GiB),\n{workers} MB extra per worker;\n"
+                 f"{ts['time_ratio']:.1f}x the memmap time here")
+    columns = [
+        ("memory-mapped .npy", "one machine's disk holds the data",
+         "np.load(path, mmap_mode='r')\nfit / metric read it block by block;\nno extra dependency", mm_text, "C0"),
+        ("dask.array", "chunked store (zarr, HDF5, shards)\nor more data than one disk/RAM",
+         "fit / metric: one dask computation\nper pass, a few floats per chunk;\nworkers read their own chunks",
+         dask_text, "C1"),
+        ("CalibrationState", "data already sharded across the\nranks of a torch.distributed job",
+         "update per batch on each rank;\none all_reduce of 3 + 3B + 2KB floats;\nmetrics only (no calibrator fit)",
+         "exact merge: sums of sufficient\nstatistics (tested with gloo)", "C2"),
+    ]
+    fig = figure(figsize=(10.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.set_xlim(0, 3)
+    ax.set_ylim(0, 1)
+    for i, (title, when, how, cost, color) in enumerate(columns):
+        ax.add_patch(FancyBboxPatch((i + 0.04, 0.04), 0.92, 0.9, boxstyle="round,pad=0.01", fc="white", ec=color,
+                                    lw=2))
+        ax.text(i + 0.5, 0.88, title, ha="center", va="top", fontsize=12, weight="bold", color=color)
+        ax.text(i + 0.5, 0.77, "use when: " + when, ha="center", va="top", fontsize=8.5)
+        ax.text(i + 0.5, 0.55, how, ha="center", va="top", fontsize=8.5, family="monospace")
+        ax.text(i + 0.5, 0.27, cost, ha="center", va="top", fontsize=8, style="italic", color="0.25")
+    ax.set_title("Calibrating past one process's memory: which path", fontsize=11)
+    path = fig_dir / "scale-out-choice.png"
+    fig.savefig(path, dpi=FIG_DPI)
+    return path
+
+
+def _dask_figure(checks: list[dict[str, Any]], fig_dir: Path, figure: Any) -> Path:
+    """Memory-mapped file vs Dask at the largest Dask N: wall time, and peak extra memory per process."""
+    n = max(c["n"] for c in checks)
+    rows = [c for c in checks if c["n"] == n]
+    names = {"ts": "TemperatureScaling", "pacs": "PACSCalibrator"}
+    fig = figure(figsize=(9.0, 4.2), layout="constrained")
+    ax_t, ax_m = fig.subplots(1, 2)
+    x = np.arange(len(rows))
+    ax_t.bar(x - 0.2, [c["memmap_s"] for c in rows], 0.4, color="C0", label="memmap, one process")
+    ax_t.bar(x + 0.2, [c["dask_s"] for c in rows], 0.4, color="C1", label=f"Dask, {DASK_WORKERS} worker processes")
+    for i, c in enumerate(rows):
+        ax_t.annotate(f"{c['time_ratio']:.2f}x", (i + 0.2, c["dask_s"]), ha="center", va="bottom", fontsize=8)
+    ax_t.set_xticks(x, [names[c["method"]] for c in rows])
+    ax_t.set_ylabel("wall time of the fit (s)")
+    ax_t.set_title(f"Fit time, N = {_fmt_int(n)}, K = {_fmt_int(rows[0]['k'])}", fontsize=10)
+    ax_t.legend(fontsize=7)
+    labels = ["memmap process", "Dask client"] + [f"Dask worker {i + 1}" for i in range(DASK_WORKERS)]
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        values = []
+        for c in rows:
+            if j == 0:
+                values.append(c["memmap_peak_extra_mb"])
+            elif j == 1:
+                values.append(c["client_peak_extra_mb"])
+            else:
+                values.append((c["worker_peak_extra_mb"] or [0.0] * DASK_WORKERS)[j - 2])
+        ax_m.bar(x - 0.4 + (j + 0.5) * width, [max(v or 0.0, 0.5) for v in values], width, color=f"C{j}",
+                 label=label)
+    ax_m.axhline(rows[0]["data_mb"], color="0.4", lw=0.8, ls="--", label="size of the logits")
+    ax_m.set_yscale("log")
+    ax_m.set_xticks(x, [names[c["method"]] for c in rows])
+    ax_m.set_ylabel("peak extra resident memory (MB)")
+    ax_m.set_title("Memory per process stays far below the data", fontsize=10)
+    ax_m.legend(fontsize=7)
+    path = fig_dir / "scale-out-dask.png"
+    fig.savefig(path, dpi=FIG_DPI)
+    return path
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, docs_path: Path, fig_dir: Path) -> list[Path]:
@@ -777,6 +1055,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"unknown series {unknown}; known: {list(SERIES_BY_NAME)}")
     plan = QUICK if args.quick else FULL
     points_todo = plan_points(plan, args.series.split(","), _int_set(args.n), _int_set(args.k))
+    if not _has_dask() and any(s.source == "dask" for s, _, _ in points_todo):
+        print("dask, distributed or psutil is not installed: skipping the Dask rows (pip install 'precal[dask]')")
+        points_todo = [p for p in points_todo if p[0].source != "dask"]
     if not points_todo:
         sys.exit("no point selected (check --series, --n and --k against the plan)")
     if args.data_dir is not None:

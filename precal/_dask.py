@@ -7,15 +7,23 @@ in-memory and memory-mapped input, and only small per-chunk results travel:
 * metrics: each chunk's probabilities are validated (errors name the chunk) and reduced to
   the flat sufficient-statistics vector of :class:`~precal.metrics.CalibrationState`; the
   vectors are summed in a tree of dask tasks;
-* temperature scaling: each Newton pass maps every chunk to the totals of the block kernel
-  of :mod:`precal.calibration._blocks` (three floats) and sums them with ``math.fsum``;
+* calibrators (:class:`DaskLogits`): each optimiser pass maps every chunk to the totals of
+  the calibrator's own in-memory block kernel (a few floats: temperature scaling's and PACS's
+  kernels of :mod:`precal.calibration._blocks`, ensemble temperature scaling's row statistics,
+  the Dirichlet data term of :mod:`precal.calibration.dirichlet` through :class:`DaskDataTerm`)
+  and sums them with ``math.fsum`` (or, for vectors and matrices, in float64);
 * prediction: ``predict_proba`` and friends return lazy dask arrays (``map_blocks``).
 
 Labels (and weights) given in memory are cut to the logits' row chunks; given as dask
 arrays chunked differently, they are rechunked to them. Column chunks are merged, so every
 task sees whole rows. The graph is computed with dask's current scheduler (a
-``distributed.Client`` when one is active) once per metric or per Newton pass: persist
+``distributed.Client`` when one is active) once per metric or per optimiser pass: persist
 (``X.persist()``) input whose graph is expensive to recompute.
+
+A pass either returns every chunk's result or raises: with ``distributed``, a task whose
+worker dies is recomputed on another one (dask's ``allowed-failures`` retries), and when
+the retries run out the pass raises a ``RuntimeError`` that says so; no sum is ever taken
+over part of the chunks.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["is_dask_array", "dask_state", "dask_top_label", "DaskLogits", "lazy_rows"]
+__all__ = ["is_dask_array", "dask_state", "dask_top_label", "DaskLogits", "DaskDataTerm", "lazy_rows",
+           "refusal"]
 
 #: Vectors summed per task in the reduction tree of :func:`dask_state`.
 _FAN_IN = 8
@@ -171,7 +180,7 @@ def dask_state(y_true: Any, y_prob: Any, n_bins: int, labels: Any = None) -> Any
     ]
     while len(parts) > 1:
         parts = [dask.delayed(_sum_vectors)(*parts[j : j + _FAN_IN]) for j in range(0, len(parts), _FAN_IN)]
-    (total,) = dask.compute(parts[0])
+    (total,) = compute(parts[0])
     return CalibrationState.from_tensor(total, n_columns, n_bins)
 
 
@@ -202,11 +211,11 @@ def dask_top_label(y_true: Any, y_prob: Any, labels: Any = None) -> tuple[np.nda
         for i, (start, yb, pb) in enumerate(zip(_starts(prob.chunks[0]), y.to_delayed().ravel(),
                                                 prob.to_delayed().ravel()))
     ]
-    both = np.concatenate(dask.compute(*parts), axis=1)
+    both = np.concatenate(compute(*parts), axis=1)
     return both[0], both[1]
 
 
-# ----------------------------------------------------------------------------- temperature scaling
+# ----------------------------------------------------------------------------- calibrators
 def _chunk_logit_range(i: int, start: int, z_block: Any, w_block: Any) -> np.ndarray:
     """``[min, max, weight sum]`` of a chunk, after the checks of :func:`precal._validation.check_logits`."""
     from ._validation import _aminmax, _as_float, _check_finite_range
@@ -237,17 +246,68 @@ def _chunk_row_ranges(i: int, start: int, z_block: Any) -> None:
     _check_row_ranges(z.max(axis=1) - z.min(axis=1), start, z, "X")
 
 
-def _chunk_totals(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any,
-                  fn: Callable[..., Any]) -> list[float]:
-    """The totals of ``fn`` over the blocks of one chunk (the in-memory kernel, one thread)."""
-    import torch
+def compute(*objs: Any) -> tuple[Any, ...]:
+    """``dask.compute(*objs)``; a task that lost every worker it ran on becomes a ``RuntimeError``
+    that says nothing was summed (dask returns every result or raises: never part of them)."""
+    import dask
 
-    from .calibration._blocks import ShiftedLogits
+    try:
+        return dask.compute(*objs)
+    except Exception as exc:
+        if type(exc).__name__ != "KilledWorker":
+            raise
+        raise RuntimeError(
+            f"A Dask pass of the fit lost the workers its tasks ran on more often than distributed's "
+            f"'allowed-failures' setting permits ({exc}); the pass was abandoned as a whole (no partial sum was "
+            "used). Check the workers' memory limits and logs, then fit again."
+        ) from exc
+
+
+def _chunk_tensors(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any) -> tuple[Any, Any, Any]:
+    """One chunk as the CPU tensors of the in-memory path: logits in the work dtype, int64
+    labels, float64 weights (or ``None``)."""
+    import torch
 
     z = torch.from_numpy(np.ascontiguousarray(z_block, dtype=work_dtype))
     y = torch.from_numpy(np.asarray(y_block, dtype=np.int64))
     w = None if w_block is None else torch.from_numpy(np.asarray(w_block, dtype=np.float64))
+    return z, y, w
+
+
+def _chunk_reduce(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any, fn: Callable[..., Any],
+                  args: tuple[Any, ...]) -> list[float]:
+    """``fn(z, y, w, *args)`` on one chunk's tensors, as a list of Python floats."""
+    z, y, w = _chunk_tensors(z_block, y_block, w_block, work_dtype)
+    return [float(v) for v in fn(z, y, w, *args)]
+
+
+def _shifted_totals(z: Any, y: Any, w: Any, fn: Callable[..., Any]) -> list[float]:
+    """The totals of ``fn`` over the blocks of one chunk (the in-memory kernel, one thread)."""
+    from .calibration._blocks import ShiftedLogits
+
     return ShiftedLogits(z, y, w, 1).totals(fn)  # kept (class-major) blocks: the in-memory layout and sums
+
+
+def _chunk_floats(fn: Callable[..., Any], *blocks_and_args: Any) -> list[float]:
+    return [float(v) for v in fn(*blocks_and_args)]
+
+
+def reduce_arrays(fn: Callable[..., Any], arrays: list[Any], *args: Any) -> list[float]:
+    """``Σ_chunks fn(*blocks, *args)`` (``math.fsum`` of each entry) over dask arrays with the
+    same row chunks (e.g. per-row values from :meth:`DaskLogits.map_rows` and the weights),
+    one dask computation; ``fn`` gets numpy blocks and returns a short vector of sums."""
+    import dask
+
+    blocks = [list(a.to_delayed().ravel()) for a in arrays]
+    parts = compute(*[dask.delayed(_chunk_floats)(fn, *chunk, *args) for chunk in zip(*blocks)])
+    return [math.fsum(column) for column in zip(*parts)]
+
+
+def _chunk_rows(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any, fn: Callable[..., Any],
+                args: tuple[Any, ...]) -> np.ndarray:
+    """``fn(z, y, w, *args)`` on one chunk: a float64 ``(rows, width)`` array of per-row values."""
+    z, y, w = _chunk_tensors(z_block, y_block, w_block, work_dtype)
+    return np.asarray(fn(z, y, w, *args), dtype=np.float64)
 
 
 class DaskLogits:
@@ -265,13 +325,21 @@ class DaskLogits:
         self.denom = denom
         self.classes = classes
         self.n_features_in = n_features_in
+        #: the smallest and largest logit (set by :meth:`validated`)
+        self.value_range: tuple[float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.z.shape[0]), int(self.z.shape[1]))
 
     @classmethod
-    def validated(cls, X: Any, y: Any, sample_weight: Any, *, min_classes: int = 2) -> DaskLogits:
+    def validated(cls, X: Any, y: Any, sample_weight: Any, *, min_classes: int = 2,
+                  owner: str = "TemperatureScaling") -> DaskLogits:
+        """Check ``X`` (every chunk finite, in range), encode ``y`` and check the weights.
+
+        Labels and weights chunked differently from ``X``'s rows are rechunked to them; ``X``'s
+        column chunks are merged. Errors about a chunk name its index and rows.
+        """
         import dask
         import dask.array as da
 
@@ -292,7 +360,7 @@ class DaskLogits:
         n_columns = int(X.shape[1])
         z = X.rechunk({1: -1})
         if y is None:
-            raise ValueError("TemperatureScaling requires y to be passed, but the target y is None.")
+            raise ValueError(f"{owner} requires y to be passed, but the target y is None.")
         if is_dask_array(y):
             classes = _global_classes(y, n_columns, None, min_classes)
             y_idx = _as_rows(y, rows, "y").map_blocks(_encode_chunk, n_columns, classes, "y", dtype=np.int64)
@@ -316,7 +384,7 @@ class DaskLogits:
         w_blocks = [None] * len(rows) if w is None else list(w.to_delayed().ravel())
         parts = [dask.delayed(_chunk_logit_range)(i, s, zb, wb)
                  for i, (s, zb, wb) in enumerate(zip(_starts(rows), z.to_delayed().ravel(), w_blocks))]
-        ranges = np.array(dask.compute(*parts))
+        ranges = np.array(compute(*parts))
         lo, hi = float(ranges[:, 0].min()), float(ranges[:, 1].max())
         denom = math.fsum(ranges[:, 2])
         if w is not None and not denom > 0:
@@ -327,9 +395,15 @@ class DaskLogits:
             if work == np.float32:
                 work = np.float64
             else:
-                dask.compute(*[dask.delayed(_chunk_row_ranges)(i, s, zb)
+                compute(*[dask.delayed(_chunk_row_ranges)(i, s, zb)
                                for i, (s, zb) in enumerate(zip(_starts(rows), z.to_delayed().ravel()))])
-        return cls(z, y_idx, w, work, denom, classes, 1 if single else n_columns)
+        out = cls(z, y_idx, w, work, denom, classes, 1 if single else n_columns)
+        out.value_range = (lo, hi)
+        return out
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.z.chunks[0])
 
     def _chunks(self) -> list[tuple[Any, Any, Any]]:
         zs = self.z.to_delayed().ravel()
@@ -337,25 +411,221 @@ class DaskLogits:
         ws = [None] * len(zs) if self.w is None else list(self.w.to_delayed().ravel())
         return list(zip(zs, ys, ws))
 
-    def totals(self, fn: Callable[..., Any]) -> list[float]:
-        """Totals over all rows of ``fn(block, span)`` (the block kernel), one dask computation."""
+    def reduce(self, fn: Callable[..., Any], *args: Any) -> list[float]:
+        """``Σ_chunks fn(z, y, w, *args)`` (``math.fsum`` of each entry), one dask computation.
+
+        ``fn`` gets one chunk's rows as the CPU tensors of the in-memory path (logits in the
+        work dtype, int64 labels, float64 weights or ``None``) and returns a short vector of
+        sums over those rows; it runs on a worker, with one torch thread.
+        """
         import dask
 
-        parts = dask.compute(*[dask.delayed(_chunk_totals)(zb, yb, wb, self.work_dtype, fn)
-                               for zb, yb, wb in self._chunks()])
+        parts = compute(*[dask.delayed(_chunk_reduce)(zb, yb, wb, self.work_dtype, fn, args)
+                          for zb, yb, wb in self._chunks()])
         return [math.fsum(column) for column in zip(*parts)]
+
+    def totals(self, fn: Callable[..., Any]) -> list[float]:
+        """Totals over all rows of ``fn(block, span)`` (the block kernel of
+        :class:`~precal.calibration._blocks.ShiftedLogits`), one dask computation."""
+        return self.reduce(_shifted_totals, fn)
+
+    def map_rows(self, fn: Callable[..., Any], width: int, *args: Any) -> Any:
+        """A lazy float64 dask array ``(n, width)`` of ``fn(z, y, w, *args)`` per chunk (per-row
+        values), with the logits' row chunks; ``persist()`` it to keep it on the workers."""
+        import dask
+        import dask.array as da
+
+        blocks = [da.from_delayed(dask.delayed(_chunk_rows)(zb, yb, wb, self.work_dtype, fn, args),
+                                  shape=(m, width), dtype=np.float64)
+                  for m, (zb, yb, wb) in zip(self.z.chunks[0], self._chunks())]
+        return da.concatenate(blocks, axis=0)
 
     def subsample(self, stride: int) -> Any:
         """Rows ``0, stride, 2 stride, ...`` in memory, as :class:`~precal.calibration._blocks.ShiftedLogits`."""
-        import dask
-        import torch
-
         from .calibration._blocks import ShiftedLogits
 
-        z, y, w = dask.compute(self.z[::stride], self.y_idx[::stride], None if self.w is None else self.w[::stride])
-        z = torch.from_numpy(np.ascontiguousarray(z, dtype=self.work_dtype))
-        w = None if w is None else torch.from_numpy(np.asarray(w, dtype=np.float64))
-        return ShiftedLogits(z, torch.from_numpy(np.asarray(y, dtype=np.int64)), w, 1)
+        z, y, w = self.sample(stride)
+        return ShiftedLogits(z, y, w, 1)
+
+    def sample(self, stride: int) -> tuple[Any, Any, Any]:
+        """Rows ``0, stride, 2 stride, ...`` in memory: CPU tensors ``(z, y_idx, w)`` as :meth:`reduce` gets them."""
+        z, y, w = compute(self.z[::stride], self.y_idx[::stride], None if self.w is None else self.w[::stride])
+        return _chunk_tensors(z, y, w, self.work_dtype)
+
+
+# ----------------------------------------------------------------------------- Dirichlet calibration
+def _dirichlet_chunk(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any, spec: tuple[Any, ...],
+                     call: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """One chunk's share of a :class:`DaskDataTerm` pass: the in-memory ``_DataTerm`` on the
+    chunk's rows (standardised log-probabilities from its raw logits), its result rescaled
+    from the chunk's mean to its share of the whole array's."""
+    import torch
+
+    from .calibration.dirichlet import _DataTerm, _row_chunks, _StandardisedLogProbs
+
+    shift, scale, dtype, diagonal, n, denom = spec
+    z, y, w = _chunk_tensors(z_block, y_block, w_block, work_dtype)
+    m = z.shape[0]
+    weights = None if w is None else w / denom  # normalised over the whole array, as in memory
+    factor = m / n if w is None else 1.0  # a chunk's unweighted results are means over its m rows
+    features = _StandardisedLogProbs(z, torch.from_numpy(shift), torch.from_numpy(scale), dtype)
+    term = _DataTerm(features, y, weights, diagonal=diagonal, dtype=dtype, device=torch.device("cpu"),
+                     keep_probs=False)
+    if call == "evaluate":
+        theta, kw = args
+        ev = term.evaluate(theta, **kw)
+        return (ev.f * factor, None if ev.g is None else ev.g * factor, None if ev.hess is None else ev.hess * factor,
+                None if ev.hess_diag is None else ev.hess_diag * factor, ev.n_errors)
+    if call == "hessp":
+        kept, v = args
+        term._kept_at = kept  # the point whose probabilities the product uses (recomputed: no kept probabilities)
+        return (term.hessp(v) * factor,)
+    # the Gram matrix of x = [F, 1] (the preconditioner of full maps), as _DataTerm.gram_eigen sums it
+    f64 = torch.float64
+    k = z.shape[1]
+    g = torch.zeros((k + 1, k + 1), dtype=f64)
+    for rows in _row_chunks(m, k):
+        feats = features(rows)
+        x = torch.cat([feats, torch.ones_like(feats[:, :1])], dim=1)
+        xw = x if weights is None else x * weights[rows].to(x.dtype)[:, None]
+        g += (xw.T @ x).to(f64)
+    return (g.numpy() / n if weights is None else g.numpy(),)
+
+
+class DaskDataTerm:
+    """The Dirichlet data term of :mod:`precal.calibration.dirichlet` (the ``_DataTerm``
+    interface its Newton solver uses: ``evaluate``, ``hessp``, ``gram_eigen``) over dask
+    logits: each call is one dask computation in which every chunk runs the in-memory
+    ``_DataTerm`` on its rows, and the chunks' values, gradients, Hessians and
+    Hessian-vector products are summed in float64.
+
+    No probabilities are kept between passes (they would be ``n K`` numbers): a
+    Hessian-vector product recomputes them from the point of the last ``evaluate(keep=True)``,
+    as the in-memory term does for inputs beyond its cache.
+    """
+
+    def __init__(self, data: DaskLogits, shift: np.ndarray, scale: np.ndarray, *, diagonal: bool, dtype: Any) -> None:
+        self.data = data
+        self.n, self.k = data.shape
+        self.diagonal = diagonal
+        self.dtype = dtype
+        self.device = "cpu"
+        self.n_params = 2 * self.k if diagonal else self.k * (self.k + 1)
+        self.probs = None
+        self.n_passes = 0
+        self._spec = (np.asarray(shift, np.float64), np.asarray(scale, np.float64), dtype, diagonal, self.n,
+                      data.denom)
+        self._kept_at: np.ndarray | None = None
+        self._gram: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _pass(self, call: str, *args: Any) -> list[tuple[Any, ...]]:
+        import dask
+
+        self.n_passes += 1
+        return list(compute(*[dask.delayed(_dirichlet_chunk)(zb, yb, wb, self.data.work_dtype, self._spec, call, args)
+                              for zb, yb, wb in self.data._chunks()]))
+
+    def evaluate(self, theta: np.ndarray, *, grad: bool = True, hess: bool = False, hess_diag: bool = False,
+                 keep: bool = False, count_errors: bool = False) -> Any:
+        """As ``_DataTerm.evaluate``: one dask computation."""
+        from .calibration.dirichlet import _Evaluation
+
+        theta = np.array(theta, dtype=np.float64, copy=True)
+        kw = {"grad": grad, "hess": hess, "hess_diag": hess_diag, "count_errors": count_errors}
+        parts = self._pass("evaluate", theta, kw)
+
+        def total(i: int) -> Any:
+            values = [p[i] for p in parts]
+            return None if values[0] is None else np.sum(values, axis=0)
+
+        out = _Evaluation(f=math.fsum(p[0] for p in parts), g=total(1), hess=total(2), hess_diag=total(3),
+                          n_errors=sum(p[4] for p in parts) if count_errors else -1)
+        if keep:
+            self._kept_at = theta
+        return out
+
+    def hessp(self, v: np.ndarray) -> np.ndarray:
+        """As ``_DataTerm.hessp``, at the point of the last ``evaluate(keep=True)``: one dask computation."""
+        if self._kept_at is None:  # pragma: no cover - internal misuse
+            raise RuntimeError("hessp needs a point evaluated with keep=True first")
+        parts = self._pass("hessp", self._kept_at, np.asarray(v, dtype=np.float64))
+        return np.sum([p[0] for p in parts], axis=0)
+
+    def gram_eigen(self) -> tuple[np.ndarray, np.ndarray]:
+        """As ``_DataTerm.gram_eigen`` (computed once): one dask computation."""
+        if self._gram is None:
+            g = np.sum([p[0] for p in self._pass("gram")], axis=0)
+            lam, basis = np.linalg.eigh(0.5 * (g + g.T))
+            self._gram = (np.maximum(lam, 0.0), basis)
+        return self._gram
+
+
+def dirichlet_problem(data: DaskLogits, *, diagonal: bool) -> Any:
+    """The ``_Problem`` of :func:`precal.calibration.dirichlet.fit_dirichlet` for dask logits.
+
+    Everything but the data term comes from the same strided sample of rows the in-memory
+    problem uses (``z[::max(1, n // 8192)]``, computed into memory): the working dtype (by
+    the in-memory rule on the whole array's ``n K`` and largest ``|z|``), the standardisation
+    of the features and the temperature-scaling start. The data term is a
+    :class:`DaskDataTerm` over all rows.
+    """
+    import torch
+
+    from .calibration import dirichlet as dr
+    from .calibration.temperature import fit_shifted
+
+    n, k = data.shape
+    lo, hi = data.value_range
+    magnitude = max(abs(lo), abs(hi), 1.0)
+    f64 = torch.float64
+    work = torch.float64 if data.work_dtype == np.float64 else torch.float32
+    # the dtype rule of dirichlet._Problem, on the whole array
+    dtype = f64 if n * k <= dr._FLOAT64_MAX_ELEMENTS or (work == f64 and magnitude > 1e30) else torch.float32
+    z_s, y_s, w_s = data.sample(max(1, n // dr._STATS_ROWS))
+    w_s = None if w_s is None else w_s / data.denom  # normalised over all rows, as the in-memory weights
+
+    class _DaskProblem(dr._Problem):
+        def start(self) -> np.ndarray:
+            if self.weights is None or float(self.weights.sum()) > 0:
+                return super().start()
+            # every sampled row has weight 0: the in-memory problem starts from all rows
+            unit = 2.0 ** max(0, math.frexp(self.magnitude)[1] - 20)
+            scaled = DaskLogits(data.z if unit == 1.0 else data.z / unit, data.y_idx, data.w, data.work_dtype,
+                                data.denom, data.classes, data.n_features_in)
+            beta = 1.0 / fit_shifted(scaled).temperature / unit
+            return self.from_original(np.full(k, beta) if self.diagonal else beta * np.eye(k), np.zeros(k))
+
+    # The sample's own problem (its rows, so start() takes them all) gives the coordinates.
+    problem = _DaskProblem(z_s, y_s, w_s, diagonal=diagonal, dtype=dtype)
+    problem.magnitude = magnitude  # the whole array's, as the in-memory start scales by it
+    problem.data = DaskDataTerm(data, problem.shift, problem.scale, diagonal=diagonal, dtype=dtype)
+    return problem
+
+
+# ----------------------------------------------------------------------------- refusals
+#: The calibrators that fit on dask arrays (``_fits_dask``).
+DASK_FITTERS = ("TemperatureScaling", "PACSCalibrator", "EnsembleTemperatureScaling",
+                "DirichletCalibrator(reg_lambda=<float>)")
+
+#: Why a calibrator's fit is not a few passes of sums over rows, by class name.
+_WHY_NOT = {
+    "TopLabelCalibrator": "its isotonic, histogram or spline map is fitted on all the confidences sorted "
+                          "together (equal-mass bins, pooled adjacent violators), which is not a sum over row chunks",
+    "FuzzyDirichletCalibrator": "its INT4 noise copies are drawn from one random stream over all the rows (so a "
+                                "chunked fit would differ from the in-memory one) and its optional soft-ECE term is "
+                                "not a sum over rows",
+    "AutoCalibrator": "it refits every candidate on cross-validation folds (subsets of the rows), and some "
+                      "candidates (top-label maps, Dirichlet with reg_lambda='cv') are not sums over row chunks",
+}
+
+
+def refusal(name: str) -> str:
+    """The ``TypeError`` message of a calibrator (class ``name``) that does not fit dask arrays."""
+    why = _WHY_NOT.get(name, "its fit is not written as passes of sums over row chunks")
+    return (f"{name}.fit does not take Dask arrays: {why}. Fit it on an in-memory sample (e.g. "
+            f"{name}().fit(X[:200_000].compute(), y[:200_000].compute()); calibration maps need far fewer rows "
+            f"than a cluster holds), or use a calibrator that fits Dask arrays chunk by chunk: "
+            f"{', '.join(DASK_FITTERS)}.")
 
 
 # ----------------------------------------------------------------------------- prediction

@@ -1,10 +1,17 @@
-"""Dask arrays in (issue 18, item 1): metrics and TemperatureScaling chunk by chunk, equal to in-memory.
+"""Dask arrays in (issue 18, items 1 and "Bad input"): metrics and the calibrators whose fit is a
+sum over rows (TemperatureScaling, PACSCalibrator, EnsembleTemperatureScaling, DirichletCalibrator)
+chunk by chunk, equal to in-memory.
 
-In-process tests run on dask's synchronous scheduler; one slow test runs on a two-process
-``distributed.LocalCluster``.
+In-process tests run on dask's synchronous scheduler; the slow tests run on a two-process
+``distributed.LocalCluster`` (one per module, the ``cluster`` fixture), one of them killing a
+worker process in the middle of a fit.
 """
 
+import os
+import signal
 import subprocess
+import threading
+import time
 import sys
 import warnings
 from pathlib import Path
@@ -16,7 +23,13 @@ from numpy.testing import assert_allclose, assert_array_equal
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
-from precal import DirichletCalibrator, TemperatureScaling  # noqa: E402
+from precal import DirichletCalibrator, PACSCalibrator, TemperatureScaling  # noqa: E402
+from precal.calibration import (  # noqa: E402
+    AutoCalibrator,
+    EnsembleTemperatureScaling,
+    FuzzyDirichletCalibrator,
+    TopLabelCalibrator,
+)
 from precal._dask import is_dask_array  # noqa: E402
 from precal._numerics import softmax  # noqa: E402
 from precal.metrics import (  # noqa: E402
@@ -224,7 +237,7 @@ def test_temperature_scaling_bad_dask_input():
         TemperatureScaling().fit(da.from_array(z, chunks=(200, 3)), da.zeros(1000, dtype=int, chunks=250))
     with pytest.raises(ValueError, match="max_iter"):
         TemperatureScaling(max_iter=0).fit(da.from_array(z, chunks=(200, 3)), y)
-    with pytest.raises(TypeError, match="does not take Dask arrays"):
+    with pytest.raises(ValueError, match=r"reg_lambda='cv'\) does not fit Dask arrays.*Pass a fixed reg_lambda"):
         DirichletCalibrator().fit(da.from_array(z, chunks=(200, 3)), y)
     with pytest.raises(ValueError, match="expecting 3 features"):
         fitted.predict_proba(da.from_array(z[:, :2], chunks=(200, 2)))
@@ -243,25 +256,258 @@ def test_in_memory_calibrators_predict_lazily_on_dask():
     assert_allclose(out.compute(), cal.predict_proba(z), rtol=0, atol=1e-12)
 
 
-@pytest.mark.slow
-def test_local_cluster_two_processes():
+@pytest.fixture(scope="module")
+def cluster():
+    """A ``distributed.LocalCluster`` with 2 worker processes (one thread each) and its client."""
     distributed = pytest.importorskip("distributed")
-    y, z, p = _data(11, 30000, 5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
-                                      memory_limit="2GiB") as cluster, distributed.Client(cluster):
-            with dask.config.set(scheduler=None):
-                zd = da.from_array(z, chunks=(4000, 5)).persist()
-                yd = da.from_array(y, chunks=3000).persist()
-                ts = TemperatureScaling().fit(zd, yd)
-                proba = ts.predict_proba(zd)
-                ece = expected_calibration_error(yd, proba)
-                nll = negative_log_likelihood(yd, proba)
-                cw = classwise_calibration_error(yd, da.from_array(p, chunks=(5000, 5)))
+                                      memory_limit="2GiB") as local, distributed.Client(local) as client:
+            yield local, client
+
+
+@pytest.fixture
+def on_cluster(cluster):
+    """Dask computations in the test go to the module's LocalCluster."""
+    local, client = cluster
+    with dask.config.set(scheduler=None):
+        yield local, client
+
+
+@pytest.mark.slow
+def test_local_cluster_two_processes(on_cluster):
+    y, z, p = _data(11, 30000, 5)
+    zd = da.from_array(z, chunks=(4000, 5)).persist()
+    yd = da.from_array(y, chunks=3000).persist()
+    ts = TemperatureScaling().fit(zd, yd)
+    proba = ts.predict_proba(zd)
+    ece = expected_calibration_error(yd, proba)
+    nll = negative_log_likelihood(yd, proba)
+    cw = classwise_calibration_error(yd, da.from_array(p, chunks=(5000, 5)))
     ref = TemperatureScaling().fit(z, y)
     assert_allclose(ts.temperature_, ref.temperature_, rtol=1e-10)
     ref_proba = ref.predict_proba(z)
     assert_allclose(ece, expected_calibration_error(y, ref_proba), rtol=0, atol=1e-10)
     assert_allclose(nll, negative_log_likelihood(y, ref_proba), rtol=0, atol=1e-10)
     assert_allclose(cw, classwise_calibration_error(y, p), rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- PACS, ETS, Dirichlet
+def _spread(seed, n, k, dtype=np.float64):
+    """Logits whose scale varies by sample (so PACS's lambda is not 0) and sample weights."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    z = rng.uniform(1, 6, size=(n, 1)) * (rng.normal(size=(n, k)) + 2.0 * np.eye(k)[y])
+    return y, z.astype(dtype), rng.uniform(0, 2, size=n)
+
+
+def _assert_pacs_equal(got, ref, rtol=1e-10):
+    for name in ("temperature_", "lambda_", "temperature_scaling_"):
+        assert_allclose(getattr(got, name), getattr(ref, name), rtol=rtol, err_msg=name)
+    assert got.n_iter_ == ref.n_iter_
+    assert_array_equal(got.classes_, ref.classes_)
+    assert got.n_features_in_ == ref.n_features_in_
+
+
+#: float32 logits: the element-wise work runs in float32, where torch's vectorised kernels round a
+#: few elements (those at the tail of a block, whose boundaries move with the chunks) an ulp
+#: differently; the float64 sums then differ at ~1e-10 relative, not at float64 rounding.
+F32_RTOL = 1e-8
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("risk", ["peaked", "norm"])
+def test_pacs_fit_equals_in_memory(dtype, risk):
+    rtol = 1e-10 if dtype == np.float64 else F32_RTOL
+    y, z, w = _spread(20, 20000, 6, dtype)
+    ref = PACSCalibrator(risk=risk).fit(z, y)
+    assert ref.lambda_ > 0  # the risk term is used, so its per-chunk computation is tested
+    got = PACSCalibrator(risk=risk).fit(da.from_array(z, chunks=(3000, 6)), da.from_array(y, chunks=1300))
+    _assert_pacs_equal(got, ref, rtol)
+    zd = da.from_array(z, chunks=(3000, 6))
+    assert_allclose(got.predict_proba(zd).compute(), ref.predict_proba(z), rtol=0, atol=1e-12)
+    names = np.array(list("abcdef"))[y]  # string labels, dask weights chunked unlike the logits
+    ref = PACSCalibrator(risk=risk, precision="fp8_e4m3").fit(z, names, sample_weight=w)
+    got = PACSCalibrator(risk=risk, precision="fp8_e4m3").fit(zd, da.from_array(names, chunks=4000),
+                                                              sample_weight=da.from_array(w, chunks=1700))
+    _assert_pacs_equal(got, ref, rtol)
+
+
+def test_pacs_single_logit_and_float16():
+    y, z, _ = _spread(21, 6000, 2)
+    margin = z[:, 1] - z[:, 0]
+    _assert_pacs_equal(PACSCalibrator().fit(da.from_array(margin, chunks=1000), y), PACSCalibrator().fit(margin, y))
+    y, z, _ = _spread(22, 5000, 4, np.float16)
+    _assert_pacs_equal(PACSCalibrator().fit(da.from_array(z, chunks=(999, 4)), y), PACSCalibrator().fit(z, y),
+                       F32_RTOL)  # float16 is fitted in float32
+
+
+@pytest.mark.parametrize("loss", ["nll", "mse"])
+def test_ensemble_temperature_fit_equals_in_memory(loss):
+    # loss="mse": the Brier temperature is an L-BFGS-B minimum with ftol=1e-12, which places it only to
+    # ~1e-6 relative (the loss is flat to 1e-12 around it); rounding-level differences of the sums
+    # move where the optimiser stops by ~1e-8, in memory as much as on Dask
+    rtol = 1e-10 if loss == "nll" else 1e-7
+    y, z, w = _spread(23, 10000, 6)
+    for weights in (None, w):
+        ref = EnsembleTemperatureScaling(loss=loss).fit(z, y, sample_weight=weights)
+        got = EnsembleTemperatureScaling(loss=loss).fit(
+            da.from_array(z, chunks=(3000, 6)), da.from_array(y, chunks=1300),
+            sample_weight=None if weights is None else da.from_array(weights, chunks=4100))
+        assert_allclose(got.temperature_, ref.temperature_, rtol=rtol)
+        assert_allclose(got.weights_, ref.weights_, rtol=0, atol=rtol)
+        assert got.n_iter_ == ref.n_iter_
+        assert ref.weights_[1] > 1e-3 and ref.weights_[2] > 1e-3  # a real mixture: every weight is fitted
+        zd = da.from_array(z, chunks=(3000, 6))
+        assert_allclose(got.predict_proba(zd).compute(), ref.predict_proba(z), rtol=0, atol=rtol)
+
+
+@pytest.mark.parametrize("n,k,kw,weighted", [
+    (5000, 4, {"map": "full", "reg_lambda": 0.01}, False),  # dense Newton (20 parameters)
+    (8000, 5, {"map": "full", "reg_lambda": 0.1, "reg_diag": 0.0}, True),
+    (3000, 30, {"map": "diagonal", "reg_lambda": 0.01}, False),  # dense, 60 parameters
+    pytest.param(2000, 25, {"map": "full", "reg_lambda": 1.0}, True,  # 650 parameters: CG on Hessian-vector
+                 marks=pytest.mark.slow),  # products, one dask computation each
+])
+def test_dirichlet_fit_equals_in_memory(n, k, kw, weighted):
+    y, z, w = _spread(24, n, k)
+    z = z / 2.0
+    w = w if weighted else None
+    ref = DirichletCalibrator(**kw).fit(z, y, sample_weight=w)
+    got = DirichletCalibrator(**kw).fit(da.from_array(z, chunks=(n // 7 + 1, k)), da.from_array(y, chunks=n // 3),
+                                        sample_weight=None if w is None else da.from_array(w, chunks=n // 2))
+    assert_allclose(got.coef_, ref.coef_, rtol=0, atol=1e-10)
+    assert_allclose(got.intercept_, ref.intercept_, rtol=0, atol=1e-10)
+    assert got.n_iter_ == ref.n_iter_ and got.map_ == ref.map_ and got.reg_lambda_ == ref.reg_lambda_
+    assert got.cv_scores_ == {}
+    assert np.abs(ref.coef_ - np.diag(np.diag(ref.coef_)) if ref.coef_.ndim == 2 else ref.coef_).max() > 1e-3
+    zd = da.from_array(z, chunks=(n // 4, k))
+    assert_allclose(got.predict_proba(zd).compute(), ref.predict_proba(z), rtol=0, atol=1e-10)
+
+
+def test_dirichlet_float32_fit_agrees_to_float32_floor():
+    """Above 2**20 elements both fits run element-wise work in float32 (float64 sums): they agree to
+    float32's floor, not to 1e-10 (the chunks' float32 partial sums differ in order)."""
+    y, z, _ = _spread(25, 240000, 5)
+    z = z / 2.0
+    ref = DirichletCalibrator(reg_lambda=0.1).fit(z, y)
+    got = DirichletCalibrator(reg_lambda=0.1).fit(da.from_array(z, chunks=(50000, 5)), y)
+    assert_allclose(got.coef_, ref.coef_, rtol=0, atol=1e-5)
+    assert_allclose(got.intercept_, ref.intercept_, rtol=0, atol=1e-5)
+
+
+def test_calibrators_that_are_not_sums_over_rows_refuse_dask():
+    y, z, _ = _data(26, 600, 3)
+    zd, yd = da.from_array(z, chunks=(200, 3)), da.from_array(y, chunks=200)
+    reasons = {
+        TopLabelCalibrator(): "sorted together",
+        FuzzyDirichletCalibrator(): "one random stream over all the rows",
+        AutoCalibrator(): "cross-validation folds",
+    }
+    for cal, why in reasons.items():
+        name = type(cal).__name__
+        with pytest.raises(TypeError, match=rf"{name}\.fit does not take Dask arrays: .*{why}.*in-memory sample.*"
+                                            r"TemperatureScaling, PACSCalibrator, EnsembleTemperatureScaling, "
+                                            r"DirichletCalibrator\(reg_lambda=<float>\)"):
+            cal.fit(zd, yd)
+    with pytest.raises(ValueError, match=r"reg_lambda='cv'\) does not fit Dask arrays.*internal cross-validation.*"
+                                         r"Pass a fixed reg_lambda"):
+        DirichletCalibrator(reg_lambda="cv").fit(zd, yd)
+    DirichletCalibrator(reg_lambda=1.0).fit(zd, yd)  # the fix the message names works
+
+
+@pytest.mark.parametrize("cal", [PACSCalibrator(), EnsembleTemperatureScaling(),
+                                 EnsembleTemperatureScaling(loss="mse"), DirichletCalibrator(reg_lambda=0.1)],
+                         ids=["pacs", "ets", "ets-mse", "dirichlet"])
+def test_new_dask_fits_bad_input(cal):
+    y, z, _ = _data(27, 1000, 3)
+    name = type(cal).__name__
+    for value, what in ((np.nan, "contains NaN"), (-np.inf, "infinity")):
+        bad = z.copy()
+        bad[650, 1] = value
+        with pytest.raises(ValueError, match=rf"X chunk 3 \(rows 600:800.*{what}"):
+            cal.fit(da.from_array(bad, chunks=(200, 3)), y)
+    w = np.ones(1000)
+    w[5] = np.nan
+    with pytest.raises(ValueError, match=r"sample_weight chunk 0 .*NaN"):
+        cal.fit(da.from_array(z, chunks=(200, 3)), y, sample_weight=da.from_array(w, chunks=300))
+    with pytest.raises(ValueError, match="Inconsistent numbers of samples"):
+        cal.fit(da.from_array(z, chunks=(200, 3)), da.from_array(y[:-1], chunks=100))
+    with pytest.raises(ValueError, match=f"{name} requires y"):
+        cal.fit(da.from_array(z, chunks=(200, 3)), None)
+    unknown = da.from_array(z, chunks=(200, 3))
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        cal.fit(unknown[unknown[:, 0] > -1e9], y)
+    # labels and logits chunked differently (and logits split in columns): rechunked, same fit as in memory
+    ref = type(cal)(**cal.get_params()).fit(z, y)
+    got = type(cal)(**cal.get_params()).fit(da.from_array(z, chunks=(170, 2)), da.from_array(y, chunks=(90,)))
+    assert_allclose(got.predict_proba(z), ref.predict_proba(z), rtol=0, atol=1e-10)
+
+
+def test_a_pass_that_loses_its_workers_raises_a_clear_error(monkeypatch):
+    from precal import _dask
+
+    class KilledWorker(Exception):  # distributed's exception, recognised by its name
+        pass
+
+    def lost(*_):
+        raise KilledWorker("Attempted to run task ('chunk', 3) on 4 different workers, but all those workers died")
+
+    monkeypatch.setattr(dask, "compute", lost)
+    with pytest.raises(RuntimeError, match=r"lost the workers .*allowed-failures.*no partial sum"):
+        _dask.compute(1)
+    monkeypatch.setattr(dask, "compute", lambda *_: (_ for _ in ()).throw(KeyError("other")))
+    with pytest.raises(KeyError):  # other errors pass through unchanged
+        _dask.compute(1)
+
+
+@pytest.mark.slow
+def test_local_cluster_new_fits_equal_in_memory(on_cluster):
+    y, z, w = _spread(28, 8000, 5)
+    zd = da.from_array(z, chunks=(2000, 5))
+    yd = da.from_array(y, chunks=3000)
+    wd = da.from_array(w, chunks=2500)
+    _assert_pacs_equal(PACSCalibrator().fit(zd, yd, sample_weight=wd), PACSCalibrator().fit(z, y, sample_weight=w))
+    ref = EnsembleTemperatureScaling().fit(z, y)
+    got = EnsembleTemperatureScaling().fit(zd, yd)
+    assert_allclose(got.temperature_, ref.temperature_, rtol=1e-10)
+    assert_allclose(got.weights_, ref.weights_, rtol=0, atol=1e-10)
+    ref = DirichletCalibrator(reg_lambda=0.1).fit(z / 2, y, sample_weight=w)
+    got = DirichletCalibrator(reg_lambda=0.1).fit(zd / 2, yd, sample_weight=wd)
+    assert_allclose(got.coef_, ref.coef_, rtol=0, atol=1e-10)
+    assert_allclose(got.intercept_, ref.intercept_, rtol=0, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_local_cluster_worker_killed_mid_fit(on_cluster):
+    """A worker process killed by SIGKILL in the middle of a PACS fit: the nanny restarts it, dask
+    recomputes the lost chunks, and the fit ends equal to the in-memory one (never a partial sum)."""
+    local, client = on_cluster
+    y, z, _ = _spread(29, 12000, 5)
+    ref = PACSCalibrator().fit(z, y)
+    pids = client.run(os.getpid)  # worker address -> its process id
+    # every chunk read takes a while, so a worker is busy when it is killed (a lambda travels by value)
+    zd = da.from_array(z, chunks=(1000, 5)).map_blocks(lambda b: (time.sleep(0.05), b)[1], dtype=z.dtype)
+    killed = []
+
+    def kill_one():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed and len(fitting) == 1:
+            busy = [addr for addr, tasks in client.processing().items() if tasks and addr in pids]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.1)
+
+    fitting = [True]
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    try:
+        got = PACSCalibrator().fit(zd, y)
+    finally:
+        fitting.append(False)
+        killer.join()
+    assert killed, "no worker was killed during the fit"
+    _assert_pacs_equal(got, ref)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it

@@ -243,9 +243,11 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             iteration) cross to the host. A
             2-D ``numpy.memmap`` is read block by block from its mapping (never re-opened by path) by
             ``TemperatureScaling`` and ``PACSCalibrator``, so it may be larger than memory.
-            A ``dask.array.Array`` is fitted chunk by chunk by ``TemperatureScaling``
-            (one dask computation per Newton pass, see :mod:`precal._dask`); the other
-            calibrators refuse it with a ``TypeError``. ``predict_proba`` and the other
+            A ``dask.array.Array`` is fitted chunk by chunk by ``TemperatureScaling``,
+            ``PACSCalibrator``, ``EnsembleTemperatureScaling`` and ``DirichletCalibrator``
+            with a fixed ``reg_lambda`` (one dask computation per optimiser pass, each chunk
+            reduced by the in-memory kernel, see :mod:`precal._dask`); the calibrators whose
+            fit is not a sum over rows refuse it with a ``TypeError`` that says why. ``predict_proba`` and the other
             prediction methods of every calibrator return a lazy dask array for dask input.
         y : array-like of shape (n_samples,)
             True labels (a dask array too, with dask ``X``).
@@ -258,10 +260,9 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         """
         if is_dask_array(X):
             if not self._fits_dask:
-                raise TypeError(
-                    f"{type(self).__name__}.fit does not take Dask arrays (TemperatureScaling does); compute them "
-                    "first (X.compute()) or fit on a memory-mapped file."
-                )
+                from .._dask import refusal
+
+                raise TypeError(refusal(type(self).__name__))
             self._fit_dask(X, y, sample_weight)
             return self
         if is_dask_array(y) or is_dask_array(sample_weight):  # logits in memory: so are labels and weights

@@ -1270,6 +1270,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
 
     _state_keys = ("coef_", "intercept_", "n_iter_", "reg_lambda_")
     _device_native = True
+    _fits_dask = True
 
     def __init__(
         self,
@@ -1331,13 +1332,42 @@ class DirichletCalibrator(BaseLogitCalibrator):
                 reg_lambda = float(self.reg_lambda)
             problem = _Problem(z, y_idx, weights, diagonal=diagonal)
             result = _fit_problem(problem, *self._strengths(reg_lambda), init=init, **opts)
+        self._store(result, resolved, reg_lambda, scores)
+
+    def _fit_dask(self, X: Any, y: Any, sample_weight: Any) -> None:
+        """Fit on a dask array with a fixed ``reg_lambda``: every pass of the Newton solver is one
+        dask computation in which each chunk runs the in-memory data term on its rows (see
+        :func:`precal._dask.dirichlet_problem`). ``reg_lambda="cv"`` is refused (its folds are
+        subsets of rows that the fit would have to gather)."""
+        from .._dask import DaskLogits, dirichlet_problem
+
+        self._validate_hyperparameters()
+        if isinstance(self.reg_lambda, str):
+            raise ValueError(
+                "DirichletCalibrator(reg_lambda='cv') does not fit Dask arrays: its internal cross-validation "
+                "refits on subsets of the rows. Pass a fixed reg_lambda (e.g. the reg_lambda_ that "
+                "DirichletCalibrator() chooses on an in-memory sample such as X[:100_000].compute()), or fit "
+                "reg_lambda='cv' on computed arrays."
+            )
+        data = DaskLogits.validated(X, y, sample_weight, owner="DirichletCalibrator")
+        self.classes_, self.n_features_in_ = data.classes, data.n_features_in
+        resolved = self._resolve_map(data.shape[1])
+        reg_lambda = float(self.reg_lambda)
+        with threadpool_limits(limits=1, user_api="blas"):
+            problem = dirichlet_problem(data, diagonal=resolved == "diagonal")
+            result = _fit_problem(problem, *self._strengths(reg_lambda), init=None, max_iter=int(self.max_iter),
+                                  tol=float(self.tol))
+        self._store(result, resolved, reg_lambda, {})
+
+    def _store(self, result: DirichletFit, resolved: str, reg_lambda: float, scores: dict) -> None:
+        """Warn about a fit that did not converge or separates the data; set the fitted attributes."""
         if not result.converged:
             warnings.warn(
                 f"DirichletCalibrator: the Newton iteration stopped before converging after {result.n_iter} steps "
                 f"(max_iter={self.max_iter}; {result.message}); keeping the last iterate. Increase max_iter "
                 "or the regularisation (reg_lambda, reg_mu, reg_diag).",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         if result.n_errors == 0:
             warnings.warn(
@@ -1346,7 +1376,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
                 "the parameters grow until the optimiser stops and the probabilities approach 0 and 1 "
                 "(over-fitted). Use more calibration data, map='diagonal', or larger reg_lambda/reg_mu.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         self.coef_ = result.coef
         self.intercept_ = result.intercept

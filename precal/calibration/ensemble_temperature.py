@@ -154,7 +154,9 @@ class EnsembleTemperatureScaling(BaseLogitCalibrator):
     Each component ranks the classes like the logits, so the argmax is kept unless all
     weight goes to the uniform term (possible only when the logits carry no information
     about the labels). Tensors are fitted on their device and 2-D memory-mapped files are
-    read block by block, as for :class:`TemperatureScaling`.
+    read block by block, as for :class:`TemperatureScaling`; dask arrays are fitted chunk by
+    chunk, one dask computation per pass (for ``loss="nll"`` the two per-row
+    log-probabilities of the weight fit are persisted, 16 bytes per sample).
 
     References
     ----------
@@ -176,6 +178,7 @@ class EnsembleTemperatureScaling(BaseLogitCalibrator):
     _state_keys = ("temperature_", "weights_", "n_iter_")
     _device_native = True
     _streams_memmaps = True
+    _fits_dask = True
 
     def __init__(self, *, loss: str = "nll", max_iter: int = 200, tol: float = 1e-12) -> None:
         self.loss = loss
@@ -193,12 +196,46 @@ class EnsembleTemperatureScaling(BaseLogitCalibrator):
         w = w.to(torch.float64) / w.sum()
         beta = 1.0 / fit_temperature(logits, y_idx, sample_weight).temperature
         if self.loss == "mse":
-            beta = self._fit_mse_beta(logits, y_idx, w, beta)
+            beta = self._fit_mse_beta(lambda b: _brier_in_beta(logits, y_idx, w, b), beta)
         rows = _row_statistics(logits, y_idx, beta)
         if self.loss == "nll":
             objective = _nll_objective(rows, w, k)
         else:
-            objective = _mse_objective(rows, w, k)
+            objective = _mse_from_sums(_mse_sums(rows, w), k)
+        self._fit_weights(objective, beta)
+
+    def _fit_dask(self, X: Any, y: Any, sample_weight: Any) -> None:
+        """Fit on a dask array, each pass one dask computation over the row chunks with the
+        in-memory per-chunk code (see :mod:`precal._dask`): ``T`` as :class:`TemperatureScaling`
+        fits it (for ``loss="mse"`` then one pass per L-BFGS-B evaluation of the Brier score);
+        for ``loss="mse"`` one more pass gives the five sums the weight fit needs; for
+        ``loss="nll"`` the two per-row log-probabilities of the weight fit are computed once and
+        persisted (``16 n`` bytes, on the workers under ``distributed``), and each SLSQP
+        evaluation is one dask computation over them."""
+        from .._dask import DaskLogits, reduce_arrays
+        from .temperature import fit_shifted
+
+        self._validate_hyperparameters()
+        data = DaskLogits.validated(X, y, sample_weight, owner="EnsembleTemperatureScaling")
+        self.classes_, self.n_features_in_ = data.classes, data.n_features_in
+        n, k = data.shape
+        beta = 1.0 / fit_shifted(data).temperature
+        if self.loss == "mse":
+            beta = self._fit_mse_beta(lambda b: tuple(data.reduce(_chunk_brier, b, n, data.denom)), beta)
+            objective = _mse_from_sums(data.reduce(_chunk_mse_sums, beta, n, data.denom), k)
+        else:
+            log_p = data.map_rows(_chunk_log_p, 2, beta).persist()
+            w = data.w
+
+            def objective(v: np.ndarray) -> tuple[float, np.ndarray]:
+                value, *grad = reduce_arrays(_chunk_nll, [log_p] if w is None else [log_p, w], np.asarray(v),
+                                             k, n, data.denom)
+                return value, np.array(grad)
+
+        self._fit_weights(objective, beta)
+
+    def _fit_weights(self, objective: Any, beta: float) -> None:
+        """SLSQP on the simplex from ``(1, 0, 0)``; stores the fitted attributes."""
         start = np.array([1.0, 0.0, 0.0])
         result = minimize(
             objective, start, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * 3,
@@ -214,18 +251,19 @@ class EnsembleTemperatureScaling(BaseLogitCalibrator):
                 f"EnsembleTemperatureScaling: SLSQP did not converge ({result.message}); keeping the best of its "
                 "last iterate and temperature scaling.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         self.temperature_ = 1.0 / beta
         self.weights_ = weights
         self.n_iter_ = int(result.nit)
 
-    def _fit_mse_beta(self, logits: Any, y_idx: torch.Tensor, w: torch.Tensor, beta_nll: float) -> float:
-        """The inverse temperature minimising the Brier score: L-BFGS-B on ``log beta`` from the NLL fit."""
+    def _fit_mse_beta(self, brier: Any, beta_nll: float) -> float:
+        """The inverse temperature minimising the Brier score: L-BFGS-B on ``log beta`` from the NLL fit;
+        ``brier(beta)`` gives the score and its derivative in ``beta`` (one pass)."""
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
             beta = math.exp(float(theta[0]))
-            value, slope = _brier_in_beta(logits, y_idx, w, beta)
+            value, slope = brier(beta)
             return value, np.array([slope * beta])
 
         bounds = [(math.log(BETA_BOUNDS[0]), math.log(BETA_BOUNDS[1]))]
@@ -269,19 +307,61 @@ def _nll_objective(rows: dict[str, torch.Tensor], w: torch.Tensor, k: int):
     return objective
 
 
-def _mse_objective(rows: dict[str, torch.Tensor], w: torch.Tensor, k: int):
-    """``v -> (v^T A v - 2 b^T v + 1, gradient)``: the weighted mean Brier score of the mixture."""
+def _mse_sums(rows: dict[str, torch.Tensor], w: torch.Tensor) -> list[float]:
+    """``[Σ w s00, Σ w s01, Σ w s11, Σ w p0_y, Σ w p1_y]``: the data the Brier score of the mixture needs."""
+    sums = [float((w * rows[key]).sum()) for key in ("s00", "s01", "s11")]
+    return sums + [float((w * rows["lp0_y"].exp()).sum()), float((w * rows["lp1_y"].exp()).sum())]
+
+
+def _mse_from_sums(sums: Any, k: int):
+    """``v -> (v^T A v - 2 b^T v + 1, gradient)``: the weighted mean Brier score of the mixture,
+    from the sums of :func:`_mse_sums` (``w`` summing to 1)."""
+    s00, s01, s11, b0, b1 = (float(v) for v in sums)
     inv_k = 1.0 / k
-    mean = {key: float((w * value).sum()) for key, value in rows.items() if key.startswith("s")}
     a = np.array([
-        [mean["s00"], mean["s01"], inv_k],
-        [mean["s01"], mean["s11"], inv_k],
+        [s00, s01, inv_k],
+        [s01, s11, inv_k],
         [inv_k, inv_k, inv_k],
     ])
-    b = np.array([float((w * rows["lp0_y"].exp()).sum()), float((w * rows["lp1_y"].exp()).sum()), inv_k])
+    b = np.array([b0, b1, inv_k])
 
     def objective(v: np.ndarray) -> tuple[float, np.ndarray]:
         av = a @ v
         return float(v @ av - 2.0 * b @ v + 1.0), 2.0 * av - 2.0 * b
 
     return objective
+
+
+# ----------------------------------------------------------------------------- Dask chunks (see precal._dask)
+def _chunk_weights(y: torch.Tensor, w: torch.Tensor | None, n: int, denom: float) -> torch.Tensor:
+    """One chunk's weights normalised over the whole array (``1/n`` each without weights)."""
+    return torch.ones(y.shape[0], dtype=torch.float64) / n if w is None else w / denom
+
+
+def _chunk_brier(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, beta: float, n: int,
+                 denom: float) -> tuple[float, float]:
+    """:func:`_brier_in_beta` over one chunk (its share of the weighted mean and its derivative)."""
+    return _brier_in_beta(z, y, _chunk_weights(y, w, n, denom), beta)
+
+
+def _chunk_mse_sums(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, beta: float, n: int,
+                    denom: float) -> list[float]:
+    """:func:`_mse_sums` over one chunk."""
+    return _mse_sums(_row_statistics(z, y, beta), _chunk_weights(y, w, n, denom))
+
+
+def _chunk_log_p(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, beta: float) -> torch.Tensor:
+    """``[log p0_y, log p1_y]`` per row of one chunk (``(rows, 2)``, float64)."""
+    rows = _row_statistics(z, y, beta)
+    return torch.stack([rows["lp0_y"], rows["lp1_y"]], dim=1)
+
+
+def _chunk_nll(log_p: np.ndarray, *rest: Any) -> list[float]:
+    """The NLL objective of :func:`_nll_objective` and its gradient over one chunk of persisted
+    ``[log p0_y, log p1_y]`` rows (and weights): ``[value, grad_1, grad_2, grad_3]``."""
+    *w_block, v, k, n, denom = rest
+    lp = torch.from_numpy(np.asarray(log_p, dtype=np.float64))
+    w = None if not w_block else torch.from_numpy(np.asarray(w_block[0], dtype=np.float64))
+    rows = {"lp0_y": lp[:, 0], "lp1_y": lp[:, 1]}
+    value, grad = _nll_objective(rows, _chunk_weights(lp[:, 0], w, n, denom), k)(v)
+    return [value, *grad.tolist()]

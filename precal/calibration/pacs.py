@@ -104,8 +104,8 @@ def _block_objective(block: Block, beta: torch.Tensor, gain: torch.Tensor, rho: 
     return (terms if w is None else terms * w).sum(1)
 
 
-def _objective(theta: np.ndarray, data: ShiftedLogits, rho: torch.Tensor, t_ts: float) -> tuple[float, np.ndarray]:
-    """:func:`pacs_objective` over :class:`~precal.calibration._blocks.ShiftedLogits`: one pass."""
+def _objective_totals(theta: np.ndarray, data: ShiftedLogits, rho: torch.Tensor, t_ts: float) -> list[float]:
+    """The totals of :func:`_block_objective` over the blocks of ``data`` (not yet divided by the weight)."""
     a, b = float(theta[0]), float(theta[1])
     scale = a + b * rho
     beta = 1.0 / (t_ts * scale)
@@ -115,8 +115,34 @@ def _objective(theta: np.ndarray, data: ShiftedLogits, rho: torch.Tensor, t_ts: 
         rows = slice(*span)
         return _block_objective(block, beta[rows], gain[rows], rho[rows])
 
-    f, grad_a, grad_b = (total / data.denom for total in data.totals(terms))
+    return data.totals(terms)
+
+
+def _objective(theta: np.ndarray, data: ShiftedLogits, rho: torch.Tensor, t_ts: float) -> tuple[float, np.ndarray]:
+    """:func:`pacs_objective` over :class:`~precal.calibration._blocks.ShiftedLogits`: one pass."""
+    f, grad_a, grad_b = (total / data.denom for total in _objective_totals(theta, data, rho, t_ts))
     return f, np.array([grad_a, grad_b])
+
+
+def _chunk_risk_sum(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, epsilon: float, risk: str,
+                    norm: float) -> list[float]:
+    """``[Σ w r]`` over one chunk of rows (a Dask chunk): the numerator of the mean risk."""
+    r = _risk(z, epsilon, risk, norm)
+    return [float(r.sum() if w is None else (w * r).sum())]
+
+
+def _chunk_objective(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, theta: np.ndarray, t_ts: float,
+                     r_ref: float, epsilon: float, risk: str, norm: float) -> list[float]:
+    """The objective's totals over one chunk of rows (a Dask chunk), by the in-memory kernel:
+    the chunk's shifted blocks and its own risk ``rho = r / r_ref``, per row as in memory."""
+    data = ShiftedLogits(z, y, w, 1)
+    r = torch.empty(z.shape[0], dtype=torch.float64)
+
+    def fill(zb: torch.Tensor, span: tuple[int, int]) -> None:
+        r[span[0] : span[1]] = _risk(zb, epsilon, risk, norm, in_scratch=True)
+
+    data.each_raw(fill)
+    return _objective_totals(theta, data, r / r_ref, t_ts)
 
 
 def pacs_objective(
@@ -260,7 +286,10 @@ class PACSCalibrator(BaseLogitCalibrator):
     the CPU the blocks of a pass are shared among up to ``precal.get_config()["n_threads"]``
     threads (see :mod:`precal._threads`), with the same result for any thread count; a
     2-D ``numpy.memmap`` is read block by block from its mapping in every pass, so logits
-    larger than memory can be fitted (the result equals the in-memory fit).
+    larger than memory can be fitted (the result equals the in-memory fit). A ``dask.array``
+    is fitted chunk by chunk: every evaluation is one dask computation in which each chunk
+    computes its own rows' risk and returns the objective's three sums by the same block
+    kernel (see :mod:`precal._dask`); the mean risk is one more pass.
 
     **Where it helps and where it equals temperature scaling** (measured in
     ``docs/study-cross-precision.md``: the digits CNN and ResNet-20 emulated end to end at
@@ -311,6 +340,7 @@ class PACSCalibrator(BaseLogitCalibrator):
     _state_keys = ("temperature_", "lambda_", "temperature_scaling_", "n_iter_")
     _device_native = True
     _streams_memmaps = True
+    _fits_dask = True
 
     def __init__(
         self,
@@ -365,7 +395,35 @@ class PACSCalibrator(BaseLogitCalibrator):
         if not r_ref > 0:
             r_ref = 1.0
         rho = r / r_ref
+        self._minimise(lambda theta: _objective(theta, data, rho, t_ts), t_ts, r_ref, eps, stacklevel=6)
 
+    def _fit_dask(self, X: Any, y: Any, sample_weight: Any) -> None:
+        """Fit on a dask array: the temperature-scaling start as :class:`TemperatureScaling` does,
+        one pass for the mean risk, then one dask computation per L-BFGS-B evaluation, each chunk
+        reduced by the in-memory kernel (:func:`_chunk_objective`); see :mod:`precal._dask`."""
+        from .._dask import DaskLogits
+
+        self._validate_hyperparameters()
+        eps = precision_epsilon(self.precision)
+        data = DaskLogits.validated(X, y, sample_weight, owner="PACSCalibrator")
+        self.classes_, self.n_features_in_ = data.classes, data.n_features_in
+        t_ts = float(fit_shifted(data).temperature)
+        (risk_total,) = data.reduce(_chunk_risk_sum, eps, self.risk, self.norm)
+        r_ref = risk_total / data.denom
+        if not r_ref > 0:
+            r_ref = 1.0
+
+        def evaluate(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            totals = data.reduce(_chunk_objective, np.asarray(theta, dtype=np.float64), t_ts, r_ref, eps, self.risk,
+                                 self.norm)
+            f, grad_a, grad_b = (total / data.denom for total in totals)
+            return f, np.array([grad_a, grad_b])
+
+        self._minimise(evaluate, t_ts, r_ref, eps, stacklevel=5)
+
+    def _minimise(self, evaluate: Any, t_ts: float, r_ref: float, eps: float, *, stacklevel: int) -> None:
+        """L-BFGS-B on ``(a, b)`` from ``(1, 0)`` with ``evaluate(theta) -> (f, grad)`` (one pass
+        over the data per new point); stores the fitted attributes."""
         last: dict[bytes, tuple[float, np.ndarray]] = {}
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -373,7 +431,7 @@ class PACSCalibrator(BaseLogitCalibrator):
             key = np.asarray(theta, dtype=np.float64).tobytes()
             if key not in last:
                 last.clear()
-                last[key] = _objective(theta, data, rho, t_ts)
+                last[key] = evaluate(theta)
             value, grad = last[key]
             return value, grad.copy()
 
@@ -389,7 +447,7 @@ class PACSCalibrator(BaseLogitCalibrator):
                 f"PACSCalibrator: L-BFGS-B stopped after max_iter={self.max_iter} iterations "
                 f"({result.message}); keeping the best iterate.",
                 ConvergenceWarning,
-                stacklevel=5,
+                stacklevel=stacklevel,  # the caller of fit
             )
         a, b = float(theta[0]), float(theta[1])
         self.temperature_ = t_ts * a
