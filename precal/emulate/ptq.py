@@ -41,6 +41,11 @@ come from float activations). SmoothQuant's and AWQ's scales are per layer (the 
 input divided by ``s`` in the emulated layer, ``input_scale``), not shared by the q/k/v
 projections and folded into the preceding LayerNorm as in the papers' code; the product
 is the same up to float rounding, the activation quantizer sees the same smoothed input.
+
+Checked against llmcompressor 0.14 (``benchmarks/ptq_reference/``,
+``tests/emulate/test_ptq_reference.py``): on one tiny Llama with the same calibration
+tokens, precal's relative logit error is within 0.3 % of llmcompressor's for GPTQ (with and
+without act-order), and 2-3 % below it for AWQ and SmoothQuant (docs/emulate-ptq.md).
 """
 
 from __future__ import annotations
