@@ -19,6 +19,10 @@ error of the last hidden state on the evaluation sequences, ``||h_q - h|| / ||h|
 random weights (no outlier channels, no learned structure) these errors say little about a
 trained model; they are there to show the algorithms run end to end, not to rank them.
 
+``--breakdown`` (with ``--threads 1``) prints instead the CPU time of the parts of one
+``w4a16-g128-gptq`` call: the plain forward pass over the calibration tokens, the Hessian
+accumulation, GPTQ and its inverse-Hessian factor (docs/emulate-ptq.md).
+
 Writes ``benchmarks/results/ptq.md`` and ``ptq.json`` (``--out`` elsewhere). Run:
 ``python benchmarks/bench_ptq.py``; ``--quick`` runs a 2-layer, hidden-128 model on 16 x 32 tokens.
 """
@@ -52,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--configs", nargs="*", default=CONFIGS)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead of the table: CPU time of the plain forward pass, the Hessian accumulation, "
+                             "GPTQ and its inverse-Hessian factor in one w4a16-g128-gptq run (use --threads 1)")
     parser.add_argument("--quick", action="store_true",
                         help="a 2-layer, hidden-128 encoder and 16 x 32 calibration tokens "
                              "(checks that the script runs)")
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     test = {"input_ids": torch.randint(1000, cfg.vocab_size, (32, args.seq_len), generator=g),
             "attention_mask": torch.ones(32, args.seq_len, dtype=torch.long)}
     batch = 16
+    if args.breakdown:
+        return breakdown(model, cal, batch, args.n_seq)
     with torch.no_grad():
         ref = model(**test).last_hidden_state
     rows = []
@@ -112,6 +121,45 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| `{r['config']}` | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['load_before']:.1f} | "
               f"{r['rel_error']:.4f} |" for r in rows]
     (args.out / "ptq.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return 0
+
+
+def breakdown(model, cal, batch: int, n_seq: int) -> int:
+    """Print the CPU time (``time.process_time``) of each part of one ``w4a16-g128-gptq`` call."""
+    from precal.emulate import emulate_model, ptq
+
+    acc = {"observe": 0.0, "quantize": 0.0, "inverse_cholesky_upper": 0.0}
+
+    def timed(owner, name):
+        f = getattr(owner, name)
+
+        def wrapper(*a, **k):
+            c0 = time.process_time()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[name] += time.process_time() - c0
+        setattr(owner, name, wrapper)
+        return f
+
+    originals = [(ptq.GPTQScheme, n, timed(ptq.GPTQScheme, n)) for n in ("observe", "quantize")]
+    originals.append((ptq, "inverse_cholesky_upper", timed(ptq, "inverse_cholesky_upper")))
+    try:
+        c0 = time.process_time()
+        with torch.no_grad():
+            for i in range(0, n_seq, batch):
+                model(**{k: v[i:i + batch] for k, v in cal.items()})
+        forward = time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
+        emulate_model(model, "w4a16-g128-gptq", calibration_data=cal, batch_size=batch,
+                      n_calibration_batches=-(-n_seq // batch))
+        total, wall = time.process_time() - c0, time.perf_counter() - t0
+    finally:
+        for owner, name, f in originals:
+            setattr(owner, name, f)
+    print(f"CPU s: plain forward {forward:.1f} | emulate_model total {total:.1f} (wall {wall:.1f}, load "
+          f"{os.getloadavg()[0]:.1f}) | Hessian accumulation {acc['observe']:.1f} | GPTQ {acc['quantize']:.1f} "
+          f"(inverse-Hessian factor {acc['inverse_cholesky_upper']:.1f})")
     return 0
 
 

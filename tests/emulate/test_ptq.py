@@ -384,3 +384,74 @@ def test_bad_awq_and_smoothquant_options():
 def test_ptq_without_calibration_data_is_refused_before_any_forward_pass(name):
     with pytest.raises(ValueError, match="calibration_data"):
         emulate_model(_NoForward(), name, keep_head=False)
+
+
+# ---------------------------------------------------------------- GPTQ: Hessian pieces
+
+
+def test_inverse_cholesky_upper_is_the_cholesky_factor_of_the_inverse():
+    from precal.emulate.ptq import inverse_cholesky_upper
+
+    X = _correlated_inputs(rows=400, d=96).double()
+    H = X.t() @ X / 400 + 1e-3 * torch.eye(96, dtype=torch.float64)
+    U = inverse_cholesky_upper(H)
+    assert torch.equal(U, U.triu()) and (torch.diag(U) > 0).all()
+    assert torch.allclose(U.t() @ U, torch.linalg.inv(H), rtol=1e-8, atol=1e-8 * float(torch.linalg.inv(H).abs().max()))
+    # the classical route (inverse, then its upper Cholesky factor) gives the same factor
+    assert torch.allclose(U, torch.linalg.cholesky(torch.linalg.inv(H), upper=True), rtol=1e-7, atol=1e-9)
+    indefinite = torch.diag(torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64))
+    assert inverse_cholesky_upper(indefinite) is None
+
+
+class _ThreeHeads(nn.Module):
+    """Three linear layers reading one input tensor (as q/k/v), then one reading another."""
+
+    def __init__(self, d=64, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.o(self.q(x) + self.k(x) * self.v(x))
+
+
+class _ThreeHeadsInPlace(_ThreeHeads):
+    """k reads x after an in-place change: it must not reuse q's product."""
+
+    def forward(self, x):
+        a = self.q(x)
+        x.mul_(2.0)
+        return self.o(a + self.k(x))
+
+
+def test_gptq_hessians_shared_by_layers_reading_one_tensor_equal_their_own():
+    from precal.emulate.ptq import GPTQScheme
+
+    X = _correlated_inputs(rows=256, d=64)
+    model = _ThreeHeads()
+    scheme = GPTQScheme()
+    states = {n: scheme.begin(n, m) for n, m in model.named_children()}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, _n=n: scheme.observe(states[_n], args[0]))
+             for n, m in model.named_children()]
+    with torch.no_grad():
+        for batch in X.split(64):
+            model(batch)
+    for h in hooks:
+        h.remove()
+    expected = 2 * X.t() @ X
+    for n in ("q", "k", "v"):
+        assert torch.allclose(states[n]["H"], expected, rtol=1e-5, atol=1e-3) and states[n]["count"] == 256
+    assert states["k"]["H"] is not states["q"]["H"]  # own accumulators, one product per batch
+    assert not torch.allclose(states["o"]["H"], expected, rtol=1e-2)
+
+    inplace = _ThreeHeadsInPlace()
+    states = {n: scheme.begin(n, m) for n, m in inplace.named_children()}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, _n=n: scheme.observe(states[_n], args[0]))
+             for n, m in inplace.named_children()]
+    with torch.no_grad():
+        inplace(X.clone())
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(states["q"]["H"], expected, rtol=1e-5, atol=1e-3)
+    assert torch.allclose(states["k"]["H"], 4 * expected, rtol=1e-5, atol=4e-3)  # saw 2X, not q's X
