@@ -282,10 +282,10 @@ def one_split(item: tuple[Any, ...]) -> dict[str, dict[str, Any]]:
                 est = factory().fit(z[cal], y[cal])
                 fit_s = time.perf_counter() - t0
                 prob = est.predict_proba(z[test])
+            row = score(y[test], prob) | {"fit_s": fit_s}  # raises on NaN probabilities
         except Exception as exc:  # noqa: BLE001 - a failing peer is reported, not fatal
             out[label] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
             continue
-        row = score(y[test], prob) | {"fit_s": fit_s}
         if not np.isfinite([row[m] for m in METRICS]).all():
             row["nonfinite"] = True
         if hasattr(est, "best_name_"):
@@ -667,8 +667,8 @@ def guide(report: dict[str, Any]) -> str:
                      f"{sum(1 for k in small if k in auto_ok)} of {len(small)}.")
     if pacs_gap:
         lines.append(f"- **PACSCalibrator** differed from TS by at most {100 * max(pacs_gap):.2f} ECE points "
-                     "(mean over splits) on every setting here: on logits rounded in logit space or emulated "
-                     "networks it is temperature scaling; see [the PACS study](study-pacs.md) for where its "
+                     "(mean over splits) on every setting here: on these logits, rounded in logit space or from emulated "
+                     "networks, it behaved as temperature scaling; see [the PACS study](study-pacs.md) for where its "
                      "precision-aware term acts.")
     lines.append("- **FuzzyDirichletCalibrator** is being redesigned (issue 14); its column of the benchmark is "
                  "rerun after that change. Until then, prefer the calibrators above.")
