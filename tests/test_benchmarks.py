@@ -6,16 +6,20 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness import SKIP_EXIT_CODE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["study_pacs.py", "bench_emulate.py", "bench_scale.py", "bench_speed.py",
-                                    "bench_ptq.py", "check_mx_torchao.py", "study_mx.py"])
+                                    "bench_ptq.py", "check_mx_torchao.py", "study_mx.py", "quality_bar.py"])
 def test_script_quick_mode_runs(script, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
+    if proc.returncode == SKIP_EXIT_CODE:  # the study harness's "data not found": ../shared is absent
+        pytest.skip(proc.stderr.strip()[-300:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any(tmp_path.rglob("*.md")), "the quick run must write its markdown results"

@@ -53,6 +53,39 @@ def test_rule_requires_beating_ts_by_one_standard_error_and_no_accuracy_loss():
     assert_allclose(results["split3_score"], scores[:, 3])
 
 
+def test_nll_guard_excludes_a_lower_ece_bought_with_a_worse_nll():
+    pairs = [(name, None) for name in ("temperature", "sharp_but_worse_nll", "better_both", "noisy_nll")]
+    ece = np.array([[0.03, 0.03, 0.03, 0.03], [0.01, 0.01, 0.01, 0.01], [0.02, 0.02, 0.02, 0.02],
+                    [0.02, 0.02, 0.02, 0.02]])
+    nll = np.array([
+        [0.50, 0.50, 0.50, 0.50],
+        [0.52, 0.53, 0.52, 0.53],   # NLL clearly above TS's: mean 0.025 > se
+        [0.49, 0.50, 0.49, 0.50],
+        [0.46, 0.56, 0.44, 0.56],   # NLL above TS's on average (0.005) but within one se (0.03)
+    ])
+    accuracy = np.full_like(ece, 0.8)
+    results = _summarise(pairs, ece, accuracy, "ece", nll, pooled=ece.mean(axis=1))
+    assert_array_equal(results["eligible"], [True, False, True, True])
+    assert_allclose(results["mean_nll_difference"], nll.mean(axis=1) - nll[0].mean())
+    assert_allclose(results["mean_score"], ece.mean(axis=1))
+
+
+def test_ece_score_is_the_pooled_out_of_fold_ece():
+    """metric="ece": each row scored once by the fold fit that did not see it, one ECE over all rows."""
+    z, y = _two_regime_logits(1200, 4, 8)
+    auto = AutoCalibrator(candidates=["temperature", "top_label_isotonic"], cv=3, random_state=2).fit(z, y)
+    for row, make in enumerate((TemperatureScaling, lambda: TopLabelCalibrator(method="isotonic"))):
+        oof = np.empty((len(y), 4))
+        for f, (train, test) in enumerate(StratifiedKFold(3, shuffle=True, random_state=2).split(z, y)):
+            oof[test] = make().fit(z[train], y[train]).predict_proba(z[test])
+            assert_allclose(auto.cv_results_[f"split{f}_score"][row],
+                            expected_calibration_error(y[test], oof[test]), rtol=1e-9)
+        assert_allclose(auto.cv_results_["mean_score"][row], expected_calibration_error(y, oof), rtol=1e-9)
+    chosen = auto.cv_results_["candidate"].index(auto.best_name_)
+    assert auto.cv_results_["mean_score"][chosen] == auto.cv_results_["mean_score"][
+        auto.cv_results_["eligible"]].min()
+
+
 def test_a_candidate_identical_to_ts_is_never_chosen():
     z, y = _two_regime_logits(600, 4, 0)
     auto = AutoCalibrator(candidates=["temperature", ("ts_copy", TemperatureScaling())]).fit(z, y)
@@ -70,7 +103,11 @@ def test_chosen_cv_score_is_never_worse_than_ts(metric):
     assert res["mean_score"][best] <= res["mean_score"][0]
     assert res["mean_accuracy"][best] >= res["mean_accuracy"][0]
     if auto.best_name_ != "temperature":
-        assert res["mean_difference"][best] + res["standard_error"][best] < 0
+        assert res["mean_nll_difference"][best] <= res["nll_standard_error"][best]
+        if metric == "nll":
+            assert res["mean_difference"][best] + res["standard_error"][best] < 0
+        else:
+            assert res["mean_score"][best] < res["mean_score"][0]
 
 
 def test_chooses_a_richer_map_when_ts_cannot_fit_the_data():
@@ -82,7 +119,7 @@ def test_chooses_a_richer_map_when_ts_cannot_fit_the_data():
 
 def test_cv_scores_are_the_metrics_on_the_folds():
     z, y = _two_regime_logits(1000, 4, 3)
-    auto = AutoCalibrator(candidates=["temperature", "ets"], cv=3, random_state=7).fit(z, y)
+    auto = AutoCalibrator(candidates=["temperature", "ets"], metric="nll", cv=3, random_state=7).fit(z, y)
     folds = StratifiedKFold(3, shuffle=True, random_state=7).split(z, y)
     for f, (train, test) in enumerate(folds):
         ts = TemperatureScaling().fit(z[train], y[train])
@@ -116,7 +153,8 @@ def test_ts_is_added_when_missing_and_is_the_first_row():
     auto = AutoCalibrator(candidates=["ets", "top_label_spline"]).fit(z, y)
     assert auto.cv_results_["candidate"] == ["temperature", "ets", "top_label_spline"]
     assert AutoCalibrator().fit(z, y).cv_results_["candidate"] == [
-        "temperature", "ets", "top_label_isotonic", "top_label_spline", "dirichlet"]
+        "temperature", "ets", "top_label_isotonic", "top_label_spline", "top_label_isotonic_raw",
+        "top_label_spline_raw"]
 
 
 def test_fit_is_reproducible_and_random_state_moves_the_folds():
