@@ -419,7 +419,7 @@ Examples:
               metavar="LIST", help="Comma-separated: ts (temperature scaling), pacs, dirichlet, fuzzy "
                                    "(fuzzy Dirichlet; slow: minutes on 10 000 samples), ets (ensemble temperature "
                                    "scaling), toplabel (top-label isotonic), auto (AutoCalibrator: picks by "
-                                   "cross-validated NLL, reports its choice per fold), or none.")
+                                   "cross-validated ECE under an NLL guard, reports its choice per fold), or none.")
 @click.option("--metrics", default=",".join(DEFAULT_METRICS), show_default=True, callback=_parse_metrics,
               metavar="LIST", help="Comma-separated columns of the table, in order: accuracy, ece, ace, mce, nll, "
                                    "brier, debiased_ece (Kumar et al. 2019: debiased L2 calibration error, equal-mass "

@@ -5,8 +5,9 @@ is downloaded). A small CNN is trained on half of the images; the other half is 
 a calibration half and a test half. The emulator runs the trained network at each precision
 config (activation observers calibrated on training images); at each precision,
 temperature scaling, PACS, the fuzzy-gated Dirichlet calibrator and an AutoCalibrator
-(which picks among its default candidates by cross-validated NLL, and keeps temperature
-scaling unless another beats it by more than a standard error) are fitted on the
+(which picks the default candidate with the lowest cross-validated top-label ECE among
+those whose cross-validated NLL is within a standard error of temperature scaling's, and
+keeps temperature scaling unless another beats it) are fitted on the
 calibration logits and every method is scored on the test logits; the AutoCalibrator's
 row is named after its choice, ``"auto (ets)"``. The fuzzy calibrator's
 linguistic confidence labels ("low", "moderate", "high") are counted on the test logits,
@@ -188,9 +189,9 @@ def run_demo(
             fitted["temperature"][config] = ts.temperature_
             fitted["pacs"][config] = {"T0": pacs.temperature_, "lambda": pacs.lambda_, "precision": pacs.precision}
             fitted["fuzzy_labels"][config] = confidence_label_counts(fuzzy, z_test, data.test_labels)
-            fitted["auto"][config] = {"chosen": auto.best_name_,
-                                      "mean_cv_nll": dict(zip(auto.cv_results_["candidate"],
-                                                              map(float, auto.cv_results_["mean_score"])))}
+            fitted["auto"][config] = {"chosen": auto.best_name_, "metric": auto.cv_results_["metric"],
+                                      "cv_score": dict(zip(auto.cv_results_["candidate"],
+                                                           map(float, auto.cv_results_["mean_score"])))}
             for method, prob in (("uncalibrated", softmax(z_test)), ("temperature scaling", ts.predict_proba(z_test)),
                                  ("PACS", pacs.predict_proba(z_test)),
                                  ("fuzzy Dirichlet", fuzzy.predict_proba(z_test)),
@@ -240,8 +241,9 @@ def format_summary(result: DemoResult) -> str:
         f"calibrated on {result.n_calibration}, scored on {result.n_test} held-out images.",
         f"fitted temperatures: {temps}",
         f"PACS lambda (0 = temperature scaling): {lams}",
-        *([f"AutoCalibrator's choice (5-fold CV NLL; temperature scaling unless another is better by more "
-           f"than one standard error): {auto}"] if auto else []),
+        *([f"AutoCalibrator's choice (lowest 5-fold CV top-label ECE among candidates whose CV NLL is within one "
+           f"standard error of temperature scaling's; temperature scaling unless another beats it): {auto}"]
+          if auto else []),
         "",
         format_table(result.rows),
         "",

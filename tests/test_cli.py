@@ -737,7 +737,8 @@ def test_demo_json_has_scores_before_and_after(capsys):
     for config, rows in by_precision.items():
         chosen = out["fitted"]["auto"][config]["chosen"]
         assert f"auto ({chosen})" in rows
-        assert chosen in out["fitted"]["auto"][config]["mean_cv_nll"]
+        assert chosen in out["fitted"]["auto"][config]["cv_score"]
+        assert out["fitted"]["auto"][config]["metric"] == "ece"
 
 
 @pytest.mark.slow
@@ -760,7 +761,7 @@ def test_demo_summary_shows_autos_choice():
     rows = [{"method": m, "precision": "fp32", "ece": 0.1} for m in ("uncalibrated", "auto (ets)")]
     result = DemoResult(rows=rows, n_train=1, n_calibration=1, n_test=1, fitted={
         "temperature": {"fp32": 1.5}, "pacs": {"fp32": {"lambda": 0.0}}, "fuzzy_labels": {},
-        "auto": {"fp32": {"chosen": "ets", "mean_cv_nll": {"temperature": 0.3, "ets": 0.2}}}})
+        "auto": {"fp32": {"chosen": "ets", "metric": "ece", "cv_score": {"temperature": 0.03, "ets": 0.02}}}})
     text = format_summary(result)
     assert "AutoCalibrator's choice" in text and "fp32 ets" in text and "auto (ets)" in text
 

@@ -212,7 +212,8 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         leaves; with fewer, the per-class maps' noise outweighs what they can fix, so the
         class uses the pooled map. (On the CIFAR-10 logits of ``../shared/data/logits``,
         per-class maps from 500 samples per class raised the test ECE of two of three
-        models above the pooled map's: ``benchmarks/quick_quality.py``.)
+        models above the pooled map's: ``benchmarks/quick_quality.py`` at commit ``7bf07ad``, since
+        replaced by ``benchmarks/quality_bar.py``.)
     n_bins : int, default=15
         Bins of ``method="histogram"`` (ignored otherwise).
 

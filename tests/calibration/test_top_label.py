@@ -297,7 +297,7 @@ def test_bad_parameters_are_refused_at_fit(params, error, match):
 
 def test_two_stage_map_beats_its_parts_on_held_out_over_confident_logits():
     """Issue 14: TS then top-label isotonic vs each alone (the claim is measured in
-    benchmarks/quick_quality.py; here only that the composite is not worse than TS on ECE
+    benchmarks/quality_bar.py; here only that the composite is not worse than TS on ECE
     on logits whose miscalibration is not one global temperature)."""
     from precal.metrics import expected_calibration_error
 
