@@ -66,6 +66,10 @@ Strategy = Literal["uniform", "quantile"]
 #: Elements per block of rows read by the cores (8 MB of float64 work per temporary).
 _BLOCK_ELEMENTS = 1 << 20
 
+#: From this many classes on the top label comes from numpy's ``argmax`` instead of torch's
+#: ``max(dim=1)`` (the crossover of the two on one core; ``benchmarks/bench_speed.py`` times ECE).
+_NUMPY_ARGMAX_MIN_CLASSES = 64
+
 
 # ---------------------------------------------------------------- validation
 def _validate(y_true: Any, y_prob: Any, labels: Any, *, stream: bool = True) -> tuple[np.ndarray, Any]:
@@ -166,17 +170,25 @@ def _blocks(prob: Any) -> Any:
 def _top_label(y_idx: np.ndarray, prob: Any) -> tuple[np.ndarray, np.ndarray]:
     """Top-label confidence and correctness (float64, one per sample); argmax ties go to the first column.
 
-    torch's row reduction is used because numpy's ``argmax`` over short rows is slow; both
-    return the first maximal index.
+    Short rows use torch's row reduction (numpy's ``argmax`` over short rows is slow), rows of
+    :data:`_NUMPY_ARGMAX_MIN_CLASSES` or more numpy's ``argmax`` and a gather (torch's
+    ``max(dim=1)`` is slower there); both return the first maximal index, so the result does
+    not depend on the choice.
     """
-    n = prob.shape[0]
+    n, k = prob.shape
     conf = np.empty(n, dtype=np.float64)
     correct = np.empty(n, dtype=np.float64)
     for start, block in _blocks(prob):
         stop = start + block.shape[0]
-        conf_t, pred_t = as_tensor(block).max(dim=1)
-        conf[start:stop] = conf_t.numpy()
-        correct[start:stop] = pred_t.numpy() == y_idx[start:stop]
+        if k >= _NUMPY_ARGMAX_MIN_CLASSES:
+            block = np.asarray(block)
+            pred = block.argmax(axis=1)
+            conf[start:stop] = np.take_along_axis(block, pred[:, None], axis=1)[:, 0]
+        else:
+            conf_t, pred_t = as_tensor(block).max(dim=1)
+            conf[start:stop] = conf_t.numpy()
+            pred = pred_t.numpy()
+        correct[start:stop] = pred == y_idx[start:stop]
     return conf, correct
 
 
