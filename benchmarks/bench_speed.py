@@ -141,6 +141,7 @@ class Case:
 class Config:
     ts_cases: tuple[Case, ...]
     ece_cases: tuple[Case, ...]
+    calibrator_cases: tuple[tuple[Case, tuple[str, ...]], ...]
     seed: int
     netcal_timeout_s: float
     threads: int
@@ -155,6 +156,20 @@ FULL_TS = (Case(50_000, 1_000, 3), Case(50_000, 100, 5), Case(10_000, 10, 20))
 FULL_ECE = (Case(50_000, 10, 5), Case(50_000, 100, 5), Case(1_000_000, 10, 3), Case(1_000_000, 100, 3))
 QUICK_TS = (Case(10_000, 10, 3), Case(5_000, 100, 1))
 QUICK_ECE = (Case(5_000, 10, 1), Case(20_000, 100, 1))
+
+#: precal's calibrators, by constructor expression (evaluated in ``precal.calibration``).
+SMALL_CALIBRATORS = (
+    "TemperatureScaling()", "EnsembleTemperatureScaling()", "TopLabelCalibrator()", "PACSCalibrator()",
+    "DirichletCalibrator(map='diagonal')", "DirichletCalibrator()", "FuzzyDirichletCalibrator()", "AutoCalibrator()",
+)
+LARGE_CALIBRATORS = (
+    "TemperatureScaling()", "DirichletCalibrator(map='diagonal')",
+    "DirichletCalibrator(map='diagonal', reg_lambda=0.01)",
+)
+FULL_CALIBRATORS = ((Case(50_000, 1_000, 1), LARGE_CALIBRATORS), (Case(10_000, 10, 1), SMALL_CALIBRATORS))
+QUICK_CALIBRATORS = ((Case(5_000, 100, 1), LARGE_CALIBRATORS), (Case(2_000, 10, 1), SMALL_CALIBRATORS[:5]))
+#: Dirichlet with a diagonal map at 50 000 x 1 000 within this many times TS's fit time (issue 16).
+DIRICHLET_TARGET_RATIO = 10.0
 
 #: Hard bound on a busy worker's life (seconds from the start of the busy phase).
 BUSY_MAX_SECONDS = {"quick": 600.0, "full": 3 * 3600.0}
@@ -412,6 +427,29 @@ def bench_ece(case: Case, seed: int) -> dict[str, Any]:
     return result
 
 
+def bench_calibrators(case: Case, expressions: tuple[str, ...], seed: int) -> dict[str, Any]:
+    """Fit time of each of precal's calibrators on one problem size, and its ratio to TS's in the same run."""
+    import precal.calibration as calibration
+
+    logits, y = make_logits(case.n, case.k, seed)
+    fits: dict[str, Any] = {}
+    for expr in expressions:
+        make = eval(expr, vars(calibration))  # noqa: S307 - constructor expressions of this file
+
+        def fit() -> float:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cal = make.__class__(**make.get_params()).fit(logits, y)
+            return float(getattr(cal, "n_iter_", math.nan))
+
+        timing = time_call(fit, case.repeats)
+        fits[expr] = timing.to_json("n_iter")
+    ts = fits["TemperatureScaling()"]["median_s"]
+    for entry in fits.values():
+        entry["ratio_to_ts"] = _finite_or_none(entry["median_s"] / ts) if entry["median_s"] and ts else None
+    return {"n": case.n, "k": case.k, "repeats": case.repeats, "calibrators": fits}
+
+
 def _compare(
     case: Case, runs: dict[str, tuple[Timing, str]], *, value_name: str, relative: bool
 ) -> dict[str, Any]:
@@ -490,7 +528,11 @@ def run_suite(config: Config) -> dict[str, Any]:
     for case in config.ece_cases:
         print(f"  ECE {case.label} (R={case.repeats}) ...", flush=True)
         ece_results.append(bench_ece(case, config.seed))
-    out = {"temperature_scaling": ts_results, "ece": ece_results}
+    calibrator_results = []
+    for case, expressions in config.calibrator_cases:
+        print(f"  calibrators {case.label} (R={case.repeats}) ...", flush=True)
+        calibrator_results.append(bench_calibrators(case, expressions, config.seed))
+    out = {"temperature_scaling": ts_results, "ece": ece_results, "calibrators": calibrator_results}
     if config.crossover:
         print("  crossover ...", flush=True)
         out["crossover"] = bench_crossover(config.quick, config.seed)
@@ -553,6 +595,17 @@ def check_targets(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
             if libs["precal"]["median_s"] > fastest[0]:
                 ratio = libs["precal"]["median_s"] / fastest[0]
                 slower.append(f"{Case(r['n'], r['k'], 0).label}: {ratio:.2f}x the time of {fastest[1]}")
+        large = [r for r in results.get("calibrators", []) if (r["n"], r["k"]) == TS_TARGET_SHAPE]
+        entry = {"statement": f"DirichletCalibrator(map='diagonal') at 50 000 x 1 000 within "
+                 f"{DIRICHLET_TARGET_RATIO:g}x TemperatureScaling's fit time on the {mode} machine"}
+        if not large:
+            entry |= {"met": None, "detail": "size 50 000 x 1 000 not run"}
+        else:
+            fits = large[0]["calibrators"]
+            ratios = {e: v["ratio_to_ts"] for e, v in fits.items() if e.startswith("DirichletCalibrator")}
+            entry |= {"met": all(r is not None and r <= DIRICHLET_TARGET_RATIO for r in ratios.values()),
+                      "detail": "; ".join(f"{e}: {_fmt(r, '.1f')}x TS" for e, r in ratios.items())}
+        targets[f"dirichlet_{mode}"] = entry
         targets[f"ece_{mode}"] = {
             "statement": f"ECE no slower than the fastest peer (every size) on the {mode} machine",
             "met": not slower,
@@ -604,6 +657,7 @@ def environment(threads: int) -> dict[str, Any]:
 TS_HEADERS = ["n x K", "library", "input", "median s", "T", "rel. diff T", "precal speed-up"]
 ECE_HEADERS = ["n x K", "library", "input", "median s", "ECE", "abs. diff vs precal", "precal speed-up"]
 RATIO_HEADERS = ["benchmark", "n x K", "peer", "precal speed-up, quiet", "precal speed-up, busy"]
+CALIBRATOR_HEADERS = ["n x K", "calibrator", "median s", "Newton/iterations", "time / TS time"]
 
 
 def _fmt_time(entry: dict[str, Any], timeout_s: float) -> str:
@@ -659,6 +713,16 @@ def ratio_rows(report: dict[str, Any]) -> list[list[str]]:
                     entry = results[key][i]["libraries"].get(peer) if results else None
                     cells.append("not run" if entry is None else _fmt_speedup(entry.get("precal_speedup")))
                 rows.append([bench, Case(r["n"], r["k"], 0).label, peer, *cells])
+    return rows
+
+
+def calibrator_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        shape = Case(r["n"], r["k"], r["repeats"]).label
+        for expr, e in r["calibrators"].items():
+            rows.append([shape, f"`{expr}`", _fmt(e["median_s"], ".4g"), _fmt(e.get("n_iter"), ".0f"),
+                         _fmt(e.get("ratio_to_ts"), ".1f") + ("x" if e.get("ratio_to_ts") is not None else "")])
     return rows
 
 
@@ -724,6 +788,17 @@ def results_markdown(report: dict[str, Any]) -> str:
             "",
             markdown_table(ECE_HEADERS, table_rows(results["ece"], "ece", timeout_s)),
         ]
+        if results.get("calibrators"):
+            lines += [
+                "",
+                f"## precal's calibrators, {mode}",
+                "",
+                "Fit time of each calibrator with its defaults (median over the repeats after one warm-up "
+                "fit) and its ratio to `TemperatureScaling`'s in the same run; `DirichletCalibrator`'s "
+                "default `reg_lambda=\"cv\"` includes its internal cross-validation.",
+                "",
+                markdown_table(CALIBRATOR_HEADERS, calibrator_rows(results["calibrators"])),
+            ]
         if "crossover" in results:
             threads, blocks = crossover_rows(results["crossover"])
             lines += [
@@ -867,6 +942,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(text_table(TS_HEADERS, table_rows(results["temperature_scaling"], "ts", timeout_s)))
         print(f"\n[{mode}] Expected calibration error, 15 bins (median seconds)")
         print(text_table(ECE_HEADERS, table_rows(results["ece"], "ece", timeout_s)))
+        if results.get("calibrators"):
+            print(f"\n[{mode}] precal's calibrators (median seconds, ratio to TS)")
+            print(text_table(CALIBRATOR_HEADERS, calibrator_rows(results["calibrators"])))
         if "crossover" in results:
             threads, blocks = crossover_rows(results["crossover"])
             print(f"\n[{mode}] Crossover: one TS pass, 1 vs 2 threads (ms)")
@@ -959,6 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(
         ts_cases=QUICK_TS if args.quick else FULL_TS,
         ece_cases=QUICK_ECE if args.quick else FULL_ECE,
+        calibrator_cases=QUICK_CALIBRATORS if args.quick else FULL_CALIBRATORS,
         seed=args.seed,
         netcal_timeout_s=args.netcal_timeout,
         threads=args.threads,

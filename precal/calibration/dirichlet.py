@@ -309,7 +309,7 @@ class _DataTerm:
                     curv[:, k] += v.sum(dim=0).to(f64)
                     curv[:, :k] += (v.T @ feats.square()).to(f64)
             if hess:
-                self._add_hessian(big, feats, q, q if wc is None else q * wcd)
+                self._add_hessian(big, feats, q, wc)
         scale = 1.0 / self.n if self.weights is None else 1.0
         self.n_passes += 1
         out = _Evaluation(f=float(total) * scale, n_errors=int(errors) if count_errors else -1)
@@ -349,17 +349,20 @@ class _DataTerm:
         self.n_passes += 1
         return errors
 
-    def _add_hessian(self, big: torch.Tensor, feats: torch.Tensor, q: torch.Tensor, wq: torch.Tensor) -> None:
-        """Add one chunk's ``Σ s_i J_i^T (diag q_i - q_i q_i^T) J_i`` to the dense Hessian ``big``."""
+    def _add_hessian(self, big: torch.Tensor, feats: torch.Tensor, q: torch.Tensor, wc: torch.Tensor | None
+                     ) -> None:
+        """Add one chunk's ``Σ s_i J_i^T (diag q_i - q_i q_i^T) J_i`` to the dense Hessian ``big``
+        (``wc``: the chunk's weights ``s_i``, or None for uniform ones)."""
         f64 = torch.float64
         k = self.k
         per_row = self.n_params
         for sub in _row_chunks(feats.shape[0], per_row):
-            fs, qs, wqs = feats[sub], q[sub], wq[sub]
+            fs, qs = feats[sub], q[sub]
+            ws = None if wc is None else wc[sub].to(q.dtype)
+            wqs = qs if ws is None else qs * ws[:, None]
+            root = None if ws is None else ws.sqrt()
             if self.diagonal:
-                u = torch.cat([qs * fs, qs], dim=1)  # (rows, 2K): J_i^T q_i
-                uw = torch.cat([wqs * fs, wqs], dim=1)
-                big -= (uw.T @ u).to(f64)
+                _subtract_gram(big, torch.cat([qs * fs, qs], dim=1), root)  # rows J_i^T q_i, (rows, 2K)
                 idx = torch.arange(k, device=big.device)
                 wf = wqs * fs
                 big[idx, idx] += (wf * fs).sum(dim=0).to(f64)
@@ -369,10 +372,9 @@ class _DataTerm:
                 big[idx + k, idx + k] += wqs.sum(dim=0).to(f64)
             else:
                 x = torch.cat([fs, torch.ones_like(fs[:, :1])], dim=1)  # (rows, K + 1)
-                v = (qs[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)  # q_i ⊗ x_i
-                vw = (wqs[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
-                big -= (vw.T @ v).to(f64)
-                blocks = (vw.T @ x).reshape(k, k + 1, k + 1).to(f64)  # Σ s q_ij x_i x_i^T per class j
+                _subtract_gram(big, (qs[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1), root)  # q_i ⊗ x_i
+                xx = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)  # x_i ⊗ x_i
+                blocks = (wqs.T @ xx).reshape(k, k + 1, k + 1).to(f64)  # Σ s q_ij x_i x_i^T per class j
                 view = big.view(k, k + 1, k, k + 1)
                 j = torch.arange(k, device=big.device)
                 view[j, :, j, :] += blocks
@@ -441,6 +443,23 @@ class _DataTerm:
         self.n_passes += 1
         scale = 1.0 / self.n if self.weights is None else 1.0
         return self._flat(h_w, h_b) * scale
+
+
+def _subtract_gram(big: torch.Tensor, u: torch.Tensor, root_weights: torch.Tensor | None) -> None:
+    """``big -= Σ_i s_i u_i u_i^T`` (``u``: rows × P, ``root_weights``: ``sqrt(s_i)`` or None for 1).
+
+    On the CPU a symmetric rank-k update (BLAS ``syrk``: the upper triangle only, half the
+    work of ``u^T u``); elsewhere a matrix product.
+    """
+    if root_weights is not None:
+        u = u * root_weights[:, None]
+    if u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64):
+        syrk = scipy.linalg.blas.dsyrk if u.dtype == torch.float64 else scipy.linalg.blas.ssyrk
+        upper = torch.from_numpy(syrk(1.0, u.contiguous().numpy().T, trans=0, lower=0))
+        gram = upper + torch.triu(upper, diagonal=1).T
+    else:
+        gram = u.T @ u
+    big -= gram.to(torch.float64)
 
 
 class _Penalty:

@@ -35,6 +35,7 @@ sample). Dask is imported only for dask input; see :mod:`precal._dask`.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -45,7 +46,7 @@ from sklearn.utils import check_random_state
 from .._chunks import row_blocks, rows_per_block
 from .._dask import is_dask_array
 from .._numerics import as_tensor
-from .._threads import threaded
+from .._threads import thread_limits, threaded
 from .._validation import check_number, check_option, check_probabilities, check_same_length, encode_labels
 
 __all__ = [
@@ -69,6 +70,22 @@ _BLOCK_ELEMENTS = 1 << 20
 #: From this many classes on the top label comes from numpy's ``argmax`` instead of torch's
 #: ``max(dim=1)`` (the crossover of the two on one core; ``benchmarks/bench_speed.py`` times ECE).
 _NUMPY_ARGMAX_MIN_CLASSES = 64
+
+
+def _one_thread(func: Callable[..., float]) -> Callable[..., float]:
+    """Run a top-label metric on one thread (torch, OpenMP and BLAS), restoring the caller's settings.
+
+    Its work is two or three memory-bound passes (the checks, the top label, the bins), a few
+    milliseconds per million elements: a second thread saves little on a quiet machine and
+    costs a barrier wait per operation on a busy one (``benchmarks/bench_speed.py``).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> float:
+        with thread_limits(0):
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 # ---------------------------------------------------------------- validation
@@ -285,7 +302,7 @@ def _nll(y_idx: np.ndarray, prob: Any) -> float:
 
 
 # ---------------------------------------------------------------- public metrics
-@threaded
+@_one_thread
 def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Expected calibration error of the top-label confidence (equal-width bins, L1).
 
@@ -344,7 +361,7 @@ def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     return _ece(*_validate(y_true, y_prob, labels), n_bins)
 
 
-@threaded
+@_one_thread
 def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Top-label calibration error over equal-mass (adaptive) bins.
 
@@ -382,7 +399,7 @@ def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     return _ace(*_validate(y_true, y_prob, labels), n_bins)
 
 
-@threaded
+@_one_thread
 def maximum_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Largest top-label calibration gap over non-empty equal-width bins.
 
