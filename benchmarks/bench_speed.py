@@ -120,6 +120,7 @@ MARGIN = 3.0
 SCALE = 5.0
 N_BINS = 15
 MODES = ("quiet", "busy")
+SECTIONS = ("ts", "ece", "calibrators", "crossover")
 
 #: Targets checked by this benchmark (issue 16): TS fit speed-up over scikit-learn per mode.
 TS_TARGET_SPEEDUP = {"quiet": 10.0, "busy": 5.0}
@@ -716,8 +717,8 @@ def ratio_rows(report: dict[str, Any]) -> list[list[str]]:
                     continue
                 cells = []
                 for mode in MODES:
-                    results = modes.get(mode)
-                    entry = results[key][i]["libraries"].get(peer) if results else None
+                    rows_of_mode = (modes.get(mode) or {}).get(key) or []
+                    entry = rows_of_mode[i]["libraries"].get(peer) if i < len(rows_of_mode) else None
                     cells.append("not run" if entry is None else _fmt_speedup(entry.get("precal_speedup")))
                 rows.append([bench, Case(r["n"], r["k"], 0).label, peer, *cells])
     return rows
@@ -933,14 +934,10 @@ def upgrade_report(report: dict[str, Any]) -> dict[str, Any]:
 def write_outputs(report: dict[str, Any], out_dir: Path, docs_path: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_path.parent.mkdir(parents=True, exist_ok=True)
-    files = {
-        out_dir / "speed.json": json.dumps(report, indent=2) + "\n",
-        out_dir / "speed.md": speed_md(report),
-        docs_path: docs_page(report),
-    }
-    for path, text in files.items():
-        path.write_text(text, encoding="utf-8")
-    return list(files)
+    (out_dir / "speed.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")  # first: the data
+    (out_dir / "speed.md").write_text(speed_md(report), encoding="utf-8")
+    docs_path.write_text(docs_page(report), encoding="utf-8")
+    return [out_dir / "speed.json", out_dir / "speed.md", docs_path]
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -997,6 +994,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--busy-kind", choices=BUSY_KINDS, default="python", help="what busy workers compute")
     parser.add_argument("--no-crossover", action="store_true", help="skip the crossover and block-size passes")
     parser.add_argument(
+        "--sections", default=",".join(SECTIONS),
+        help="comma-separated sections to run (default: all): " + ", ".join(SECTIONS) + ";\n"
+        "without 'ts' the temperature-scaling rows of the existing speed.json are kept, marked as such",
+    )
+    parser.add_argument(
         "--render-only",
         action="store_true",
         help="do not benchmark: rewrite speed.md and the docs page from an existing speed.json\n"
@@ -1011,9 +1013,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not modes or any(m not in MODES for m in modes):
         parser.error(f"--modes takes a comma-separated subset of {MODES}, got {args.modes!r}")
     args.modes = tuple(m for m in MODES if m in modes)
+    sections = {x.strip() for x in args.sections.split(",") if x.strip()}
+    if not sections or not sections <= set(SECTIONS):
+        parser.error(f"--sections takes a comma-separated subset of {SECTIONS}, got {args.sections!r}")
+    args.sections = tuple(x for x in SECTIONS if x in sections)
     if args.busy_workers is not None and args.busy_workers < 1:
         parser.error("--busy-workers must be >= 1")
     return args
+
+
+def _keep_previous_ts(modes: dict[str, Any], previous_path: Path) -> str:
+    """Put the temperature-scaling rows of the previous results into ``modes``; say where they come from."""
+    if not previous_path.is_file():
+        return "the temperature-scaling section was not run (--sections)"
+    previous = upgrade_report(json.loads(previous_path.read_text(encoding="utf-8")))
+    kept = []
+    for mode, results in modes.items():
+        old = (previous["modes"].get(mode) or {}).get("temperature_scaling") or []
+        if results is not None:
+            results["temperature_scaling"] = old
+            if old:
+                kept.append(mode)
+    return (f"the temperature-scaling rows ({', '.join(kept) or 'none'}) are kept from the run of "
+            f"{previous['created']} ({previous['command']}); the other sections are from this run "
+            f"(--sections)")
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -1045,9 +1068,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {module} is not installed; its rows are skipped ({INSTALL_HINT})", flush=True)
     busy_workers = args.busy_workers or (2 if args.quick else default_busy_workers())
     config = Config(
-        ts_cases=QUICK_TS if args.quick else FULL_TS,
-        ece_cases=QUICK_ECE if args.quick else FULL_ECE,
-        calibrator_cases=QUICK_CALIBRATORS if args.quick else FULL_CALIBRATORS,
+        ts_cases=(QUICK_TS if args.quick else FULL_TS) if "ts" in args.sections else (),
+        ece_cases=(QUICK_ECE if args.quick else FULL_ECE) if "ece" in args.sections else (),
+        calibrator_cases=(QUICK_CALIBRATORS if args.quick else FULL_CALIBRATORS)
+        if "calibrators" in args.sections else (),
         seed=args.seed,
         netcal_timeout_s=args.netcal_timeout,
         threads=args.threads,
@@ -1055,7 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
         modes=args.modes,
         busy_workers=busy_workers,
         busy_kind=args.busy_kind,
-        crossover=not args.no_crossover,
+        crossover=not args.no_crossover and "crossover" in args.sections,
     )
     limit_threads(config.threads)
 
@@ -1067,6 +1091,9 @@ def main(argv: list[str] | None = None) -> int:
         with busy_machine(workers, max_seconds=bound, kind=config.busy_kind):
             modes[mode] = run_suite(config)
 
+    note = None
+    if "ts" not in args.sections:
+        note = _keep_previous_ts(modes, out_dir / "speed.json")
     report = {
         "benchmark": "precal speed: temperature-scaling fit and ECE vs scikit-learn, netcal, torchmetrics, "
         "quiet and busy",
@@ -1084,8 +1111,10 @@ def main(argv: list[str] | None = None) -> int:
         "modes": modes,
         "targets": check_targets(modes),
     }
-    print_report(report)
+    if note:
+        report["note"] = note
     written = write_outputs(report, out_dir, docs_path)
+    print_report(report)
     print("\nwrote: " + ", ".join(str(p) for p in written))
     return 0
 
