@@ -12,9 +12,9 @@ import numpy as np
 import scipy.linalg
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from threadpoolctl import threadpool_limits
 
 from .._numerics import log_softmax, to_tensor
+from .._threads import thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from ._crossval import REG_GRID, check_cv, cross_validated_path, cv_splits
@@ -1175,7 +1175,7 @@ def fit_dirichlet(
     if sample_weight is not None:
         weights = _on_device(sample_weight, torch.float64, z.device)
         weights = weights / weights.sum()
-    with threadpool_limits(limits=1, user_api="blas"):
+    with thread_limits(0):  # one thread: see DirichletCalibrator's Notes
         problem = _Problem(z, yi, weights, diagonal=diagonal, dtype=dtype)
         return _fit_problem(problem, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol, init=init)
 # --------------------------------------------------------------------------- the estimator
@@ -1314,6 +1314,12 @@ class DirichletCalibrator(BaseLogitCalibrator):
     floating-point floor: fits on weighted and on repeated rows agree to rounding. Details
     in :func:`fit_dirichlet`; measured times in ``benchmarks/bench_dirichlet.py``.
 
+    **Threads.** The fit runs on one thread (torch, OpenMP and BLAS), whatever precal's thread
+    budget: its passes are sequences of memory-bound torch operations, and on a busy machine
+    each one's barrier waits for a descheduled second thread (measured in
+    ``benchmarks/bench_speed.py``: at 50 000 x 1 000 on the shared 2-core machine, several
+    times slower on two threads than on one).
+
     **Identifiability.** ``W + 1 v^T`` and ``b + c 1`` give the same probabilities; the
     fitted ``coef_`` and ``intercept_`` are the representative with zero-mean off-diagonal
     entries in each column of ``W`` (the smallest ODIR) and zero-mean ``b``, also when the
@@ -1399,7 +1405,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
         weights = None if sample_weight is None else sample_weight / sample_weight.sum()
         opts = {"max_iter": int(self.max_iter), "tol": float(self.tol)}
-        with threadpool_limits(limits=1, user_api="blas"):
+        with thread_limits(0):  # torch, OpenMP and BLAS on one thread (see Notes)
             init, scores = None, {}
             if isinstance(self.reg_lambda, str):  # "cv"
                 reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts)
