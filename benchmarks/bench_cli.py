@@ -11,8 +11,9 @@ round), so a change of load on a shared machine hits every case alike.
 Cases:
 
 * ``precal --help``, ``precal sweep --help``;
-* argument errors: a missing LOGITS file, ``--cv 1``, and ``sweep --out`` into a folder
-  that does not exist (the path checks run before anything heavy is imported);
+* argument errors: a missing LOGITS file, ``--cv 1``, ``sweep --configs nonsense`` (config
+  names are checked without torch) and ``sweep --out`` into a folder that does not exist
+  (the path checks run before anything heavy is imported);
 * for scale: ``python -c "import torch"`` and ``python -c "import precal.calibration"``,
   what every case above cost before the command imported lazily.
 
@@ -68,6 +69,9 @@ def cases(scratch: Path, *, reference: bool = True) -> dict[str, dict[str, Any]]
             "argv": ["-m", "precal", "evaluate", str(scratch / "missing.npz")], "code": 2, "target": True},
         "evaluate: --cv 1": {"argv": ["-m", "precal", "evaluate", str(logits), "--cv", "1"], "code": 2,
                              "target": True},
+        "sweep: unknown --configs name": {
+            "argv": ["-m", "precal", "sweep", "models:build", str(logits), "--configs", "nonsense", "--out",
+                     str(scratch / "o.npz")], "code": 2, "target": True},
         "sweep: --out in a missing folder": {
             "argv": ["-m", "precal", "sweep", "models:build", str(logits), "--out",
                      str(scratch / "missing" / "o.npz")], "code": 2, "target": True},

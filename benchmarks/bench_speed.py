@@ -39,7 +39,14 @@ processes spin on the CPU ("busy"; started and ended by this script, see
 
    Reported: median time, the values and their largest absolute difference from precal's.
 
-3. **Crossover** (``--crossover``, part of every full run): one pass of precal's
+3. **precal's calibrators**: the fit time of ``TemperatureScaling()``,
+   ``DirichletCalibrator(map="diagonal")`` (default ``reg_lambda="cv"``, internal
+   cross-validation included) and ``DirichletCalibrator(map="diagonal", reg_lambda=0.01)`` at
+   50 000 x 1 000, and of every calibrator with its defaults at 10 000 x 10; reported with
+   the ratio to ``TemperatureScaling``'s time in the same run (target: the diagonal
+   Dirichlet map within 10x TS at 50 000 x 1 000).
+
+4. **Crossover** (``--crossover``, part of every full run): one pass of precal's
    temperature-scaling derivatives over kept blocks at sizes 2**15 ... 2**22 elements,
    on one and on two threads, quiet and busy; and the time of a pass on one thread for
    block sizes 2**16 ... 2**22. These set ``precal._threads.MIN_PARALLEL_ELEMENTS`` (the
@@ -113,6 +120,7 @@ MARGIN = 3.0
 SCALE = 5.0
 N_BINS = 15
 MODES = ("quiet", "busy")
+SECTIONS = ("ts", "ece", "calibrators", "crossover")
 
 #: Targets checked by this benchmark (issue 16): TS fit speed-up over scikit-learn per mode.
 TS_TARGET_SPEEDUP = {"quiet": 10.0, "busy": 5.0}
@@ -141,6 +149,7 @@ class Case:
 class Config:
     ts_cases: tuple[Case, ...]
     ece_cases: tuple[Case, ...]
+    calibrator_cases: tuple[tuple[Case, tuple[str, ...]], ...]
     seed: int
     netcal_timeout_s: float
     threads: int
@@ -155,6 +164,20 @@ FULL_TS = (Case(50_000, 1_000, 3), Case(50_000, 100, 5), Case(10_000, 10, 20))
 FULL_ECE = (Case(50_000, 10, 5), Case(50_000, 100, 5), Case(1_000_000, 10, 3), Case(1_000_000, 100, 3))
 QUICK_TS = (Case(10_000, 10, 3), Case(5_000, 100, 1))
 QUICK_ECE = (Case(5_000, 10, 1), Case(20_000, 100, 1))
+
+#: precal's calibrators, by constructor expression (evaluated in ``precal.calibration``).
+SMALL_CALIBRATORS = (
+    "TemperatureScaling()", "EnsembleTemperatureScaling()", "TopLabelCalibrator()", "PACSCalibrator()",
+    "DirichletCalibrator(map='diagonal')", "DirichletCalibrator()", "FuzzyDirichletCalibrator()", "AutoCalibrator()",
+)
+LARGE_CALIBRATORS = (
+    "TemperatureScaling()", "DirichletCalibrator(map='diagonal')",
+    "DirichletCalibrator(map='diagonal', reg_lambda=0.01)",
+)
+FULL_CALIBRATORS = ((Case(50_000, 1_000, 1), LARGE_CALIBRATORS), (Case(10_000, 10, 1), SMALL_CALIBRATORS))
+QUICK_CALIBRATORS = ((Case(5_000, 100, 1), LARGE_CALIBRATORS), (Case(2_000, 10, 1), SMALL_CALIBRATORS[:5]))
+#: Dirichlet with a diagonal map at 50 000 x 1 000 within this many times TS's fit time (issue 16).
+DIRICHLET_TARGET_RATIO = 10.0
 
 #: Hard bound on a busy worker's life (seconds from the start of the busy phase).
 BUSY_MAX_SECONDS = {"quick": 600.0, "full": 3 * 3600.0}
@@ -412,6 +435,29 @@ def bench_ece(case: Case, seed: int) -> dict[str, Any]:
     return result
 
 
+def bench_calibrators(case: Case, expressions: tuple[str, ...], seed: int) -> dict[str, Any]:
+    """Fit time of each of precal's calibrators on one problem size, and its ratio to TS's in the same run."""
+    import precal.calibration as calibration
+
+    logits, y = make_logits(case.n, case.k, seed)
+    fits: dict[str, Any] = {}
+    for expr in expressions:
+        make = eval(expr, vars(calibration))  # noqa: S307 - constructor expressions of this file
+
+        def fit() -> float:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cal = make.__class__(**make.get_params()).fit(logits, y)
+            return float(getattr(cal, "n_iter_", math.nan))
+
+        timing = time_call(fit, case.repeats)
+        fits[expr] = timing.to_json("n_iter")
+    ts = fits["TemperatureScaling()"]["median_s"]
+    for entry in fits.values():
+        entry["ratio_to_ts"] = _finite_or_none(entry["median_s"] / ts) if entry["median_s"] and ts else None
+    return {"n": case.n, "k": case.k, "repeats": case.repeats, "calibrators": fits}
+
+
 def _compare(
     case: Case, runs: dict[str, tuple[Timing, str]], *, value_name: str, relative: bool
 ) -> dict[str, Any]:
@@ -490,7 +536,11 @@ def run_suite(config: Config) -> dict[str, Any]:
     for case in config.ece_cases:
         print(f"  ECE {case.label} (R={case.repeats}) ...", flush=True)
         ece_results.append(bench_ece(case, config.seed))
-    out = {"temperature_scaling": ts_results, "ece": ece_results}
+    calibrator_results = []
+    for case, expressions in config.calibrator_cases:
+        print(f"  calibrators {case.label} (R={case.repeats}) ...", flush=True)
+        calibrator_results.append(bench_calibrators(case, expressions, config.seed))
+    out = {"temperature_scaling": ts_results, "ece": ece_results, "calibrators": calibrator_results}
     if config.crossover:
         print("  crossover ...", flush=True)
         out["crossover"] = bench_crossover(config.quick, config.seed)
@@ -553,6 +603,17 @@ def check_targets(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
             if libs["precal"]["median_s"] > fastest[0]:
                 ratio = libs["precal"]["median_s"] / fastest[0]
                 slower.append(f"{Case(r['n'], r['k'], 0).label}: {ratio:.2f}x the time of {fastest[1]}")
+        large = [r for r in results.get("calibrators", []) if (r["n"], r["k"]) == TS_TARGET_SHAPE]
+        entry = {"statement": f"DirichletCalibrator(map='diagonal') at 50 000 x 1 000 within "
+                 f"{DIRICHLET_TARGET_RATIO:g}x TemperatureScaling's fit time on the {mode} machine"}
+        if not large:
+            entry |= {"met": None, "detail": "size 50 000 x 1 000 not run"}
+        else:
+            fits = large[0]["calibrators"]
+            ratios = {e: v["ratio_to_ts"] for e, v in fits.items() if e.startswith("DirichletCalibrator")}
+            entry |= {"met": all(r is not None and r <= DIRICHLET_TARGET_RATIO for r in ratios.values()),
+                      "detail": "; ".join(f"{e}: {_fmt(r, '.1f')}x TS" for e, r in ratios.items())}
+        targets[f"dirichlet_{mode}"] = entry
         targets[f"ece_{mode}"] = {
             "statement": f"ECE no slower than the fastest peer (every size) on the {mode} machine",
             "met": not slower,
@@ -604,6 +665,7 @@ def environment(threads: int) -> dict[str, Any]:
 TS_HEADERS = ["n x K", "library", "input", "median s", "T", "rel. diff T", "precal speed-up"]
 ECE_HEADERS = ["n x K", "library", "input", "median s", "ECE", "abs. diff vs precal", "precal speed-up"]
 RATIO_HEADERS = ["benchmark", "n x K", "peer", "precal speed-up, quiet", "precal speed-up, busy"]
+CALIBRATOR_HEADERS = ["n x K", "calibrator", "median s", "Newton/iterations", "time / TS time"]
 
 
 def _fmt_time(entry: dict[str, Any], timeout_s: float) -> str:
@@ -655,10 +717,20 @@ def ratio_rows(report: dict[str, Any]) -> list[list[str]]:
                     continue
                 cells = []
                 for mode in MODES:
-                    results = modes.get(mode)
-                    entry = results[key][i]["libraries"].get(peer) if results else None
+                    rows_of_mode = (modes.get(mode) or {}).get(key) or []
+                    entry = rows_of_mode[i]["libraries"].get(peer) if i < len(rows_of_mode) else None
                     cells.append("not run" if entry is None else _fmt_speedup(entry.get("precal_speedup")))
                 rows.append([bench, Case(r["n"], r["k"], 0).label, peer, *cells])
+    return rows
+
+
+def calibrator_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        shape = Case(r["n"], r["k"], r["repeats"]).label
+        for expr, e in r["calibrators"].items():
+            rows.append([shape, f"`{expr}`", _fmt(e["median_s"], ".4g"), _fmt(e.get("n_iter"), ".0f"),
+                         _fmt(e.get("ratio_to_ts"), ".1f") + ("x" if e.get("ratio_to_ts") is not None else "")])
     return rows
 
 
@@ -724,6 +796,17 @@ def results_markdown(report: dict[str, Any]) -> str:
             "",
             markdown_table(ECE_HEADERS, table_rows(results["ece"], "ece", timeout_s)),
         ]
+        if results.get("calibrators"):
+            lines += [
+                "",
+                f"## precal's calibrators, {mode}",
+                "",
+                "Fit time of each calibrator with its defaults (median over the repeats after one warm-up "
+                "fit) and its ratio to `TemperatureScaling`'s in the same run; `DirichletCalibrator`'s "
+                "default `reg_lambda=\"cv\"` includes its internal cross-validation.",
+                "",
+                markdown_table(CALIBRATOR_HEADERS, calibrator_rows(results["calibrators"])),
+            ]
         if "crossover" in results:
             threads, blocks = crossover_rows(results["crossover"])
             lines += [
@@ -779,7 +862,10 @@ def method_paragraphs(report: dict[str, Any]) -> list[str]:
         "(`searchsorted` + `bincount`, no input validation) on the same float32 probabilities (numpy "
         "arrays, or CPU tensors sharing their memory for torchmetrics). Every input conversion a user "
         "would do up front is done outside the timed region; each library's own validation is inside "
-        "it. Times are medians of `time.perf_counter` over the repeats after one warm-up call. "
+        "it. (3) The fit time of precal's own calibrators: `DirichletCalibrator(map=\"diagonal\")` at "
+        "50 000 x 1 000 (with its default cross-validated `reg_lambda` and with a fixed one) and every "
+        "calibrator with its defaults at 10 000 x 10, each as a ratio to `TemperatureScaling`'s time in the "
+        "same run. Times are medians of `time.perf_counter` over the repeats after one warm-up call. "
         + thread_text,
         "**Two modes.** Everything is measured twice in the same run: first *quiet*, on the machine "
         "as it is, then *busy*, while background processes started by the script keep every CPU "
@@ -848,14 +934,10 @@ def upgrade_report(report: dict[str, Any]) -> dict[str, Any]:
 def write_outputs(report: dict[str, Any], out_dir: Path, docs_path: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_path.parent.mkdir(parents=True, exist_ok=True)
-    files = {
-        out_dir / "speed.json": json.dumps(report, indent=2) + "\n",
-        out_dir / "speed.md": speed_md(report),
-        docs_path: docs_page(report),
-    }
-    for path, text in files.items():
-        path.write_text(text, encoding="utf-8")
-    return list(files)
+    (out_dir / "speed.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")  # first: the data
+    (out_dir / "speed.md").write_text(speed_md(report), encoding="utf-8")
+    docs_path.write_text(docs_page(report), encoding="utf-8")
+    return [out_dir / "speed.json", out_dir / "speed.md", docs_path]
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -867,6 +949,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(text_table(TS_HEADERS, table_rows(results["temperature_scaling"], "ts", timeout_s)))
         print(f"\n[{mode}] Expected calibration error, 15 bins (median seconds)")
         print(text_table(ECE_HEADERS, table_rows(results["ece"], "ece", timeout_s)))
+        if results.get("calibrators"):
+            print(f"\n[{mode}] precal's calibrators (median seconds, ratio to TS)")
+            print(text_table(CALIBRATOR_HEADERS, calibrator_rows(results["calibrators"])))
         if "crossover" in results:
             threads, blocks = crossover_rows(results["crossover"])
             print(f"\n[{mode}] Crossover: one TS pass, 1 vs 2 threads (ms)")
@@ -909,6 +994,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--busy-kind", choices=BUSY_KINDS, default="python", help="what busy workers compute")
     parser.add_argument("--no-crossover", action="store_true", help="skip the crossover and block-size passes")
     parser.add_argument(
+        "--sections", default=",".join(SECTIONS),
+        help="comma-separated sections to run (default: all): " + ", ".join(SECTIONS) + ";\n"
+        "without 'ts' the temperature-scaling rows of the existing speed.json are kept, marked as such",
+    )
+    parser.add_argument(
         "--render-only",
         action="store_true",
         help="do not benchmark: rewrite speed.md and the docs page from an existing speed.json\n"
@@ -923,9 +1013,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not modes or any(m not in MODES for m in modes):
         parser.error(f"--modes takes a comma-separated subset of {MODES}, got {args.modes!r}")
     args.modes = tuple(m for m in MODES if m in modes)
+    sections = {x.strip() for x in args.sections.split(",") if x.strip()}
+    if not sections or not sections <= set(SECTIONS):
+        parser.error(f"--sections takes a comma-separated subset of {SECTIONS}, got {args.sections!r}")
+    args.sections = tuple(x for x in SECTIONS if x in sections)
     if args.busy_workers is not None and args.busy_workers < 1:
         parser.error("--busy-workers must be >= 1")
     return args
+
+
+def _keep_previous_ts(modes: dict[str, Any], previous_path: Path) -> str:
+    """Put the temperature-scaling rows of the previous results into ``modes``; say where they come from."""
+    if not previous_path.is_file():
+        return "the temperature-scaling section was not run (--sections)"
+    previous = upgrade_report(json.loads(previous_path.read_text(encoding="utf-8")))
+    kept = []
+    for mode, results in modes.items():
+        old = (previous["modes"].get(mode) or {}).get("temperature_scaling") or []
+        if results is not None:
+            results["temperature_scaling"] = old
+            if old:
+                kept.append(mode)
+    return (f"the temperature-scaling rows ({', '.join(kept) or 'none'}) are kept from the run of "
+            f"{previous['created']} ({previous['command']}); the other sections are from this run "
+            f"(--sections)")
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -957,8 +1068,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {module} is not installed; its rows are skipped ({INSTALL_HINT})", flush=True)
     busy_workers = args.busy_workers or (2 if args.quick else default_busy_workers())
     config = Config(
-        ts_cases=QUICK_TS if args.quick else FULL_TS,
-        ece_cases=QUICK_ECE if args.quick else FULL_ECE,
+        ts_cases=(QUICK_TS if args.quick else FULL_TS) if "ts" in args.sections else (),
+        ece_cases=(QUICK_ECE if args.quick else FULL_ECE) if "ece" in args.sections else (),
+        calibrator_cases=(QUICK_CALIBRATORS if args.quick else FULL_CALIBRATORS)
+        if "calibrators" in args.sections else (),
         seed=args.seed,
         netcal_timeout_s=args.netcal_timeout,
         threads=args.threads,
@@ -966,7 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
         modes=args.modes,
         busy_workers=busy_workers,
         busy_kind=args.busy_kind,
-        crossover=not args.no_crossover,
+        crossover=not args.no_crossover and "crossover" in args.sections,
     )
     limit_threads(config.threads)
 
@@ -978,6 +1091,9 @@ def main(argv: list[str] | None = None) -> int:
         with busy_machine(workers, max_seconds=bound, kind=config.busy_kind):
             modes[mode] = run_suite(config)
 
+    note = None
+    if "ts" not in args.sections:
+        note = _keep_previous_ts(modes, out_dir / "speed.json")
     report = {
         "benchmark": "precal speed: temperature-scaling fit and ECE vs scikit-learn, netcal, torchmetrics, "
         "quiet and busy",
@@ -995,8 +1111,10 @@ def main(argv: list[str] | None = None) -> int:
         "modes": modes,
         "targets": check_targets(modes),
     }
-    print_report(report)
+    if note:
+        report["note"] = note
     written = write_outputs(report, out_dir, docs_path)
+    print_report(report)
     print("\nwrote: " + ", ".join(str(p) for p in written))
     return 0
 

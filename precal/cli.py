@@ -176,10 +176,38 @@ def _parse_metrics(ctx: click.Context, param: click.Parameter, value: str) -> li
     return list(dict.fromkeys(names))
 
 
+_CONFIG_SHAPE_RE = re.compile(r"^w\d+a\d+(-[a-z0-9]+)*$")
+_FLOAT_CONFIG_RE = re.compile(r"^([a-z0-9_]+?)(-attn)?$")
+
+
+def _config_may_parse(name: str) -> bool:
+    """False only for a name :func:`~precal.emulate.parse_config` certainly rejects, decided
+    without torch: not ``fp32``, not ``w<bits>a<bits>[-suffix...]``, not a block format
+    (they all contain ``mx`` or ``nvfp``), and not a float format of
+    :mod:`precal.emulate.formats` (torch-free) with an optional ``-attn``."""
+    from .emulate.formats import FloatFormat, format_info
+
+    key = name.strip().lower()
+    if key == "fp32" or _CONFIG_SHAPE_RE.match(key) or "mx" in key or "nvfp" in key:
+        return True
+    match = _FLOAT_CONFIG_RE.match(key)
+    try:
+        return match is not None and isinstance(format_info(match.group(1)), FloatFormat)
+    except ValueError:
+        return False
+
+
 def _parse_config_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
-    """Split only: the names are checked against the emulator (which needs torch) once the
-    command's paths are checked."""
-    return _comma_list(value, "config")
+    """Split, and refuse names that cannot be configs (a torch-free check); the full check
+    against the emulator (which needs torch) runs once the command's paths are checked."""
+    names = _comma_list(value, "config")
+    bad = [n for n in names if not _config_may_parse(n)]
+    if bad:
+        raise click.BadParameter(
+            f"Unknown config {bad[0]!r}: use 'fp32', a float format name ('fp16', 'bf16', 'tf32', 'fp8_e4m3', ..., "
+            "optionally with '-attn'), 'w<bits>a<bits>[-g<group>][-asym][-dyn][-gptq|-awq|-sq]' such as 'w8a8' or "
+            "'w4a16-g128', or a block format ('mxfp8', 'mxfp4', 'nvfp4', 'w-mxfp4', ...).")
+    return names
 
 
 def _canonical_precision(value: str | None) -> str | None:

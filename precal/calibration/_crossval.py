@@ -10,6 +10,11 @@ a fit on repeated rows see the same cross-validation and choose the same strengt
 also independent of the row order. scikit-learn's splitters (``cv=KFold(5)``) and explicit lists
 of ``(train, test)`` index pairs are accepted as well.
 
+**A subsample at large n.** :func:`cv_splits` with ``max_rows`` keeps, for an integer ``cv``
+on more rows than that, only the rows of :func:`content_subsample` (chosen by content, so
+identical rows go together again) and splits them into their content folds; the caller sets
+``max_rows`` from the work per row (see :class:`~precal.calibration.DirichletCalibrator`).
+
 **The path.** Strengths are visited from the strongest (the map closest to temperature scaling)
 to the weakest, one fold at a time, each fit warm-started from the fold's fit at the previous
 strength; a fold stops once its held-out NLL has not improved for :data:`PATIENCE` strengths in a
@@ -28,7 +33,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["REG_GRID", "PATIENCE", "content_folds", "cv_splits", "check_cv", "PathResult", "cross_validated_path"]
+__all__ = [
+    "REG_GRID", "PATIENCE", "content_folds", "content_subsample", "cv_splits", "check_cv", "PathResult",
+    "cross_validated_path",
+]
 
 #: Strengths tried by ``reg_lambda="cv"``, strongest first: powers of ten from ``1e6`` (the map is
 #: temperature scaling to within the optimiser's tolerance on any calibration set of practical
@@ -64,6 +72,20 @@ def check_cv(cv: Any) -> None:
                     f"index pairs, got {type(cv).__name__} {cv!r}.")
 
 
+def _content_hash(logits: torch.Tensor, y_idx: torch.Tensor, seed: int = 20240917) -> torch.Tensor:
+    """The fractional part of :func:`content_folds`' ``h_i``: float64 in ``[0, 1)``, a function of row ``i`` only."""
+    n, k = logits.shape
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randn(k, generator=gen, dtype=torch.float64, device="cpu").to(logits.device)
+    h = torch.empty(n, dtype=torch.float64, device=logits.device)
+    step = max(1, (1 << 20) // max(k, 1))
+    for start in range(0, n, step):
+        block = logits[start : start + step].to(torch.float64)
+        h[start : start + step] = torch.asinh(block) @ r
+    h = h * 1000.0 + y_idx.to(torch.float64) * ((1.0 + math.sqrt(5.0)) / 2.0)
+    return h - torch.floor(h)
+
+
 def content_folds(logits: torch.Tensor, y_idx: torch.Tensor, n_folds: int) -> torch.Tensor:
     r"""The fold of each row, a function of the row's values only: int64 tensor on the logits' device.
 
@@ -75,29 +97,46 @@ def content_folds(logits: torch.Tensor, y_idx: torch.Tensor, n_folds: int) -> to
     part of a large random projection is close to uniform, so folds have about ``n / n_folds``
     rows each (not stratified). Identical rows get the same fold.
     """
-    n, k = logits.shape
-    gen = torch.Generator().manual_seed(20240917)
-    r = torch.randn(k, generator=gen, dtype=torch.float64, device="cpu").to(logits.device)
-    h = torch.empty(n, dtype=torch.float64, device=logits.device)
-    step = max(1, (1 << 20) // max(k, 1))
-    for start in range(0, n, step):
-        block = logits[start : start + step].to(torch.float64)
-        h[start : start + step] = torch.asinh(block) @ r
-    h = h * 1000.0 + y_idx.to(torch.float64) * ((1.0 + math.sqrt(5.0)) / 2.0)
-    frac = h - torch.floor(h)
+    frac = _content_hash(logits, y_idx)
     return torch.clamp((frac * n_folds).long(), 0, n_folds - 1)
 
 
-def cv_splits(cv: Any, logits: torch.Tensor, y_idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def content_subsample(logits: torch.Tensor, y_idx: torch.Tensor, max_rows: int) -> torch.Tensor | None:
+    r"""Rows kept for a cross-validation on at most about ``max_rows`` rows, chosen by content; ``None``: all.
+
+    Row ``i`` is kept when ``u_i < max_rows / n``, ``u_i`` the fractional part of a hash like
+    :func:`content_folds`' ``h_i`` but with another projection ``r``, on at most 64 of the ``K``
+    columns (evenly spaced; the hash only has to spread rows evenly, and this keeps it cheap
+    for many classes): close to uniform and independent of the fold. Identical rows are kept
+    or dropped together, so a row repeated ``m`` times and a row of weight ``m`` are kept
+    alike as long as both data sets are above ``max_rows`` or both below. Returns sorted
+    int64 row indices, or ``None`` when ``n <= max_rows``.
+    """
+    n, k = logits.shape
+    if n <= max_rows:
+        return None
+    columns = torch.arange(0, k, max(1, -(-k // 64)), device=logits.device)
+    u = _content_hash(logits[:, columns], y_idx, seed=20241203)
+    return torch.nonzero(u < max_rows / n)[:, 0]
+
+
+def cv_splits(cv: Any, logits: torch.Tensor, y_idx: torch.Tensor, max_rows: int | None = None
+              ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(train, test)`` row-index tensors (int64, on the logits' device) for ``cv``.
 
-    An int gives :func:`content_folds`; a splitter's ``split(X, y)`` is called on the logits and
-    labels as numpy arrays; an iterable gives its pairs. Pairs with an empty side are dropped.
+    An int gives :func:`content_folds`, on the rows of :func:`content_subsample` when
+    ``max_rows`` is given and ``n`` exceeds it; a splitter's ``split(X, y)`` is called on the
+    logits and labels as numpy arrays; an iterable gives its pairs (both used as given, never
+    subsampled). Pairs with an empty side are dropped.
     """
     device = logits.device
     if isinstance(cv, numbers.Integral):
-        folds = content_folds(logits, y_idx, int(cv))
+        kept = None if max_rows is None else content_subsample(logits, y_idx, max_rows)
+        sub_z, sub_y = (logits, y_idx) if kept is None else (logits[kept], y_idx[kept])
+        folds = content_folds(sub_z, sub_y, int(cv))
         pairs = [(torch.nonzero(folds != f)[:, 0], torch.nonzero(folds == f)[:, 0]) for f in range(int(cv))]
+        if kept is not None:
+            pairs = [(kept[tr], kept[te]) for tr, te in pairs]
     else:
         if hasattr(cv, "split"):
             x_np = logits.detach().cpu().numpy()

@@ -12,9 +12,9 @@ import numpy as np
 import scipy.linalg
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from threadpoolctl import threadpool_limits
 
 from .._numerics import log_softmax, to_tensor
+from .._threads import thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from ._crossval import REG_GRID, check_cv, cross_validated_path, cv_splits
@@ -59,8 +59,26 @@ _DENSE_MAX_PARAMS = 512
 #: Rows of the strided sample that sets the standardisation (and the temperature start) of large fits.
 _STATS_ROWS = 8192
 
+#: The low-rank Hessian-vector product of diagonal maps works on blocks of
+#: ``_CHUNK_ELEMENTS / _HESSP_BLOCK_DIVISOR`` elements (512 KB of float32, a core's L2 cache).
+_HESSP_BLOCK_DIVISOR = 8
+
 #: Conjugate-gradient iterations per Newton step at most.
 _CG_MAX_ITER = 250
+
+#: Relative residual of the conjugate-gradient solves of the polishing Newton steps (see
+#: :func:`_newton`), by working dtype. float32 Hessian-vector products are float32 sums within
+#: each chunk, exact to about ``sqrt(eps)`` relative at best: a smaller residual is rounding,
+#: and iterating towards it only costs passes (the parameters move by less than their floor).
+_POLISH_RTOL = {torch.float64: 1e-10, torch.float32: math.sqrt(float(torch.finfo(torch.float32).eps))}
+
+#: ``reg_lambda="cv"`` with an integer ``cv`` cross-validates on a content-chosen subsample of
+#: at most this many units of work per pass (rows times ``K`` for a diagonal map, times
+#: ``K (K + 1)`` for a full one); see :meth:`DirichletCalibrator._cross_validate`.
+_CV_MAX_WORK = 1 << 21
+
+#: ... but on at least this many rows.
+_CV_MIN_ROWS = 2000
 
 
 # --------------------------------------------------------------------------- the math
@@ -187,10 +205,11 @@ class _DataTerm:
         self.dtype = dtype
         self.device = device
         self.n_params = 2 * self.k if diagonal else self.k * (self.k + 1)
-        # at the point of the last evaluate(keep=True): q, or [q ⊙ F, q] for a diagonal map
-        # with low_rank (hessp is then two matrix-vector products)
-        width = 2 * self.k if diagonal and low_rank else self.k
-        self.probs = torch.empty((self.n, width), dtype=dtype, device=device) if keep_probs else None
+        # at the point of the last evaluate(keep=True): q, and q ⊙ F for a diagonal map with
+        # low_rank (hessp is then matrix-vector products with the kept arrays)
+        self.probs = torch.empty((self.n, self.k), dtype=dtype, device=device) if keep_probs else None
+        self.probs_f = (torch.empty((self.n, self.k), dtype=dtype, device=device)
+                        if keep_probs and diagonal and low_rank else None)
         self._kept_at: np.ndarray | None = None  # the point whose probabilities hessp uses
         self._kept_curv: np.ndarray | None = None
         self._gram: tuple[np.ndarray, np.ndarray] | None = None
@@ -215,8 +234,11 @@ class _DataTerm:
         return None if self.weights is None else self.weights[rows]
 
     # ------------------------------------------------------------ the block kernel
-    def _logits(self, feats: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(b, feats, w) if self.diagonal else torch.addmm(b, feats, w)
+    def _logits(self, feats: torch.Tensor, w: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        if self.diagonal:
+            return torch.addcmul(b, feats, w, out=out) if out is not None else torch.addcmul(b, feats, w)
+        return torch.addmm(b, feats, w, out=out) if out is not None else torch.addmm(b, feats, w)
 
     def evaluate(self, theta: np.ndarray, *, grad: bool = True, hess: bool = False, hess_diag: bool = False,
                  keep: bool = False, count_errors: bool = False) -> _Evaluation:
@@ -243,7 +265,8 @@ class _DataTerm:
             feats = self.features(rows)
             yc = self.y[rows, None]
             wc = self._chunk_weights(rows)
-            a = self._logits(feats, w, b)
+            # kept: the softmax is computed in place in the kept buffer (no copy)
+            a = self._logits(feats, w, b, out=self.probs[rows] if store else None)
             a.sub_(a.amax(dim=1, keepdim=True))  # max_k a = 0: exp cannot overflow
             a_true = a.gather(1, yc)[:, 0]
             if count_errors:
@@ -256,45 +279,37 @@ class _DataTerm:
             if not (grad or hess or store):
                 continue
             q = e.div_(s[:, None])  # softmax, in place of a
+            low = diagonal and store and self.probs_f is not None
             wcd = None if wc is None else wc.to(q.dtype)[:, None]
-            wq = q if wc is None else q * wcd
             if diagonal and (grad or store):
-                qf = q * feats
-                if store and self.probs.shape[1] == 2 * k:
-                    self.probs[rows, :k] = qf
-                    self.probs[rows, k:] = q
-                elif store:
-                    self.probs[rows] = q
+                # column sums as products with the weight vector (no weighted copies of the chunk)
+                sw = torch.ones_like(a_true) if wc is None else wc.to(q.dtype)
+                qf = torch.mul(q, feats, out=self.probs_f[rows]) if low else q * feats
                 if grad:
-                    wqf = qf if wc is None else qf.mul_(wcd)
-                    true_w = torch.ones_like(a_true) if wc is None else wc.to(q.dtype)
-                    g_w += wqf.sum(dim=0).to(f64)
-                    g_w.index_add_(0, yc[:, 0], -(feats.gather(1, yc)[:, 0] * true_w).to(f64))
-                    g_b += wq.sum(dim=0).to(f64)
-                    g_b.index_add_(0, yc[:, 0], -true_w.to(f64))
+                    col_f, col_q = (sw @ qf).to(f64), (sw @ q).to(f64)
+                    g_w += col_f
+                    g_w.index_add_(0, yc[:, 0], -(feats.gather(1, yc)[:, 0] * sw).to(f64))
+                    g_b += col_q
+                    g_b.index_add_(0, yc[:, 0], -sw.to(f64))
                     if curv is not None:
-                        curv[0] += torch.linalg.vecdot(wqf, feats, dim=0).to(f64)
-                        curv[1] += wqf.sum(dim=0).to(f64)
-                        curv[2] += wq.sum(dim=0).to(f64)
-                        wq2 = wq * q
-                        curv[5] += wq2.sum(dim=0).to(f64)
-                        wq2f = wq2.mul_(feats)
-                        curv[4] += wq2f.sum(dim=0).to(f64)
-                        curv[3] += torch.linalg.vecdot(wq2f, feats, dim=0).to(f64)
-            elif grad or store:
-                if store:
-                    self.probs[rows] = q
-                if grad:
-                    minus = -(torch.ones_like(q[:, 0]) if wc is None else wc.to(q.dtype))
-                    r = wq.scatter_add(1, yc, minus[:, None])  # s (q - onehot(y))
-                    g_b += r.sum(dim=0).to(f64)
-                    g_w += (r.T @ feats).to(f64)
-                    if curv is not None:
-                        v = wq - wq * q  # s q (1 - q)
-                        curv[:, k] += v.sum(dim=0).to(f64)
-                        curv[:, :k] += (v.T @ feats.square()).to(f64)
+                        curv[0] += (sw @ (qf * feats)).to(f64)
+                        curv[1] += col_f
+                        curv[2] += col_q
+                        curv[3] += (sw @ qf.square()).to(f64)
+                        curv[4] += (sw @ (qf * q)).to(f64)
+                        curv[5] += (sw @ q.square()).to(f64)
+            elif grad:
+                wq = q if wc is None else q * wcd
+                minus = -(torch.ones_like(q[:, 0]) if wc is None else wc.to(q.dtype))
+                r = wq.scatter_add(1, yc, minus[:, None])  # s (q - onehot(y))
+                g_b += r.sum(dim=0).to(f64)
+                g_w += (r.T @ feats).to(f64)
+                if curv is not None:
+                    v = wq - wq * q  # s q (1 - q)
+                    curv[:, k] += v.sum(dim=0).to(f64)
+                    curv[:, :k] += (v.T @ feats.square()).to(f64)
             if hess:
-                self._add_hessian(big, feats, q, wq)
+                self._add_hessian(big, feats, q, wc)
         scale = 1.0 / self.n if self.weights is None else 1.0
         self.n_passes += 1
         out = _Evaluation(f=float(total) * scale, n_errors=int(errors) if count_errors else -1)
@@ -317,17 +332,37 @@ class _DataTerm:
             out.hess = big.cpu().numpy() * scale
         return out
 
-    def _add_hessian(self, big: torch.Tensor, feats: torch.Tensor, q: torch.Tensor, wq: torch.Tensor) -> None:
-        """Add one chunk's ``Σ s_i J_i^T (diag q_i - q_i q_i^T) J_i`` to the dense Hessian ``big``."""
+    def count_errors(self, theta: np.ndarray) -> int:
+        """Rows of positive weight whose true class is not the strict argmax of ``a`` at ``theta``.
+
+        Row ``i`` is an error when some ``a_ij >= a_{i y_i}`` with ``j != y_i``, i.e. when at least
+        two entries (the true one included) reach ``a_{i y_i}``: one comparison pass, no softmax.
+        """
+        w, b = self.params(theta)
+        errors = 0
+        for rows in _row_chunks(self.n, self.k):
+            yc = self.y[rows, None]
+            a = self._logits(self.features(rows), w, b)
+            wrong = (a >= a.gather(1, yc)).sum(dim=1) >= 2
+            wc = self._chunk_weights(rows)
+            errors += int(wrong.sum() if wc is None else (wrong & (wc > 0)).sum())
+        self.n_passes += 1
+        return errors
+
+    def _add_hessian(self, big: torch.Tensor, feats: torch.Tensor, q: torch.Tensor, wc: torch.Tensor | None
+                     ) -> None:
+        """Add one chunk's ``Σ s_i J_i^T (diag q_i - q_i q_i^T) J_i`` to the dense Hessian ``big``
+        (``wc``: the chunk's weights ``s_i``, or None for uniform ones)."""
         f64 = torch.float64
         k = self.k
         per_row = self.n_params
         for sub in _row_chunks(feats.shape[0], per_row):
-            fs, qs, wqs = feats[sub], q[sub], wq[sub]
+            fs, qs = feats[sub], q[sub]
+            ws = None if wc is None else wc[sub].to(q.dtype)
+            wqs = qs if ws is None else qs * ws[:, None]
+            root = None if ws is None else ws.sqrt()
             if self.diagonal:
-                u = torch.cat([qs * fs, qs], dim=1)  # (rows, 2K): J_i^T q_i
-                uw = torch.cat([wqs * fs, wqs], dim=1)
-                big -= (uw.T @ u).to(f64)
+                _subtract_gram(big, torch.cat([qs * fs, qs], dim=1), root)  # rows J_i^T q_i, (rows, 2K)
                 idx = torch.arange(k, device=big.device)
                 wf = wqs * fs
                 big[idx, idx] += (wf * fs).sum(dim=0).to(f64)
@@ -337,10 +372,9 @@ class _DataTerm:
                 big[idx + k, idx + k] += wqs.sum(dim=0).to(f64)
             else:
                 x = torch.cat([fs, torch.ones_like(fs[:, :1])], dim=1)  # (rows, K + 1)
-                v = (qs[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)  # q_i ⊗ x_i
-                vw = (wqs[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
-                big -= (vw.T @ v).to(f64)
-                blocks = (vw.T @ x).reshape(k, k + 1, k + 1).to(f64)  # Σ s q_ij x_i x_i^T per class j
+                _subtract_gram(big, (qs[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1), root)  # q_i ⊗ x_i
+                xx = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)  # x_i ⊗ x_i
+                blocks = (wqs.T @ xx).reshape(k, k + 1, k + 1).to(f64)  # Σ s q_ij x_i x_i^T per class j
                 view = big.view(k, k + 1, k, k + 1)
                 j = torch.arange(k, device=big.device)
                 view[j, :, j, :] += blocks
@@ -369,12 +403,21 @@ class _DataTerm:
         k, diagonal, dev = self.k, self.diagonal, self.device
         if self._kept_at is None:  # pragma: no cover - internal misuse
             raise RuntimeError("hessp needs a point evaluated with keep=True first")
-        if diagonal and self.probs is not None and self.probs.shape[1] == 2 * k:
-            # H = D - U^T S U with U_i = [q_i ⊙ F_i, q_i] (kept) and D the diagonal blocks
+        if diagonal and self.probs_f is not None:
+            # H = D - U^T S U with U_i = [q_i ⊙ F_i, q_i] (kept) and D the diagonal blocks;
+            # U^T S (U v) over blocks of rows small enough to stay in cache between the two
+            # products, so the kept arrays are read once instead of twice
             vt = torch.from_numpy(np.ascontiguousarray(v)).to(dev, self.dtype)
-            r = self.probs @ vt
-            r = r / self.n if self.weights is None else r * self.weights.to(r.dtype)
-            low = (self.probs.T @ r).to(f64).cpu().numpy()
+            v_w, v_b = vt[:k], vt[k:]
+            acc_w = torch.zeros(k, dtype=f64, device=dev)
+            acc_b = torch.zeros(k, dtype=f64, device=dev)
+            for rows in _row_chunks(self.n, 2 * k * _HESSP_BLOCK_DIVISOR):
+                qf, q = self.probs_f[rows], self.probs[rows]
+                r = torch.addmv(torch.mv(q, v_b), qf, v_w)
+                r = r.div_(self.n) if self.weights is None else r.mul_(self.weights[rows].to(r.dtype))
+                acc_w += torch.mv(qf.T, r).to(f64)
+                acc_b += torch.mv(q.T, r).to(f64)
+            low = torch.cat([acc_w, acc_b]).cpu().numpy()
             d1, d2, d3 = self._kept_curv[:3]
             self.n_passes += 1
             return np.concatenate([d1 * v[:k] + d2 * v[k:], d2 * v[:k] + d3 * v[k:]]) - low
@@ -400,6 +443,23 @@ class _DataTerm:
         self.n_passes += 1
         scale = 1.0 / self.n if self.weights is None else 1.0
         return self._flat(h_w, h_b) * scale
+
+
+def _subtract_gram(big: torch.Tensor, u: torch.Tensor, root_weights: torch.Tensor | None) -> None:
+    """``big -= Σ_i s_i u_i u_i^T`` (``u``: rows × P, ``root_weights``: ``sqrt(s_i)`` or None for 1).
+
+    On the CPU a symmetric rank-k update (BLAS ``syrk``: the upper triangle only, half the
+    work of ``u^T u``); elsewhere a matrix product.
+    """
+    if root_weights is not None:
+        u = u * root_weights[:, None]
+    if u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64):
+        syrk = scipy.linalg.blas.dsyrk if u.dtype == torch.float64 else scipy.linalg.blas.ssyrk
+        upper = torch.from_numpy(syrk(1.0, u.contiguous().numpy().T, trans=0, lower=0))
+        gram = upper + torch.triu(upper, diagonal=1).T
+    else:
+        gram = u.T @ u
+    big -= gram.to(torch.float64)
 
 
 class _Penalty:
@@ -627,8 +687,9 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
     ``c`` the Hessian's mean diagonal, so the system is positive definite and ``d`` has no
     flat component): exactly by Cholesky for up to :data:`_DENSE_MAX_PARAMS` parameters,
     else by conjugate gradients preconditioned by :func:`_preconditioner`, to a relative
-    residual ``min(0.5, sqrt(|∇f| / |∇f_0|))`` (superlinear convergence; ``1e-10`` for the
-    polishing steps below). Once the Newton
+    residual ``min(0.5, sqrt(|∇f| / |∇f_0|))`` (superlinear convergence; for the polishing
+    steps below :data:`_POLISH_RTOL`: ``1e-10`` in float64, ``sqrt(eps)`` in float32, whose
+    Hessian-vector products are no more exact than that). Once the Newton
     decrement ``δ = -∇f·d`` (twice the predicted decrease) satisfies
     ``δ/2 <= max(tol, 16 eps) (1 + |f|)`` the objective is at its minimum to rounding; the
     iteration then goes on until a step moves no parameter by more than
@@ -679,7 +740,7 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
             def apply(v: np.ndarray) -> np.ndarray:
                 return data.hessp(v) + penalty.grad(v) + c * _null_projection(v, k, diagonal)
 
-            rtol = 1e-10 if polish else min(0.5, math.sqrt(float(np.linalg.norm(g)) / g0))
+            rtol = _POLISH_RTOL.get(data.dtype, 1e-10) if polish else min(0.5, math.sqrt(float(np.linalg.norm(g)) / g0))
             d, used = _pcg(apply, -g, _preconditioner(curv, data, penalty, c), rtol, _CG_MAX_ITER)
             n_cg += used
             d = d - _null_projection(d, k, diagonal)
@@ -777,6 +838,13 @@ def _to_original(theta: np.ndarray, k: int, diagonal: bool, shift: np.ndarray, s
     return coef, intercept - intercept.mean()
 
 
+def _working_dtype(n: int, k: int, logits_dtype: torch.dtype, magnitude: float) -> torch.dtype:
+    """float64 up to :data:`_FLOAT64_MAX_ELEMENTS` elements, float32 above (float64 logits near
+    or beyond float32's range, 3.4e38, stay float64)."""
+    small = n * k <= _FLOAT64_MAX_ELEMENTS
+    return torch.float64 if small or (logits_dtype == torch.float64 and magnitude > 1e30) else torch.float32
+
+
 class _Problem:
     """One Dirichlet fit's data, prepared once: the standardised features and the data term.
 
@@ -791,9 +859,7 @@ class _Problem:
         lo, hi = (float(v) for v in torch.aminmax(z))
         magnitude = max(abs(lo), abs(hi), 1.0)
         if dtype is None:
-            small = n * k <= _FLOAT64_MAX_ELEMENTS
-            # float64 logits near or beyond float32's range (3.4e38) stay float64
-            dtype = f64 if small or (z.dtype == f64 and magnitude > 1e30) else torch.float32
+            dtype = _working_dtype(n, k, z.dtype, magnitude)
         if dtype not in (torch.float32, f64):
             raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {dtype!r}.")
         device = z.device
@@ -875,7 +941,7 @@ class _Problem:
 
     def n_errors(self, theta: np.ndarray) -> int:
         """Rows of positive weight whose true class is not the strict argmax of the fitted map."""
-        return self.data.evaluate(theta, grad=False, count_errors=True).n_errors
+        return self.data.count_errors(theta)
 
 
 def _heldout_nll(logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, coef: np.ndarray,
@@ -1109,7 +1175,7 @@ def fit_dirichlet(
     if sample_weight is not None:
         weights = _on_device(sample_weight, torch.float64, z.device)
         weights = weights / weights.sum()
-    with threadpool_limits(limits=1, user_api="blas"):
+    with thread_limits(0):  # one thread: see DirichletCalibrator's Notes
         problem = _Problem(z, yi, weights, diagonal=diagonal, dtype=dtype)
         return _fit_problem(problem, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol, init=init)
 # --------------------------------------------------------------------------- the estimator
@@ -1228,6 +1294,16 @@ class DirichletCalibrator(BaseLogitCalibrator):
     :mod:`precal.calibration._crossval`). So the default adapts to the calibration set: small
     or many-class sets get a map close to temperature scaling, large ones a free map. When the
     data cannot be split (no fold with held-out rows of positive weight), ``λ = 1e6`` is used.
+    With an integer ``cv`` on large data the cross-validation runs on a subsample: at most
+    ``max(2000, 2**21 / c)`` rows, ``c = K`` for a diagonal map and ``K (K + 1)`` for a full
+    one (every row up to 209 715 rows at ``K = 10`` diagonal, 2 097 rows at ``K = 1000``),
+    chosen by content so that identical rows are kept or dropped together, in the working
+    precision of the final fit. The folds' fits multiply the cost of one fit by about 20
+    (five folds, four or five strengths each); on the subsample they cost less than the final
+    fit, which always uses every row. A strength chosen on fewer rows is, if anything,
+    stronger than all rows would choose (less data supports less freedom): the map errs
+    towards temperature scaling. Repeated rows and integer weights give the same subsample
+    as long as both data sets are on the same side of the bound.
     The paper's recipe, ODIR only with ``λ`` and ``μ`` searched over powers of ten, is
     ``reg_diag=0`` with a fixed ``reg_lambda`` in a grid search.
 
@@ -1237,6 +1313,12 @@ class DirichletCalibrator(BaseLogitCalibrator):
     data the objective is never above temperature scaling's. It converges to the
     floating-point floor: fits on weighted and on repeated rows agree to rounding. Details
     in :func:`fit_dirichlet`; measured times in ``benchmarks/bench_dirichlet.py``.
+
+    **Threads.** The fit runs on one thread (torch, OpenMP and BLAS), whatever precal's thread
+    budget: its passes are sequences of memory-bound torch operations, and on a busy machine
+    each one's barrier waits for a descheduled second thread (measured in
+    ``benchmarks/bench_speed.py``: at 50 000 x 1 000 on the shared 2-core machine, several
+    times slower on two threads than on one).
 
     **Identifiability.** ``W + 1 v^T`` and ``b + c 1`` give the same probabilities; the
     fitted ``coef_`` and ``intercept_`` are the representative with zero-mean off-diagonal
@@ -1324,7 +1406,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
         weights = None if sample_weight is None else sample_weight / sample_weight.sum()
         opts = {"max_iter": int(self.max_iter), "tol": float(self.tol)}
-        with threadpool_limits(limits=1, user_api="blas"):
+        with thread_limits(0):  # torch, OpenMP and BLAS on one thread (see Notes)
             init, scores = None, {}
             if isinstance(self.reg_lambda, str):  # "cv"
                 reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts)
@@ -1392,11 +1474,18 @@ class DirichletCalibrator(BaseLogitCalibrator):
         def weight_of(rows: torch.Tensor) -> float:
             return float(len(rows)) if weights is None else float(weights[rows].sum())
 
-        splits = [(tr, te) for tr, te in cv_splits(self.cv, z, y_idx) if weight_of(tr) > 0 and weight_of(te) > 0]
+        k = z.shape[1]
+        max_rows = max(_CV_MIN_ROWS, _CV_MAX_WORK // (k if diagonal else k * (k + 1)))
+        pairs = cv_splits(self.cv, z, y_idx, max_rows=max_rows)
+        splits = [(tr, te) for tr, te in pairs if weight_of(tr) > 0 and weight_of(te) > 0]
+
+        # the folds of a subsample run in the precision of the final fit on all rows
+        magnitude = max(*(abs(float(v)) for v in torch.aminmax(z)), 1.0)
+        dtype = _working_dtype(z.shape[0], k, z.dtype, magnitude)
 
         def make_fold(train: torch.Tensor) -> _Problem:
             w = None if weights is None else weights[train] / weights[train].sum()
-            return _Problem(z[train], y_idx[train], w, diagonal=diagonal)
+            return _Problem(z[train], y_idx[train], w, diagonal=diagonal, dtype=dtype)
 
         def fit(fold: _Problem, reg_lambda: float, warm: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             theta0 = fold.start() if warm is None else warm[0]

@@ -2,58 +2,72 @@
 
 Every format is emulated as float32 values restricted to the format's grid, with plain
 torch element-wise ops, on the input's device (GPU or CPU).
+
+The package imports lazily: ``import precal.emulate`` loads nothing, and each name below
+imports its submodule on first use, so the torch-free parts (:mod:`precal.emulate.formats`,
+the format tables the CLI checks its arguments against) do not import torch.
 """
 
-from .activations import ACT_SCHEMES, ActQuantizer, DynamicTokenActQuantizer, StaticActQuantizer, register_act_scheme
-from .attention import EmulatedMultiheadAttention, attention_core
-from .batches import iter_batches, logits_of
-from .formats import FORMATS, FloatFormat, IntFormat, facts_table, format_info, format_names
-from .hf import multiple_choice_logits
-from .layers import (
-    ConvAdapter,
-    EmulatedLayer,
-    LayerAdapter,
-    LinearAdapter,
-    TransposedLinearAdapter,
-    register_layer,
-    registered_layers,
-)
-from .logits import round_logits, softmax_in_format
-from .model import (
-    GROUP_FALLBACKS,
-    QuantConfig,
-    emulate_model,
-    fold_batchnorm,
-    output_layer,
-    parse_config,
-    quantizable_layers,
-)
-from .mx import (
-    BLOCK_FORMATS,
-    MX_ELEMENTS,
-    MX_SCALE_ROUNDINGS,
-    MXElement,
-    block_quantize,
-    mx_decode,
-    mx_encode,
-    mx_quantize,
-    nvfp4_decode,
-    nvfp4_encode,
-    nvfp4_quantize,
-)
-from .observers import OBSERVERS, RangeObserver
-from .ptq import (
-    AWQScheme,
-    GPTQScheme,
-    SmoothQuantScheme,
-    awq_scales,
-    awq_search,
-    gptq_quantize,
-    smoothquant_scales,
-)
-from .quantize import SCALE_RULES, fake_quantize_int, int_qparams, quantize
-from .sweep import predict_logits, sweep
-from .weights import WEIGHT_SCHEMES, WeightResult, WeightScheme, register_weight_scheme
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+#: Public name -> the submodule that defines it.
+_SOURCES = {
+    "activations": ("ACT_SCHEMES", "ActQuantizer", "DynamicTokenActQuantizer", "StaticActQuantizer",
+                    "register_act_scheme"),
+    "attention": ("EmulatedMultiheadAttention", "attention_core"),
+    "batches": ("iter_batches", "logits_of"),
+    "formats": ("FORMATS", "FloatFormat", "IntFormat", "facts_table", "format_info", "format_names"),
+    "hf": ("multiple_choice_logits",),
+    "layers": ("ConvAdapter", "EmulatedLayer", "LayerAdapter", "LinearAdapter", "TransposedLinearAdapter",
+               "register_layer", "registered_layers"),
+    "logits": ("round_logits", "softmax_in_format"),
+    "model": ("GROUP_FALLBACKS", "QuantConfig", "emulate_model", "fold_batchnorm", "output_layer", "parse_config",
+              "quantizable_layers"),
+    "mx": ("BLOCK_FORMATS", "MX_ELEMENTS", "MX_SCALE_ROUNDINGS", "MXElement", "block_quantize", "mx_decode",
+           "mx_encode", "mx_quantize", "nvfp4_decode", "nvfp4_encode", "nvfp4_quantize"),
+    "observers": ("OBSERVERS", "RangeObserver"),
+    "ptq": ("AWQScheme", "GPTQScheme", "SmoothQuantScheme", "awq_scales", "awq_search", "gptq_quantize",
+            "smoothquant_scales"),
+    "quantize": ("SCALE_RULES", "fake_quantize_int", "int_qparams", "quantize"),
+    "sweep": ("predict_logits", "sweep"),
+    "weights": ("WEIGHT_SCHEMES", "WeightResult", "WeightScheme", "register_weight_scheme"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))
+
+
+class _Package(types.ModuleType):
+    """Keeps a public name that is also a submodule's (``sweep``) bound to the name, not the module.
+
+    Importing ``precal.emulate.sweep`` makes the import system set the package attribute
+    ``sweep`` to the submodule; with eager imports the ``from .sweep import sweep`` that
+    followed rebound it to the function, and this does the same for the lazy package.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "FORMATS",

@@ -35,6 +35,7 @@ sample). Dask is imported only for dask input; see :mod:`precal._dask`.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -45,7 +46,7 @@ from sklearn.utils import check_random_state
 from .._chunks import row_blocks, rows_per_block
 from .._dask import is_dask_array
 from .._numerics import as_tensor
-from .._threads import threaded
+from .._threads import thread_limits, threaded
 from .._validation import check_number, check_option, check_probabilities, check_same_length, encode_labels
 
 __all__ = [
@@ -65,6 +66,26 @@ Strategy = Literal["uniform", "quantile"]
 
 #: Elements per block of rows read by the cores (8 MB of float64 work per temporary).
 _BLOCK_ELEMENTS = 1 << 20
+
+#: From this many classes on the top label comes from numpy's ``argmax`` instead of torch's
+#: ``max(dim=1)`` (the crossover of the two on one core; ``benchmarks/bench_speed.py`` times ECE).
+_NUMPY_ARGMAX_MIN_CLASSES = 64
+
+
+def _one_thread(func: Callable[..., float]) -> Callable[..., float]:
+    """Run a top-label metric on one thread (torch, OpenMP and BLAS), restoring the caller's settings.
+
+    Its work is two or three memory-bound passes (the checks, the top label, the bins), a few
+    milliseconds per million elements: a second thread saves little on a quiet machine and
+    costs a barrier wait per operation on a busy one (``benchmarks/bench_speed.py``).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> float:
+        with thread_limits(0):
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 # ---------------------------------------------------------------- validation
@@ -166,17 +187,25 @@ def _blocks(prob: Any) -> Any:
 def _top_label(y_idx: np.ndarray, prob: Any) -> tuple[np.ndarray, np.ndarray]:
     """Top-label confidence and correctness (float64, one per sample); argmax ties go to the first column.
 
-    torch's row reduction is used because numpy's ``argmax`` over short rows is slow; both
-    return the first maximal index.
+    Short rows use torch's row reduction (numpy's ``argmax`` over short rows is slow), rows of
+    :data:`_NUMPY_ARGMAX_MIN_CLASSES` or more numpy's ``argmax`` and a gather (torch's
+    ``max(dim=1)`` is slower there); both return the first maximal index, so the result does
+    not depend on the choice.
     """
-    n = prob.shape[0]
+    n, k = prob.shape
     conf = np.empty(n, dtype=np.float64)
     correct = np.empty(n, dtype=np.float64)
     for start, block in _blocks(prob):
         stop = start + block.shape[0]
-        conf_t, pred_t = as_tensor(block).max(dim=1)
-        conf[start:stop] = conf_t.numpy()
-        correct[start:stop] = pred_t.numpy() == y_idx[start:stop]
+        if k >= _NUMPY_ARGMAX_MIN_CLASSES:
+            block = np.asarray(block)
+            pred = block.argmax(axis=1)
+            conf[start:stop] = np.take_along_axis(block, pred[:, None], axis=1)[:, 0]
+        else:
+            conf_t, pred_t = as_tensor(block).max(dim=1)
+            conf[start:stop] = conf_t.numpy()
+            pred = pred_t.numpy()
+        correct[start:stop] = pred == y_idx[start:stop]
     return conf, correct
 
 
@@ -273,7 +302,7 @@ def _nll(y_idx: np.ndarray, prob: Any) -> float:
 
 
 # ---------------------------------------------------------------- public metrics
-@threaded
+@_one_thread
 def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Expected calibration error of the top-label confidence (equal-width bins, L1).
 
@@ -332,7 +361,7 @@ def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     return _ece(*_validate(y_true, y_prob, labels), n_bins)
 
 
-@threaded
+@_one_thread
 def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Top-label calibration error over equal-mass (adaptive) bins.
 
@@ -370,7 +399,7 @@ def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     return _ace(*_validate(y_true, y_prob, labels), n_bins)
 
 
-@threaded
+@_one_thread
 def maximum_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, labels: Any = None) -> float:
     r"""Largest top-label calibration gap over non-empty equal-width bins.
 

@@ -494,3 +494,58 @@ def test_large_diagonal_map_conjugate_gradients_match_the_dense_newton_fit(monke
     assert_allclose(cg.coef, dense.coef, rtol=1e-8, atol=1e-8 * np.abs(dense.coef).max())
     assert_allclose(cg.intercept, dense.intercept, rtol=1e-8, atol=1e-8 * np.abs(dense.intercept).max())
     assert cg.objective == pytest.approx(dense.objective, rel=1e-12)
+
+
+def test_content_subsample_keeps_identical_rows_together_and_their_folds():
+    from precal.calibration._crossval import content_folds, content_subsample, cv_splits
+
+    z, y = make_logits(n=4000, k=7, seed=5)
+    zt, yt = torch.from_numpy(z), torch.from_numpy(y)
+    assert content_subsample(zt, yt, 4000) is None  # n <= max_rows: every row
+    kept = content_subsample(zt, yt, 1000).numpy()
+    assert 850 < len(kept) < 1150 and np.all(np.diff(kept) > 0)
+    order = np.random.default_rng(1).permutation(4000)
+    assert_array_equal(np.sort(order[content_subsample(zt[order], yt[order], 1000).numpy()]), kept)
+    # a doubled data set keeps both copies of a kept row (at the same rate: max_rows doubles too)
+    doubled = content_subsample(torch.cat([zt, zt]), torch.cat([yt, yt]), 2000).numpy()
+    assert_array_equal(doubled, np.concatenate([kept, kept + 4000]))
+    # the folds of cv_splits on the subsample are the kept rows' content folds
+    pairs = cv_splits(5, zt, yt, max_rows=1000)
+    folds = content_folds(zt, yt, 5).numpy()
+    assert_array_equal(np.sort(np.concatenate([te.numpy() for _, te in pairs])), kept)
+    for f, (tr, te) in enumerate(pairs):
+        assert set(folds[te.numpy()]) == {f}
+        assert_array_equal(np.sort(np.concatenate([tr.numpy(), te.numpy()])), kept)
+
+
+def test_cv_on_a_subsample_chooses_from_the_kept_rows_and_fits_all(monkeypatch):
+    z, y = _miscalibrated(n=3000, k=4, seed=12)
+    full = DirichletCalibrator().fit(z, y)
+    monkeypatch.setattr(dirichlet_module, "_CV_MIN_ROWS", 1)
+    monkeypatch.setattr(dirichlet_module, "_CV_MAX_WORK", 1000 * 4 * 5)  # 1000 rows of a full 4-class map
+    sub = DirichletCalibrator().fit(z, y)
+    assert sub.cv_scores_ and sub.cv_scores_ != full.cv_scores_
+    # the final fit is on all rows: refitting at the chosen strength gives the same map
+    fixed = DirichletCalibrator(reg_lambda=sub.reg_lambda_).fit(z, y)
+    assert_allclose(sub.coef_, fixed.coef_, rtol=1e-8, atol=1e-10)
+
+
+def test_count_errors_is_the_strict_argmax_test():
+    rng = np.random.default_rng(3)
+    k = 6
+    feats = torch.from_numpy(rng.integers(-2, 3, size=(500, k)).astype(np.float64))  # many ties
+    y = torch.from_numpy(rng.integers(0, k, size=500))
+    weights = torch.from_numpy(rng.integers(0, 3, size=500).astype(np.float64))
+    weights /= weights.sum()
+    theta = np.concatenate([np.ones(k), np.zeros(k)])
+    for w in (None, weights):
+        data = dirichlet_module._DataTerm(dirichlet_module._Rows(feats), y, w, diagonal=True, dtype=torch.float64,
+                                          device=torch.device("cpu"), keep_probs=False)
+        a = feats.numpy()
+        true = a[np.arange(500), y.numpy()]
+        others = np.where(np.eye(k, dtype=bool)[y.numpy()], -np.inf, a).max(axis=1)
+        wrong = others >= true
+        if w is not None:
+            wrong &= w.numpy() > 0
+        assert data.count_errors(theta) == int(wrong.sum()) > 0
+        assert data.evaluate(theta, grad=False, count_errors=True).n_errors == int(wrong.sum())

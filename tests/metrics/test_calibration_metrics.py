@@ -1158,3 +1158,22 @@ def test_property_column_relabeling(data):
         for name in ("ece", "ace", "mce"):
             f = ALL_METRICS[name]
             assert f(y_new, prob_new) == pytest.approx(f(y, prob), abs=1e-12), name
+
+
+@pytest.mark.parametrize("k", [3, 63, 64, 200])
+def test_top_label_takes_the_first_maximal_column_on_both_paths(k):
+    """Short rows use torch's max(dim=1), long ones numpy's argmax: the same first-index tie rule."""
+    from precal.metrics.calibration import _NUMPY_ARGMAX_MIN_CLASSES, _top_label
+
+    rng = np.random.default_rng(k)
+    counts = rng.integers(0, 3, size=(3000, k)).astype(np.float32)
+    counts[:, 0] += 1.0  # no all-zero row
+    prob = counts / counts.sum(axis=1, keepdims=True)  # many tied maxima
+    y = rng.integers(0, k, size=3000)
+    y[:500] = prob[:500].argmax(axis=1)
+    conf, correct = _top_label(y, prob)
+    assert (k >= _NUMPY_ARGMAX_MIN_CLASSES) == (k >= 64)
+    assert_array_equal(conf, prob.max(axis=1).astype(np.float64))
+    assert_array_equal(correct, (prob.argmax(axis=1) == y).astype(np.float64))
+    tied = (prob == prob.max(axis=1, keepdims=True)).sum(axis=1) > 1
+    assert tied.sum() > 100  # the ties are exercised
