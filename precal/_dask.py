@@ -476,6 +476,8 @@ def _dirichlet_chunk(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any, 
         ev = term.evaluate(theta, **kw)
         return (ev.f * factor, None if ev.g is None else ev.g * factor, None if ev.hess is None else ev.hess * factor,
                 None if ev.hess_diag is None else ev.hess_diag * factor, ev.n_errors)
+    if call == "count_errors":
+        return (term.count_errors(args[0]),)
     if call == "hessp":
         kept, v = args
         term._kept_at = kept  # the point whose probabilities the product uses (recomputed: no kept probabilities)
@@ -494,7 +496,7 @@ def _dirichlet_chunk(z_block: Any, y_block: Any, w_block: Any, work_dtype: Any, 
 
 class DaskDataTerm:
     """The Dirichlet data term of :mod:`precal.calibration.dirichlet` (the ``_DataTerm``
-    interface its Newton solver uses: ``evaluate``, ``hessp``, ``gram_eigen``) over dask
+    interface its Newton solver uses: ``evaluate``, ``hessp``, ``gram_eigen``, ``count_errors``) over dask
     logits: each call is one dask computation in which every chunk runs the in-memory
     ``_DataTerm`` on its rows, and the chunks' values, gradients, Hessians and
     Hessian-vector products are summed in float64.
@@ -543,6 +545,10 @@ class DaskDataTerm:
         if keep:
             self._kept_at = theta
         return out
+
+    def count_errors(self, theta: np.ndarray) -> int:
+        """As ``_DataTerm.count_errors``: one dask computation."""
+        return sum(int(p[0]) for p in self._pass("count_errors", np.array(theta, dtype=np.float64, copy=True)))
 
     def hessp(self, v: np.ndarray) -> np.ndarray:
         """As ``_DataTerm.hessp``, at the point of the last ``evaluate(keep=True)``: one dask computation."""

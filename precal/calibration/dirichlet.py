@@ -1435,7 +1435,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
         self.classes_, self.n_features_in_ = data.classes, data.n_features_in
         resolved = self._resolve_map(data.shape[1])
         reg_lambda = float(self.reg_lambda)
-        with threadpool_limits(limits=1, user_api="blas"):
+        with thread_limits(0):  # as the in-memory fit
             problem = dirichlet_problem(data, diagonal=resolved == "diagonal")
             result = _fit_problem(problem, *self._strengths(reg_lambda), init=None, max_iter=int(self.max_iter),
                                   tol=float(self.tol))
