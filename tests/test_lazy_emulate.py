@@ -72,3 +72,12 @@ def test_lazy_package_resolves_every_public_name_and_keeps_sweep_a_function():
         import precal.emulate
 
         precal.emulate.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("config", ["w4a16-g128-gptq", "w4a16-g128-awq", "w8a8-dyn-sq"])
+def test_ptq_configs_parse_in_a_fresh_process(config):
+    """The lazy ``precal.emulate`` still registers the PTQ weight schemes before a config names one."""
+    code = f"from precal.emulate import parse_config; print(parse_config({config!r}).weight_scheme)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] in {"gptq", "awq", "smoothquant"}

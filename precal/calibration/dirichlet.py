@@ -446,20 +446,11 @@ class _DataTerm:
 
 
 def _subtract_gram(big: torch.Tensor, u: torch.Tensor, root_weights: torch.Tensor | None) -> None:
-    """``big -= Σ_i s_i u_i u_i^T`` (``u``: rows × P, ``root_weights``: ``sqrt(s_i)`` or None for 1).
-
-    On the CPU a symmetric rank-k update (BLAS ``syrk``: the upper triangle only, half the
-    work of ``u^T u``); elsewhere a matrix product.
-    """
+    """``big -= Σ_i s_i u_i u_i^T`` (``u``: rows × P, ``root_weights``: ``sqrt(s_i)`` or None for 1),
+    one matrix product on ``u``'s device (no host copy, so the same code serves every device)."""
     if root_weights is not None:
         u = u * root_weights[:, None]
-    if u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64):
-        syrk = scipy.linalg.blas.dsyrk if u.dtype == torch.float64 else scipy.linalg.blas.ssyrk
-        upper = torch.from_numpy(syrk(1.0, u.contiguous().numpy().T, trans=0, lower=0))
-        gram = upper + torch.triu(upper, diagonal=1).T
-    else:
-        gram = u.T @ u
-    big -= gram.to(torch.float64)
+    big -= (u.T @ u).to(torch.float64)
 
 
 class _Penalty:

@@ -64,6 +64,9 @@ from .observers import OBSERVERS
 from .quantize import SCALE_RULES
 from .rounding import round_float
 from .weights import WEIGHT_SCHEMES
+from . import ptq as _ptq  # noqa: F401  (registers the gptq/awq/smoothquant weight schemes)
+
+del _ptq
 
 __all__ = [
     "QuantConfig",
