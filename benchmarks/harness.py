@@ -497,6 +497,14 @@ def write_study(staged: StagedOutputs, paths: dict[str, Path], report: dict[str,
     return staged.commit()
 
 
+def committed_outputs(stem: str, page: str, **extra: Path) -> dict[str, Path]:
+    """A study's committed places: ``benchmarks/results/<stem>.{json,md}``, the docs page
+    ``docs/<page>``, the figures folder ``docs/figures`` and any ``extra`` files."""
+    results = REPO_ROOT / "benchmarks" / "results"
+    return {"json": results / f"{stem}.json", "md": results / f"{stem}.md", "doc": REPO_ROOT / "docs" / page,
+            **extra, "figures": REPO_ROOT / "docs" / "figures"}
+
+
 def output_paths(args: Any, committed: dict[str, Path], *, prefix: str) -> dict[str, Path]:
     """Where a study writes: its ``committed`` places, ``--out DIR``, or a temp dir for ``--quick``.
 

@@ -742,12 +742,9 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
                         help="python of the separate venv that has probmetrics (skipped if it cannot import it)")
     parser.add_argument("--page-only", action="store_true", help="rewrite the pages from the cache only")
     args = h.finish_study_arguments(parser, parser.parse_args(argv))
-    committed = {"json": h.REPO_ROOT / "benchmarks" / "results" / "quality_bar.json",
-                 "md": h.REPO_ROOT / "benchmarks" / "results" / "quality_bar.md",
-                 "doc": h.REPO_ROOT / "docs" / "benchmarks-quality.md",
-                 "guide": h.REPO_ROOT / "docs" / "which-calibrator.md",
-                 "runs": h.REPO_ROOT / "benchmarks" / "results" / "quality_bar_runs.json",
-                 "figures": h.REPO_ROOT / "docs" / "figures"}
+    committed = h.committed_outputs("quality_bar", "benchmarks-quality.md",
+                                    guide=h.REPO_ROOT / "docs" / "which-calibrator.md",
+                                    runs=h.REPO_ROOT / "benchmarks" / "results" / "quality_bar_runs.json")
     paths = h.output_paths(args, committed, prefix="precal-quality-bar-")
     q = args.quick
     long_of = {v: k for k, v in SHORT.items()}

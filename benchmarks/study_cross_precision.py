@@ -699,9 +699,7 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
                              "one, or DIR/study_cross_precision.json with --out DIR)")
     args = h.finish_study_arguments(parser, parser.parse_args(argv))
     seed_models = tuple(args.seed_models or (QUICK["seed_models"] if args.quick else DEFAULT_SEED_MODELS))
-    committed = {"json": h.REPO_ROOT / "benchmarks" / "results" / "study_cross_precision.json",
-                 "md": h.REPO_ROOT / "benchmarks" / "results" / "study_cross_precision.md",
-                 "doc": h.REPO_ROOT / "docs" / "study-cross-precision.md", "figures": h.REPO_ROOT / "docs" / "figures"}
+    committed = h.committed_outputs("study_cross_precision", "study-cross-precision.md")
     paths = h.output_paths(args, committed, prefix="precal-study-cross-precision-")
     if args.page_only:
         report = json.loads(paths["json"].read_text(encoding="utf-8"))

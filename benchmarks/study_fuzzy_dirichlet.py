@@ -278,9 +278,7 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
     parser.add_argument("--page-only", action="store_true",
                         help="recompute the verdict from the results JSON's measurements and rewrite it and the pages")
     args = h.finish_study_arguments(parser, parser.parse_args(argv))
-    committed = {"json": h.REPO_ROOT / "benchmarks" / "results" / "study_fuzzy_dirichlet.json",
-                 "md": h.REPO_ROOT / "benchmarks" / "results" / "study_fuzzy_dirichlet.md",
-                 "doc": h.REPO_ROOT / "docs" / "study-fuzzy-dirichlet.md", "figures": h.REPO_ROOT / "docs" / "figures"}
+    committed = h.committed_outputs("study_fuzzy_dirichlet", "study-fuzzy-dirichlet.md")
     paths = h.output_paths(args, committed, prefix="precal-study-fuzzy-dirichlet-")
     if args.page_only:
         report = json.loads(paths["json"].read_text(encoding="utf-8"))

@@ -144,21 +144,30 @@ def _prepare_metric_input(y_true: Any, y_prob: Any, labels: Any) -> tuple[Any, A
     return y, prob, n_columns, one_d, chunk_labels
 
 
-def _chunk_statistics(i: int, start: int, y_block: Any, p_block: Any, n_columns: int, one_d: bool,
-                      labels: Any, n_bins: int) -> np.ndarray:
+def _checked_chunk(i: int, start: int, y_block: Any, p_block: Any, n_columns: int, one_d: bool, labels: Any, *,
+                   same_length: bool) -> tuple[Any, Any]:
+    """Chunk ``i``'s validated probabilities and encoded labels ``(y_idx, prob)``; errors name the chunk."""
     from ._validation import check_probabilities, check_same_length
-    from .metrics.state import batch_statistics
 
     m = p_block.shape[0]
     try:
         prob = check_probabilities(p_block[:, 0] if one_d else p_block, name="y_prob")
-        check_same_length(y_true=y_block, y_prob=prob)
+        if same_length:
+            check_same_length(y_true=y_block, y_prob=prob)
     except (ValueError, TypeError) as exc:
         raise _chunk_error("y_prob", i, start, m, exc) from None
     try:
         y_idx = _encode_chunk(y_block, n_columns, labels, "y_true")
     except (ValueError, TypeError) as exc:
         raise _chunk_error("y_true", i, start, m, exc) from None
+    return y_idx, prob
+
+
+def _chunk_statistics(i: int, start: int, y_block: Any, p_block: Any, n_columns: int, one_d: bool,
+                      labels: Any, n_bins: int) -> np.ndarray:
+    from .metrics.state import batch_statistics
+
+    y_idx, prob = _checked_chunk(i, start, y_block, p_block, n_columns, one_d, labels, same_length=True)
     return batch_statistics(y_idx, prob, n_bins)
 
 
@@ -186,18 +195,9 @@ def dask_state(y_true: Any, y_prob: Any, n_bins: int, labels: Any = None) -> Any
 
 def _chunk_top_label(i: int, start: int, y_block: Any, p_block: Any, n_columns: int, one_d: bool,
                      labels: Any) -> np.ndarray:
-    from ._validation import check_probabilities
     from .metrics.calibration import _top_label
 
-    m = p_block.shape[0]
-    try:
-        prob = check_probabilities(p_block[:, 0] if one_d else p_block, name="y_prob")
-    except (ValueError, TypeError) as exc:
-        raise _chunk_error("y_prob", i, start, m, exc) from None
-    try:
-        y_idx = _encode_chunk(y_block, n_columns, labels, "y_true")
-    except (ValueError, TypeError) as exc:
-        raise _chunk_error("y_true", i, start, m, exc) from None
+    y_idx, prob = _checked_chunk(i, start, y_block, p_block, n_columns, one_d, labels, same_length=False)
     return np.stack(_top_label(y_idx, prob))
 
 

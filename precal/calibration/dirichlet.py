@@ -1185,6 +1185,20 @@ class _DirichletMap(torch.nn.Module):
         return out.to(logits.dtype)
 
 
+def check_strengths(estimator: Any, names: tuple[str, ...]) -> None:
+    """Check the penalty strengths ``names`` of ``estimator``: each a finite float >= 0;
+    ``reg_lambda`` may also be ``"cv"`` and ``reg_mu``/``reg_diag`` ``None`` (tied to ``reg_lambda``)."""
+    for name in names:
+        value = getattr(estimator, name)
+        if (name in ("reg_mu", "reg_diag") and value is None) or (name == "reg_lambda" and isinstance(value, str)
+                                                                   and value == "cv"):
+            continue
+        if isinstance(value, str):
+            expected = "a float >= 0 or 'cv'" if name == "reg_lambda" else "a float >= 0 or None"
+            raise TypeError(f"{name} must be {expected}, got str {value!r}.")
+        check_number(value, name, numbers.Real, min_val=0.0, finite=True)
+
+
 class DirichletCalibrator(BaseLogitCalibrator):
     r"""Dirichlet calibration: an affine map on the log-probabilities, ``q = softmax(W log p + b)``.
 
@@ -1367,15 +1381,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
     def _validate_hyperparameters(self) -> None:
         if not isinstance(self.map, str) or self.map not in MAPS:
             raise ValueError(f"map must be one of {MAPS}, got {self.map!r}.")
-        for name in ("reg_lambda", "reg_mu", "reg_diag"):
-            value = getattr(self, name)
-            if (name != "reg_lambda" and value is None) or (name == "reg_lambda" and isinstance(value, str)
-                                                            and value == "cv"):
-                continue
-            if isinstance(value, str):
-                expected = "a float >= 0 or 'cv'" if name == "reg_lambda" else "a float >= 0 or None"
-                raise TypeError(f"{name} must be {expected}, got str {value!r}.")
-            check_number(value, name, numbers.Real, min_val=0.0, finite=True)
+        check_strengths(self, ("reg_lambda", "reg_mu", "reg_diag"))
         check_cv(self.cv)
         check_number(self.max_iter, "max_iter", numbers.Integral, min_val=1)
         check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)

@@ -30,7 +30,7 @@ from .._numerics import log_softmax
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from ._crossval import _better, check_cv, cv_splits
-from .dirichlet import AUTO_FULL_MAX_CLASSES, MAPS, DirichletCalibrator, fit_dirichlet
+from .dirichlet import AUTO_FULL_MAX_CLASSES, MAPS, DirichletCalibrator, check_strengths, fit_dirichlet
 
 __all__ = [
     "FuzzyDirichletCalibrator",
@@ -708,14 +708,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         check_number(self.n_noise_copies, "n_noise_copies", numbers.Integral, min_val=0)
         if self.region_names is not None:  # the default names are made on demand (n_regions may be huge)
             self._names()
-        for name in ("reg_lambda", "reg_mu", "reg_diag", "reg_region", "soft_ece_weight"):
-            value = getattr(self, name)
-            if (name in ("reg_mu", "reg_diag") and value is None) or (name == "reg_lambda" and value == "cv"):
-                continue
-            if isinstance(value, str):
-                expected = "a float >= 0 or 'cv'" if name == "reg_lambda" else "a float >= 0 or None"
-                raise TypeError(f"{name} must be {expected}, got str {value!r}.")
-            check_number(value, name, numbers.Real, min_val=0.0, finite=True)
+        check_strengths(self, ("reg_lambda", "reg_mu", "reg_diag", "reg_region", "soft_ece_weight"))
         check_cv(self.cv)
         if not isinstance(self.check_gates, (bool, np.bool_)):
             raise TypeError(f"check_gates must be True or False, got {self.check_gates!r}.")
