@@ -45,7 +45,7 @@ PACS's ``lambda`` is not 0); probabilities are their float32 softmax. Rows are g
 in blocks whose seed depends only on (seed, K, block), so the first N rows of a larger
 file are exactly the file of N rows: one file per K serves every N. Files live in
 ``--data-dir`` (default: a ``precal-bench-scale`` folder in the system temp directory;
-the full run needs about 30 GB free) and are deleted at the end unless ``--keep-data``.
+the full run needs about 45 GB free: the past-RAM row alone writes 28 GB of logits) and are deleted at the end unless ``--keep-data``.
 
 Time per element and the slope of ``log(time)`` against ``log(N * K)`` (least squares
 over the points with ``N * K >= 1e8``, where fixed costs are negligible) show how the cost
@@ -58,7 +58,7 @@ child, so times are per core; ``--threads 0`` keeps the library defaults.
 
 Results go to ``benchmarks/results/bench_scale.{json,md}``, the figures to
 ``docs/figures/`` and the docs page ``docs/benchmarks-scale.md`` (written from the
-results, never by hand). A full run takes 30-60 minutes on one core; ``--series``,
+results, never by hand). A full run takes 1-2 hours on one core; ``--series``,
 ``--n`` and ``--k`` pick points and ``--merge`` adds them to the existing results, so it
 can be run in parts. ``--quick`` runs small sizes once and writes everything to a
 temporary directory (or ``--out DIR``); ``--render-only`` rewrites the markdown and figures
@@ -148,6 +148,8 @@ class Plan:
     k_values: tuple[int, ...]
     n_for_k: int
     dask_n: tuple[int, ...] = ()
+    #: N of the TemperatureScaling rows (memmap and Dask) whose logits exceed the benchmark machine's RAM.
+    past_ram_n: tuple[int, ...] = ()
 
 
 FULL = Plan(
@@ -157,9 +159,10 @@ FULL = Plan(
     k_values=(10, 30, 100, 300, 1_000, 3_000, 10_000),
     n_for_k=100_000,
     dask_n=(100_000, 1_000_000),
+    past_ram_n=(7_000_000,),  # 26 GiB of float32 logits: past the 24 GiB of the project machine
 )
 QUICK = Plan(n_values=(2_000, 8_000), k_for_n=50, array_max_n=8_000, k_values=(10, 100), n_for_k=2_000,
-             dask_n=(8_000,))
+             dask_n=(8_000,), past_ram_n=(12_000,))
 
 #: Elements per chunk of the Dask rows (64 MB of float32).
 DASK_CHUNK_ELEMENTS = 1 << 24
@@ -171,11 +174,12 @@ def plan_points(plan: Plan, series: list[str], n_filter: set[int] | None, k_filt
     """``(series, n, k)`` for every selected point, largest data first within each K (files are made once)."""
     points = []
     for s in (SERIES_BY_NAME[name] for name in series):
+        past_ram = plan.past_ram_n if s.method == "ts" else ()
         if s.source == "dask":
-            cand = [(s, n, plan.k_for_n) for n in plan.dask_n]
+            cand = [(s, n, plan.k_for_n) for n in (*plan.dask_n, *past_ram)]
         elif s.sweep == "n":
             ns = [n for n in plan.n_values if s.source == "memmap" or n <= plan.array_max_n]
-            cand = [(s, n, plan.k_for_n) for n in ns]
+            cand = [(s, n, plan.k_for_n) for n in (*ns, *(past_ram if s.source == "memmap" else ()))]
         else:
             cand = [(s, plan.n_for_k, k) for k in plan.k_values]
         points += [p for p in cand if (n_filter is None or p[1] in n_filter) and (k_filter is None or p[2] in k_filter)]
@@ -183,24 +187,31 @@ def plan_points(plan: Plan, series: list[str], n_filter: set[int] | None, k_filt
 
 
 # --------------------------------------------------------------------------- data files
+FLOAT_KINDS = ("logits", "proba")
+
+
 def _paths(data_dir: Path, k: int, n: int) -> dict[str, Path]:
-    return {kind: data_dir / f"{kind}_k{k}_n{n}.npy" for kind in ("logits", "proba", "labels")}
+    return {kind: data_dir / f"{kind}_k{k}_n{n}.npy" for kind in (*FLOAT_KINDS, "labels")}
 
 
-def find_data(data_dir: Path, n: int, k: int) -> dict[str, Path] | None:
-    """Existing files for K with at least ``n`` rows (their first ``n`` rows are the data)."""
+def find_data(data_dir: Path, n: int, k: int, kinds: tuple[str, ...] = FLOAT_KINDS) -> dict[str, Path] | None:
+    """Existing files of ``kinds`` for K with at least ``n`` rows (their first ``n`` rows are the data)."""
     best = None
     for path in data_dir.glob(f"labels_k{k}_n*.npy"):
         rows = int(path.stem.rsplit("_n", 1)[1])
         if rows >= n and (best is None or rows < best):
             paths = _paths(data_dir, k, rows)
-            if all(p.exists() for p in paths.values()):
+            if all(paths[kind].exists() for kind in (*kinds, "labels")):
                 best = rows
-    return None if best is None else _paths(data_dir, k, best)
+    return None if best is None else {kind: p for kind, p in _paths(data_dir, k, best).items()
+                                      if kind in (*kinds, "labels")}
 
 
-def make_data(data_dir: Path, n: int, k: int, seed: int) -> dict[str, Path]:
-    """Write logits, probabilities and labels for ``n`` rows and ``k`` classes (block by block)."""
+def make_data(data_dir: Path, n: int, k: int, seed: int, kinds: tuple[str, ...] = FLOAT_KINDS) -> dict[str, Path]:
+    """Write ``kinds`` (logits and/or probabilities) and labels for ``n`` rows and ``k`` classes, block by block.
+
+    Logits-only files (no ECE/ACE point needs them at that size) halve the disk a store larger than RAM needs.
+    """
     from precal._numerics import softmax
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +219,7 @@ def make_data(data_dir: Path, n: int, k: int, seed: int) -> dict[str, Path]:
     rows = max(1, GEN_BLOCK_ELEMENTS // k)
     labels = np.empty(n, dtype=np.int64)
     handles, offsets = {}, {}
-    for kind in ("logits", "proba"):
+    for kind in kinds:
         part = paths[kind].with_suffix(".part")
         mm = np.lib.format.open_memmap(part, mode="w+", dtype=np.float32, shape=(n, k))
         offsets[kind] = mm.offset
@@ -225,25 +236,54 @@ def make_data(data_dir: Path, n: int, k: int, seed: int) -> dict[str, Path]:
             z[np.arange(m), y] += np.float32(MARGIN)
             z *= rng.uniform(*SCALE_RANGE, size=(rows, 1)).astype(np.float32)[:m]
             labels[start : start + m] = y
-            for kind, block in (("logits", z), ("proba", softmax(z).astype(np.float32))):
+            for kind in kinds:
+                block = z if kind == "logits" else softmax(z).astype(np.float32)
                 f = handles[kind]
                 f.seek(offsets[kind] + start * k * 4)
                 f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
     finally:
         for f in handles.values():
             f.close()
-    for kind in ("logits", "proba"):
+    for kind in kinds:
         paths[kind].with_suffix(".part").rename(paths[kind])
     np.save(paths["labels"], labels)
-    return paths
+    return {kind: p for kind, p in paths.items() if kind in (*kinds, "labels")}
 
 
-def ensure_data(data_dir: Path, n: int, k: int, seed: int) -> tuple[dict[str, Path], bool]:
-    found = find_data(data_dir, n, k)
+def ensure_data(data_dir: Path, n: int, k: int, seed: int,
+                kinds: tuple[str, ...] = FLOAT_KINDS) -> tuple[dict[str, Path], bool]:
+    found = find_data(data_dir, n, k, kinds)
     if found is not None:
         return found, False
-    print(f"  writing data {n:,} x {k:,} to {data_dir} ...", flush=True)
-    return make_data(data_dir, n, k, seed), True
+    print(f"  writing {' and '.join(kinds)} {n:,} x {k:,} to {data_dir} ...", flush=True)
+    return make_data(data_dir, n, k, seed, kinds), True
+
+
+def data_for_points(points: list[tuple[Series, int, int]], data_dir: Path,
+                    seed: int) -> tuple[dict[int, dict[str, Path]], list[Path]]:
+    """The files every point reads, per K (made where missing), and the files made.
+
+    Per K, probabilities are written up to the largest N of an ECE/ACE point, logits up to the largest N of
+    any point; the labels of the longest file serve every N (a shorter file's rows are its prefix).
+    """
+    need: dict[tuple[int, str], int] = {}
+    for s, n, k in points:
+        key = (k, "proba" if s.method in ("ece", "ace") else "logits")
+        need[key] = max(need.get(key, 0), n)
+    made: list[Path] = []
+    paths_for_k: dict[int, dict[str, Path]] = {}
+    for k in sorted({k for k, _ in need}):
+        n_proba, n_logits = need.get((k, "proba"), 0), need.get((k, "logits"), 0)
+        paths: dict[str, Path] = {}
+        if n_proba:
+            paths, new = ensure_data(data_dir, n_proba, k, seed, FLOAT_KINDS)
+            made += list(paths.values()) if new else []
+        if n_logits > n_proba:
+            more, new = ensure_data(data_dir, n_logits, k, seed, ("logits",))
+            made += list(more.values()) if new else []
+            paths.update(more)
+        paths_for_k[k] = paths
+    return paths_for_k, made
 
 
 # --------------------------------------------------------------------------- the child
@@ -704,13 +744,25 @@ def findings(report: dict[str, Any]) -> list[str]:
     if summ.get("dask"):
         lines.append(
             "The Dask rows run on the same 2-core machine as the rest (the workers' two processes share its "
-            "cores, the file is read from the page cache), so they measure Dask's overhead, not a speed-up: on a "
+            "cores; a file smaller than RAM is read from the page cache), so they measure Dask's overhead, not a speed-up: on a "
             "cluster each worker reads and reduces its own chunks, and only a few floats per chunk and pass "
-            "travel. A logits store larger than this machine's memory could not be written here (disk space). "
+            "travel. "
             "A worker's memory is the chunks it holds at once (read ahead of their reductions by dask's "
             "scheduling: up to about ten 64 MB chunks here) and the kernel's copy of one chunk; it does not "
             "grow with N beyond that, and the worker's memory limit (4 GiB here) caps it."
         )
+    past = [c for c in summ.get("dask", []) if ram_mb and c["data_mb"] > ram_mb and c["method"] == "ts"]
+    if past:
+        c = max(past, key=lambda c: c["n"])
+        lines.append(
+            f"Past the machine's memory: the {c['data_mb'] / 1024:.1f} GiB logits store (N = {_fmt_int(c['n'])}) is "
+            f"{c['data_mb'] / ram_mb:.2f}x the {ram_mb / 1024:.0f} GiB of RAM, so no page cache holds it and every "
+            f"pass reads the disk again. TemperatureScaling fitted it memory-mapped in {c['memmap_s']:.3g} s "
+            f"({c['memmap_peak_extra_mb']:.0f} MB extra) and through Dask in {c['dask_s']:.3g} s "
+            f"({c['time_ratio']:.2f}x); the two temperatures differ by {c['rel_diff']:.1e} (relative)."
+        )
+    elif summ.get("dask"):
+        lines.append("No Dask row here is larger than the machine's memory (see the rerun commands for the one that is).")
     eq = summ["equality"]
     if eq:
         worst_eq = max(eq, key=lambda c: c["rel_diff"])
@@ -781,7 +833,8 @@ def method_paragraph(report: dict[str, Any]) -> str:
         "(`VmHWM`), reset just before the call (`/proc/self/clear_refs`), minus the resident size at that moment. "
         "The machine was shared with other jobs while this ran, so the times carry noise of tens of percent "
         "(see the load averages under Environment); the slopes and the memory bounds are the robust part."
-        + (f" The Dask rows (N = {', '.join(_fmt_int(n) for n in plan.get('dask_n', ()))}) fit the same logits "
+        + (f" The Dask rows (N = {', '.join(_fmt_int(n) for n in (*plan.get('dask_n', ()), *plan.get('past_ram_n', ())))})"
+           " fit the same logits "
            "file as a `dask.array` whose every chunk (64 MB) is read by its own task from the file's rows, through a "
            f"`distributed.LocalCluster` of {DASK_WORKERS} worker processes with one thread each; each worker's "
            "resident memory is sampled every 50 ms during the fit (psutil). When to use which: "
@@ -791,7 +844,7 @@ def method_paragraph(report: dict[str, Any]) -> str:
 
 def docs_page(report: dict[str, Any]) -> str:
     return "\n".join([
-        "# Scale benchmark: fit time and memory from 10 thousand to 2 million samples",
+        "# Scale benchmark: fit time and memory from 10 thousand to 7 million samples",
         "",
         "<!-- Generated by benchmarks/bench_scale.py from its results; do not edit by hand. -->",
         "",
@@ -809,10 +862,11 @@ def docs_page(report: dict[str, Any]) -> str:
         "To rerun (from the repository root):",
         "",
         "```bash",
-        RERUN_COMMAND + "             # full run (30-60 min on one core, ~30 GB of temporary files)",
+        RERUN_COMMAND + "             # full run (1-2 h on one core, ~45 GB of temporary files)",
         RERUN_COMMAND + " --quick     # small smoke test, writes to a temporary directory",
         RERUN_COMMAND + " --n 2000000 --series ts-memmap --merge --keep-data  # one point, merged into the results",
         RERUN_COMMAND + " --n 1000000 --series ts-memmap,ts-dask,pacs-memmap,pacs-dask --merge  # Dask rows + reference",
+        RERUN_COMMAND + " --n 7000000 --series ts-memmap,ts-dask --merge  # past RAM: 26 GiB of logits (~28 GB disk)",
         RERUN_COMMAND + " --render-only  # rewrite this page and the figures from benchmarks/results/bench_scale.json",
         "```",
         "",
@@ -1070,17 +1124,8 @@ def main(argv: list[str] | None = None) -> int:
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_start = _load_average()
 
-    # the largest N of each K first, so one file per K serves every point
-    need: dict[int, int] = {}
-    for _, n, k in points_todo:
-        need[k] = max(need.get(k, 0), n)
-    made: list[Path] = []
-    paths_for_k = {}
-    for k, n in sorted(need.items()):
-        paths, new = ensure_data(data_dir, n, k, args.seed)
-        paths_for_k[k] = paths
-        if new:
-            made += list(paths.values())
+    # the largest N of each K, so one file per K and kind serves every point
+    paths_for_k, made = data_for_points(points_todo, data_dir, args.seed)
 
     todo = [(s, n, k, 1 if args.quick or n * k > SINGLE_RUN_ELEMENTS else 3) for s, n, k in points_todo]
     # one child per point, so each measures its own memory; --quick runs all in one child (a smoke test)
