@@ -81,6 +81,10 @@ class EmulatedMultiheadAttention(nn.Module):
     unbatched inputs, ``key_padding_mask``, boolean or float ``attn_mask``, ``is_causal``,
     ``need_weights``, ``average_attn_weights``). Modules built with ``add_bias_kv`` or
     ``add_zero_attn`` are refused.
+
+    ``state`` (weight schemes that learn from inputs, such as GPTQ) maps ``"q_proj"``,
+    ``"k_proj"``, ``"v_proj"`` and ``"out_proj"`` to each projection's calibration state,
+    collected by :meth:`MultiheadAttentionAdapter.calibration_layers`.
     """
 
     def __init__(self, mha: nn.MultiheadAttention, config: Any, *, name: str = "", group_size: Any = "config",
@@ -97,11 +101,12 @@ class EmulatedMultiheadAttention(nn.Module):
             wq, wk, wv = (w.detach() for w in (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight))
         biases = mha.in_proj_bias.detach().chunk(3) if mha.in_proj_bias is not None else (None, None, None)
         adapter = LinearAdapter()
+        states = state or {}
         for part, w, b in zip(("q_proj", "k_proj", "v_proj"), (wq, wk, wv), biases):
             setattr(self, part, EmulatedLayer(_linear(w, b), config, adapter=adapter, name=f"{name}.{part}",
-                                              group_size=group_size))
+                                              group_size=group_size, state=states.get(part)))
         self.out_proj = EmulatedLayer(mha.out_proj, config, adapter=adapter, name=f"{name}.out_proj",
-                                      group_size=group_size)
+                                      group_size=group_size, state=states.get("out_proj"))
         compute = format_info(config.compute) if config.compute else None
         self.attention_format = compute if getattr(config, "attention", False) else None
 
@@ -131,16 +136,18 @@ class EmulatedMultiheadAttention(nn.Module):
                 is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         mha = self.mha
         unbatched = query.dim() == 2
+        # the projections act on each token: applied in the caller's layout, so that in
+        # self-attention q, k and v read one tensor (GPTQ computes its X^T X once for the three)
+        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
         if unbatched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif mha.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+            q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
         # (L, N, E) from here on, as F.multi_head_attention_forward
-        length, batch, embed = query.shape
+        length, batch, embed = q.shape
         heads, head_dim = mha.num_heads, mha.head_dim
-        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
 
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(t.shape[0], batch, heads, head_dim).permute(1, 2, 0, 3)  # (N, H, L, d)
@@ -185,6 +192,24 @@ class MultiheadAttentionAdapter:
 
     def input_sizes(self, module: nn.MultiheadAttention) -> list[int]:
         return [module.embed_dim, module.kdim, module.vdim, module.embed_dim]
+
+    def calibration_layers(self, module: nn.MultiheadAttention) -> tuple[nn.Module, dict[str, tuple[nn.Module, Any]]]:
+        """A float stand-in for the calibration pass of weight schemes that learn from inputs.
+
+        ``nn.MultiheadAttention`` computes its projections inside one functional call
+        (``out_proj`` is never called as a module), so no hook sees their inputs. The
+        stand-in is an :class:`EmulatedMultiheadAttention` at ``"fp32"`` (the same
+        computation in float32, plain torch) whose four projections are modules:
+        ``q_proj`` sees the query, ``k_proj`` the key, ``v_proj`` the value (one tensor in
+        self-attention, whose ``X^T X`` GPTQ then computes once), ``out_proj`` the
+        attention output. Returns the stand-in and ``{part: (module to hook, its adapter)}``.
+        """
+        from .model import QuantConfig
+
+        stand_in = EmulatedMultiheadAttention(module, QuantConfig("fp32"), name="calibration")
+        adapter = LinearAdapter()
+        return stand_in, {part: (getattr(stand_in, part), adapter) for part in ("q_proj", "k_proj", "v_proj",
+                                                                                 "out_proj")}
 
     def emulate(self, module: nn.Module, config: Any, *, name: str = "", group_size: Any = "config",
                 state: Any = None) -> nn.Module:

@@ -105,9 +105,18 @@ class LayerAdapter:
     def inputs_2d(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as ``(rows, inputs per output channel)``, rows multiplying the weight.
 
-        Needed only by weight schemes that learn from calibration inputs (GPTQ-like).
+        Needed only by weight schemes that learn from calibration inputs (GPTQ-like). A
+        layer whose output channels read disjoint groups of inputs (:meth:`groups` > 1)
+        gives ``(groups, rows, inputs per output channel)``.
         """
         return x.reshape(-1, x.shape[-1])
+
+    def groups(self, layer: nn.Module) -> int:
+        """Groups of output channels that read disjoint groups of inputs (a grouped convolution's)."""
+        return 1
+
+    def check_inputs(self, layer: nn.Module) -> None:
+        """Raise ``ValueError`` if :meth:`inputs_2d` cannot give this layer's inputs (checked before any forward)."""
 
     def emulate(self, module: nn.Module, config: Any, *, name: str = "", group_size: Any = "config",
                 state: Any = None) -> nn.Module:
@@ -140,14 +149,21 @@ class ConvAdapter(LayerAdapter):
     def forward(self, layer, x, weight, bias):
         return layer._conv_forward(x, weight, bias)
 
-    def inputs_2d(self, layer, x):
-        if layer.groups != 1 or isinstance(layer.padding, str) or layer.padding_mode != "zeros" \
-                or not isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+    def groups(self, layer):
+        return layer.groups
+
+    def check_inputs(self, layer):
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros" or not isinstance(layer, (nn.Conv1d,
+                                                                                                     nn.Conv2d)):
             raise ValueError(
-                f"Calibration inputs of {type(layer).__name__}(groups={layer.groups}, padding={layer.padding!r}, "
-                f"padding_mode={layer.padding_mode!r}) cannot be unfolded into rows: this weight scheme supports "
-                "ungrouped Conv1d/Conv2d with numeric zero padding."
+                f"Calibration inputs of {type(layer).__name__}(padding={layer.padding!r}, "
+                f"padding_mode={layer.padding_mode!r}) cannot be unfolded into rows: weight schemes that learn "
+                "from inputs support Conv1d/Conv2d (grouped and depthwise too) with numeric zero padding."
             )
+
+    def inputs_2d(self, layer, x):
+        """Unfolded patches ``(rows, in_channels * kernel)``; grouped: ``(groups, rows, in/groups * kernel)``."""
+        self.check_inputs(layer)
         if isinstance(layer, nn.Conv1d):
             x = x.unsqueeze(2)
             kernel, dilation, padding, stride = ((1, k) for k in (layer.kernel_size[0], layer.dilation[0],
@@ -155,7 +171,13 @@ class ConvAdapter(LayerAdapter):
         else:
             kernel, dilation, padding, stride = layer.kernel_size, layer.dilation, layer.padding, layer.stride
         cols = nn.functional.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        if layer.groups == 1:
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        # (batch, channels * kernel, positions), channels outermost: group i is one contiguous slice
+        n, width, positions = cols.shape
+        per_group = width // layer.groups
+        return cols.reshape(n, layer.groups, per_group, positions).permute(1, 0, 3, 2).reshape(
+            layer.groups, n * positions, per_group)
 
 
 _REGISTRY: dict[type, Any] = {

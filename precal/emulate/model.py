@@ -577,7 +577,23 @@ def _prepare(model: nn.Module, config: Any, *, calibration_data: Any = None, ski
             )
         if static and check_data:
             _check_calibration_data(calibration_data)
+    for name, module, adapter, layer_cfg, _ in plan:
+        if layer_cfg.weight_format and WEIGHT_SCHEMES[layer_cfg.weight_scheme].needs_inputs:
+            _check_layer_inputs(name, module, adapter, WEIGHT_SCHEMES[layer_cfg.weight_scheme])
     return cfg, layer_cfgs, plan, embeddings, all_cfgs, needs_inputs
+
+
+def _check_layer_inputs(name: str, module: nn.Module, adapter: Any, scheme: Any) -> None:
+    """Can the layer hand ``scheme`` its calibration inputs? (Checked before any copy or forward pass.)"""
+    if isinstance(adapter, LayerAdapter):
+        adapter.check_inputs(module)
+        if adapter.groups(module) > 1 and not scheme.grouped_inputs:
+            raise ValueError(f"Weight scheme {scheme.name!r} does not take the grouped inputs of layer {name!r} "
+                             f"({type(module).__name__}, groups={adapter.groups(module)}): it cannot learn from them "
+                             "(set grouped_inputs on the scheme once its observe() handles them).")
+    elif not callable(getattr(adapter, "calibration_layers", None)):
+        raise ValueError(f"Weight scheme {scheme.name!r} learns from layer inputs, which layer {name!r} "
+                         f"({type(module).__name__}) cannot provide: its adapter has no calibration_layers().")
 
 
 
@@ -649,26 +665,40 @@ def emulate_model(
 
     states: dict[str, Any] = {}
     if needs_inputs:
-        hooks = []
+        hooks, swapped, runner = [], {}, emulated
         for name, _, adapter, layer_cfg, _ in plan:
             scheme = WEIGHT_SCHEMES[layer_cfg.weight_scheme]
             if not (layer_cfg.weight_format and scheme.needs_inputs):
                 continue
-            if not isinstance(adapter, LayerAdapter):
-                raise ValueError(f"Weight scheme {layer_cfg.weight_scheme!r} learns from layer inputs, which "
-                                 f"layer {name!r} ({type(targets[name]).__name__}) cannot provide.")
             module = targets[name]
-            states[name] = _begin(scheme, name, module, layer_cfg)
+            if isinstance(adapter, LayerAdapter):
+                parts = {None: (module, adapter)}
+            else:  # a module with its own forward (nn.MultiheadAttention): a float stand-in whose layers are hooked
+                stand_in, parts = adapter.calibration_layers(module)
+                swapped[name] = module
+                if name:
+                    _set_module(emulated, name, stand_in)
+                else:
+                    runner = stand_in
+            layer_states = {}
+            for part, (sub, sub_adapter) in parts.items():
+                label = name if part is None else f"{name}.{part}"
+                layer = sub.layer if isinstance(sub, EmulatedLayer) else sub
+                layer_states[part] = state = _begin(scheme, label, layer, layer_cfg)
 
-            def hook(mod, args, _name=name, _scheme=scheme, _adapter=adapter):
-                _scheme.observe(states[_name], _adapter.inputs_2d(mod, args[0].detach().float()))
+                def hook(mod, args, _state=state, _scheme=scheme, _adapter=sub_adapter):
+                    _scheme.observe(_state, _adapter.inputs_2d(mod, args[0].detach().float()))
 
-            hooks.append(module.register_forward_pre_hook(hook))
+                hooks.append(sub.register_forward_pre_hook(hook))
+            states[name] = layer_states[None] if None in layer_states else layer_states
         try:
-            _run(emulated, calibration_data, n_calibration_batches, batch_size)
+            _run(runner, calibration_data, n_calibration_batches, batch_size)
         finally:
             for handle in hooks:
                 handle.remove()
+            for name, module in swapped.items():
+                if name:
+                    _set_module(emulated, name, module)
 
     for name, _, adapter, layer_cfg, group in plan:
         replacement = adapter.emulate(targets[name], layer_cfg, name=name, group_size=group, state=states.get(name))

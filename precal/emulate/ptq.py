@@ -93,8 +93,8 @@ def _int_format(fmt: Any, scheme: str) -> IntFormat:
 
 
 def _qparams(w: torch.Tensor, fmt: IntFormat, symmetric: bool, scale_rule: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row scale and zero point of ``w`` (rows: output channels), shape ``(rows, 1)``."""
-    return int_qparams(w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True), fmt, symmetric=symmetric,
+    """Per-row scale and zero point of ``w`` (rows: output channels), shape ``(..., rows, 1)``."""
+    return int_qparams(w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True), fmt, symmetric=symmetric,
                        scale_rule=scale_rule)
 
 
@@ -106,16 +106,17 @@ def inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor | None:
     positive diagonal, hence the Cholesky factor GPTQ's error feedback uses (Frantar et al.,
     2023, Sec. 3.3 "Cholesky reformulation"). One Cholesky and one triangular inverse,
     about ``2n^3/3`` flops, instead of inverting ``H`` and factoring the inverse
-    (``chol(H)``, ``H^{-1}``, ``chol(H^{-1})``: about ``5n^3/3``).
+    (``chol(H)``, ``H^{-1}``, ``chol(H^{-1})``: about ``5n^3/3``). A batch ``(..., n, n)``
+    of matrices gives the batch of factors.
 
-    Returns None when ``H`` is not (numerically) positive definite.
+    Returns None when ``H`` (any matrix of a batch) is not (numerically) positive definite.
     """
-    n = H.shape[0]
-    L, info = torch.linalg.cholesky_ex(H.flip(0, 1))
-    if int(info) != 0:
+    n = H.shape[-1]
+    L, info = torch.linalg.cholesky_ex(H.flip(-2, -1))
+    if bool((info != 0).any()):
         return None
-    eye = torch.eye(n, dtype=H.dtype, device=H.device)
-    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+    eye = torch.eye(n, dtype=H.dtype, device=H.device).expand_as(L)
+    return torch.linalg.solve_triangular(L, eye, upper=False).flip(-2, -1)
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Any, *, group_size: int | None = None,
@@ -158,10 +159,13 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Any, *, grou
     ----------
     weight : torch.Tensor
         ``(out_channels, columns)`` float weight; the computation runs in its dtype
-        (float32 or float64) on its device.
+        (float32 or float64) on its device. A batch ``(groups, out_channels, columns)``
+        quantizes each ``weight[i]`` with its own ``hessian[i]`` in one pass (a grouped
+        or depthwise convolution: one small Hessian per group of input channels), equal to
+        one call per group (tested bit for bit).
     hessian : torch.Tensor
         ``(columns, columns)``, ``2 X^T X`` (any positive multiple; the authors' code uses
-        ``2 X^T X / n``).
+        ``2 X^T X / n``); ``(groups, columns, columns)`` with a batched weight.
     fmt : str or IntFormat
         Integer format (``"int4"``, ``"int8"``, ...).
     group_size : int, optional
@@ -199,11 +203,13 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Any, *, grou
     fed back, and the result equals round to nearest bit for bit (tested).
     """
     f = _int_format(fmt, "gptq")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (out_channels, columns), got shape {tuple(weight.shape)}.")
-    rows, n = weight.shape
-    if hessian.shape != (n, n):
-        raise ValueError(f"hessian must be ({n}, {n}) for a weight with {n} columns, got {tuple(hessian.shape)}.")
+    if weight.dim() not in (2, 3):
+        raise ValueError("weight must be 2-D (out_channels, columns) or 3-D (groups, out_channels, columns), got "
+                         f"shape {tuple(weight.shape)}.")
+    rows, n = weight.shape[-2:]
+    if hessian.shape != (*weight.shape[:-2], n, n):
+        raise ValueError(f"hessian must be {(*weight.shape[:-2], n, n)} for a weight of shape {tuple(weight.shape)}, "
+                         f"got {tuple(hessian.shape)}.")
     if group_size is not None and (group_size < 1 or n % group_size):
         raise ValueError(f"group_size={group_size} does not divide the {n} columns.")
     if not (isinstance(block_size, int) and block_size >= 1):
@@ -220,19 +226,26 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Any, *, grou
     def fq(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         return fake_quantize_int(w, scale, zero, f.qmin, f.qmax)
 
+    def columns(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # t[..., :, index[...]] per batch
+        return t.gather(-1, index.unsqueeze(-2).expand(*t.shape[:-1], index.shape[-1]))
+
     if g is None:  # per output channel: scales from the whole weight, before the dead columns are zeroed
         scale, zero = _qparams(W, f, symmetric, scale_rule)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    diag = H.diagonal(dim1=-2, dim2=-1)  # a view: writes go to H
+    dead = diag == 0
+    diag[dead] = 1.0
+    W.masked_fill_(dead.unsqueeze(-2), 0.0)
     if g is not None and static_groups:
-        group_params = [_qparams(W[:, i:i + g], f, symmetric, scale_rule) for i in range(0, n, g)]
+        params = [_qparams(W[..., i:i + g], f, symmetric, scale_rule) for i in range(0, n, g)]
+        group_scales = torch.cat([p[0] for p in params], dim=-1)  # (..., rows, n / g)
+        group_zeros = torch.cat([p[1] for p in params], dim=-1)
     perm = None
     if act_order:
-        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
-        W = W[:, perm]
-        H = H[perm][:, perm]
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype, device=H.device)
+        perm = torch.argsort(H.diagonal(dim1=-2, dim2=-1), dim=-1, descending=True, stable=True)
+        W = columns(W, perm)
+        H = columns(H, perm).gather(-2, perm.unsqueeze(-1).expand(*perm.shape, n))
+    diag = H.diagonal(dim1=-2, dim2=-1)
+    diag += damp * diag.mean(dim=-1, keepdim=True)
     U = inverse_cholesky_upper(H)
     if U is None:
         raise ValueError(f"GPTQ: the Hessian with damp={damp} is not positive definite; raise options['damp'].")
@@ -242,9 +255,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Any, *, grou
     sub = _SUB_BLOCK
     for i1 in range(0, n, block_size):
         i2 = min(i1 + block_size, n)
-        W1 = W[:, i1:i2].clone()
+        W1 = W[..., i1:i2].clone()
         Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
+        Hinv1 = Hinv[..., i1:i2, i1:i2]
         # inside a block, the rank-1 updates touch only a sub-block of `sub` columns; the rest
         # of the block gets them as one product per sub-block (the same sums, another order)
         for j1 in range(0, i2 - i1, sub):
@@ -253,42 +266,63 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: Any, *, grou
                 col = i1 + i
                 if g is not None:
                     if static_groups:
-                        scale, zero = group_params[int(perm[col]) // g if perm is not None else col // g]
+                        index = (perm[..., col:col + 1] // g if perm is not None
+                                 else torch.full(W.shape[:-2] + (1,), col // g, device=W.device))
+                        scale, zero = columns(group_scales, index), columns(group_zeros, index)
                     elif col % g == 0:  # the group's current weights: pending updates applied
                         end = col + g
-                        parts = [W1[:, i:min(end - i1, j2)]]
+                        parts = [W1[..., i:min(end - i1, j2)]]
                         if end - i1 > j2:
                             stop = min(end, i2) - i1
-                            parts.append(W1[:, j2:stop] - Err1[:, j1:i] @ Hinv1[j1:i, j2:stop])
+                            parts.append(W1[..., j2:stop] - Err1[..., j1:i] @ Hinv1[..., j1:i, j2:stop])
                         if end > i2:
-                            parts.append(W[:, i2:end] - Err1[:, :i] @ Hinv[i1:col, i2:end])
-                        scale, zero = _qparams(torch.cat(parts, dim=1), f, symmetric, scale_rule)
-                w = W1[:, i:i + 1]
+                            parts.append(W[..., i2:end] - Err1[..., :i] @ Hinv[..., i1:col, i2:end])
+                        scale, zero = _qparams(torch.cat(parts, dim=-1), f, symmetric, scale_rule)
+                w = W1[..., i:i + 1]
                 q = fq(w, scale, zero)
-                Q[:, col:col + 1] = q
-                err = (w - q) / Hinv1[i, i]
-                W1[:, i:j2] -= err @ Hinv1[i:i + 1, i:j2]
-                Err1[:, i:i + 1] = err
+                Q[..., col:col + 1] = q
+                err = (w - q) / Hinv1[..., i:i + 1, i:i + 1]
+                W1[..., i:j2] -= err @ Hinv1[..., i:i + 1, i:j2]
+                Err1[..., i:i + 1] = err
             if j2 < i2 - i1:
-                W1[:, j2:] -= Err1[:, j1:j2] @ Hinv1[j1:j2, j2:]
+                W1[..., j2:] -= Err1[..., j1:j2] @ Hinv1[..., j1:j2, j2:]
         if i2 < n:
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            W[..., i2:] -= Err1 @ Hinv[..., i1:i2, i2:]
     if perm is not None:
-        Q = Q[:, torch.argsort(perm)]
+        Q = columns(Q, torch.argsort(perm, dim=-1))
     return Q.to(weight.dtype)
 
 
 def _channel_stat(x: torch.Tensor, channels: int | None, reduce: str) -> torch.Tensor:
-    """Per input channel mean|x| or max|x| of 2-D rows whose columns are (channel, kernel position)."""
+    """Per input channel sum|x| or max|x| of rows whose columns are (channel, kernel position).
+
+    ``x`` is 2-D ``(rows, columns)``, or ``(groups, rows, columns)`` for a grouped
+    convolution (group ``i`` holds input channels ``i * channels / groups`` onwards): the
+    result is in the input's channel order either way.
+    """
     a = x.abs()
+    if x.dim() == 3:
+        a = a.reshape(x.shape[0], x.shape[1], channels // x.shape[0], -1)
+        return (a.sum((1, 3)) if reduce == "sum" else a.amax((1, 3))).reshape(-1)
     if channels is not None and channels != x.shape[1]:
         a = a.reshape(x.shape[0], channels, -1).transpose(1, 2).reshape(-1, channels)
     return a.sum(0) if reduce == "sum" else a.amax(0)
 
 
-def _expand(s: torch.Tensor, columns: int) -> torch.Tensor:
-    """Per-channel factors to the weight's columns (a convolution's kernel positions share one)."""
-    return s if s.numel() == columns else s.repeat_interleave(columns // s.numel())
+def _expand(s: torch.Tensor, shape: tuple[int, int], groups: int = 1) -> torch.Tensor:
+    """Per-input-channel factors onto a ``(out_channels, columns)`` weight.
+
+    A convolution's kernel positions share their channel's factor. Ungrouped: one row of
+    ``columns`` factors (broadcast over the output channels); grouped (``groups`` > 1): the
+    ``(out_channels, columns)`` matrix whose row ``r`` holds the factors of the input channels
+    of ``r``'s group, the only ones it reads: ``W * _expand(s)`` with input channel ``c``
+    divided by ``s_c`` is the same convolution, as each channel belongs to one group.
+    """
+    rows, columns = shape
+    if groups == 1:
+        return s if s.numel() == columns else s.repeat_interleave(columns // s.numel())
+    per_group = s.reshape(groups, -1)
+    return per_group.repeat_interleave(columns // per_group.shape[1], dim=1).repeat_interleave(rows // groups, dim=0)
 
 
 def awq_scales(x_mean: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -328,7 +362,9 @@ def awq_search(weight: torch.Tensor, gram: torch.Tensor, x_mean: torch.Tensor, q
         ``(out_channels, columns)`` float weight.
     gram : torch.Tensor
         ``(columns, columns)``, ``X^T X / n`` of the calibration rows the error is
-        measured on.
+        measured on; ``(groups, columns, columns)`` for a grouped convolution, one per
+        group of input channels (output channel ``r`` in group ``r // (out_channels /
+        groups)``), the error summed over the groups.
     x_mean : torch.Tensor
         Mean ``|x|`` per input channel (``columns``, or input channels of a convolution
         whose kernel positions share the channel's scale).
@@ -348,13 +384,16 @@ def awq_search(weight: torch.Tensor, gram: torch.Tensor, x_mean: torch.Tensor, q
     """
     columns = weight.shape[1]
     G = gram.to(device=weight.device, dtype=torch.float32)
+    groups = G.shape[0] if G.dim() == 3 else 1
     grid = [float(alpha)] if alpha is not None else [i / n_grid for i in range(n_grid)]
     best = (None, None, float("inf"))
     losses = []
     for a in grid:
         s = awq_scales(x_mean, a)
-        sc = _expand(s, columns)
+        sc = _expand(s, (weight.shape[0], columns), groups)
         D = quantizer(weight * sc) / sc - weight
+        if groups > 1:
+            D = D.reshape(groups, -1, columns)
         loss = float(((D @ G) * D).double().sum() / weight.shape[0])
         losses.append(loss)
         if loss < best[2] or best[0] is None:
@@ -362,7 +401,8 @@ def awq_search(weight: torch.Tensor, gram: torch.Tensor, x_mean: torch.Tensor, q
     return best[0], best[1], losses
 
 
-def smoothquant_scales(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+def smoothquant_scales(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float = 0.5,
+                       groups: int = 1) -> torch.Tensor:
     r"""SmoothQuant's per-input-channel smoothing factors.
 
     Xiao, Lin, Seznec, Wu, Demouth and Han, "SmoothQuant: Accurate and Efficient
@@ -370,8 +410,9 @@ def smoothquant_scales(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: fl
 
     ``s_j = max|X_j|^α / max|W_j|^(1-α)``,
 
-    ``max|X_j|`` over the calibration tokens, ``max|W_j|`` over the output channels (and a
-    convolution's kernel positions), both clamped to at least 1e-5 as in the authors'
+    ``max|X_j|`` over the calibration tokens, ``max|W_j|`` over the output channels that
+    read input ``j`` (and a convolution's kernel positions; with ``groups``, the output
+    channels of ``j``'s group), both clamped to at least 1e-5 as in the authors'
     ``smooth_ln_fcs``, ``s`` too. ``Y = (X diag(s)^{-1}) (W diag(s))^T = X W^T``: the
     activation outliers move into the weight, which is then quantized.
 
@@ -383,10 +424,17 @@ def smoothquant_scales(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: fl
         ``(out_channels, columns)``; columns grouped per input channel for convolutions.
     alpha : float, default=0.5
         Migration strength (0: no smoothing of activations, 1: all onto the weights).
+    groups : int, default=1
+        A grouped convolution's groups (``weight`` is ``(out_channels, in_channels /
+        groups * kernel)``).
     """
     channels = act_absmax.numel()
-    w = weight.abs().reshape(weight.shape[0], channels, -1)
-    w_max = w.amax(dim=(0, 2)).clamp(min=1e-5)
+    if groups == 1:
+        w_max = weight.abs().reshape(weight.shape[0], channels, -1).amax(dim=(0, 2))
+    else:
+        w = weight.abs().reshape(groups, weight.shape[0] // groups, channels // groups, -1)
+        w_max = w.amax(dim=(1, 3)).reshape(-1)
+    w_max = w_max.clamp(min=1e-5)
     return (act_absmax.clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
 
 
@@ -403,8 +451,14 @@ def _channels(layer: nn.Module) -> int | None:
     return layer.in_channels if isinstance(layer, nn.modules.conv._ConvNd) else None
 
 
+def _groups(layer: nn.Module) -> int:
+    """A convolution's groups (1 for other layers)."""
+    return layer.groups if isinstance(layer, nn.modules.conv._ConvNd) else 1
+
+
 class _InputStats(WeightScheme):
     needs_inputs = True
+    grouped_inputs = True
     option_defaults: dict[str, Any] = {}
 
     def check(self, config: Any) -> None:
@@ -467,7 +521,7 @@ class GPTQScheme(_InputStats):
             state["H"] = h.mul(2.0)
         else:
             state["H"].add_(h, alpha=2.0)
-        state["count"] += x.shape[0]
+        state["count"] += x.shape[-2]
 
     def _gram(self, x: torch.Tensor) -> torch.Tensor:
         """``X^T X`` in float32, computed once for layers fed the same tensor (q/k/v projections).
@@ -483,7 +537,7 @@ class GPTQScheme(_InputStats):
             key = None
         if key is not None and self._shared is not None and self._shared[0] == key:
             return self._shared[2]
-        h = x.t() @ x
+        h = x.mT @ x  # (groups, columns, columns) for a grouped convolution's (groups, rows, columns)
         self._shared = (key, x, h) if key is not None else None
         return h
 
@@ -492,11 +546,14 @@ class GPTQScheme(_InputStats):
         self._require(state, name, self.name)
         opts = _options(config, self.option_defaults, self.name)
         H = (state["H"] / state["count"]).to(weight.device)
+        shape = weight.shape
+        if H.dim() == 3:  # a grouped convolution: output channels by group, one Hessian each
+            weight = weight.reshape(H.shape[0], -1, shape[1])
         q = gptq_quantize(weight, H, config.weight_format, group_size=group_size, symmetric=config.weight_symmetric,
                           scale_rule=config.weight_scale_rule, damp=float(opts["damp"]),
                           block_size=opts["block_size"], act_order=bool(opts["act_order"]),
                           static_groups=opts["static_groups"])
-        return WeightResult(q)
+        return WeightResult(q.reshape(shape))
 
 
 class AWQScheme(_InputStats):
@@ -524,20 +581,21 @@ class AWQScheme(_InputStats):
     def begin(self, name, layer, config=None):
         max_rows = _options(config, self.option_defaults, self.name)["max_rows"] if config is not None \
             else self.option_defaults["max_rows"]
-        return {"sum": None, "count": 0, "gram": None, "kept": 0, "channels": _channels(layer), "max_rows": max_rows}
+        return {"sum": None, "count": 0, "gram": None, "kept": 0, "channels": _channels(layer),
+                "groups": _groups(layer), "max_rows": max_rows}
 
     def observe(self, state, x):
         x = x.detach().float()
         s = _channel_stat(x, state["channels"], "sum")
-        per_row = x.shape[1] // (state["channels"] or x.shape[1])
+        per_row = x.shape[-1] * state["groups"] // (state["channels"] or x.shape[-1])  # kernel positions
         state["sum"] = s if state["sum"] is None else state["sum"] + s
-        state["count"] += x.shape[0] * per_row
+        state["count"] += x.shape[-2] * per_row
         room = state["max_rows"] - state["kept"]
-        if room > 0:  # the first max_rows rows enter the search's Gram matrix
-            rows = x[:room]
-            g = (rows.t() @ rows).double()
+        if room > 0:  # the first max_rows rows enter the search's Gram matrix (one per group)
+            rows = x[..., :room, :]
+            g = (rows.mT @ rows).double()
             state["gram"] = g if state["gram"] is None else state["gram"] + g
-            state["kept"] += rows.shape[0]
+            state["kept"] += rows.shape[-2]
 
     def quantize(self, weight, config, *, group_size, state=None, name=""):
         self._require(state, name, self.name)
@@ -549,7 +607,7 @@ class AWQScheme(_InputStats):
         self.last[name] = {"alpha": alpha, "losses": losses}
         if torch.all(s == 1):
             return WeightResult(rtn(weight))
-        return WeightResult(rtn(weight * _expand(s, weight.shape[1])), input_scale=s)
+        return WeightResult(rtn(weight * _expand(s, weight.shape, state["groups"])), input_scale=s)
 
 
 class SmoothQuantScheme(_InputStats):
@@ -570,19 +628,20 @@ class SmoothQuantScheme(_InputStats):
             raise ValueError("smoothquant: options['alpha'] must be a number in [0, 1], got None.")
 
     def begin(self, name, layer):
-        return {"max": None, "count": 0, "channels": _channels(layer)}
+        return {"max": None, "count": 0, "channels": _channels(layer), "groups": _groups(layer)}
 
     def observe(self, state, x):
         m = _channel_stat(x.detach().float(), state["channels"], "max")
         state["max"] = m if state["max"] is None else torch.maximum(state["max"], m)
-        state["count"] += x.shape[0]
+        state["count"] += x.shape[-2]
 
     def quantize(self, weight, config, *, group_size, state=None, name=""):
         self._require(state, name, self.name)
         opts = _options(config, self.option_defaults, self.name)
-        s = smoothquant_scales(state["max"].to(weight.device), weight, float(opts["alpha"]))
+        groups = state["groups"]
+        s = smoothquant_scales(state["max"].to(weight.device), weight, float(opts["alpha"]), groups=groups)
         rtn = self._rtn(config, group_size)
-        return WeightResult(rtn(weight * _expand(s, weight.shape[1])), input_scale=s)
+        return WeightResult(rtn(weight * _expand(s, weight.shape, groups)), input_scale=s)
 
 
 register_weight_scheme("gptq", GPTQScheme())

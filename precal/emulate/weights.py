@@ -14,7 +14,12 @@ per-channel activation magnitudes) set ``needs_inputs = True``: before any weigh
 quantized, :func:`~precal.emulate.emulate_model` runs the calibration batches through the
 float model (BatchNorm folded) and hands each layer's inputs, as a 2-D matrix
 ``(rows, inputs per output channel)`` (a linear layer's tokens; a convolution's unfolded
-patches), to ``observe(state, x)``. ``quantize`` may also return a per-input-feature
+patches), to ``observe(state, x)``. A grouped or depthwise convolution's output channels
+each read only their group's input channels: its inputs come as ``(groups, rows, inputs per
+output channel)``, group ``i`` multiplying the weight rows of output group ``i``, and only to
+schemes that set ``grouped_inputs = True`` (the built-in GPTQ, AWQ and SmoothQuant do;
+:func:`~precal.emulate.emulate_model` refuses the others on such layers before any forward
+pass). ``quantize`` may also return a per-input-feature
 ``input_scale``: the emulated layer then divides its input by it before the activation
 quantizer (SmoothQuant's smoothing, whose inverse the scheme has folded into the weight).
 """
@@ -59,6 +64,9 @@ class WeightScheme:
 
     name = "rtn"
     needs_inputs = False
+    #: A ``needs_inputs`` scheme that accepts a grouped convolution's 3-D inputs
+    #: ``(groups, rows, inputs per output channel)`` in ``observe``.
+    grouped_inputs = False
 
     def check(self, config: Any) -> None:
         """Raise ``ValueError`` if ``config`` asks for something this scheme cannot do."""
@@ -79,7 +87,11 @@ class WeightScheme:
         return None
 
     def observe(self, state: Any, x: torch.Tensor) -> None:
-        """Accumulate one batch of the layer's inputs, ``(rows, inputs per output channel)``."""
+        """Accumulate one batch of the layer's inputs, ``(rows, inputs per output channel)``.
+
+        ``(groups, rows, inputs per output channel)`` for a grouped convolution (schemes
+        with ``grouped_inputs``).
+        """
 
     def quantize(self, weight: torch.Tensor, config: Any, *, group_size: int | None, state: Any = None,
                  name: str = "") -> WeightResult:
