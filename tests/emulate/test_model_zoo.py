@@ -116,34 +116,18 @@ def test_every_config_family_is_in_the_zoo_tests():
         assert parse_config(name).name == name
 
 
-def _ptq_unsupported(model):
-    """Layers a PTQ scheme cannot learn from (grouped/depthwise convs, nn.MultiheadAttention)."""
-    return [n for n, m in model.named_modules()
-            if isinstance(m, nn.MultiheadAttention) or (isinstance(m, nn.Conv2d) and m.groups > 1)]
-
-
 def _every(model, data, cal, output=None, traceable=True):
     """``sweep`` at every config of :data:`EVERY`: finite, fp32 exact, every other config changes the logits.
 
-    PTQ configs: layers the algorithm cannot learn from are a clear error before any forward pass;
-    overridden to the same config without the algorithm (round-to-nearest) they run. ``-x86`` needs
-    a model ``torch.fx`` traces (the CNNs); the others get its clear error.
+    PTQ configs run on every layer, grouped/depthwise convolutions and ``nn.MultiheadAttention``
+    included. ``-x86`` needs a model ``torch.fx`` traces (the CNNs); the others get its clear error.
     """
     with torch.no_grad():
         raw = model(**data) if isinstance(data, dict) else model(data)
         ref = (output(raw) if output else getattr(raw, "logits", raw)).float().numpy()
-    plain = [c for c in EVERY if c not in PTQ and (traceable or c != "w8a8-x86")]
-    out = sweep(model, data, plain, calibration_data=cal, batch_size=4, progress=False, output=output,
+    configs = [c for c in EVERY if traceable or c != "w8a8-x86"]
+    out = sweep(model, data, configs, calibration_data=cal, batch_size=4, progress=False, output=output,
                 group_fallback="channel")
-    unsupported = _ptq_unsupported(model)
-    for config in PTQ:
-        if unsupported:
-            with pytest.raises(ValueError, match="cannot"):
-                sweep(model, data, [config], calibration_data=cal, progress=False, output=output,
-                      group_fallback="channel")
-        rtn = "-".join(s for s in config.split("-") if s not in ("gptq", "actorder", "awq", "sq"))
-        out |= sweep(model, data, [config], calibration_data=cal, batch_size=4, progress=False, output=output,
-                     group_fallback="channel", overrides={n: rtn for n in unsupported})
     if not traceable:
         with pytest.raises(ValueError, match="torch.fx"):
             sweep(model, data, ["w8a8-x86"], calibration_data=cal, progress=False, output=output)
@@ -153,6 +137,23 @@ def _every(model, data, cal, output=None, traceable=True):
         if config not in ("fp32", "tf32"):
             assert not np.array_equal(z, ref), config
     return out
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "shufflenet_v2", "efficientnet", "vit"])
+def test_gptq_reaches_the_depthwise_convs_and_attention_of_the_zoo(name):
+    """No round-to-nearest override: GPTQ's weights differ from RTN's on every such layer."""
+    model = vision_model(name)
+    cal = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    gptq = dict(emulate_model(model, "w4a16-gptq", calibration_data=cal).named_modules())
+    rtn = dict(emulate_model(model, "w4a16").named_modules())
+    special = [n for n, m in model.named_modules()
+               if isinstance(m, nn.MultiheadAttention) or (isinstance(m, nn.Conv2d) and m.groups > 1)]
+    assert special
+    for n in special:
+        parts = ["q_proj", "k_proj", "v_proj", "out_proj"] if isinstance(gptq[n], EmulatedMultiheadAttention) else [""]
+        for part in parts:
+            key = f"{n}.{part}" if part else n
+            assert not torch.equal(gptq[key].weight_q, rtn[key].weight_q), key
 
 
 @pytest.mark.slow
