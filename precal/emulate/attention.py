@@ -36,7 +36,8 @@ from torch import nn
 from .formats import FloatFormat, format_info
 from .layers import EmulatedLayer, LinearAdapter, round_operand, round_output
 
-__all__ = ["attention_core", "EmulatedMultiheadAttention", "MultiheadAttentionAdapter", "use_emulated_attention"]
+__all__ = ["attention_core", "EmulatedMultiheadAttention", "MultiheadAttentionAdapter", "use_emulated_attention",
+           "disable_fused_transformer_paths"]
 
 
 def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
@@ -109,6 +110,10 @@ class EmulatedMultiheadAttention(nn.Module):
                                       group_size=group_size, state=states.get("out_proj"))
         compute = format_info(config.compute) if config.compute else None
         self.attention_format = compute if getattr(config, "attention", False) else None
+
+    @property
+    def _qkv_same_embed_dim(self) -> bool:  # read by nn.TransformerEncoderLayer
+        return self.mha._qkv_same_embed_dim
 
     @property
     def in_proj_weight(self) -> torch.Tensor | None:
@@ -185,6 +190,25 @@ def _additive(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, device=device).masked_fill(mask, float("-inf"))
     return mask.float()
+
+
+def disable_fused_transformer_paths(model: nn.Module) -> None:
+    """Keep torch's fused transformer kernels off an emulated copy (in place).
+
+    In eval mode without gradients, ``nn.TransformerEncoderLayer`` (and
+    ``nn.TransformerEncoder``'s nested-tensor path) run one fused kernel
+    (``torch._transformer_encoder_layer_fwd``) that reads the attention and MLP weights as
+    tensors and never calls the submodules: on an emulated copy it would use the
+    fake-quantized weights but skip activation quantization, the compute format and the
+    input scales of SmoothQuant/AWQ. The copy's encoder layers are marked so that torch
+    takes its module-by-module path (``activation_relu_or_gelu = 0``, which only selects
+    the fused kernel; ``use_nested_tensor = False``); the computation is otherwise the same.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoderLayer):
+            module.activation_relu_or_gelu = 0
+        elif isinstance(module, nn.TransformerEncoder):
+            module.use_nested_tensor = False
 
 
 class MultiheadAttentionAdapter:

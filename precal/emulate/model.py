@@ -658,6 +658,9 @@ def emulate_model(
         return copy.deepcopy(model).eval()
     cfg, layer_cfgs, plan, embeddings, all_cfgs, needs_inputs = prep
     emulated = copy.deepcopy(model).eval()
+    from .attention import disable_fused_transformer_paths
+
+    disable_fused_transformer_paths(emulated)
     if any((c.weight_format or c.weight_block) and c.fold_bn for c in all_cfgs) and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in emulated.modules()):
         fold_batchnorm(emulated)
