@@ -79,8 +79,8 @@ def test_batched_gptq_refuses_mismatched_hessians():
 def _group_alone(conv, i):
     """Group ``i`` of a grouped convolution as an ungrouped one on its own input channels."""
     out_g, in_g = conv.out_channels // conv.groups, conv.in_channels // conv.groups
-    dense = nn.Conv2d(in_g, out_g, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                      bias=conv.bias is not None)
+    dense = type(conv)(in_g, out_g, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                       bias=conv.bias is not None)
     with torch.no_grad():
         dense.weight.copy_(conv.weight[i * out_g:(i + 1) * out_g])
         if conv.bias is not None:
@@ -101,6 +101,17 @@ def test_grouped_conv_gptq_equals_gptq_of_each_group_alone(shape, config):
         alone = emulate_model(nn.Sequential(_group_alone(conv, i)), config, keep_head=False, batch_size=8,
                               calibration_data=x[:, i * in_g:(i + 1) * in_g])
         assert torch.equal(em[0].weight_q[i * out_g:(i + 1) * out_g], alone[0].weight_q), i
+
+
+def test_grouped_conv1d_gptq_equals_gptq_of_each_group_alone():
+    torch.manual_seed(0)
+    conv = nn.Conv1d(6, 6, 5, padding=2, dilation=1, groups=3)
+    x = _images(6)[:, :, 0, :].contiguous()  # (batch, channels, length)
+    em = emulate_model(nn.Sequential(conv), "w4a16-g5-gptq", calibration_data=x, keep_head=False)
+    for i in range(3):
+        alone = emulate_model(nn.Sequential(_group_alone(conv, i)), "w4a16-g5-gptq", keep_head=False,
+                              calibration_data=x[:, 2 * i:2 * i + 2])
+        assert torch.equal(em[0].weight_q[2 * i:2 * i + 2], alone[0].weight_q), i
 
 
 @pytest.mark.parametrize("config", ["w4a16-gptq", "w4a16-gptq-actorder", "w4a16-g9-gptq"])
