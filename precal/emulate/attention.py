@@ -5,7 +5,10 @@ the same computation in plain torch with its four projections (query, key, value
 packed ``in_proj_weight``, and ``out_proj``) as :class:`~precal.emulate.EmulatedLayer`\\ s:
 weights, activations and compute format as every linear layer. Code that reads the
 module's tensors directly still works: ``in_proj_weight``, ``in_proj_bias`` and
-``out_proj.weight`` are the emulated (fake-quantized) tensors.
+``out_proj.weight`` are the emulated (fake-quantized) tensors. Weight schemes that learn
+from inputs (GPTQ, AWQ, SmoothQuant) calibrate through
+:meth:`MultiheadAttentionAdapter.calibration_layers`. In an ``nn.TransformerEncoder``, the
+emulated copy is kept off torch's fused encoder kernel (:func:`disable_fused_transformer_paths`).
 
 **The attention products** (``softmax(Q K^T / sqrt(d) + mask) V``) run in float32 unless
 the config asks for ``attention=True`` (``"bf16-attn"``...), which emulates the recipe of

@@ -33,6 +33,17 @@ Config names: ``"w4a16-g128-gptq"``, ``"w4a16-g128-gptq-actorder"``, ``"w4a16-gp
   ``mean|x|`` uses them all);
 * SmoothQuant: ``alpha`` (0.5).
 
+Layers: every registered layer that hands its inputs to a weight scheme. Linear layers and
+GPT-2's ``Conv1D`` give their tokens; ``Conv1d``/``Conv2d`` their unfolded patches;
+**grouped and depthwise** convolutions their patches per group, ``(groups, rows,
+in/groups * kernel)``: GPTQ quantizes the groups in one batched pass, each with the Hessian
+of its own input channels (:func:`gptq_quantize` on a 3-D weight), and AWQ/SmoothQuant fold
+each input channel's factor into the weight columns of the output channels of its group,
+the only ones that read it (an exact fold). ``nn.MultiheadAttention`` runs its calibration
+pass through a float :class:`~precal.emulate.EmulatedMultiheadAttention`, so that its
+query/key/value projections (the packed ``in_proj_weight``) and ``out_proj`` each get their
+own input (one ``X^T X`` for q/k/v in self-attention).
+
 Calibration inputs come from :func:`~precal.emulate.emulate_model`'s one pass of the
 calibration data through the **float** model (BatchNorm folded): every layer sees float
 inputs. The reference GPTQ and AWQ code quantizes a transformer block by block and feeds
