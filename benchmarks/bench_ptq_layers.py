@@ -20,7 +20,8 @@ Two tables.
    network fares.
 
 Writes ``benchmarks/results/ptq_layers.md`` and ``ptq_layers.json`` (``--out`` elsewhere).
-Run: ``python benchmarks/bench_ptq_layers.py`` (about a minute on 1 thread).
+Run: ``python benchmarks/bench_ptq_layers.py`` (under a minute on 1 thread); ``--quick``: two
+depthwise sizes, the MobileNetV2 and the ViT, three configs.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ DEPTHWISE = [96, 144, 192, 384, 576, 960]
 CONFIGS = ["w4a16", "w4a16-gptq", "w4a16-gptq-actorder", "w4a16-awq", "w8a8", "w8a8-sq"]
 
 
-def _depthwise_rows(repeat: int) -> list[dict]:
+def _depthwise_rows(repeat: int, sizes: list[int]) -> list[dict]:
     from precal.emulate import gptq_quantize
 
     g = torch.Generator().manual_seed(0)
     rows = []
-    for channels in DEPTHWISE:
+    for channels in sizes:
         X = torch.randn(channels, 4096, 9, generator=g) @ torch.randn(channels, 9, 9, generator=g)
         H = 2 * X.mT @ X / X.shape[1]
         W = torch.randn(channels, 1, 9, generator=g)
@@ -86,15 +87,17 @@ def _models() -> dict:
     return out
 
 
-def _error_rows() -> list[dict]:
+def _error_rows(models: list[str] | None, configs: list[str]) -> list[dict]:
     from precal.emulate import emulate_model
 
     rows = []
     for name, (model, data) in _models().items():
+        if models is not None and name not in models:
+            continue
         cal, test = data[:64], data[64:]
         with torch.no_grad():
             ref_cal, ref_test = model(cal), model(test)
-            for config in CONFIGS:
+            for config in configs:
                 t = time.perf_counter()
                 em = emulate_model(model, config, calibration_data=cal, keep_head=False, batch_size=32)
                 seconds = time.perf_counter() - t
@@ -127,11 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     limit_threads(args.threads)
     load = os.getloadavg()[0]
-    depthwise = _depthwise_rows(args.repeat)
-    errors = _error_rows()
+    if args.quick:
+        depthwise = _depthwise_rows(1, DEPTHWISE[:2])
+        errors = _error_rows(["mobilenet_v2", "vit"], ["w4a16", "w4a16-gptq", "w8a8-sq"])
+    else:
+        depthwise = _depthwise_rows(args.repeat, DEPTHWISE)
+        errors = _error_rows(None, CONFIGS)
     meta = {"machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}",
             "threads": args.threads, "load": load}
     text = _markdown(depthwise, errors, meta)

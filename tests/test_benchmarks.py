@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["study_pacs.py", "bench_emulate.py", "bench_scale.py", "bench_speed.py",
-                                    "bench_ptq.py", "check_mx_torchao.py", "study_mx.py", "quality_bar.py"])
+                                    "bench_ptq.py", "bench_ptq_layers.py", "check_mx_torchao.py", "study_mx.py",
+                                    "quality_bar.py"])
 def test_script_quick_mode_runs(script, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(tmp_path)],
