@@ -19,7 +19,12 @@ module type                            adapter
 A user adds a type with ``register_layer(MyLayer, MyAdapter())``: subclass
 :class:`LayerAdapter` for a one-weight layer, or give any object with an
 ``emulate(module, config, *, name, group_size, state) -> nn.Module`` method for a module
-that needs its own forward (as multi-head attention does).
+that needs its own forward (as multi-head attention does). Such an adapter takes part in
+weight schemes that learn from calibration inputs (GPTQ, AWQ, SmoothQuant) through
+``calibration_layers(module) -> (stand_in, {part: (layer, LayerAdapter)})``: a module run
+in ``module``'s place for the calibration pass and the layers in it whose inputs are
+observed; ``emulate`` then gets ``state={part: state}``. Without it, such configs refuse
+the module before any forward pass.
 
 An :class:`EmulatedLayer` keeps the module's interface for code that reads it directly:
 ``.weight`` is the fake-quantized weight in the module's own layout, ``.bias`` its bias,

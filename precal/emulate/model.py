@@ -650,7 +650,9 @@ def emulate_model(
         Unknown config; names in ``skip``/``overrides`` that do not exist or are not
         quantizable; a group size that does not divide a layer (``group_fallback="error"``);
         a config that needs calibration data without it, or calibration batches that are
-        not tensors or dicts of tensors. All of these before any forward pass.
+        not tensors or dicts of tensors; a weight scheme that learns from inputs on a layer
+        that cannot give them (a ``Conv3d``, ``"same"`` padding). All of these before any
+        forward pass.
     """
     prep = _prepare(model, config, calibration_data=calibration_data, skip=skip, overrides=overrides,
                     observer=observer, **options)
