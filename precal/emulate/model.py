@@ -596,7 +596,6 @@ def _check_layer_inputs(name: str, module: nn.Module, adapter: Any, scheme: Any)
                          f"({type(module).__name__}) cannot provide: its adapter has no calibration_layers().")
 
 
-
 def emulate_model(
     model: nn.Module,
     config: str | QuantConfig,
