@@ -899,7 +899,7 @@ def test_top_level_exports_the_new_calibrators():
     import precal
     import precal.calibration
 
-    new = {"EnsembleTemperatureScaling", "TopLabelCalibrator", "AutoCalibrator"}
+    new = {"EnsembleTemperatureScaling", "TopLabelCalibrator", "StructuredMatrixScaling", "AutoCalibrator"}
     assert new <= set(precal.__all__) and new <= set(precal.calibration.__all__)
     for name in new:
         assert getattr(precal, name) is getattr(precal.calibration, name)
