@@ -264,11 +264,12 @@ class _MatrixScalingMap(torch.nn.Module):
         self.register_buffer("inverse_temperature", torch.tensor(1.0 / temperature, dtype=torch.float64))
         self.register_buffer("log_kept", torch.tensor(math.log1p(-smoothing), dtype=torch.float64))
         self.register_buffer("log_floor", torch.tensor(math.log(smoothing / k), dtype=torch.float64))
-        self.register_buffer("coef", torch.tensor(coef, dtype=torch.float32))
-        self.register_buffer("intercept", torch.tensor(intercept, dtype=torch.float32))
+        self.register_buffer("coef", torch.tensor(coef, dtype=torch.float64))
+        self.register_buffer("intercept", torch.tensor(intercept, dtype=torch.float64))
         self.diagonal = coef.ndim == 1
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        # float64 logits are mapped in float64 (the buffers' precision), all others in float32
         z = logits if logits.dtype == torch.float64 else logits.float()
         scaled = torch.log_softmax(z * self.inverse_temperature.to(z.dtype), dim=-1) + self.log_kept.to(z.dtype)
         x = torch.logaddexp(scaled, self.log_floor.to(z.dtype).expand_as(scaled))
