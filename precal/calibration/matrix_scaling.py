@@ -456,6 +456,13 @@ class StructuredMatrixScaling(BaseLogitCalibrator):
             features = scaled_log_probabilities(logits, ts.temperature, smoothing)
             result = fit_matrix_scaling(features, y_idx, weights, strengths, diagonal=resolved == "diagonal",
                                         max_iter=int(self.max_iter), tol=float(self.tol))
+        if not ts.converged:
+            warnings.warn(
+                f"StructuredMatrixScaling: the temperature of the first stage did not converge in {ts.n_iter} "
+                f"passes (T={ts.temperature:.6g}); the map is fitted on it.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
         if not result.converged:
             warnings.warn(
                 f"StructuredMatrixScaling: L-BFGS-B stopped on max_iter={self.max_iter} before converging "
