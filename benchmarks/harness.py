@@ -271,6 +271,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "top-label-isotonic": ("TopLabelCalibrator", {"method": "isotonic"}),
     "top-label-histogram": ("TopLabelCalibrator", {"method": "histogram"}),
     "top-label-spline": ("TopLabelCalibrator", {"method": "spline"}),
+    "sms": ("StructuredMatrixScaling", {}),
     "auto": ("AutoCalibrator", {}),
 }
 #: Study-wide settings a method takes when its class has a parameter of that name

@@ -82,6 +82,7 @@ PRECAL = {
     "Dirichlet": "dirichlet",
     "PACS": "pacs",
     "Fuzzy": "fuzzy",
+    "SMS": "sms",
     "Auto": "auto",
 }
 #: Peers measured in the same run: label -> (library, what).
@@ -102,7 +103,7 @@ PROBMETRICS = {"probmetrics TS-mix": "ts-mix", "probmetrics logistic": "logistic
 #: Short names for --methods.
 SHORT = {"uncalibrated": "uncal", "TS": "ts", "ETS": "ets", "TL isotonic + TS": "tl-iso-ts", "TL isotonic": "tl-iso",
          "TL spline + TS": "tl-spline-ts", "TL spline": "tl-spline", "Dirichlet": "dirichlet", "PACS": "pacs",
-         "Fuzzy": "fuzzy", "Auto": "auto", "sklearn sigmoid": "sk-sigmoid", "sklearn isotonic": "sk-isotonic",
+         "Fuzzy": "fuzzy", "SMS": "sms", "Auto": "auto", "sklearn sigmoid": "sk-sigmoid", "sklearn isotonic": "sk-isotonic",
          "sklearn temperature": "sk-temperature", "netcal TS": "nc-ts", "netcal isotonic": "nc-isotonic",
          "netcal histogram": "nc-histogram", "netcal BBQ": "nc-bbq", "netcal ENIR": "nc-enir",
          "probmetrics TS-mix": "pm-ts-mix", "probmetrics logistic": "pm-logistic"}
@@ -651,6 +652,25 @@ def guide(report: dict[str, Any]) -> str:
                      + (f" (median {med['Dirichlet']:.0f}× TS's fit time)" if "Dirichlet" in med else "")
                      + "; try it with `AutoCalibrator(candidates=[..., \"dirichlet\"])` when NLL matters most and "
                        "you have thousands of calibration rows. It ran on fewer splits (see the benchmark's notes).")
+    sms = [(k, s, _mean(s, "SMS", "nll"), _mean(s, "TS", "nll")) for k, s in st.items()
+           if _mean(s, "SMS", "nll") is not None and _mean(s, "TS", "nll") is not None]
+    if sms:
+        gain = {k: (_mean(s, "SMS", "accuracy") - _mean(s, "uncalibrated", "accuracy")) * 100 for k, s, _, _ in sms}
+        top = sorted(gain, key=gain.get, reverse=True)[:2]
+        worse = [k for k, _, a, t in sms if a > t]
+        pm = [(a, _mean(s, "probmetrics logistic", "nll")) for _, s, a, _ in sms
+              if _mean(s, "probmetrics logistic", "nll") is not None]
+        lines.append(
+            "- **Structured matrix scaling** (`StructuredMatrixScaling`, Berta et al. 2026: TS, then an affine map "
+            "of the TS log-probabilities whose ridge penalty, scaled by parameters per sample, shrinks it towards "
+            "TS) when NLL matters and you accept a map that can **change predictions**: its mean NLL was below "
+            f"TS's on {len(sms) - len(worse)} of {len(sms)} settings"
+            + (" (above it on " + ", ".join(_name(k) for k in worse) + ")" if worse else "")
+            + f", and it moved accuracy by {min(gain.values()):+.2f} to {max(gain.values()):+.2f} points against "
+            "the model (largest: " + ", ".join(f"{_name(k)} {gain[k]:+.2f}" for k in top) + ")"
+            + (f"; its mean NLL was within {max(abs(a - b) for a, b in pm):.1e} of probmetrics' `logistic` (the "
+               f"same method) on all {len(pm)} settings" if pm else "")
+            + ".")
     lines.append("- **One number to ship, or a calibrator applied across precisions**: `TemperatureScaling` (one "
                  "parameter, a `torch` layer, and the map that `study_cross_precision` shows transferring between "
                  "precisions). Its mean ECE was the lowest of TS, ETS and top-label maps on "

@@ -42,7 +42,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSErr
 LARGE_LOGIT = 1e4
 
 #: Calibrator short names of ``--calibrators``; :data:`precal.report.CALIBRATORS` builds them.
-CALIBRATOR_NAMES = ("ts", "pacs", "dirichlet", "fuzzy", "ets", "toplabel", "auto")
+CALIBRATOR_NAMES = ("ts", "pacs", "dirichlet", "fuzzy", "ets", "toplabel", "sms", "auto")
 #: ``precal.report.AVAILABLE_METRICS`` (spelled out: the report module is imported only once the
 #: arguments are checked); the first six are ``evaluate``'s default columns.
 METRIC_NAMES = ("accuracy", "ece", "ace", "mce", "nll", "brier", "debiased_ece", "smooth_ece")
@@ -446,7 +446,7 @@ Examples:
 @click.option("--calibrators", default="ts,pacs,dirichlet", show_default=True, callback=_parse_calibrators,
               metavar="LIST", help="Comma-separated: ts (temperature scaling), pacs, dirichlet, fuzzy "
                                    "(fuzzy Dirichlet; slow: minutes on 10 000 samples), ets (ensemble temperature "
-                                   "scaling), toplabel (top-label isotonic), auto (AutoCalibrator: picks by "
+                                   "scaling), toplabel (top-label isotonic), sms (structured matrix scaling), auto (AutoCalibrator: picks by "
                                    "cross-validated ECE under an NLL guard, reports its choice per fold), or none.")
 @click.option("--metrics", default=",".join(DEFAULT_METRICS), show_default=True, callback=_parse_metrics,
               metavar="LIST", help="Comma-separated columns of the table, in order: accuracy, ece, ace, mce, nll, "

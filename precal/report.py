@@ -99,6 +99,12 @@ def _toplabel(precision: str, random_state: int) -> Any:
     return TopLabelCalibrator()
 
 
+def _sms(precision: str, random_state: int) -> Any:
+    from .calibration import StructuredMatrixScaling
+
+    return StructuredMatrixScaling()
+
+
 def _auto(precision: str, random_state: int) -> Any:
     from .calibration import AutoCalibrator
 
@@ -113,6 +119,7 @@ CALIBRATORS: dict[str, tuple[str, Callable[[str, int], Any]]] = {
     "fuzzy": ("fuzzy Dirichlet", _fuzzy),
     "ets": ("ensemble temperature scaling", _ets),
     "toplabel": ("top-label", _toplabel),
+    "sms": ("structured matrix scaling", _sms),
     "auto": ("auto", _auto),
 }
 
@@ -214,7 +221,8 @@ AS_GIVEN = "as given"
 def make_calibrator(name: str, *, precision: str = "fp32", random_state: int = 0) -> Any:
     """A fresh calibrator by short name: ``ts``, ``pacs``, ``dirichlet``, ``fuzzy``, ``ets``
     (:class:`~precal.calibration.EnsembleTemperatureScaling`), ``toplabel``
-    (:class:`~precal.calibration.TopLabelCalibrator`, defaults) or ``auto``
+    (:class:`~precal.calibration.TopLabelCalibrator`, defaults), ``sms``
+    (:class:`~precal.calibration.StructuredMatrixScaling`) or ``auto``
     (:class:`~precal.calibration.AutoCalibrator`, default candidates).
 
     ``precision`` is PACS's format; ``random_state`` seeds FuzzyDirichlet's noise copies and

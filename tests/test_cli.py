@@ -172,6 +172,15 @@ def test_evaluate_accepts_the_new_calibrators_and_reports_autos_choice(files):
     assert "auto" in text.stdout
 
 
+def test_evaluate_runs_structured_matrix_scaling_by_its_short_name(files):
+    result = invoke("evaluate", files / "zy.npz", "--calibrators", "sms", "--cv", 2, "--n-bootstrap", 0, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert [r["method"] for r in out["rows"]] == ["uncalibrated", "structured matrix scaling"]
+    fitted = out["fitted"]["sms"]["per_fold"]
+    assert len(fitted["temperature_"]) == 2 and len(fitted["smoothing_"]) == 2
+
+
 def test_evaluate_report_names_autos_choice(files, tmp_path):
     pytest.importorskip("matplotlib")
     result = invoke("evaluate", files / "zy.npz", "--cv", 2, "--n-bootstrap", 0, "--calibrators", "auto",
@@ -899,7 +908,7 @@ def test_top_level_exports_the_new_calibrators():
     import precal
     import precal.calibration
 
-    new = {"EnsembleTemperatureScaling", "TopLabelCalibrator", "AutoCalibrator"}
+    new = {"EnsembleTemperatureScaling", "TopLabelCalibrator", "StructuredMatrixScaling", "AutoCalibrator"}
     assert new <= set(precal.__all__) and new <= set(precal.calibration.__all__)
     for name in new:
         assert getattr(precal, name) is getattr(precal.calibration, name)

@@ -19,7 +19,13 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from precal import DirichletCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
+from precal import (
+    DirichletCalibrator,
+    FuzzyDirichletCalibrator,
+    PACSCalibrator,
+    StructuredMatrixScaling,
+    TemperatureScaling,
+)
 
 from .conftest import make_logits
 
@@ -36,6 +42,9 @@ CASES = [
         lambda: FuzzyDirichletCalibrator(max_iter=30), ("centers_", "widths_", "coefs_", "intercepts_"),
         id="FuzzyDirichletCalibrator",
     ),
+    pytest.param(StructuredMatrixScaling, ("temperature_", "coef_", "intercept_"), id="StructuredMatrixScaling"),
+    pytest.param(lambda: StructuredMatrixScaling(map="diagonal"), ("temperature_", "coef_", "intercept_"),
+                 id="StructuredMatrixScalingDiagonal"),
 ]
 
 

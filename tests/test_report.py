@@ -282,10 +282,16 @@ def ev_new(data):
 
 
 def test_new_calibrators_by_short_name():
-    from precal.calibration import AutoCalibrator, EnsembleTemperatureScaling, TopLabelCalibrator
+    from precal.calibration import (
+        AutoCalibrator,
+        EnsembleTemperatureScaling,
+        StructuredMatrixScaling,
+        TopLabelCalibrator,
+    )
 
     assert isinstance(make_calibrator("ets"), EnsembleTemperatureScaling)
     assert isinstance(make_calibrator("toplabel"), TopLabelCalibrator)
+    assert isinstance(make_calibrator("sms"), StructuredMatrixScaling)
     auto = make_calibrator("auto", random_state=9)
     assert isinstance(auto, AutoCalibrator) and auto.random_state == 9
 

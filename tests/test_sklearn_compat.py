@@ -10,11 +10,12 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from precal import DirichletCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
-from precal.calibration import AutoCalibrator, EnsembleTemperatureScaling, TopLabelCalibrator
+from precal.calibration import AutoCalibrator, EnsembleTemperatureScaling, StructuredMatrixScaling, TopLabelCalibrator
 
 CALIBRATORS = [TemperatureScaling(), PACSCalibrator(), DirichletCalibrator(), FuzzyDirichletCalibrator(),
                EnsembleTemperatureScaling(), TopLabelCalibrator(), TopLabelCalibrator(method="histogram"),
-               TopLabelCalibrator(method="spline", base=None), AutoCalibrator()]
+               TopLabelCalibrator(method="spline", base=None), StructuredMatrixScaling(),
+               StructuredMatrixScaling(map="diagonal"), AutoCalibrator()]
 
 _NOT_LOGITS = (
     "fits on feature matrices whose column count differs from the number of classes "

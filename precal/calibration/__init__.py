@@ -6,6 +6,7 @@ from .classifier import CalibratedClassifier, LogitTransformer
 from .dirichlet import DirichletCalibrator, fit_dirichlet
 from .ensemble_temperature import EnsembleTemperatureScaling
 from .fuzzy import FuzzyDirichletCalibrator
+from .matrix_scaling import StructuredMatrixScaling
 from .pacs import PACSCalibrator, pacs_risk, precision_epsilon
 from .temperature import TemperatureScaling, fit_temperature
 from .top_label import TopLabelCalibrator, fit_confidence_map
@@ -17,6 +18,7 @@ __all__ = [
     "DirichletCalibrator",
     "FuzzyDirichletCalibrator",
     "EnsembleTemperatureScaling",
+    "StructuredMatrixScaling",
     "TopLabelCalibrator",
     "AutoCalibrator",
     "CalibratedClassifier",

@@ -16,12 +16,18 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
 from precal import DirichletCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling, load_calibrator
-from precal.calibration import AutoCalibrator, BaseLogitCalibrator, EnsembleTemperatureScaling, TopLabelCalibrator
+from precal.calibration import (
+    AutoCalibrator,
+    BaseLogitCalibrator,
+    EnsembleTemperatureScaling,
+    StructuredMatrixScaling,
+    TopLabelCalibrator,
+)
 
 from ..conftest import make_logits
 
 CALIBRATORS = [TemperatureScaling, PACSCalibrator, DirichletCalibrator, FuzzyDirichletCalibrator,
-               EnsembleTemperatureScaling, TopLabelCalibrator, AutoCalibrator]
+               EnsembleTemperatureScaling, TopLabelCalibrator, StructuredMatrixScaling, AutoCalibrator]
 #: The calibrators that promise an unchanged argmax (the Dirichlet maps do not; AutoCalibrator
 #: keeps it only when it chooses one of these).
 ARGMAX_PRESERVING = [TemperatureScaling, PACSCalibrator, EnsembleTemperatureScaling, TopLabelCalibrator]
@@ -388,7 +394,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(2, 6), scale=st.floats(0.1, 20.0))
-@pytest.mark.parametrize("cls", CALIBRATORS[:3] + [EnsembleTemperatureScaling, TopLabelCalibrator],
+@pytest.mark.parametrize("cls", CALIBRATORS[:3] + [EnsembleTemperatureScaling, TopLabelCalibrator, StructuredMatrixScaling],
                          ids=lambda c: c.__name__)
 def test_rows_sum_to_one_and_argmax_is_kept(cls, seed, k, scale):
     z, y = make_logits(n=120, k=k, scale=scale, seed=seed)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
-from precal import DirichletCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
+from precal import (
+    DirichletCalibrator,
+    FuzzyDirichletCalibrator,
+    PACSCalibrator,
+    StructuredMatrixScaling,
+    TemperatureScaling,
+)
 
 
 def _data(n=300, k=4, seed=0):
@@ -24,6 +30,7 @@ def _data(n=300, k=4, seed=0):
         PACSCalibrator(precision="int4", max_iter=1, tol=1e-15),
         DirichletCalibrator(reg_lambda=1e-3, max_iter=1),
         FuzzyDirichletCalibrator(reg_region=0.0, max_iter=2, check_gates=False),
+        StructuredMatrixScaling(max_iter=1),
     ],
     ids=lambda c: type(c).__name__,
 )
