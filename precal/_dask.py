@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["is_dask_array", "dask_state", "dask_top_label", "DaskLogits", "DaskDataTerm", "lazy_rows",
+__all__ = ["is_dask_array", "dask_state", "dask_top_label", "dask_per_sample", "DaskLogits", "DaskDataTerm", "lazy_rows",
            "refusal"]
 
 #: Vectors summed per task in the reduction tree of :func:`dask_state`.
@@ -193,26 +193,38 @@ def dask_state(y_true: Any, y_prob: Any, n_bins: int, labels: Any = None) -> Any
     return CalibrationState.from_tensor(total, n_columns, n_bins)
 
 
-def _chunk_top_label(i: int, start: int, y_block: Any, p_block: Any, n_columns: int, one_d: bool,
-                     labels: Any) -> np.ndarray:
-    from .metrics.calibration import _top_label
+def _chunk_per_sample(i: int, start: int, y_block: Any, p_block: Any, n_columns: int, one_d: bool,
+                      labels: Any, kind: str) -> np.ndarray:
+    from .metrics.calibration import per_sample
 
     y_idx, prob = _checked_chunk(i, start, y_block, p_block, n_columns, one_d, labels, same_length=False)
-    return np.stack(_top_label(y_idx, prob))
+    return np.stack(per_sample(kind, y_idx, prob))
 
 
-def dask_top_label(y_true: Any, y_prob: Any, labels: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-label confidence and correctness of dask input (two float64 per sample, gathered in memory)."""
+def dask_per_sample(y_true: Any, y_prob: Any, labels: Any, kind: str) -> tuple[tuple[np.ndarray, ...], int]:
+    """The per-sample numbers ``kind`` of dask input, gathered in memory (one or two float64 per sample), and the
+    number of classes.
+
+    ``kind`` as :func:`precal.metrics.calibration.per_sample` takes it: ``"top_label"`` (confidence and
+    correctness), ``"nll"`` or ``"brier"`` (the sample's loss). Each chunk is validated and reduced to these on
+    its worker; only ``O(n)`` numbers travel, never the ``(n, K)`` rows.
+    """
     import dask
 
     y, prob, n_columns, one_d, chunk_labels = _prepare_metric_input(y_true, y_prob, labels)
     parts = [
-        dask.delayed(_chunk_top_label)(i, start, yb, pb, n_columns, one_d, chunk_labels)
+        dask.delayed(_chunk_per_sample)(i, start, yb, pb, n_columns, one_d, chunk_labels, kind)
         for i, (start, yb, pb) in enumerate(zip(_starts(prob.chunks[0]), y.to_delayed().ravel(),
                                                 prob.to_delayed().ravel()))
     ]
     both = np.concatenate(compute(*parts), axis=1)
-    return both[0], both[1]
+    return tuple(both), n_columns
+
+
+def dask_top_label(y_true: Any, y_prob: Any, labels: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and correctness of dask input (two float64 per sample, gathered in memory)."""
+    (conf, correct), _ = dask_per_sample(y_true, y_prob, labels, "top_label")
+    return conf, correct
 
 
 # ----------------------------------------------------------------------------- calibrators

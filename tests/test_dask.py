@@ -155,10 +155,53 @@ def test_metric_bad_chunks_are_named():
     unknown = unknown[unknown[:, 0] >= 0]  # unknown chunk sizes
     with pytest.raises(ValueError, match="compute_chunk_sizes"):
         expected_calibration_error(y, unknown)
-    with pytest.raises(TypeError, match="Dask"):
-        calibration_error_ci(y, da.from_array(p, chunks=(300, 3)))
+    with pytest.raises(TypeError, match="classwise_ece' resamples whole rows.*compute them first"):
+        calibration_error_ci(y, da.from_array(p, chunks=(300, 3)), metric="classwise_ece")
+    with pytest.raises(TypeError, match="callable metric resamples whole rows"):
+        calibration_error_ci(y, da.from_array(p, chunks=(300, 3)), metric=expected_calibration_error)
+    with pytest.raises(ValueError, match=r"y_prob chunk 2 \(rows 600:900.*contains NaN"):
+        nan = p.copy()
+        nan[650, 1] = np.nan
+        calibration_error_ci(y, da.from_array(nan, chunks=(300, 3)), n_bootstrap=5)
     with pytest.raises(ValueError, match="single column"):
         expected_calibration_error(y, da.from_array(p[:, :1], chunks=(300, 1)))
+
+
+@pytest.mark.parametrize("metric,kw", [("ece", {}), ("ace", {"n_bins": 10}), ("mce", {}), ("nll", {}),
+                                       ("brier", {}), ("brier", {"scale_by_half": True})])
+@pytest.mark.parametrize("method", ["auto", "percentile"])
+def test_calibration_error_ci_equals_in_memory(metric, kw, method):
+    """The per-sample numbers come from the chunks, the resampling is the in-memory one: the same interval."""
+    y, _, p = _data(3, 2500, 4)
+    ref = calibration_error_ci(y, p, metric=metric, n_bootstrap=40, random_state=7, method=method, **kw)
+    got = calibration_error_ci(da.from_array(y, chunks=600), da.from_array(p, chunks=(700, 4)), metric=metric,
+                               n_bootstrap=40, random_state=7, method=method, **kw)
+    for name in ("estimate", "low", "high", "plugin"):
+        assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-12, atol=1e-15, err_msg=name)
+    assert got.method == ref.method
+
+
+def test_debiased_and_smooth_ece_equal_in_memory():
+    from precal.metrics import debiased_calibration_error, smooth_calibration_error
+
+    y, _, p = _data(6, 3000, 5)
+    yd, pd_ = da.from_array(y, chunks=800), da.from_array(p, chunks=(700, 5))
+    assert_allclose(debiased_calibration_error(yd, pd_), debiased_calibration_error(y, p), rtol=1e-12)
+    assert_allclose(smooth_calibration_error(yd, pd_), smooth_calibration_error(y, p), rtol=1e-12)
+    bad = p.copy()
+    bad[900, 2] = np.inf
+    with pytest.raises(ValueError, match=r"y_prob chunk 1 \(rows 700:1400"):
+        smooth_calibration_error(y, da.from_array(bad, chunks=(700, 5)))
+
+
+def test_calibration_error_ci_binary_single_column_and_string_labels():
+    rng = np.random.default_rng(4)
+    y = np.array(["no", "yes"])[rng.integers(0, 2, size=900)]
+    p1 = rng.uniform(size=900)
+    ref = calibration_error_ci(y, p1, metric="brier", n_bootstrap=20, random_state=0)
+    got = calibration_error_ci(da.from_array(y, chunks=250), da.from_array(p1, chunks=300), metric="brier",
+                               n_bootstrap=20, random_state=0)
+    assert_allclose([got.estimate, got.low, got.high], [ref.estimate, ref.low, ref.high], rtol=1e-12)
 
 
 @pytest.mark.parametrize("n,k,chunks", [(2000, 4, 300), (40000, 6, 7000)])  # the second warm-starts on a subsample
@@ -291,6 +334,9 @@ def test_local_cluster_two_processes(on_cluster):
     assert_allclose(ece, expected_calibration_error(y, ref_proba), rtol=0, atol=1e-10)
     assert_allclose(nll, negative_log_likelihood(y, ref_proba), rtol=0, atol=1e-10)
     assert_allclose(cw, classwise_calibration_error(y, p), rtol=0, atol=1e-12)
+    ci = calibration_error_ci(yd, proba, n_bootstrap=30, random_state=0)
+    ref_ci = calibration_error_ci(y, ref_proba, n_bootstrap=30, random_state=0)
+    assert_allclose([ci.estimate, ci.low, ci.high], [ref_ci.estimate, ref_ci.low, ref_ci.high], rtol=0, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------- PACS, ETS, Dirichlet

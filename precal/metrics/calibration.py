@@ -30,7 +30,9 @@ calibrator's ``predict_proba`` applied block by block, e.g. into an ``np.lib.for
 Dask arrays: the ECE, MCE, class-wise ECE, Brier score and NLL reduce each chunk to the
 statistics vector of :class:`~precal.metrics.CalibrationState` (same per-block code) and
 sum the vectors; the ACE gathers the top-label confidence and correctness (two float64 per
-sample). Dask is imported only for dask input; see :mod:`precal._dask`.
+sample), and :func:`calibration_error_ci` the one or two numbers per sample its resamples
+need (then resamples them as in memory). Dask is imported only for dask input; see
+:mod:`precal._dask`.
 """
 
 from __future__ import annotations
@@ -553,18 +555,29 @@ def _per_sample_rows(rows: Callable[[np.ndarray, Any], np.ndarray], y_idx: np.nd
     return np.concatenate([rows(y_idx[start : start + block.shape[0]], block) for start, block in _blocks(prob)])
 
 
-def _resampling_summary(metric: str, y_idx: np.ndarray, prob: np.ndarray, params: dict[str, Any]):
-    """``(per-sample arrays, f)`` with ``metric`` of a resample ``s`` equal to ``f(*(a[s] for a in arrays))``,
-    or None when the metric needs whole rows (class-wise ECE)."""
+def per_sample(kind: str, y_idx: np.ndarray, prob: Any) -> tuple[np.ndarray, ...]:
+    """The numbers each sample enters a resampled metric through: ``"top_label"`` (confidence and
+    correctness), ``"nll"`` or ``"brier"`` (its loss), as float64 arrays of one value per sample."""
+    if kind == "top_label":
+        return _top_label(y_idx, prob)
+    return (_per_sample_rows({"nll": _nll_rows, "brier": _brier_rows}[kind], y_idx, prob),)
+
+
+#: What each named metric's resamples need of a sample (see :func:`per_sample`); the class-wise ECE
+#: needs whole rows.
+_SUMMARY_KIND = {"ece": "top_label", "ace": "top_label", "mce": "top_label", "nll": "nll", "brier": "brier"}
+
+
+def _of_summary(metric: str, n_classes: int, params: dict[str, Any]) -> Callable[..., float]:
+    """``f`` with ``metric`` of a resample ``s`` equal to ``f(*(a[s] for a in per_sample(_SUMMARY_KIND[metric],
+    ...)))``."""
     if metric in ("ece", "ace", "mce"):
         of_top_label = {"ece": _ece_of_top_label, "ace": _ace_of_top_label, "mce": _mce_of_top_label}[metric]
-        return _top_label(y_idx, prob), lambda conf, correct: of_top_label(conf, correct, **params)
+        return lambda conf, correct: of_top_label(conf, correct, **params)
     if metric == "nll":
-        return (_per_sample_rows(_nll_rows, y_idx, prob),), lambda losses: float(np.mean(losses))
-    if metric == "brier":
-        scale = _brier_scale(prob.shape[1], params.get("scale_by_half", "auto"))
-        return (_per_sample_rows(_brier_rows, y_idx, prob),), lambda losses: float(np.mean(losses)) * scale
-    return None
+        return lambda losses: float(np.mean(losses))
+    scale = _brier_scale(n_classes, params.get("scale_by_half", "auto"))
+    return lambda losses: float(np.mean(losses)) * scale
 
 
 #: Named metrics whose plug-in estimate is biased (binned gaps: ``|noise|`` adds up); the
@@ -605,6 +618,14 @@ class CalibrationErrorCI:
 
 
 @threaded
+def _bootstrap(value_of: Callable[[np.ndarray], float], n: int, n_bootstrap: int, rng: Any) -> np.ndarray:
+    """``value_of(sample)`` for ``n_bootstrap`` resamples of ``n`` row indices drawn with replacement."""
+    values = np.empty(n_bootstrap)
+    for b in range(n_bootstrap):
+        values[b] = value_of(rng.randint(0, n, size=n))
+    return values
+
+
 def calibration_error_ci(
     y_true: Any,
     y_prob: Any,
@@ -656,7 +677,11 @@ def calibration_error_ci(
     The named metrics other than ``"classwise_ece"``
     depend on each sample through one or two numbers (top-label confidence and
     correctness, or its loss), so those are computed once and resampled instead of the
-    ``(n, K)`` rows: the same values, at ``O(n)`` instead of ``O(nK)`` per resample.
+    ``(n, K)`` rows: the same values, at ``O(n)`` instead of ``O(nK)`` per resample. For
+    Dask arrays those numbers are computed chunk by chunk on the workers and gathered (16
+    bytes per sample, never the rows), then resampled exactly as in memory: the same
+    interval for the same ``random_state``. ``"classwise_ece"`` and callables need whole
+    rows and refuse Dask input with a ``TypeError``.
 
     Parameters
     ----------
@@ -724,30 +749,38 @@ def calibration_error_ci(
     except ValueError as exc:
         raise ValueError(f"random_state: {exc}") from exc
     if _is_dask(y_true, y_prob):
-        raise TypeError("calibration_error_ci resamples rows in memory and does not take Dask arrays; compute "
-                        "them first (y_prob.compute()).")
-    y_idx, prob = _validate(y_true, y_prob, labels, stream=False)  # resamples gather rows: in memory
-    if callable(metric):
-        classes = np.arange(prob.shape[1])
+        if callable(metric) or metric == "classwise_ece":
+            raise TypeError(
+                f"calibration_error_ci of {'a callable metric' if callable(metric) else repr(metric)} resamples whole "
+                "rows, so it does not take Dask arrays; compute them first (y_prob.compute()). The named metrics "
+                "'ece', 'ace', 'mce', 'brier' and 'nll' take them.")
+        from .._dask import dask_per_sample
 
-        def evaluate(yi: np.ndarray, p: np.ndarray) -> float:
-            return float(metric(yi, p, labels=classes, **metric_params))
+        arrays, n_classes = dask_per_sample(y_true, y_prob, labels, _SUMMARY_KIND[metric])  # O(n) numbers
+        of_summary = _of_summary(metric, n_classes, metric_params)
+        estimate = of_summary(*arrays)
+        values = _bootstrap(lambda sample: of_summary(*(a[sample] for a in arrays)), len(arrays[0]), n_bootstrap,
+                            rng)
     else:
-        core = _CORES[metric]
+        y_idx, prob = _validate(y_true, y_prob, labels, stream=False)  # resamples gather rows: in memory
+        if callable(metric):
+            classes = np.arange(prob.shape[1])
 
-        def evaluate(yi: np.ndarray, p: np.ndarray) -> float:
-            return core(yi, p, **metric_params)
-    estimate = evaluate(y_idx, prob)  # first: a callable's bad metric_params fail here
-    summary = None if callable(metric) else _resampling_summary(metric, y_idx, prob, metric_params)
-    n = len(y_idx)
-    values = np.empty(n_bootstrap)
-    for b in range(n_bootstrap):
-        sample = rng.randint(0, n, size=n)
-        if summary is None:
-            values[b] = evaluate(y_idx[sample], prob[sample])
+            def evaluate(yi: np.ndarray, p: np.ndarray) -> float:
+                return float(metric(yi, p, labels=classes, **metric_params))
+        else:
+            core = _CORES[metric]
+
+            def evaluate(yi: np.ndarray, p: np.ndarray) -> float:
+                return core(yi, p, **metric_params)
+        estimate = evaluate(y_idx, prob)  # first: a callable's bad metric_params fail here
+        if callable(metric) or metric not in _SUMMARY_KIND:
+            values = _bootstrap(lambda sample: evaluate(y_idx[sample], prob[sample]), len(y_idx), n_bootstrap, rng)
         else:  # the metric depends on each sample through a few numbers: resample those, not the rows
-            arrays, of_summary = summary
-            values[b] = of_summary(*(a[sample] for a in arrays))
+            arrays = per_sample(_SUMMARY_KIND[metric], y_idx, prob)
+            of_summary = _of_summary(metric, prob.shape[1], metric_params)
+            values = _bootstrap(lambda sample: of_summary(*(a[sample] for a in arrays)), len(y_idx), n_bootstrap,
+                                rng)
     alpha = (1.0 - confidence_level) / 2.0
     low, median, high = np.quantile(values, [alpha, 0.5, 1.0 - alpha])
     if method == "auto":

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import brentq
 
+from .._dask import is_dask_array
 from .calibration import _check_n_bins, _top_label, _uniform_bin_index, _validate
 
 __all__ = ["debiased_calibration_error", "smooth_calibration_error"]
@@ -35,6 +36,16 @@ _POINTS_PER_BANDWIDTH = 20
 
 
 # ---------------------------------------------------------------- debiased (Kumar et al.)
+def _top_label_pairs(y_true: Any, y_prob: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and correctness; of dask input computed chunk by chunk on the workers (two
+    float64 per sample gathered, never the ``(n, K)`` rows)."""
+    if is_dask_array(y_true) or is_dask_array(y_prob):
+        from .._dask import dask_top_label
+
+        return dask_top_label(y_true, y_prob, labels)
+    return _top_label(*_validate(y_true, y_prob, labels))
+
+
 def _equal_mass_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
     """Bin index of each confidence for equal-mass bins that never split tied values.
 
@@ -150,7 +161,7 @@ def debiased_calibration_error(
         raise ValueError(f"strategy must be 'quantile' or 'uniform', got {strategy!r}.")
     if not isinstance(squared, (bool, np.bool_)):
         raise TypeError(f"squared must be a bool, got {squared!r}.")
-    conf, correct = _top_label(*_validate(y_true, y_prob, labels))
+    conf, correct = _top_label_pairs(y_true, y_prob, labels)
     if strategy == "quantile":
         idx = _equal_mass_bins(conf, n_bins)
     else:
@@ -289,7 +300,7 @@ def smooth_calibration_error(
             raise ValueError(f"bandwidth must be a float in (0, 1] or 'auto', got {bandwidth!r}.")
     elif isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real) or not 0.0 < bandwidth <= 1.0:
         raise ValueError(f"bandwidth must be a float in (0, 1] or 'auto', got {bandwidth!r}.")
-    conf, correct = _top_label(*_validate(y_true, y_prob, labels))
+    conf, correct = _top_label_pairs(y_true, y_prob, labels)
     residual = conf - correct
     sigma = _smooth_ece_bandwidth(conf, residual) if bandwidth == "auto" else float(bandwidth)
     value = _smooth_ece_at(conf, residual, sigma)
