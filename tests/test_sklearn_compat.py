@@ -14,7 +14,8 @@ from precal.calibration import AutoCalibrator, EnsembleTemperatureScaling, Struc
 
 CALIBRATORS = [TemperatureScaling(), PACSCalibrator(), DirichletCalibrator(), FuzzyDirichletCalibrator(),
                EnsembleTemperatureScaling(), TopLabelCalibrator(), TopLabelCalibrator(method="histogram"),
-               TopLabelCalibrator(method="spline", base=None), StructuredMatrixScaling(),
+               TopLabelCalibrator(method="spline", base=None), TopLabelCalibrator(base="matrix_scaling"),
+               StructuredMatrixScaling(),
                StructuredMatrixScaling(map="diagonal"), AutoCalibrator()]
 
 _NOT_LOGITS = (

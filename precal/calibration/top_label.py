@@ -12,12 +12,15 @@ from sklearn.isotonic import IsotonicRegression
 from .._numerics import to_numpy
 from .._validation import check_number, check_option
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_float
+from .matrix_scaling import StructuredMatrixScaling, _MatrixScalingMap
 from .temperature import fit_temperature, temperature_range
 
 __all__ = ["TopLabelCalibrator", "fit_confidence_map", "top_label_log_proba", "METHODS"]
 
 METHODS = ("isotonic", "histogram", "spline")
-BASES = ("temperature", None)
+BASES = ("temperature", "matrix_scaling", None)
+#: State of the matrix-scaling base (besides ``temperature_``, its first-stage temperature).
+_MATRIX_KEYS = ("base_smoothing_", "base_coef_", "base_intercept_")
 #: Degree of the piecewise polynomial each method's map is stored as.
 _DEGREE = {"histogram": 0, "isotonic": 1, "spline": 3}
 #: Relative margin by which the top confidence is kept above the runner-up's probability.
@@ -175,6 +178,8 @@ class TopLabelCalibrator(BaseLogitCalibrator):
     ``T`` is the temperature-scaling fit (``base="temperature"``) or 1 (``base=None``),
     ``g_c`` the map of class ``c`` (its own, or the pooled one) and ``n_c`` the number of
     samples that map was fitted on. The rest of the mass keeps the base model's proportions.
+    With ``base="matrix_scaling"``, ``z / T`` is replaced by the calibrated logits of a
+    :class:`StructuredMatrixScaling` fitted on the same data (``T = 1`` on top of them).
 
     Parameters
     ----------
@@ -185,12 +190,15 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         (Gupta & Ramdas's method). ``"spline"``: a monotone cubic (scipy's
         ``PchipInterpolator``) through the centroids of the isotonic fit's blocks, a smooth
         version of the isotonic fit in the spirit of Gupta et al. (2021).
-    base : {"temperature", None}, default="temperature"
+    base : {"temperature", "matrix_scaling", None}, default="temperature"
         Map applied first. ``"temperature"`` fits temperature scaling on the same data and
         recalibrates the top-label confidence of its probabilities: the temperature fixes
         the shape of the whole distribution (which the top-label map cannot) and the
-        top-label map the remaining miscalibration of the confidence. ``None``
-        recalibrates the model's own softmax. (A PACS base, the "precision-aware
+        top-label map the remaining miscalibration of the confidence.
+        ``"matrix_scaling"`` does the same on top of :class:`StructuredMatrixScaling`
+        (defaults) fitted on the same data: its affine map can move predictions (on
+        low-precision models it recovers accuracy the rounding cost), and the top-label map
+        then keeps *its* predicted class. ``None`` recalibrates the model's own softmax. (A PACS base, the "precision-aware
         temperature + top-label" composite, equalled the temperature base within noise in
         all 20 model × precision settings of ``docs/study-cross-precision.md``: ECE within
         ±0.12 points, NLL within ±0.001. It is not offered; ``base=None`` on
@@ -220,7 +228,11 @@ class TopLabelCalibrator(BaseLogitCalibrator):
     Attributes
     ----------
     temperature_ : float
-        Temperature of the base map (1.0 for ``base=None``).
+        Temperature of the base map (1.0 for ``base=None``; the first-stage temperature of
+        the matrix-scaling base).
+    base_smoothing_, base_coef_, base_intercept_
+        With ``base="matrix_scaling"`` only: the base's ``smoothing_``, ``coef_`` and
+        ``intercept_`` (see :class:`StructuredMatrixScaling`).
     breakpoints_ : ndarray of shape (n_maps, length)
         Breakpoints of each map's piecewise polynomial, padded to a common length. Row 0
         is the pooled map; rows 1.. the per-class maps.
@@ -242,8 +254,9 @@ class TopLabelCalibrator(BaseLogitCalibrator):
     ``r / (1 + r)`` (plus a relative 1e-9, so the top class keeps the argmax strictly).
     The tie point is at most the base confidence ``p_c`` (because ``p_c >= r (1 - p_c)``)
     and at most 1/2, so these samples — the least confident ones — are never made more
-    confident than the base model, and ``predict`` equals the base model's argmax (and
-    ``argmax(z)``) always. The alternative, letting the argmax move to the runner-up,
+    confident than the base model, and ``predict`` equals the base model's argmax always
+    (``argmax(z)`` for the temperature base and ``None``; the matrix-scaling map's argmax
+    for that base). The alternative, letting the argmax move to the runner-up,
     would change predictions on the strength of a one-dimensional confidence map that says
     nothing about which other class is right.
 
@@ -320,12 +333,21 @@ class TopLabelCalibrator(BaseLogitCalibrator):
     def _fit(self, logits: torch.Tensor, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
         n_classes = logits.shape[1]
         temperature = 1.0
+        base_logits = logits.to(torch.float64)
         if self.base == "temperature":
             temperature = float(fit_temperature(logits, y_idx, sample_weight).temperature)
+        elif self.base == "matrix_scaling":
+            first = StructuredMatrixScaling()
+            first._fit(logits, y_idx, sample_weight)
+            self.base_smoothing_, self.base_coef_, self.base_intercept_ = (first.smoothing_, first.coef_,
+                                                                           first.intercept_)
+            base_map = _MatrixScalingMap(first.temperature_, first.smoothing_, first.coef_, first.intercept_)
+            base_logits = base_map.to(logits.device)(base_logits)  # as _calibrated_logits computes them
+            temperature_of_base = float(first.temperature_)
         # the confidences exactly as top_label_log_proba computes them (z * (1/T), not z / T):
         # histogram edges sit at calibration confidences, and a sample on an edge must fall in
         # the same bin when it is predicted as when it was fitted
-        logp = torch.log_softmax(logits.to(torch.float64) * (1.0 / temperature), dim=-1)
+        logp = torch.log_softmax(base_logits * (1.0 / temperature), dim=-1)
         log_top, pred = logp.max(dim=-1)
         conf, pred = to_numpy(log_top.exp()), to_numpy(pred)
         correct = (pred == to_numpy(y_idx)).astype(np.float64)
@@ -344,7 +366,7 @@ class TopLabelCalibrator(BaseLogitCalibrator):
                 maps.append(fit_confidence_map(conf[mine], correct[mine], weight[mine], self.method, self.n_bins))
                 caps.append(1.0 - 1.0 / (count[c] + 2.0))
                 class_map[c] = len(maps) - 1
-        self.temperature_ = temperature
+        self.temperature_ = temperature_of_base if self.base == "matrix_scaling" else temperature
         self.breakpoints_, self.coef_ = _pad_maps(maps)
         self.class_map_ = class_map
         self.cap_ = np.array(caps)
@@ -353,11 +375,32 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         return self._torch_map().to(logits.device)(logits.to(torch.float64))
 
     def _torch_map(self) -> torch.nn.Module:
+        if self.base == "matrix_scaling":
+            return torch.nn.Sequential(
+                _MatrixScalingMap(self.temperature_, self.base_smoothing_, self.base_coef_, self.base_intercept_),
+                _TopLabelMap(1.0, self.breakpoints_, self.coef_, self.class_map_, self.cap_))
         return _TopLabelMap(1.0 / self.temperature_, self.breakpoints_, self.coef_, self.class_map_, self.cap_)
+
+    def _keys(self) -> tuple[str, ...]:
+        """The fitted state's keys: the maps', and the matrix-scaling base's with that base."""
+        return self._state_keys + (_MATRIX_KEYS if self.base == "matrix_scaling" else ())
+
+    def _get_state(self) -> dict[str, Any]:
+        state = super()._get_state()
+        if self.base == "matrix_scaling":
+            state.update({key: np.asarray(getattr(self, key)).tolist() if key != "base_smoothing_"
+                          else float(self.base_smoothing_) for key in _MATRIX_KEYS})
+        return state
 
     def _set_state(self, state: dict[str, Any]) -> None:
         """Load and check the fitted maps (shapes, order, ranges) before setting anything."""
-        check_state_keys(state, self._state_keys, "TopLabelCalibrator")
+        check_state_keys(state, self._keys(), "TopLabelCalibrator")
+        base = None
+        if self.base == "matrix_scaling":  # checked as StructuredMatrixScaling checks its own state
+            base = StructuredMatrixScaling()
+            base.classes_ = self.classes_
+            base._set_state({"temperature_": state["temperature_"], "smoothing_": state["base_smoothing_"],
+                             "coef_": state["base_coef_"], "intercept_": state["base_intercept_"], "n_iter_": 0})
         lo, hi = temperature_range()
         temperature = state_float(state, "temperature_", min_val=lo, max_val=hi,
                                   what=" (the temperatures a fit can give)")
@@ -383,6 +426,9 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         self.temperature_ = temperature
         self.breakpoints_, self.coef_, self.cap_ = breakpoints, coef, cap
         self.class_map_ = class_map.astype(np.int64)
+        if base is not None:
+            self.base_smoothing_, self.base_coef_, self.base_intercept_ = (base.smoothing_, base.coef_,
+                                                                           base.intercept_)
 
 
 def _pad_maps(maps: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from precal.calibration import (
     TopLabelCalibrator,
     load_calibrator,
 )
-from precal.calibration.auto import _fold_scores, _summarise
+from precal.calibration.auto import DEFAULT_CANDIDATES, _fold_scores, _summarise
 from precal.metrics import expected_calibration_error, negative_log_likelihood
 
 from ..conftest import make_logits
@@ -68,6 +68,57 @@ def test_nll_guard_excludes_a_lower_ece_bought_with_a_worse_nll():
     assert_array_equal(results["eligible"], [True, False, True, True])
     assert_allclose(results["mean_nll_difference"], nll.mean(axis=1) - nll[0].mean())
     assert_allclose(results["mean_score"], ece.mean(axis=1))
+
+
+def test_matrix_family_must_beat_ts_on_nll_accuracy_and_ece():
+    """The map that moves predictions: NLL better than TS by more than one se, accuracy and pooled ECE not
+    worse; its top-label recalibration judged against the map, and only with the map admitted."""
+    names = ("temperature", "matrix_scaling", "top_label_isotonic_matrix", "top_label_spline_matrix")
+    pairs = [(name, None) for name in names]
+    ece = np.full((4, 4), 0.02)
+    nll = np.array([
+        [0.50, 0.50, 0.50, 0.50],
+        [0.45, 0.46, 0.45, 0.46],   # clearly better than TS
+        [0.45, 0.46, 0.46, 0.46],   # within one se of the map
+        [0.48, 0.49, 0.48, 0.49],   # clearly worse than the map
+    ])
+    accuracy = np.full_like(ece, 0.8)
+    pooled = np.array([0.030, 0.025, 0.020, 0.015])
+    results = _summarise(pairs, ece, accuracy, "ece", nll, pooled=pooled)
+    assert_array_equal(results["eligible"], [True, True, True, False])
+    # a pooled ECE above TS's bars the map, and with it its family
+    results = _summarise(pairs, ece, accuracy, "ece", nll, pooled=np.array([0.030, 0.031, 0.020, 0.015]))
+    assert_array_equal(results["eligible"], [True, False, False, False])
+    # so does an NLL gain within the noise (though any other candidate would pass the NLL guard with it)
+    noisy = nll.copy()
+    noisy[1] = [0.40, 0.58, 0.41, 0.57]
+    results = _summarise(pairs, ece, accuracy, "ece", noisy, pooled=pooled)
+    assert not results["eligible"][1] and not results["eligible"][2]
+    # and an accuracy loss against TS; a recalibration must keep the map's accuracy too
+    acc = accuracy.copy()
+    acc[1] = 0.79
+    assert not _summarise(pairs, ece, acc, "ece", nll, pooled=pooled)["eligible"][1]
+    acc = accuracy.copy()
+    acc[2] = 0.79
+    assert_array_equal(_summarise(pairs, ece, acc, "ece", nll, pooled=pooled)["eligible"], [True, True, False, False])
+
+
+def test_matrix_scaling_is_chosen_where_it_recovers_accuracy():
+    """Logits with a class bias (as rounding can leave): an intercept fixes predictions that no temperature or
+    top-label map can, so the default picks the matrix family and gains accuracy over TS."""
+    rng = np.random.default_rng(3)
+    n, k = 3000, 4
+    y = rng.integers(0, k, size=n)
+    z = 2.0 * (rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]) + np.array([2.5, 0.0, 0.0, 0.0])
+    auto = AutoCalibrator().fit(z[:2000], y[:2000])
+    assert auto.best_name_ in ("matrix_scaling", "top_label_isotonic_matrix", "top_label_spline_matrix")
+    ts = TemperatureScaling().fit(z[:2000], y[:2000])
+    held_out = slice(2000, None)
+    assert (auto.predict(z[held_out]) == y[held_out]).mean() > (ts.predict(z[held_out]) == y[held_out]).mean() + 0.02
+    assert negative_log_likelihood(y[held_out], auto.predict_proba(z[held_out])) < negative_log_likelihood(
+        y[held_out], ts.predict_proba(z[held_out]))
+    restored = load_calibrator(json.loads(json.dumps(auto.to_dict())))
+    assert_allclose(restored.predict_proba(z[held_out]), auto.predict_proba(z[held_out]), rtol=1e-12)
 
 
 def test_ece_score_is_the_pooled_out_of_fold_ece():
@@ -152,9 +203,9 @@ def test_ts_is_added_when_missing_and_is_the_first_row():
     z, y = make_logits(n=300, k=3)
     auto = AutoCalibrator(candidates=["ets", "top_label_spline"]).fit(z, y)
     assert auto.cv_results_["candidate"] == ["temperature", "ets", "top_label_spline"]
-    assert AutoCalibrator().fit(z, y).cv_results_["candidate"] == [
-        "temperature", "ets", "top_label_isotonic", "top_label_spline", "top_label_isotonic_raw",
-        "top_label_spline_raw"]
+    assert AutoCalibrator().fit(z, y).cv_results_["candidate"] == list(DEFAULT_CANDIDATES)
+    named = AutoCalibrator(candidates=["top_label_isotonic_matrix"]).fit(z, y)
+    assert named.cv_results_["candidate"] == ["temperature", "top_label_isotonic_matrix", "matrix_scaling"]
 
 
 def test_fit_is_reproducible_and_random_state_moves_the_folds():

@@ -313,3 +313,47 @@ def test_two_stage_map_beats_its_parts_on_held_out_over_confident_logits():
     ece_ts = expected_calibration_error(y[test], ts.predict_proba(z[test]))
     ece_two = expected_calibration_error(y[test], two_stage.predict_proba(z[test]))
     assert ece_two < ece_ts
+
+
+# ---------------------------------------------------------------- the matrix-scaling base
+def test_matrix_scaling_base_recalibrates_the_maps_probabilities_and_keeps_its_argmax():
+    """base="matrix_scaling": the documented formula on softmax(g(z)), g the StructuredMatrixScaling fitted on the
+    same data; predictions are g's argmax (here it moves some of the model's)."""
+    from precal.calibration import StructuredMatrixScaling
+
+    rng = np.random.default_rng(21)
+    y = rng.integers(0, 4, size=2000)
+    z = 2.0 * (rng.normal(size=(2000, 4)) + 1.5 * np.eye(4)[y]) + np.array([2.0, 0.0, 0.0, 0.0])
+    cal = TopLabelCalibrator(base="matrix_scaling", per_class=False).fit(z, y)
+    sms = StructuredMatrixScaling().fit(z, y)
+    g = sms.decision_function(z)
+    assert_array_equal(cal.predict(z), sms.predict(z))
+    assert (cal.predict(z) != z.argmax(axis=1)).any()
+    assert cal.temperature_ == sms.temperature_
+    assert_allclose(cal.base_coef_, sms.coef_)
+    conf = _softmax(g).max(axis=1)
+    correct = (g.argmax(axis=1) == y).astype(float)
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(conf, correct)
+    assert_allclose(cal.predict_proba(z), _reference(g, 1.0, iso.predict, cal.cap_[0]), rtol=1e-9, atol=1e-12)
+
+
+def test_matrix_scaling_base_persists_and_exports_to_torch():
+    z, y = make_logits(n=1500, k=5, seed=22)
+    cal = TopLabelCalibrator(method="spline", base="matrix_scaling").fit(z, y)
+    data = json.loads(json.dumps(cal.to_dict()))
+    assert {"base_smoothing_", "base_coef_", "base_intercept_"} <= set(data["state"])
+    assert "base_coef_" not in TopLabelCalibrator().fit(z, y).to_dict()["state"]
+    again = load_calibrator(data)
+    assert_array_equal(again.predict_proba(z), cal.predict_proba(z))
+    with torch.no_grad():
+        got = cal.to_torch(output="proba")(torch.from_numpy(z)).numpy()
+    assert_allclose(got, cal.predict_proba(z), rtol=1e-12, atol=1e-15)
+    for key, value in (("base_smoothing_", 1.5), ("base_coef_", [[1.0]]), ("base_intercept_", [0.0])):
+        bad = json.loads(json.dumps(data))
+        bad["state"][key] = value
+        with pytest.raises(ValueError, match=key.replace("base_", "")):
+            load_calibrator(bad)
+    missing = json.loads(json.dumps(data))
+    del missing["state"]["base_coef_"]
+    with pytest.raises(ValueError, match="missing key"):
+        load_calibrator(missing)
