@@ -158,8 +158,8 @@ class _StandardisedLogProbs:
         self.inv_scale = (1.0 / scale).to(dtype)
         self.n, self.k = logits.shape
 
-    def __call__(self, rows: slice) -> torch.Tensor:
-        lp = torch.log_softmax(self.logits[rows].to(self.dtype), dim=1)
+    def __call__(self, rows: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+        lp = torch.log_softmax(self.logits[rows].to(self.dtype), dim=1, out=out)
         return lp.sub_(self.shift).mul_(self.inv_scale)
 
 
@@ -172,6 +172,12 @@ class _Evaluation:
     hess: np.ndarray | None = None  # dense (P, P)
     hess_diag: np.ndarray | None = None  # (P,) for full maps, (K, 2, 2) blocks for diagonal ones
     n_errors: int = -1
+
+    def copy(self) -> "_Evaluation":
+        def dup(x: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None else x.copy()
+
+        return _Evaluation(self.f, dup(self.g), dup(self.hess), dup(self.hess_diag), self.n_errors)
 
 
 class _DataTerm:
@@ -212,6 +218,7 @@ class _DataTerm:
                         if keep_probs and diagonal and low_rank else None)
         self._kept_at: np.ndarray | None = None  # the point whose probabilities hessp uses
         self._kept_curv: np.ndarray | None = None
+        self._memo: tuple[np.ndarray, tuple, _Evaluation] | None = None  # see evaluate
         self._gram: tuple[np.ndarray, np.ndarray] | None = None
         self.n_passes = 0
 
@@ -246,8 +253,16 @@ class _DataTerm:
 
         ``hess_diag`` gives the Hessian's diagonal for a full map and its ``2 × 2`` diagonal
         blocks (one per class, ``(K, 2, 2)``) for a diagonal map. ``keep`` stores what
-        :meth:`hessp` needs at this point.
+        :meth:`hessp` needs at this point. The last evaluation with a gradient is remembered:
+        asking for the same quantities at the same point again (a warm-started solve begins
+        where the previous one ended) returns it without a pass over the data.
         """
+        request = (grad, hess, hess_diag, keep, count_errors)
+        memo = self._memo
+        if grad and memo is not None and memo[1] == request and np.array_equal(memo[0], theta):
+            return memo[2].copy()
+        if grad or keep:
+            self._memo = None  # the kept probabilities are about to change
         f64 = torch.float64
         k, diagonal, dev = self.k, self.diagonal, self.device
         w, b = self.params(theta)
@@ -261,24 +276,33 @@ class _DataTerm:
             curv = torch.zeros((6, k) if diagonal else (k, k + 1), dtype=f64, device=dev)
         big = torch.zeros((self.n_params, self.n_params), dtype=f64, device=dev) if hess else None
         store = keep and self.probs is not None
+        # below this the true class's probability has lost digits (or underflowed): its NLL is
+        # then taken from the logits directly (log-sum-exp), for those rows only
+        tiny = math.sqrt(float(torch.finfo(self.dtype).tiny))
+        scratch = None
         for rows in _row_chunks(self.n, k):
             feats = self.features(rows)
             yc = self.y[rows, None]
             wc = self._chunk_weights(rows)
-            # kept: the softmax is computed in place in the kept buffer (no copy)
-            a = self._logits(feats, w, b, out=self.probs[rows] if store else None)
-            a.sub_(a.amax(dim=1, keepdim=True))  # max_k a = 0: exp cannot overflow
+            m = feats.shape[0]
+            if scratch is None:
+                scratch = torch.empty((m, k), dtype=self.dtype, device=dev)  # the logits a of one chunk
+            a = self._logits(feats, w, b, out=scratch[:m])
             a_true = a.gather(1, yc)[:, 0]
             if count_errors:
-                wrong = a.scatter(1, yc, -math.inf).amax(dim=1) >= a_true
-                errors += wrong.sum() if wc is None else (wrong & (wc > 0)).sum()
-            e = a.exp_()
-            s = e.sum(dim=1)
-            nll = torch.log(s.to(f64)) - a_true.to(f64)
+                errors += _errors(a, yc, a_true, wc)
+            # one fused softmax (one exp per entry, max and sum within each row); kept: written
+            # straight into the kept buffer
+            q = torch.softmax(a, dim=1, out=self.probs[rows]) if store else torch.softmax(a, dim=1)
+            q_true = q.gather(1, yc)[:, 0]
+            nll = -torch.log(q_true.to(f64))
+            faint = q_true < tiny
+            if bool(faint.any()):
+                idx = torch.nonzero(faint)[:, 0]
+                nll[idx] = torch.logsumexp(a[idx].to(f64), dim=1) - a_true[idx].to(f64)
             total += nll.sum() if wc is None else (nll * wc).sum()
             if not (grad or hess or store):
                 continue
-            q = e.div_(s[:, None])  # softmax, in place of a
             low = diagonal and store and self.probs_f is not None
             wcd = None if wc is None else wc.to(q.dtype)[:, None]
             if diagonal and (grad or store):
@@ -330,24 +354,24 @@ class _DataTerm:
             self._kept_curv = curv
         if hess:
             out.hess = big.cpu().numpy() * scale
+        if grad:
+            self._memo = (np.array(theta, dtype=np.float64, copy=True), request, out.copy())
         return out
 
     def count_errors(self, theta: np.ndarray) -> int:
         """Rows of positive weight whose true class is not the strict argmax of ``a`` at ``theta``.
 
-        Row ``i`` is an error when some ``a_ij >= a_{i y_i}`` with ``j != y_i``, i.e. when at least
-        two entries (the true one included) reach ``a_{i y_i}``: one comparison pass, no softmax.
+        Row ``i`` is an error when some ``a_ij >= a_{i y_i}`` with ``j != y_i``: the largest of the
+        other entries reaches the true one (one row maximum, no softmax).
         """
         w, b = self.params(theta)
-        errors = 0
+        errors = torch.zeros((), dtype=torch.int64, device=self.device)
         for rows in _row_chunks(self.n, self.k):
             yc = self.y[rows, None]
             a = self._logits(self.features(rows), w, b)
-            wrong = (a >= a.gather(1, yc)).sum(dim=1) >= 2
-            wc = self._chunk_weights(rows)
-            errors += int(wrong.sum() if wc is None else (wrong & (wc > 0)).sum())
+            errors += _errors(a, yc, a.gather(1, yc)[:, 0], self._chunk_weights(rows))
         self.n_passes += 1
-        return errors
+        return int(errors)
 
     def _add_hessian(self, big: torch.Tensor, feats: torch.Tensor, q: torch.Tensor, wc: torch.Tensor | None
                      ) -> None:
@@ -443,6 +467,18 @@ class _DataTerm:
         self.n_passes += 1
         scale = 1.0 / self.n if self.weights is None else 1.0
         return self._flat(h_w, h_b) * scale
+
+
+def _errors(a: torch.Tensor, yc: torch.Tensor, a_true: torch.Tensor, wc: torch.Tensor | None) -> torch.Tensor:
+    """Rows (of positive weight) where an entry of ``a`` other than the true one is at least ``a_true``.
+
+    The true entries are set to ``-inf`` for one row maximum and restored: ``a`` is the caller's
+    work buffer, unchanged on return.
+    """
+    a.scatter_(1, yc, -math.inf)
+    wrong = a.amax(dim=1) >= a_true
+    a.scatter_(1, yc, a_true[:, None])
+    return wrong.sum() if wc is None else (wrong & (wc > 0)).sum()
 
 
 def _subtract_gram(big: torch.Tensor, u: torch.Tensor, root_weights: torch.Tensor | None) -> None:
@@ -584,6 +620,8 @@ class _NewtonResult:
     n_cg: int
     converged: bool
     message: str
+    #: rows the map at ``theta`` misclassifies, when the last pass counted them (else -1)
+    n_errors: int = -1
 
 
 def _preconditioner(curv: np.ndarray, data: _DataTerm, penalty: _Penalty, c: float) -> Any:
@@ -671,7 +709,8 @@ def _pcg(apply: Any, rhs: np.ndarray, precondition: Any, rtol: float, max_iter: 
     return x, it
 
 
-def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: int, tol: float) -> _NewtonResult:
+def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: int, tol: float,
+            derivatives_at_end: bool = True) -> _NewtonResult:
     r"""Minimise data term + penalty by Newton's method with a backtracking (Armijo) line search.
 
     Each step solves ``(∇²f + c Π) d = -∇f`` (``Π`` the projection onto the flat directions,
@@ -686,6 +725,15 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
     iteration then goes on until a step moves no parameter by more than
     ``sqrt(eps) (1 + max|θ|)`` (after it, quadratic convergence leaves them at their own
     rounding floor), at most four such steps.
+
+    **Passes.** A step's trial point is evaluated with gradient and curvature (the next step's)
+    unless it is known to be the last step: a step on which the decrement has reached the
+    floor and which moves no parameter by more than the bound above. With
+    ``derivatives_at_end=False`` that last pass computes only the value and the number of
+    misclassified rows (``n_errors`` of the result: the fit's warning needs them, and one pass
+    gives both); with ``True`` it computes the derivatives too, which the data term remembers,
+    so a solve warm-started at the returned point (the next strength of a regularisation
+    path) begins without a pass.
     """
     k, diagonal = data.k, data.diagonal
     dense = data.n_params <= _DENSE_MAX_PARAMS
@@ -703,11 +751,15 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
             return math.inf, None, None
         return f, g, curv
 
-    def value(x: np.ndarray) -> float:
-        f = data.evaluate(x, grad=False).f
+    def value(x: np.ndarray, count_errors: bool = False) -> tuple[float, int]:
+        ev = data.evaluate(x, grad=False, count_errors=count_errors)
         with np.errstate(over="ignore", invalid="ignore"):
-            f += penalty.value(x)
-        return f if math.isfinite(f) else math.inf
+            f = ev.f + penalty.value(x)
+        return (f if math.isfinite(f) else math.inf), ev.n_errors
+
+    def last_step(step: float, x_new: np.ndarray) -> bool:
+        """Whether a step of max-norm ``step`` to ``x_new``, taken once the decrement is at the floor, ends the fit."""
+        return step <= math.sqrt(eps) * (1.0 + float(np.max(np.abs(x_new)))) or polish + 1 >= 4
 
     f, g, curv = full(theta)
     if not math.isfinite(f):
@@ -715,6 +767,7 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
                              "scaling): the logits are too large for a float64 fit")
     g0 = max(float(np.linalg.norm(g)), 1e-300)
     n_cg, message, converged, n_iter, polish = 0, f"max_iter={max_iter} Newton steps reached", False, 0, 0
+    n_errors = -1
     while n_iter < max_iter:
         n_iter += 1
         if dense:
@@ -741,14 +794,16 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
             converged, message = True, "converged (gradient at rounding level)"
             break
         final = dec / 2.0 <= max(tol * (1.0 + abs(f)), floor)  # the objective is at its minimum
-        t, accepted, trial = 1.0, False, (math.inf, None, None)
+        t, accepted, trial, errors = 1.0, False, (math.inf, None, None), -1
+        # the value alone where the step at t = 1 would be the last and no derivatives are wanted there
+        quick = not derivatives_at_end and final and last_step(float(np.max(np.abs(d))), theta + d)
         for attempt in range(60):
             x_new = theta + t * d
-            if attempt == 0:
-                trial = full(x_new)
+            if attempt == 0 and not quick:
+                trial = full(x_new)  # accepted, its derivatives serve the next step
                 f_new = trial[0]
             else:
-                f_new = value(x_new)
+                f_new, errors = value(x_new, count_errors=not derivatives_at_end)
             if math.isfinite(f_new) and (f_new <= f - 1e-4 * t * dec or (final and f_new <= f + floor)):
                 accepted = True
                 break
@@ -761,24 +816,27 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
             message = ("converged (at the rounding floor of the objective)" if final
                        else "the line search found no decrease (rounding floor of the objective?)")
             break
-        if t == 1.0:
+        step = float(np.max(np.abs(x_new - theta)))
+        theta = x_new
+        if final and last_step(step, x_new):
+            # The objective is at its floor; the parameters along weakly curved directions may
+            # still move by up to sqrt(δ / smallest curvature). Newton steps until one is at the
+            # rounding level of the parameters put them at their floor too (one or two more).
+            converged, message, f = True, "converged", f_new
+            if derivatives_at_end and not (trial[1] is not None and t == 1.0):
+                full(theta)  # remembered by the data term for a warm start here
+            n_errors = errors
+            break
+        if trial[1] is not None and t == 1.0:
             f, g, curv = trial
         else:
             f, g, curv = full(x_new)
-        step = float(np.max(np.abs(x_new - theta)))
-        theta = x_new
         if g is None:  # pragma: no cover - the value was finite, the gradient not
             message = "the gradient is not finite"
             break
         if final:
-            # The objective is at its floor; the parameters along weakly curved directions may
-            # still move by up to sqrt(δ / smallest curvature). Newton steps until one is at the
-            # rounding level of the parameters put them at their floor too (one or two more).
             polish += 1
-            if step <= math.sqrt(eps) * (1.0 + float(np.max(np.abs(theta)))) or polish >= 4:
-                converged, message = True, "converged"
-                break
-    return _NewtonResult(theta, f, n_iter, n_cg, converged, message)
+    return _NewtonResult(theta, f, n_iter, n_cg, converged, message, n_errors)
 
 
 def _null_projection_diagonal(k: int, diagonal: bool) -> np.ndarray:
@@ -890,7 +948,7 @@ class _Problem:
         if n * k <= _CACHE_ELEMENTS:  # one pass writes the standardised features
             cache = torch.empty((n, k), dtype=dtype, device=device)
             for rows in _row_chunks(n, k):
-                cache[rows] = features(rows)
+                features(rows, out=cache[rows])
             features = _Rows(cache)
         self.shift, self.scale = shift.cpu().numpy(), scale.cpu().numpy()  # K numbers each
         # the kept probabilities (n K; [q ⊙ F, q], 2 n K, for a diagonal map when that fits
@@ -926,9 +984,10 @@ class _Problem:
         return self.from_original(np.full(k, beta) if self.diagonal else beta * np.eye(k), np.zeros(k))
 
     def solve(self, theta: np.ndarray, reg_lambda: float, reg_mu: float, reg_diag: float, *,
-              max_iter: int, tol: float) -> _NewtonResult:
+              max_iter: int, tol: float, derivatives_at_end: bool = True) -> _NewtonResult:
+        """:func:`_newton` from ``theta`` (``derivatives_at_end``: see there; ``False`` for a last fit)."""
         penalty = _Penalty(self.k, self.diagonal, self.shift, self.scale, reg_lambda, reg_mu, reg_diag)
-        return _newton(theta, self.data, penalty, max_iter=max_iter, tol=tol)
+        return _newton(theta, self.data, penalty, max_iter=max_iter, tol=tol, derivatives_at_end=derivatives_at_end)
 
     def n_errors(self, theta: np.ndarray) -> int:
         """Rows of positive weight whose true class is not the strict argmax of the fitted map."""
@@ -1045,7 +1104,7 @@ class DirichletFit:
 def _fit_problem(problem: _Problem, reg_lambda: float, reg_mu: float, reg_diag: float, *, max_iter: int,
                  tol: float, init: tuple[np.ndarray, np.ndarray] | None) -> DirichletFit:
     theta0 = problem.start() if init is None else problem.from_original(*(np.asarray(v, np.float64) for v in init))
-    result = problem.solve(theta0, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol)
+    result = problem.solve(theta0, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol, derivatives_at_end=False)
     coef, intercept = problem.to_original(result.theta)
     if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):  # pragma: no cover - defensive
         coef, intercept = (np.ones(problem.k) if problem.diagonal else np.eye(problem.k)), np.zeros(problem.k)
@@ -1056,7 +1115,7 @@ def _fit_problem(problem: _Problem, reg_lambda: float, reg_mu: float, reg_diag: 
         n_iter=result.n_iter,
         converged=result.converged,
         message=result.message,
-        n_errors=problem.n_errors(result.theta),
+        n_errors=result.n_errors if result.n_errors >= 0 else problem.n_errors(result.theta),
         n_cg=result.n_cg,
         n_passes=problem.data.n_passes,
     )
