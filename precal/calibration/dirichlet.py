@@ -52,6 +52,12 @@ _FLOAT64_MAX_ELEMENTS = 1 << 20
 #: current iterate); beyond it each pass recomputes them chunk by chunk.
 _CACHE_ELEMENTS = 1 << 27
 
+#: Work arrays above this many bytes come from fresh pages of the operating system (glibc
+#: serves allocations above 32 MiB by ``mmap`` and returns them on release); first touching
+#: them costs a page fault per 4 KB, so the kept probabilities of larger fits are allocated
+#: only once a fit takes a second Newton step (see ``_DataTerm``).
+_FRESH_BYTES = 1 << 25
+
 #: Newton systems with up to this many parameters are solved with the exact dense Hessian
 #: (Cholesky); larger ones by preconditioned conjugate gradients on Hessian-vector products.
 _DENSE_MAX_PARAMS = 512
@@ -176,7 +182,7 @@ class _Evaluation:
     hess_diag: np.ndarray | None = None  # (P,) for full maps, (K, 2, 2) blocks for diagonal ones
     n_errors: int = -1
 
-    def copy(self) -> "_Evaluation":
+    def copy(self) -> _Evaluation:
         def dup(x: np.ndarray | None) -> np.ndarray | None:
             return None if x is None else x.copy()
 
@@ -215,12 +221,14 @@ class _DataTerm:
         self.device = device
         self.n_params = 2 * self.k if diagonal else self.k * (self.k + 1)
         # at the point of the last evaluate(keep=True): q, and for a diagonal map with low_rank
-        # q ⊙ F too (hessp is then matrix-vector products with the kept arrays). They are kept
-        # from the second such evaluation on; until then hessp recomputes q from the features.
-        # So a fit that ends after its first Newton step (warm-started at the solution, as
-        # after cross-validation) never allocates them: fresh memory costs a page fault per
-        # 4 KB, more than the few products of that step pay for recomputing q.
+        # q ⊙ F too (hessp is then matrix-vector products with the kept arrays). Arrays of more
+        # than _FRESH_BYTES are kept from the second such evaluation on; until then hessp
+        # recomputes q from the features. So a large fit that ends after its first Newton step
+        # (warm-started at the solution, as after cross-validation) never allocates them:
+        # fresh memory costs a page fault per 4 KB, more than the few products of that step
+        # pay for recomputing q.
         self.keep_probs = keep_probs
+        self._lazy = self.n * self.k * torch.finfo(dtype).bits // 8 > _FRESH_BYTES
         self.low_rank = keep_probs and diagonal and low_rank
         self.probs: torch.Tensor | None = None
         self.probs_f: torch.Tensor | None = None
@@ -286,7 +294,7 @@ class _DataTerm:
         big = torch.zeros((self.n_params, self.n_params), dtype=f64, device=dev) if hess else None
         if keep and self.keep_probs:
             self._n_kept += 1
-            if self._n_kept >= 2 and self.probs is None:
+            if (self._n_kept >= 2 or not self._lazy) and self.probs is None:
                 self.probs = torch.empty((self.n, k), dtype=self.dtype, device=dev)
                 if self.low_rank:
                     self.probs_f = torch.empty((self.n, k), dtype=self.dtype, device=dev)
@@ -841,7 +849,7 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
                 trial = full(x_new)  # accepted, its derivatives serve the next step
                 f_new = trial[0]
             else:
-                f_new, errors = value(x_new, count_errors=not derivatives_at_end)
+                f_new, errors = value(x_new, count_errors=final and not derivatives_at_end)
             if math.isfinite(f_new) and (f_new <= f - 1e-4 * t * dec or (final and f_new <= f + floor)):
                 accepted = True
                 break
@@ -965,10 +973,10 @@ class _Problem:
         s1 = torch.zeros(k, dtype=f64, device=device)
         s2 = torch.zeros(k, dtype=f64, device=device)
         for rows in _row_chunks(sample.shape[0], k):
-            lp64 = torch.log_softmax(sample[rows].to(dtype), dim=1).to(f64) / unit
+            lp64 = torch.log_softmax(sample[rows].to(dtype), dim=1).to(f64).div_(unit)
             if w_sample is None:
                 s1 += lp64.sum(dim=0)
-                s2 += lp64.square().sum(dim=0)
+                s2 += lp64.square_().sum(dim=0)
             else:
                 wc = w_sample[rows, None]
                 s1 += (wc * lp64).sum(dim=0)
@@ -1033,8 +1041,13 @@ class _Problem:
 
 
 def _heldout_nll(logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, coef: np.ndarray,
-                 intercept: np.ndarray, rows: torch.Tensor) -> tuple[float, float]:
-    """``(Σ s_i NLL_i, Σ s_i)`` of the map ``(coef, intercept)`` over ``rows`` (float64)."""
+                 intercept: np.ndarray, rows: torch.Tensor, log_probs: torch.Tensor | None = None
+                 ) -> tuple[float, float]:
+    """``(Σ s_i NLL_i, Σ s_i)`` of the map ``(coef, intercept)`` over ``rows`` (float64).
+
+    ``log_probs``: ``log_softmax`` of ``logits[rows]`` in float64, when the caller keeps it (a
+    fold's held-out rows are scored at every strength of the path).
+    """
     f64 = torch.float64
     device = logits.device
     w = torch.from_numpy(coef).to(device)
@@ -1044,7 +1057,7 @@ def _heldout_nll(logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tenso
     step = max(1, _CHUNK_ELEMENTS // logits.shape[1])
     for start in range(0, len(rows), step):
         idx = rows[start : start + step]
-        lp = torch.log_softmax(logits[idx].to(f64), dim=1)
+        lp = torch.log_softmax(logits[idx].to(f64), dim=1) if log_probs is None else log_probs[start : start + step]
         a = lp * w + b if w.dim() == 1 else torch.addmm(b, lp, w.T)
         nll = torch.logsumexp(a, dim=1) - a.gather(1, y_idx[idx, None])[:, 0]
         if weights is None:
@@ -1184,9 +1197,10 @@ def fit_dirichlet(
     parameters (full maps up to 22 classes, diagonal maps up to 256) the Hessian is formed and
     each step solved by Cholesky; larger problems solve each step by conjugate gradients on
     exact Hessian-vector products (one pass each, using the probabilities kept from the
-    gradient pass), preconditioned by the Hessian's exact ``2 × 2`` block per class (diagonal
-    maps) or a Kronecker-like Gram-matrix approximation (full maps), to a relative residual that
-    shrinks with the gradient (an inexact Newton method; superlinear). Everything runs in
+    gradient pass; see "Preconditioning" for when they are kept), preconditioned by the
+    Hessian's exact ``2 × 2`` block per class (diagonal maps) or a Kronecker-like Gram-matrix
+    approximation (full maps), to a relative residual that shrinks with the gradient (an
+    inexact Newton method; superlinear). Everything runs in
     torch on the logits' device, chunked over rows (one block kernel computes values,
     gradients, Hessians and Hessian-vector products); only ``K``-sized vectors and, for dense
     steps, the ``P × P`` Hessian travel to the host.
@@ -1196,7 +1210,10 @@ def fit_dirichlet(
     estimates how far the objective is above its minimum, and the step taken then leaves an
     error of order ``δ²``, so with the default ``tol`` the parameters are at the
     floating-point floor (a gradient of order 1e-15 in float64). Fits of the same objective
-    from different starts, or on weighted versus repeated rows, then agree to rounding.
+    from different starts, or on weighted versus repeated rows, then agree to rounding. The
+    pass at the point of that last step computes only the objective and the number of
+    misclassified rows (no gradient), so a fit warm-started at its solution costs one
+    gradient pass, the conjugate-gradient products of one step and one value pass.
 
     **Start.** Temperature scaling, ``W = I / T``, ``b = 0`` (:func:`fit_temperature`, a few
     cheap passes): the best map on the ray through the identity. Every accepted step lowers
@@ -1216,8 +1233,11 @@ def fit_dirichlet(
     ``b̃ = b + W m``: the same function in better scaled coordinates (Newton's steps do not
     depend on them, the conjugate-gradient solves do), mapped back exactly. Inputs of up to
     ``2**27`` elements keep ``ℓ̃`` (one copy of the logits) and, for conjugate-gradient
-    steps, the current probabilities (a second); larger ones recompute both chunk by chunk in
-    every pass, so memory stays bounded.
+    steps, the current probabilities (a second; for a diagonal map also ``q ⊙ ℓ̃``, a third,
+    up to ``2**26`` elements); larger ones recompute both chunk by chunk in every pass, so
+    memory stays bounded. Above 32 MiB the probabilities are kept from the second Newton step
+    on (the first step's products recompute them): freshly allocated memory costs a page fault
+    per 4 KB on first touch, more than recomputing them for one step.
 
     **Precision.** Fits on up to ``2**20`` elements (``n K``) run in float64. Larger ones run
     element-wise work and matrix products in float32, chunk by chunk, and sum over chunks in
@@ -1413,8 +1433,14 @@ class DirichletCalibrator(BaseLogitCalibrator):
     gradients on Hessian-vector products above), computed in torch on the logits' device over
     chunks of rows with float64 sums, starting from temperature scaling, so on the fitting
     data the objective is never above temperature scaling's. It converges to the
-    floating-point floor: fits on weighted and on repeated rows agree to rounding. Details
-    in :func:`fit_dirichlet`; measured times in ``benchmarks/bench_dirichlet.py``.
+    floating-point floor: fits on weighted and on repeated rows agree to rounding. Each
+    Newton step costs one pass over the rows for the gradient and curvature plus one per
+    conjugate-gradient iteration. Along the cross-validation path each strength starts from
+    the previous one's solution and reuses the derivatives computed there (no pass); the
+    final fit starts from the folds' mean solution at the chosen strength, and the pass after
+    its last step computes only the objective and the misclassified rows the warning below
+    needs. Details in :func:`fit_dirichlet`; measured times in
+    ``benchmarks/bench_dirichlet.py`` and ``benchmarks/bench_speed.py``.
 
     **Threads.** The fit runs on one thread (torch, OpenMP and BLAS), whatever precal's thread
     budget: its passes are sequences of memory-bound torch operations, and on a busy machine
@@ -1586,8 +1612,13 @@ class DirichletCalibrator(BaseLogitCalibrator):
             theta = fold.solve(theta0, *self._strengths(reg_lambda), **opts).theta
             return (theta, *fold.to_original(theta))
 
+        held_out: dict[int, torch.Tensor | None] = {}  # a fold's held-out log-probabilities, computed once
+
         def score(fold: _Problem, state: Any, test: torch.Tensor) -> tuple[float, float]:
-            return _heldout_nll(z, y_idx, weights, state[1], state[2], test)
+            if id(test) not in held_out:
+                small = len(test) * k <= _CV_MAX_WORK
+                held_out[id(test)] = torch.log_softmax(z[test].to(torch.float64), dim=1) if small else None
+            return _heldout_nll(z, y_idx, weights, state[1], state[2], test, held_out[id(test)])
 
         path = cross_validated_path(REG_GRID, splits, make_fold, fit, score)
         if path is None:
