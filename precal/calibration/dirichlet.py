@@ -933,6 +933,11 @@ def _to_original(theta: np.ndarray, k: int, diagonal: bool, shift: np.ndarray, s
     return coef, intercept - intercept.mean()
 
 
+def _magnitude(z: torch.Tensor) -> float:
+    """``max(max |z|, 1)``: one pass."""
+    return max(*(abs(float(v)) for v in torch.aminmax(z)), 1.0)
+
+
 def _working_dtype(n: int, k: int, logits_dtype: torch.dtype, magnitude: float) -> torch.dtype:
     """float64 up to :data:`_FLOAT64_MAX_ELEMENTS` elements, float32 above (float64 logits near
     or beyond float32's range, 3.4e38, stay float64)."""
@@ -947,12 +952,12 @@ class _Problem:
     """
 
     def __init__(self, logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, *,
-                 diagonal: bool, dtype: torch.dtype | None = None) -> None:
+                 diagonal: bool, dtype: torch.dtype | None = None, magnitude: float | None = None) -> None:
         z = logits
         n, k = z.shape
         f64 = torch.float64
-        lo, hi = (float(v) for v in torch.aminmax(z))
-        magnitude = max(abs(lo), abs(hi), 1.0)
+        if magnitude is None:  # max(|z|, 1), unless the caller knows it
+            magnitude = _magnitude(z)
         if dtype is None:
             dtype = _working_dtype(n, k, z.dtype, magnitude)
         if dtype not in (torch.float32, f64):
@@ -1527,12 +1532,12 @@ class DirichletCalibrator(BaseLogitCalibrator):
         weights = None if sample_weight is None else sample_weight / sample_weight.sum()
         opts = {"max_iter": int(self.max_iter), "tol": float(self.tol)}
         with thread_limits(0):  # torch, OpenMP and BLAS on one thread (see Notes)
-            init, scores = None, {}
+            init, scores, magnitude = None, {}, _magnitude(z)
             if isinstance(self.reg_lambda, str):  # "cv"
-                reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts)
+                reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts, magnitude)
             else:
                 reg_lambda = float(self.reg_lambda)
-            problem = _Problem(z, y_idx, weights, diagonal=diagonal)
+            problem = _Problem(z, y_idx, weights, diagonal=diagonal, magnitude=magnitude)
             result = _fit_problem(problem, *self._strengths(reg_lambda), init=init, **opts)
         self._store(result, resolved, reg_lambda, scores)
 
@@ -1588,8 +1593,10 @@ class DirichletCalibrator(BaseLogitCalibrator):
         self.cv_scores_ = scores
 
     def _cross_validate(self, z: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, diagonal: bool,
-                        opts: dict[str, Any]) -> tuple[float, tuple[np.ndarray, np.ndarray] | None, dict]:
-        """``λ`` chosen by cross-validated NLL, a warm start for the final fit, and the scores."""
+                        opts: dict[str, Any], magnitude: float
+                        ) -> tuple[float, tuple[np.ndarray, np.ndarray] | None, dict]:
+        """``λ`` chosen by cross-validated NLL, a warm start for the final fit, and the scores
+        (``magnitude``: ``max(max |z|, 1)``)."""
 
         def weight_of(rows: torch.Tensor) -> float:
             return float(len(rows)) if weights is None else float(weights[rows].sum())
@@ -1600,7 +1607,6 @@ class DirichletCalibrator(BaseLogitCalibrator):
         splits = [(tr, te) for tr, te in pairs if weight_of(tr) > 0 and weight_of(te) > 0]
 
         # the folds of a subsample run in the precision of the final fit on all rows
-        magnitude = max(*(abs(float(v)) for v in torch.aminmax(z)), 1.0)
         dtype = _working_dtype(z.shape[0], k, z.dtype, magnitude)
 
         def make_fold(train: torch.Tensor) -> _Problem:
