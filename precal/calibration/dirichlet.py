@@ -1205,10 +1205,10 @@ def fit_dirichlet(
     gradient pass; see "Preconditioning" for when they are kept), preconditioned by the
     Hessian's exact ``2 × 2`` block per class (diagonal maps) or a Kronecker-like Gram-matrix
     approximation (full maps), to a relative residual that shrinks with the gradient (an
-    inexact Newton method; superlinear). Everything runs in
-    torch on the logits' device, chunked over rows (one block kernel computes values,
-    gradients, Hessians and Hessian-vector products); only ``K``-sized vectors and, for dense
-    steps, the ``P × P`` Hessian travel to the host.
+    inexact Newton method; superlinear). Everything runs in torch on the logits' device,
+    chunked over rows (one block kernel computes values, gradients, Hessians and
+    Hessian-vector products, with one fused softmax per chunk); only ``K``-sized vectors and,
+    for dense steps, the ``P × P`` Hessian travel to the host.
 
     **Stopping.** The iteration stops after the step whose Newton decrement ``δ = -∇L·d``
     satisfies ``δ/2 <= max(tol, 16 eps)(1 + |L|)`` (``eps`` of the working dtype): ``δ/2``
