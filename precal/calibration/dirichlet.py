@@ -52,6 +52,12 @@ _FLOAT64_MAX_ELEMENTS = 1 << 20
 #: current iterate); beyond it each pass recomputes them chunk by chunk.
 _CACHE_ELEMENTS = 1 << 27
 
+#: Work arrays above this many bytes come from fresh pages of the operating system (glibc
+#: serves allocations above 32 MiB by ``mmap`` and returns them on release); first touching
+#: them costs a page fault per 4 KB, so the kept probabilities of larger fits are allocated
+#: only once a fit takes a second Newton step (see ``_DataTerm``).
+_FRESH_BYTES = 1 << 25
+
 #: Newton systems with up to this many parameters are solved with the exact dense Hessian
 #: (Cholesky); larger ones by preconditioned conjugate gradients on Hessian-vector products.
 _DENSE_MAX_PARAMS = 512
@@ -60,8 +66,11 @@ _DENSE_MAX_PARAMS = 512
 _STATS_ROWS = 8192
 
 #: The low-rank Hessian-vector product of diagonal maps works on blocks of
-#: ``_CHUNK_ELEMENTS / _HESSP_BLOCK_DIVISOR`` elements (512 KB of float32, a core's L2 cache).
-_HESSP_BLOCK_DIVISOR = 8
+#: ``_CHUNK_ELEMENTS / _HESSP_BLOCK_DIVISOR`` elements of each kept array (2 MB of float32 for
+#: both): the second product over a block reads it from cache, and blocks are large enough that
+#: the four torch calls per block cost less than their arithmetic (measured at 50 000 x 1 000
+#: and on a 1 700-row fold: a quarter of these blocks took 1.2x and 1.7x as long).
+_HESSP_BLOCK_DIVISOR = 2
 
 #: Conjugate-gradient iterations per Newton step at most.
 _CG_MAX_ITER = 250
@@ -158,8 +167,8 @@ class _StandardisedLogProbs:
         self.inv_scale = (1.0 / scale).to(dtype)
         self.n, self.k = logits.shape
 
-    def __call__(self, rows: slice) -> torch.Tensor:
-        lp = torch.log_softmax(self.logits[rows].to(self.dtype), dim=1)
+    def __call__(self, rows: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+        lp = torch.log_softmax(self.logits[rows].to(self.dtype), dim=1, out=out)
         return lp.sub_(self.shift).mul_(self.inv_scale)
 
 
@@ -172,6 +181,12 @@ class _Evaluation:
     hess: np.ndarray | None = None  # dense (P, P)
     hess_diag: np.ndarray | None = None  # (P,) for full maps, (K, 2, 2) blocks for diagonal ones
     n_errors: int = -1
+
+    def copy(self) -> _Evaluation:
+        def dup(x: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None else x.copy()
+
+        return _Evaluation(self.f, dup(self.g), dup(self.hess), dup(self.hess_diag), self.n_errors)
 
 
 class _DataTerm:
@@ -205,13 +220,22 @@ class _DataTerm:
         self.dtype = dtype
         self.device = device
         self.n_params = 2 * self.k if diagonal else self.k * (self.k + 1)
-        # at the point of the last evaluate(keep=True): q, and q ⊙ F for a diagonal map with
-        # low_rank (hessp is then matrix-vector products with the kept arrays)
-        self.probs = torch.empty((self.n, self.k), dtype=dtype, device=device) if keep_probs else None
-        self.probs_f = (torch.empty((self.n, self.k), dtype=dtype, device=device)
-                        if keep_probs and diagonal and low_rank else None)
+        # at the point of the last evaluate(keep=True): q, and for a diagonal map with low_rank
+        # q ⊙ F too (hessp is then matrix-vector products with the kept arrays). Arrays of more
+        # than _FRESH_BYTES are kept from the second such evaluation on; until then hessp
+        # recomputes q from the features. So a large fit that ends after its first Newton step
+        # (warm-started at the solution, as after cross-validation) never allocates them:
+        # fresh memory costs a page fault per 4 KB, more than the few products of that step
+        # pay for recomputing q.
+        self.keep_probs = keep_probs
+        self._lazy = self.n * self.k * torch.finfo(dtype).bits // 8 > _FRESH_BYTES
+        self.low_rank = keep_probs and diagonal and low_rank
+        self.probs: torch.Tensor | None = None
+        self.probs_f: torch.Tensor | None = None
+        self._n_kept = 0
         self._kept_at: np.ndarray | None = None  # the point whose probabilities hessp uses
         self._kept_curv: np.ndarray | None = None
+        self._memo: tuple[np.ndarray, tuple, _Evaluation] | None = None  # see evaluate
         self._gram: tuple[np.ndarray, np.ndarray] | None = None
         self.n_passes = 0
 
@@ -246,8 +270,16 @@ class _DataTerm:
 
         ``hess_diag`` gives the Hessian's diagonal for a full map and its ``2 × 2`` diagonal
         blocks (one per class, ``(K, 2, 2)``) for a diagonal map. ``keep`` stores what
-        :meth:`hessp` needs at this point.
+        :meth:`hessp` needs at this point. The last evaluation with a gradient is remembered:
+        asking for the same quantities at the same point again (a warm-started solve begins
+        where the previous one ended) returns it without a pass over the data.
         """
+        request = (grad, hess, hess_diag, keep, count_errors)
+        memo = self._memo
+        if grad and memo is not None and memo[1] == request and np.array_equal(memo[0], theta):
+            return memo[2].copy()
+        if grad or keep:
+            self._memo = None  # the kept probabilities are about to change
         f64 = torch.float64
         k, diagonal, dev = self.k, self.diagonal, self.device
         w, b = self.params(theta)
@@ -260,25 +292,40 @@ class _DataTerm:
             # diagonal maps: Σ s q F², Σ s q F, Σ s q, Σ s q² F², Σ s q² F, Σ s q² per class
             curv = torch.zeros((6, k) if diagonal else (k, k + 1), dtype=f64, device=dev)
         big = torch.zeros((self.n_params, self.n_params), dtype=f64, device=dev) if hess else None
+        if keep and self.keep_probs:
+            self._n_kept += 1
+            if (self._n_kept >= 2 or not self._lazy) and self.probs is None:
+                self.probs = torch.empty((self.n, k), dtype=self.dtype, device=dev)
+                if self.low_rank:
+                    self.probs_f = torch.empty((self.n, k), dtype=self.dtype, device=dev)
         store = keep and self.probs is not None
+        # below this the true class's probability has lost digits (or underflowed): its NLL is
+        # then taken from the logits directly (log-sum-exp), for those rows only
+        tiny = math.sqrt(float(torch.finfo(self.dtype).tiny))
+        scratch = None
         for rows in _row_chunks(self.n, k):
             feats = self.features(rows)
             yc = self.y[rows, None]
             wc = self._chunk_weights(rows)
-            # kept: the softmax is computed in place in the kept buffer (no copy)
-            a = self._logits(feats, w, b, out=self.probs[rows] if store else None)
-            a.sub_(a.amax(dim=1, keepdim=True))  # max_k a = 0: exp cannot overflow
+            m = feats.shape[0]
+            if scratch is None:
+                scratch = torch.empty((m, k), dtype=self.dtype, device=dev)  # the logits a of one chunk
+            a = self._logits(feats, w, b, out=scratch[:m])
             a_true = a.gather(1, yc)[:, 0]
             if count_errors:
-                wrong = a.scatter(1, yc, -math.inf).amax(dim=1) >= a_true
-                errors += wrong.sum() if wc is None else (wrong & (wc > 0)).sum()
-            e = a.exp_()
-            s = e.sum(dim=1)
-            nll = torch.log(s.to(f64)) - a_true.to(f64)
+                errors += _errors(a, yc, a_true, wc)
+            # one fused softmax (one exp per entry, max and sum within each row); kept: written
+            # straight into the kept buffer
+            q = torch.softmax(a, dim=1, out=self.probs[rows]) if store else torch.softmax(a, dim=1)
+            q_true = q.gather(1, yc)[:, 0]
+            nll = -torch.log(q_true.to(f64))
+            faint = q_true < tiny
+            if bool(faint.any()):
+                idx = torch.nonzero(faint)[:, 0]
+                nll[idx] = torch.logsumexp(a[idx].to(f64), dim=1) - a_true[idx].to(f64)
             total += nll.sum() if wc is None else (nll * wc).sum()
             if not (grad or hess or store):
                 continue
-            q = e.div_(s[:, None])  # softmax, in place of a
             low = diagonal and store and self.probs_f is not None
             wcd = None if wc is None else wc.to(q.dtype)[:, None]
             if diagonal and (grad or store):
@@ -292,12 +339,16 @@ class _DataTerm:
                     g_b += col_q
                     g_b.index_add_(0, yc[:, 0], -sw.to(f64))
                     if curv is not None:
-                        curv[0] += (sw @ (qf * feats)).to(f64)
                         curv[1] += col_f
                         curv[2] += col_q
-                        curv[3] += (sw @ qf.square()).to(f64)
-                        curv[4] += (sw @ (qf * q)).to(f64)
-                        curv[5] += (sw @ q.square()).to(f64)
+                        if wc is None:  # column-wise dot products, no temporaries
+                            for i, (x, z) in ((0, (qf, feats)), (3, (qf, qf)), (4, (qf, q)), (5, (q, q))):
+                                curv[i] += torch.linalg.vecdot(x, z, dim=0)
+                        else:
+                            curv[0] += sw @ (qf * feats)
+                            curv[3] += sw @ qf.square()
+                            curv[4] += sw @ (qf * q)
+                            curv[5] += sw @ q.square()
             elif grad:
                 wq = q if wc is None else q * wcd
                 minus = -(torch.ones_like(q[:, 0]) if wc is None else wc.to(q.dtype))
@@ -330,24 +381,24 @@ class _DataTerm:
             self._kept_curv = curv
         if hess:
             out.hess = big.cpu().numpy() * scale
+        if grad:
+            self._memo = (np.array(theta, dtype=np.float64, copy=True), request, out.copy())
         return out
 
     def count_errors(self, theta: np.ndarray) -> int:
         """Rows of positive weight whose true class is not the strict argmax of ``a`` at ``theta``.
 
-        Row ``i`` is an error when some ``a_ij >= a_{i y_i}`` with ``j != y_i``, i.e. when at least
-        two entries (the true one included) reach ``a_{i y_i}``: one comparison pass, no softmax.
+        Row ``i`` is an error when some ``a_ij >= a_{i y_i}`` with ``j != y_i``: the largest of the
+        other entries reaches the true one (one row maximum, no softmax).
         """
         w, b = self.params(theta)
-        errors = 0
+        errors = torch.zeros((), dtype=torch.int64, device=self.device)
         for rows in _row_chunks(self.n, self.k):
             yc = self.y[rows, None]
             a = self._logits(self.features(rows), w, b)
-            wrong = (a >= a.gather(1, yc)).sum(dim=1) >= 2
-            wc = self._chunk_weights(rows)
-            errors += int(wrong.sum() if wc is None else (wrong & (wc > 0)).sum())
+            errors += _errors(a, yc, a.gather(1, yc)[:, 0], self._chunk_weights(rows))
         self.n_passes += 1
-        return errors
+        return int(errors)
 
     def _add_hessian(self, big: torch.Tensor, feats: torch.Tensor, q: torch.Tensor, wc: torch.Tensor | None
                      ) -> None:
@@ -403,21 +454,36 @@ class _DataTerm:
         k, diagonal, dev = self.k, self.diagonal, self.device
         if self._kept_at is None:  # pragma: no cover - internal misuse
             raise RuntimeError("hessp needs a point evaluated with keep=True first")
-        if diagonal and self.probs_f is not None:
-            # H = D - U^T S U with U_i = [q_i ⊙ F_i, q_i] (kept) and D the diagonal blocks;
-            # U^T S (U v) over blocks of rows small enough to stay in cache between the two
-            # products, so the kept arrays are read once instead of twice
+        if diagonal and self.low_rank:
+            # H = D - U^T S U with U_i = [q_i ⊙ F_i, q_i] (kept, or formed block by block from
+            # the features until they are) and D the diagonal blocks; U^T S (U v) over blocks of
+            # rows small enough to stay in cache between the two products, so the kept arrays
+            # are read once instead of twice
             vt = torch.from_numpy(np.ascontiguousarray(v)).to(dev, self.dtype)
             v_w, v_b = vt[:k], vt[k:]
-            acc_w = torch.zeros(k, dtype=f64, device=dev)
-            acc_b = torch.zeros(k, dtype=f64, device=dev)
+            acc = torch.zeros((2, k), dtype=f64, device=dev)  # U^T S U v: the w and the b halves
+            kept = self.probs_f is not None
+            if not kept:
+                w, b = self.params(self._kept_at)
+                buf = None
             for rows in _row_chunks(self.n, 2 * k * _HESSP_BLOCK_DIVISOR):
-                qf, q = self.probs_f[rows], self.probs[rows]
+                if kept:
+                    qf, q = self.probs_f[rows], self.probs[rows]
+                else:
+                    feats = self.features(rows)
+                    m = feats.shape[0]
+                    if buf is None:
+                        buf = torch.empty((2, m, k), dtype=self.dtype, device=dev)
+                    q = torch.softmax(self._logits(feats, w, b, out=buf[0, :m]), dim=1, out=buf[1, :m])
+                    qf = torch.mul(q, feats, out=buf[0, :m])
                 r = torch.addmv(torch.mv(q, v_b), qf, v_w)
-                r = r.div_(self.n) if self.weights is None else r.mul_(self.weights[rows].to(r.dtype))
-                acc_w += torch.mv(qf.T, r).to(f64)
-                acc_b += torch.mv(q.T, r).to(f64)
-            low = torch.cat([acc_w, acc_b]).cpu().numpy()
+                if self.weights is not None:
+                    r.mul_(self.weights[rows].to(r.dtype))
+                acc[0] += torch.mv(qf.T, r)  # float32 products, float64 sums over blocks
+                acc[1] += torch.mv(q.T, r)
+            low = acc.reshape(-1).cpu().numpy()
+            if self.weights is None:
+                low = low / self.n
             d1, d2, d3 = self._kept_curv[:3]
             self.n_passes += 1
             return np.concatenate([d1 * v[:k] + d2 * v[k:], d2 * v[:k] + d3 * v[k:]]) - low
@@ -427,22 +493,38 @@ class _DataTerm:
             w, b = self.params(self._kept_at)
         h_w = torch.zeros((k,) if diagonal else (k, k), dtype=f64, device=dev)
         h_b = torch.zeros(k, dtype=f64, device=dev)
+        buf = None  # work arrays of one chunk: the logits, q, and the product
         for rows in _row_chunks(self.n, k):
             feats = self.features(rows)
+            m = feats.shape[0]
+            if buf is None:
+                buf = torch.empty((3, m, k), dtype=self.dtype, device=dev)
             if w is None:
                 q = self.probs[rows]
             else:
-                q = torch.softmax(self._logits(feats, w, b), dim=1)
-            t = self._logits(feats, vw, vb).mul_(q)  # q ⊙ da
-            t.sub_(q * t.sum(dim=1, keepdim=True))  # (diag q - q q^T) da
+                q = torch.softmax(self._logits(feats, w, b, out=buf[0, :m]), dim=1, out=buf[1, :m])
+            t = self._logits(feats, vw, vb, out=buf[2, :m]).mul_(q)  # q ⊙ da
+            t.addcmul_(q, t.sum(dim=1, keepdim=True), value=-1.0)  # (diag q - q q^T) da
             wc = self._chunk_weights(rows)
             if wc is not None:
                 t.mul_(wc.to(t.dtype)[:, None])
-            h_b += t.sum(dim=0).to(f64)
-            h_w += (t.mul_(feats).sum(dim=0) if diagonal else t.T @ feats).to(f64)
+            h_b += t.sum(dim=0)
+            h_w += torch.linalg.vecdot(t, feats, dim=0) if diagonal else t.T @ feats
         self.n_passes += 1
         scale = 1.0 / self.n if self.weights is None else 1.0
         return self._flat(h_w, h_b) * scale
+
+
+def _errors(a: torch.Tensor, yc: torch.Tensor, a_true: torch.Tensor, wc: torch.Tensor | None) -> torch.Tensor:
+    """Rows (of positive weight) where an entry of ``a`` other than the true one is at least ``a_true``.
+
+    The true entries are set to ``-inf`` for one row maximum and restored: ``a`` is the caller's
+    work buffer, unchanged on return.
+    """
+    a.scatter_(1, yc, -math.inf)
+    wrong = a.amax(dim=1) >= a_true
+    a.scatter_(1, yc, a_true[:, None])
+    return wrong.sum() if wc is None else (wrong & (wc > 0)).sum()
 
 
 def _subtract_gram(big: torch.Tensor, u: torch.Tensor, root_weights: torch.Tensor | None) -> None:
@@ -584,6 +666,8 @@ class _NewtonResult:
     n_cg: int
     converged: bool
     message: str
+    #: rows the map at ``theta`` misclassifies, when the last pass counted them (else -1)
+    n_errors: int = -1
 
 
 def _preconditioner(curv: np.ndarray, data: _DataTerm, penalty: _Penalty, c: float) -> Any:
@@ -671,7 +755,8 @@ def _pcg(apply: Any, rhs: np.ndarray, precondition: Any, rtol: float, max_iter: 
     return x, it
 
 
-def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: int, tol: float) -> _NewtonResult:
+def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: int, tol: float,
+            derivatives_at_end: bool = True) -> _NewtonResult:
     r"""Minimise data term + penalty by Newton's method with a backtracking (Armijo) line search.
 
     Each step solves ``(∇²f + c Π) d = -∇f`` (``Π`` the projection onto the flat directions,
@@ -686,6 +771,15 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
     iteration then goes on until a step moves no parameter by more than
     ``sqrt(eps) (1 + max|θ|)`` (after it, quadratic convergence leaves them at their own
     rounding floor), at most four such steps.
+
+    **Passes.** A step's trial point is evaluated with gradient and curvature (the next step's)
+    unless it is known to be the last step: a step on which the decrement has reached the
+    floor and which moves no parameter by more than the bound above. With
+    ``derivatives_at_end=False`` that last pass computes only the value and the number of
+    misclassified rows (``n_errors`` of the result: the fit's warning needs them, and one pass
+    gives both); with ``True`` it computes the derivatives too, which the data term remembers,
+    so a solve warm-started at the returned point (the next strength of a regularisation
+    path) begins without a pass.
     """
     k, diagonal = data.k, data.diagonal
     dense = data.n_params <= _DENSE_MAX_PARAMS
@@ -703,11 +797,15 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
             return math.inf, None, None
         return f, g, curv
 
-    def value(x: np.ndarray) -> float:
-        f = data.evaluate(x, grad=False).f
+    def value(x: np.ndarray, count_errors: bool = False) -> tuple[float, int]:
+        ev = data.evaluate(x, grad=False, count_errors=count_errors)
         with np.errstate(over="ignore", invalid="ignore"):
-            f += penalty.value(x)
-        return f if math.isfinite(f) else math.inf
+            f = ev.f + penalty.value(x)
+        return (f if math.isfinite(f) else math.inf), ev.n_errors
+
+    def last_step(step: float, x_new: np.ndarray) -> bool:
+        """Whether a step of max-norm ``step`` to ``x_new``, taken once the decrement is at the floor, ends the fit."""
+        return step <= math.sqrt(eps) * (1.0 + float(np.max(np.abs(x_new)))) or polish + 1 >= 4
 
     f, g, curv = full(theta)
     if not math.isfinite(f):
@@ -715,6 +813,7 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
                              "scaling): the logits are too large for a float64 fit")
     g0 = max(float(np.linalg.norm(g)), 1e-300)
     n_cg, message, converged, n_iter, polish = 0, f"max_iter={max_iter} Newton steps reached", False, 0, 0
+    n_errors = -1
     while n_iter < max_iter:
         n_iter += 1
         if dense:
@@ -741,14 +840,16 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
             converged, message = True, "converged (gradient at rounding level)"
             break
         final = dec / 2.0 <= max(tol * (1.0 + abs(f)), floor)  # the objective is at its minimum
-        t, accepted, trial = 1.0, False, (math.inf, None, None)
+        t, accepted, trial, errors = 1.0, False, (math.inf, None, None), -1
+        # the value alone where the step at t = 1 would be the last and no derivatives are wanted there
+        quick = not derivatives_at_end and final and last_step(float(np.max(np.abs(d))), theta + d)
         for attempt in range(60):
             x_new = theta + t * d
-            if attempt == 0:
-                trial = full(x_new)
+            if attempt == 0 and not quick:
+                trial = full(x_new)  # accepted, its derivatives serve the next step
                 f_new = trial[0]
             else:
-                f_new = value(x_new)
+                f_new, errors = value(x_new, count_errors=final and not derivatives_at_end)
             if math.isfinite(f_new) and (f_new <= f - 1e-4 * t * dec or (final and f_new <= f + floor)):
                 accepted = True
                 break
@@ -761,24 +862,27 @@ def _newton(theta: np.ndarray, data: _DataTerm, penalty: _Penalty, *, max_iter: 
             message = ("converged (at the rounding floor of the objective)" if final
                        else "the line search found no decrease (rounding floor of the objective?)")
             break
-        if t == 1.0:
+        step = float(np.max(np.abs(x_new - theta)))
+        theta = x_new
+        if final and last_step(step, x_new):
+            # The objective is at its floor; the parameters along weakly curved directions may
+            # still move by up to sqrt(δ / smallest curvature). Newton steps until one is at the
+            # rounding level of the parameters put them at their floor too (one or two more).
+            converged, message, f = True, "converged", f_new
+            if derivatives_at_end and not (trial[1] is not None and t == 1.0):
+                full(theta)  # remembered by the data term for a warm start here
+            n_errors = errors
+            break
+        if trial[1] is not None and t == 1.0:
             f, g, curv = trial
         else:
             f, g, curv = full(x_new)
-        step = float(np.max(np.abs(x_new - theta)))
-        theta = x_new
         if g is None:  # pragma: no cover - the value was finite, the gradient not
             message = "the gradient is not finite"
             break
         if final:
-            # The objective is at its floor; the parameters along weakly curved directions may
-            # still move by up to sqrt(δ / smallest curvature). Newton steps until one is at the
-            # rounding level of the parameters put them at their floor too (one or two more).
             polish += 1
-            if step <= math.sqrt(eps) * (1.0 + float(np.max(np.abs(theta)))) or polish >= 4:
-                converged, message = True, "converged"
-                break
-    return _NewtonResult(theta, f, n_iter, n_cg, converged, message)
+    return _NewtonResult(theta, f, n_iter, n_cg, converged, message, n_errors)
 
 
 def _null_projection_diagonal(k: int, diagonal: bool) -> np.ndarray:
@@ -829,6 +933,11 @@ def _to_original(theta: np.ndarray, k: int, diagonal: bool, shift: np.ndarray, s
     return coef, intercept - intercept.mean()
 
 
+def _magnitude(z: torch.Tensor) -> float:
+    """``max(max |z|, 1)``: one pass."""
+    return max(*(abs(float(v)) for v in torch.aminmax(z)), 1.0)
+
+
 def _working_dtype(n: int, k: int, logits_dtype: torch.dtype, magnitude: float) -> torch.dtype:
     """float64 up to :data:`_FLOAT64_MAX_ELEMENTS` elements, float32 above (float64 logits near
     or beyond float32's range, 3.4e38, stay float64)."""
@@ -843,12 +952,12 @@ class _Problem:
     """
 
     def __init__(self, logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, *,
-                 diagonal: bool, dtype: torch.dtype | None = None) -> None:
+                 diagonal: bool, dtype: torch.dtype | None = None, magnitude: float | None = None) -> None:
         z = logits
         n, k = z.shape
         f64 = torch.float64
-        lo, hi = (float(v) for v in torch.aminmax(z))
-        magnitude = max(abs(lo), abs(hi), 1.0)
+        if magnitude is None:  # max(|z|, 1), unless the caller knows it
+            magnitude = _magnitude(z)
         if dtype is None:
             dtype = _working_dtype(n, k, z.dtype, magnitude)
         if dtype not in (torch.float32, f64):
@@ -869,10 +978,10 @@ class _Problem:
         s1 = torch.zeros(k, dtype=f64, device=device)
         s2 = torch.zeros(k, dtype=f64, device=device)
         for rows in _row_chunks(sample.shape[0], k):
-            lp64 = torch.log_softmax(sample[rows].to(dtype), dim=1).to(f64) / unit
+            lp64 = torch.log_softmax(sample[rows].to(dtype), dim=1).to(f64).div_(unit)
             if w_sample is None:
                 s1 += lp64.sum(dim=0)
-                s2 += lp64.square().sum(dim=0)
+                s2 += lp64.square_().sum(dim=0)
             else:
                 wc = w_sample[rows, None]
                 s1 += (wc * lp64).sum(dim=0)
@@ -890,7 +999,7 @@ class _Problem:
         if n * k <= _CACHE_ELEMENTS:  # one pass writes the standardised features
             cache = torch.empty((n, k), dtype=dtype, device=device)
             for rows in _row_chunks(n, k):
-                cache[rows] = features(rows)
+                features(rows, out=cache[rows])
             features = _Rows(cache)
         self.shift, self.scale = shift.cpu().numpy(), scale.cpu().numpy()  # K numbers each
         # the kept probabilities (n K; [q ⊙ F, q], 2 n K, for a diagonal map when that fits
@@ -926,9 +1035,10 @@ class _Problem:
         return self.from_original(np.full(k, beta) if self.diagonal else beta * np.eye(k), np.zeros(k))
 
     def solve(self, theta: np.ndarray, reg_lambda: float, reg_mu: float, reg_diag: float, *,
-              max_iter: int, tol: float) -> _NewtonResult:
+              max_iter: int, tol: float, derivatives_at_end: bool = True) -> _NewtonResult:
+        """:func:`_newton` from ``theta`` (``derivatives_at_end``: see there; ``False`` for a last fit)."""
         penalty = _Penalty(self.k, self.diagonal, self.shift, self.scale, reg_lambda, reg_mu, reg_diag)
-        return _newton(theta, self.data, penalty, max_iter=max_iter, tol=tol)
+        return _newton(theta, self.data, penalty, max_iter=max_iter, tol=tol, derivatives_at_end=derivatives_at_end)
 
     def n_errors(self, theta: np.ndarray) -> int:
         """Rows of positive weight whose true class is not the strict argmax of the fitted map."""
@@ -936,8 +1046,13 @@ class _Problem:
 
 
 def _heldout_nll(logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, coef: np.ndarray,
-                 intercept: np.ndarray, rows: torch.Tensor) -> tuple[float, float]:
-    """``(Σ s_i NLL_i, Σ s_i)`` of the map ``(coef, intercept)`` over ``rows`` (float64)."""
+                 intercept: np.ndarray, rows: torch.Tensor, log_probs: torch.Tensor | None = None
+                 ) -> tuple[float, float]:
+    """``(Σ s_i NLL_i, Σ s_i)`` of the map ``(coef, intercept)`` over ``rows`` (float64).
+
+    ``log_probs``: ``log_softmax`` of ``logits[rows]`` in float64, when the caller keeps it (a
+    fold's held-out rows are scored at every strength of the path).
+    """
     f64 = torch.float64
     device = logits.device
     w = torch.from_numpy(coef).to(device)
@@ -947,7 +1062,7 @@ def _heldout_nll(logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tenso
     step = max(1, _CHUNK_ELEMENTS // logits.shape[1])
     for start in range(0, len(rows), step):
         idx = rows[start : start + step]
-        lp = torch.log_softmax(logits[idx].to(f64), dim=1)
+        lp = torch.log_softmax(logits[idx].to(f64), dim=1) if log_probs is None else log_probs[start : start + step]
         a = lp * w + b if w.dim() == 1 else torch.addmm(b, lp, w.T)
         nll = torch.logsumexp(a, dim=1) - a.gather(1, y_idx[idx, None])[:, 0]
         if weights is None:
@@ -1045,7 +1160,7 @@ class DirichletFit:
 def _fit_problem(problem: _Problem, reg_lambda: float, reg_mu: float, reg_diag: float, *, max_iter: int,
                  tol: float, init: tuple[np.ndarray, np.ndarray] | None) -> DirichletFit:
     theta0 = problem.start() if init is None else problem.from_original(*(np.asarray(v, np.float64) for v in init))
-    result = problem.solve(theta0, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol)
+    result = problem.solve(theta0, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol, derivatives_at_end=False)
     coef, intercept = problem.to_original(result.theta)
     if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):  # pragma: no cover - defensive
         coef, intercept = (np.ones(problem.k) if problem.diagonal else np.eye(problem.k)), np.zeros(problem.k)
@@ -1056,7 +1171,7 @@ def _fit_problem(problem: _Problem, reg_lambda: float, reg_mu: float, reg_diag: 
         n_iter=result.n_iter,
         converged=result.converged,
         message=result.message,
-        n_errors=problem.n_errors(result.theta),
+        n_errors=result.n_errors if result.n_errors >= 0 else problem.n_errors(result.theta),
         n_cg=result.n_cg,
         n_passes=problem.data.n_passes,
     )
@@ -1087,19 +1202,23 @@ def fit_dirichlet(
     parameters (full maps up to 22 classes, diagonal maps up to 256) the Hessian is formed and
     each step solved by Cholesky; larger problems solve each step by conjugate gradients on
     exact Hessian-vector products (one pass each, using the probabilities kept from the
-    gradient pass), preconditioned by the Hessian's exact ``2 × 2`` block per class (diagonal
-    maps) or a Kronecker-like Gram-matrix approximation (full maps), to a relative residual that
-    shrinks with the gradient (an inexact Newton method; superlinear). Everything runs in
-    torch on the logits' device, chunked over rows (one block kernel computes values,
-    gradients, Hessians and Hessian-vector products); only ``K``-sized vectors and, for dense
-    steps, the ``P × P`` Hessian travel to the host.
+    gradient pass; see "Preconditioning" for when they are kept), preconditioned by the
+    Hessian's exact ``2 × 2`` block per class (diagonal maps) or a Kronecker-like Gram-matrix
+    approximation (full maps), to a relative residual that shrinks with the gradient (an
+    inexact Newton method; superlinear). Everything runs in torch on the logits' device,
+    chunked over rows (one block kernel computes values, gradients, Hessians and
+    Hessian-vector products, with one fused softmax per chunk); only ``K``-sized vectors and,
+    for dense steps, the ``P × P`` Hessian travel to the host.
 
     **Stopping.** The iteration stops after the step whose Newton decrement ``δ = -∇L·d``
     satisfies ``δ/2 <= max(tol, 16 eps)(1 + |L|)`` (``eps`` of the working dtype): ``δ/2``
     estimates how far the objective is above its minimum, and the step taken then leaves an
     error of order ``δ²``, so with the default ``tol`` the parameters are at the
     floating-point floor (a gradient of order 1e-15 in float64). Fits of the same objective
-    from different starts, or on weighted versus repeated rows, then agree to rounding.
+    from different starts, or on weighted versus repeated rows, then agree to rounding. The
+    pass at the point of that last step computes only the objective and the number of
+    misclassified rows (no gradient), so a fit warm-started at its solution costs one
+    gradient pass, the conjugate-gradient products of one step and one value pass.
 
     **Start.** Temperature scaling, ``W = I / T``, ``b = 0`` (:func:`fit_temperature`, a few
     cheap passes): the best map on the ray through the identity. Every accepted step lowers
@@ -1119,8 +1238,11 @@ def fit_dirichlet(
     ``b̃ = b + W m``: the same function in better scaled coordinates (Newton's steps do not
     depend on them, the conjugate-gradient solves do), mapped back exactly. Inputs of up to
     ``2**27`` elements keep ``ℓ̃`` (one copy of the logits) and, for conjugate-gradient
-    steps, the current probabilities (a second); larger ones recompute both chunk by chunk in
-    every pass, so memory stays bounded.
+    steps, the current probabilities (a second; for a diagonal map also ``q ⊙ ℓ̃``, a third,
+    up to ``2**26`` elements); larger ones recompute both chunk by chunk in every pass, so
+    memory stays bounded. Above 32 MiB the probabilities are kept from the second Newton step
+    on (the first step's products recompute them): freshly allocated memory costs a page fault
+    per 4 KB on first touch, more than recomputing them for one step.
 
     **Precision.** Fits on up to ``2**20`` elements (``n K``) run in float64. Larger ones run
     element-wise work and matrix products in float32, chunk by chunk, and sum over chunks in
@@ -1316,8 +1438,14 @@ class DirichletCalibrator(BaseLogitCalibrator):
     gradients on Hessian-vector products above), computed in torch on the logits' device over
     chunks of rows with float64 sums, starting from temperature scaling, so on the fitting
     data the objective is never above temperature scaling's. It converges to the
-    floating-point floor: fits on weighted and on repeated rows agree to rounding. Details
-    in :func:`fit_dirichlet`; measured times in ``benchmarks/bench_dirichlet.py``.
+    floating-point floor: fits on weighted and on repeated rows agree to rounding. Each
+    Newton step costs one pass over the rows for the gradient and curvature plus one per
+    conjugate-gradient iteration. Along the cross-validation path each strength starts from
+    the previous one's solution and reuses the derivatives computed there (no pass); the
+    final fit starts from the folds' mean solution at the chosen strength, and the pass after
+    its last step computes only the objective and the misclassified rows the warning below
+    needs. Details in :func:`fit_dirichlet`; measured times in
+    ``benchmarks/bench_dirichlet.py`` and ``benchmarks/bench_speed.py``.
 
     **Threads.** The fit runs on one thread (torch, OpenMP and BLAS), whatever precal's thread
     budget: its passes are sequences of memory-bound torch operations, and on a busy machine
@@ -1404,12 +1532,12 @@ class DirichletCalibrator(BaseLogitCalibrator):
         weights = None if sample_weight is None else sample_weight / sample_weight.sum()
         opts = {"max_iter": int(self.max_iter), "tol": float(self.tol)}
         with thread_limits(0):  # torch, OpenMP and BLAS on one thread (see Notes)
-            init, scores = None, {}
+            init, scores, magnitude = None, {}, _magnitude(z)
             if isinstance(self.reg_lambda, str):  # "cv"
-                reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts)
+                reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts, magnitude)
             else:
                 reg_lambda = float(self.reg_lambda)
-            problem = _Problem(z, y_idx, weights, diagonal=diagonal)
+            problem = _Problem(z, y_idx, weights, diagonal=diagonal, magnitude=magnitude)
             result = _fit_problem(problem, *self._strengths(reg_lambda), init=init, **opts)
         self._store(result, resolved, reg_lambda, scores)
 
@@ -1465,8 +1593,10 @@ class DirichletCalibrator(BaseLogitCalibrator):
         self.cv_scores_ = scores
 
     def _cross_validate(self, z: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, diagonal: bool,
-                        opts: dict[str, Any]) -> tuple[float, tuple[np.ndarray, np.ndarray] | None, dict]:
-        """``λ`` chosen by cross-validated NLL, a warm start for the final fit, and the scores."""
+                        opts: dict[str, Any], magnitude: float
+                        ) -> tuple[float, tuple[np.ndarray, np.ndarray] | None, dict]:
+        """``λ`` chosen by cross-validated NLL, a warm start for the final fit, and the scores
+        (``magnitude``: ``max(max |z|, 1)``)."""
 
         def weight_of(rows: torch.Tensor) -> float:
             return float(len(rows)) if weights is None else float(weights[rows].sum())
@@ -1477,7 +1607,6 @@ class DirichletCalibrator(BaseLogitCalibrator):
         splits = [(tr, te) for tr, te in pairs if weight_of(tr) > 0 and weight_of(te) > 0]
 
         # the folds of a subsample run in the precision of the final fit on all rows
-        magnitude = max(*(abs(float(v)) for v in torch.aminmax(z)), 1.0)
         dtype = _working_dtype(z.shape[0], k, z.dtype, magnitude)
 
         def make_fold(train: torch.Tensor) -> _Problem:
@@ -1489,8 +1618,13 @@ class DirichletCalibrator(BaseLogitCalibrator):
             theta = fold.solve(theta0, *self._strengths(reg_lambda), **opts).theta
             return (theta, *fold.to_original(theta))
 
+        held_out: dict[int, torch.Tensor | None] = {}  # a fold's held-out log-probabilities, computed once
+
         def score(fold: _Problem, state: Any, test: torch.Tensor) -> tuple[float, float]:
-            return _heldout_nll(z, y_idx, weights, state[1], state[2], test)
+            if id(test) not in held_out:
+                small = len(test) * k <= _CV_MAX_WORK
+                held_out[id(test)] = torch.log_softmax(z[test].to(torch.float64), dim=1) if small else None
+            return _heldout_nll(z, y_idx, weights, state[1], state[2], test, held_out[id(test)])
 
         path = cross_validated_path(REG_GRID, splits, make_fold, fit, score)
         if path is None:

@@ -549,3 +549,93 @@ def test_count_errors_is_the_strict_argmax_test():
             wrong &= w.numpy() > 0
         assert data.count_errors(theta) == int(wrong.sum()) > 0
         assert data.evaluate(theta, grad=False, count_errors=True).n_errors == int(wrong.sum())
+
+
+def _cg_problem(monkeypatch, lazy):
+    """A diagonal map on K = 300 classes (600 parameters: conjugate-gradient steps), float64;
+    ``lazy``: kept probabilities only from the second Newton step on, whatever the size."""
+    monkeypatch.setattr(dirichlet_module, "_FRESH_BYTES", 0 if lazy else 1 << 40)
+    z, y = _miscalibrated(n=400, k=300, seed=14)
+    return dirichlet_module._Problem(torch.from_numpy(z), torch.from_numpy(y), None, diagonal=True,
+                                     dtype=torch.float64)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_hessian_products_with_and_without_kept_probabilities_match_the_dense_hessian(monkeypatch, lazy):
+    problem = _cg_problem(monkeypatch, lazy)
+    data = problem.data
+    rng = np.random.default_rng(15)
+    theta = problem.start() + 0.1 * rng.normal(size=600)
+    v = rng.normal(size=600)
+    dense = data.evaluate(theta, grad=True, hess=True).hess @ v
+    data.evaluate(theta, grad=True, hess_diag=True, keep=True)
+    assert (data.probs is None) == lazy  # a lazy first step recomputes q in every product
+    assert_allclose(data.hessp(v), dense, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
+    data.evaluate(theta + 0.01, grad=True, hess_diag=True, keep=True)
+    data.evaluate(theta, grad=True, hess_diag=True, keep=True)  # second step on: q and q F kept
+    assert data.probs is not None and data.probs_f is not None
+    assert_allclose(data.hessp(v), dense, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
+
+
+def test_lazily_kept_probabilities_give_the_same_fit_and_a_warm_one_step_fit_allocates_none(monkeypatch):
+    kw = {"reg_lambda": 0.1, "reg_mu": 0.1, "reg_diag": 0.1, "max_iter": 100, "tol": 1e-14}
+    eager = _cg_problem(monkeypatch, lazy=False)
+    ref = dirichlet_module._fit_problem(eager, **kw, init=None)
+    lazy = _cg_problem(monkeypatch, lazy=True)
+    fit = dirichlet_module._fit_problem(lazy, **kw, init=None)
+    assert fit.converged and fit.n_iter > 1 and lazy.data.probs is not None
+    assert_allclose(fit.coef, ref.coef, rtol=1e-9, atol=1e-12)
+    assert_allclose(fit.intercept, ref.intercept, atol=1e-9 * np.abs(ref.intercept).max())
+    warm = _cg_problem(monkeypatch, lazy=True)
+    again = dirichlet_module._fit_problem(warm, **kw, init=(fit.coef, fit.intercept))
+    assert again.converged and again.n_iter == 1 and warm.data.probs is None
+    assert_allclose(again.coef, fit.coef, rtol=1e-9, atol=1e-12)
+
+
+def test_the_last_pass_of_a_fit_counts_its_errors(monkeypatch):
+    z, y = _miscalibrated(n=400, k=300, seed=16)
+    w = np.random.default_rng(16).integers(0, 3, size=400).astype(float)
+
+    def unused(self, theta):  # the value pass after the last step counts them
+        raise AssertionError("a separate error-counting pass")
+
+    monkeypatch.setattr(dirichlet_module._Problem, "n_errors", unused)
+    for weights in (None, w):
+        fit = fit_dirichlet(z, y, weights, diagonal=True, reg_lambda=1.0, reg_mu=1.0, reg_diag=1.0)
+        a = log_softmax(z) * fit.coef + fit.intercept
+        true = a[np.arange(len(y)), y]
+        others = np.where(np.eye(300, dtype=bool)[y], -np.inf, a).max(axis=1)
+        wrong = others >= true
+        if weights is not None:
+            wrong &= weights > 0
+        assert fit.converged and fit.n_errors == int(wrong.sum()) > 0
+
+
+def test_a_warm_start_at_the_end_of_a_solve_reuses_its_derivatives(monkeypatch):
+    problem = _cg_problem(monkeypatch, lazy=False)
+    data = problem.data
+    end = problem.solve(problem.start(), 1.0, 1.0, 1.0, max_iter=100, tol=1e-14).theta
+    passes = data.n_passes
+    kept = data.evaluate(end, grad=True, hess_diag=True, keep=True)
+    assert data.n_passes == passes  # remembered by the solve's last pass
+    data._memo = None
+    fresh = data.evaluate(end, grad=True, hess_diag=True, keep=True)
+    assert data.n_passes == passes + 1
+    assert kept.f == fresh.f
+    assert_array_equal(kept.g, fresh.g)
+    assert_array_equal(kept.hess_diag, fresh.hess_diag)
+
+
+def test_rows_whose_true_class_probability_underflows_keep_a_finite_exact_nll():
+    # float32 work: exp(-200) underflows, so these rows take the log-sum-exp of their logits
+    rng = np.random.default_rng(17)
+    k = 5
+    log_probs = rng.normal(size=(300, k)).astype(np.float32)
+    y = rng.integers(0, k, size=300)
+    log_probs[:40, :] = 0.0
+    log_probs[np.arange(40), y[:40]] = -200.0
+    coef, intercept = np.ones(k), np.zeros(k)
+    value, _, _ = dirichlet_objective(log_probs, y, coef, intercept)
+    a = log_probs.astype(np.float64)
+    expected = np.mean(logsumexp(a, axis=1) - a[np.arange(300), y])
+    assert np.isfinite(value) and value == pytest.approx(expected, rel=1e-6)
