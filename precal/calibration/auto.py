@@ -111,12 +111,13 @@ class AutoCalibrator(BaseLogitCalibrator):
     The **matrix-scaling family** (:data:`MATRIX_FAMILY`: :class:`StructuredMatrixScaling`
     and top-label recalibration on top of it) can change the predicted class, so with
     ``metric="ece"`` it has to earn more: the map itself is eligible only if its NLL beats
-    TS's by more than one standard error (``mean(d_nll) + se(d_nll) < 0``), its accuracy is
-    not below TS's and its pooled ECE is below TS's; a top-label recalibration of it only if
+    TS's by more than one standard error (``mean(d_nll) + se(d_nll) < 0``), so does its
+    accuracy (``mean(d_acc) - se(d_acc) > 0``: moving predictions must pay off) and its
+    pooled ECE is below TS's; a top-label recalibration of it only if
     the map is eligible and the recalibration lowers the map's pooled ECE, keeps its accuracy
     and costs at most one standard error of NLL against the map. So a map that moves
-    predictions is chosen only where it is clearly better than TS on a proper score and
-    calibrated at least as well; that is where low-precision models lose accuracy that an
+    predictions is chosen only where it is clearly more accurate than TS, clearly better on
+    a proper score and calibrated at least as well; that is where low-precision models lose accuracy that an
     affine map of the logits recovers (``benchmarks/quality_bar.py``: +2-3 accuracy points
     on an int4 ResNet-20).
 
@@ -407,8 +408,10 @@ def _summarise(pairs: list, scores: np.ndarray, accuracy: np.ndarray, metric: st
             if base is None:
                 continue
             m = names.index(base)
-            if c == m:  # the map itself: clearly better NLL than TS, accuracy and pooled ECE not worse
-                eligible[c] = bool(mean_nll_diff[c] + nll_se[c] < 0 and mean_acc[c] >= mean_acc[0]
+            if c == m:  # the map itself: clearly better NLL and accuracy than TS, pooled ECE not worse
+                d_acc = accuracy[c] - accuracy[0]
+                eligible[c] = bool(mean_nll_diff[c] + nll_se[c] < 0
+                                   and d_acc.mean() - d_acc.std(ddof=1) / math.sqrt(n_folds) > 0
                                    and mean_score[c] < mean_score[0])
                 continue
             d = nll[c] - nll[m]  # a recalibration of the map, against the map itself
