@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
@@ -51,6 +52,10 @@ MATRIX_FAMILY = {"matrix_scaling": "matrix_scaling", "top_label_isotonic_matrix"
 #: The reference every other candidate must beat; always a candidate.
 REFERENCE = "temperature"
 METRICS = ("nll", "ece")
+#: One-sided level of the paired t-test over folds by which the matrix-scaling map's accuracy gain
+#: over TS must be significant before it may move predictions (``t`` quantile with ``cv - 1`` degrees
+#: of freedom: 2.13 standard errors at ``cv=5``).
+ACCURACY_GAIN_LEVEL = 0.05
 #: Equal-width bins of the cross-validated ECE (as :func:`precal.metrics.expected_calibration_error`).
 ECE_BINS = 15
 
@@ -111,9 +116,11 @@ class AutoCalibrator(BaseLogitCalibrator):
     The **matrix-scaling family** (:data:`MATRIX_FAMILY`: :class:`StructuredMatrixScaling`
     and top-label recalibration on top of it) can change the predicted class, so with
     ``metric="ece"`` it has to earn more: the map itself is eligible only if its NLL beats
-    TS's by more than one standard error (``mean(d_nll) + se(d_nll) < 0``), so does its
-    accuracy (``mean(d_acc) - se(d_acc) > 0``: moving predictions must pay off) and its
-    pooled ECE is below TS's; a top-label recalibration of it only if
+    TS's by more than one standard error (``mean(d_nll) + se(d_nll) < 0``), its accuracy
+    gain is significant (one-sided paired t-test over the folds at level
+    :data:`ACCURACY_GAIN_LEVEL`, ``mean(d_acc) > t_{0.95, cv-1} se(d_acc)``: moving
+    predictions must pay off, with evidence) and its pooled ECE is below TS's; a top-label
+    recalibration of it only if
     the map is eligible and the recalibration lowers the map's pooled ECE, keeps its accuracy
     and costs at most one standard error of NLL against the map. So a map that moves
     predictions is chosen only where it is clearly more accurate than TS, clearly better on
@@ -408,10 +415,11 @@ def _summarise(pairs: list, scores: np.ndarray, accuracy: np.ndarray, metric: st
             if base is None:
                 continue
             m = names.index(base)
-            if c == m:  # the map itself: clearly better NLL and accuracy than TS, pooled ECE not worse
+            if c == m:  # the map itself: clearly better NLL, significantly more accurate, pooled ECE not worse
                 d_acc = accuracy[c] - accuracy[0]
+                t_crit = float(student_t.ppf(1.0 - ACCURACY_GAIN_LEVEL, n_folds - 1))
                 eligible[c] = bool(mean_nll_diff[c] + nll_se[c] < 0
-                                   and d_acc.mean() - d_acc.std(ddof=1) / math.sqrt(n_folds) > 0
+                                   and d_acc.mean() > t_crit * d_acc.std(ddof=1) / math.sqrt(n_folds)
                                    and mean_score[c] < mean_score[0])
                 continue
             d = nll[c] - nll[m]  # a recalibration of the map, against the map itself
