@@ -607,7 +607,7 @@ def guide(report: dict[str, Any]) -> str:
         "your calibration data. It keeps the one with the lowest cross-validated top-label ECE among those whose "
         "cross-validated NLL is not worse than TS's by more than one standard error and whose accuracy is not "
         "lower (TS when none beats it); the matrix-scaling family only where its NLL beats TS's by more than one "
-        "standard error and its accuracy gain is significant (paired t-test over the folds, 5 %).", "",
+        "standard error and its out-of-fold accuracy gain is significant (McNemar's exact test, 5 %).", "",
         f"- It met issue 14's bar (ECE within one split-to-split sd of the best of TS, ETS and top-label "
         f"isotonic/spline; NLL at most TS's + {NLL_MARGIN}; accuracy unchanged) on **{len(auto_ok)} of "
         f"{count(lambda s: 'auto_ok' in s['bar'])}** settings"

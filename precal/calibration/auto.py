@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from scipy.stats import t as student_t
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
@@ -24,7 +23,7 @@ from .pacs import PACSCalibrator
 from .temperature import TemperatureScaling
 from .top_label import TopLabelCalibrator
 
-__all__ = ["AutoCalibrator", "CANDIDATES", "DEFAULT_CANDIDATES", "MATRIX_FAMILY", "REFERENCE"]
+__all__ = ["AutoCalibrator", "accuracy_gain_p", "CANDIDATES", "DEFAULT_CANDIDATES", "MATRIX_FAMILY", "REFERENCE"]
 
 #: The candidates an :class:`AutoCalibrator` knows by name.
 CANDIDATES: dict[str, Callable[[], BaseLogitCalibrator]] = {
@@ -52,9 +51,8 @@ MATRIX_FAMILY = {"matrix_scaling": "matrix_scaling", "top_label_isotonic_matrix"
 #: The reference every other candidate must beat; always a candidate.
 REFERENCE = "temperature"
 METRICS = ("nll", "ece")
-#: One-sided level of the paired t-test over folds by which the matrix-scaling map's accuracy gain
-#: over TS must be significant before it may move predictions (``t`` quantile with ``cv - 1`` degrees
-#: of freedom: 2.13 standard errors at ``cv=5``).
+#: One-sided level of McNemar's exact test (:func:`accuracy_gain_p`) by which the matrix-scaling map's
+#: out-of-fold accuracy gain over TS must be significant before it may move predictions.
 ACCURACY_GAIN_LEVEL = 0.05
 #: Equal-width bins of the cross-validated ECE (as :func:`precal.metrics.expected_calibration_error`).
 ECE_BINS = 15
@@ -116,9 +114,9 @@ class AutoCalibrator(BaseLogitCalibrator):
     The **matrix-scaling family** (:data:`MATRIX_FAMILY`: :class:`StructuredMatrixScaling`
     and top-label recalibration on top of it) can change the predicted class, so with
     ``metric="ece"`` it has to earn more: the map itself is eligible only if its NLL beats
-    TS's by more than one standard error (``mean(d_nll) + se(d_nll) < 0``), its accuracy
-    gain is significant (one-sided paired t-test over the folds at level
-    :data:`ACCURACY_GAIN_LEVEL`, ``mean(d_acc) > t_{0.95, cv-1} se(d_acc)``: moving
+    TS's by more than one standard error (``mean(d_nll) + se(d_nll) < 0``), its
+    out-of-fold predictions are significantly more accurate than TS's (McNemar's exact test,
+    one-sided, at level :data:`ACCURACY_GAIN_LEVEL`, :func:`accuracy_gain_p`: moving
     predictions must pay off, with evidence) and its pooled ECE is below TS's; a top-label
     recalibration of it only if
     the map is eligible and the recalibration lowers the map's pooled ECE, keeps its accuracy
@@ -212,7 +210,9 @@ class AutoCalibrator(BaseLogitCalibrator):
     36(2), 1974. T. Hastie, R. Tibshirani, J. Friedman. "The Elements of Statistical
     Learning", 2nd ed., 2009, Sec. 7.10 (the one-standard-error rule, applied here in
     favour of the simpler reference). C. Guo, G. Pleiss, Y. Sun, K. Q. Weinberger. "On
-    Calibration of Modern Neural Networks". ICML 2017 (temperature scaling). J. Zhang,
+    Calibration of Modern Neural Networks". ICML 2017 (temperature scaling). T. G. Dietterich.
+    "Approximate statistical tests for comparing supervised classification learning
+    algorithms". Neural Computation 10(7), 1998 (McNemar's test). J. Zhang,
     B. Kailkhura, T. Y.-J. Han. "Mix-n-Match: Ensemble and Compositional Methods for
     Uncertainty Calibration in Deep Learning". ICML 2020 (ETS). C. Gupta, A. Ramdas.
     "Top-label calibration and multiclass-to-binary reductions". ICLR 2022. E. Berta,
@@ -329,7 +329,8 @@ class AutoCalibrator(BaseLogitCalibrator):
                 conf[c, test], correct[c, test] = _top_label(log_proba, y[test])
         pooled = None if self.metric == "nll" else np.array(
             [_binned_ece(conf[c], correct[c], weight) for c in range(len(pairs))])
-        self.cv_results_ = _summarise(pairs, scores, accuracy, self.metric, nll, pooled)
+        gain_p = np.array([accuracy_gain_p(correct[c], correct[0], weight) for c in range(len(pairs))])
+        self.cv_results_ = _summarise(pairs, scores, accuracy, self.metric, nll, pooled, gain_p)
         best = int(np.argmin(np.where(self.cv_results_["eligible"], self.cv_results_["mean_score"], np.inf)))
         self.best_name_ = pairs[best][0]
         self.best_calibrator_ = clone(pairs[best][1]).fit(logits, y_idx, sample_weight=sample_weight)
@@ -383,10 +384,30 @@ def _calibrated(calibrator: BaseLogitCalibrator, logits: torch.Tensor) -> Any:
     return calibrator._calibrated_logits(to_numpy(logits) if is_tensor(logits) else logits)
 
 
+def accuracy_gain_p(correct: np.ndarray, correct_ref: np.ndarray, weight: np.ndarray) -> float:
+    r"""One-sided p-value of McNemar's exact test that a candidate's out-of-fold predictions are more
+    accurate than the reference's.
+
+    With ``b`` the rows (counted by their weights, rounded) the candidate gets right and the
+    reference wrong, and ``c`` the reverse, ``p = P(X >= b)`` for ``X ~ Binomial(b + c, 1/2)``
+    (scipy's ``binomtest``): under equal accuracy the discordant rows split evenly. 1.0 when no
+    row is discordant. The test Dietterich (1998) recommends for comparing two classifiers on
+    one data set; a paired t-test over a few folds of discrete accuracies is too liberal.
+    """
+    from scipy.stats import binomtest
+
+    b = int(round(float(np.sum(weight * ((correct > 0.5) & (correct_ref < 0.5))))))
+    c = int(round(float(np.sum(weight * ((correct < 0.5) & (correct_ref > 0.5))))))
+    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5, alternative="greater").pvalue)
+
+
 def _summarise(pairs: list, scores: np.ndarray, accuracy: np.ndarray, metric: str,
-               nll: np.ndarray | None = None, pooled: np.ndarray | None = None) -> dict[str, Any]:
+               nll: np.ndarray | None = None, pooled: np.ndarray | None = None,
+               gain_p: np.ndarray | None = None) -> dict[str, Any]:
     """``cv_results_`` from the ``(candidates, folds)`` tables of the metric, the accuracy and the
-    NLL (row 0 is TS; ``nll=None``: the scores are the NLL).
+    NLL (row 0 is TS; ``nll=None``: the scores are the NLL). ``gain_p``: per candidate, the
+    p-value of its out-of-fold accuracy gain over TS (:func:`accuracy_gain_p`); without it no
+    member of the matrix family is eligible under ``metric="ece"``.
 
     ``pooled`` (one per candidate): the ECE of the out-of-fold predictions over all rows. When
     given it is the ``"mean_score"`` and rule 1 is ``pooled < pooled(TS)``; otherwise rule 1
@@ -416,11 +437,8 @@ def _summarise(pairs: list, scores: np.ndarray, accuracy: np.ndarray, metric: st
                 continue
             m = names.index(base)
             if c == m:  # the map itself: clearly better NLL, significantly more accurate, pooled ECE not worse
-                d_acc = accuracy[c] - accuracy[0]
-                t_crit = float(student_t.ppf(1.0 - ACCURACY_GAIN_LEVEL, n_folds - 1))
-                eligible[c] = bool(mean_nll_diff[c] + nll_se[c] < 0
-                                   and d_acc.mean() > t_crit * d_acc.std(ddof=1) / math.sqrt(n_folds)
-                                   and mean_score[c] < mean_score[0])
+                eligible[c] = bool(mean_nll_diff[c] + nll_se[c] < 0 and gain_p is not None
+                                   and gain_p[c] < ACCURACY_GAIN_LEVEL and mean_score[c] < mean_score[0])
                 continue
             d = nll[c] - nll[m]  # a recalibration of the map, against the map itself
             eligible[c] = bool(mean_score[c] < mean_score[m] and mean_acc[c] >= mean_acc[m]

@@ -71,8 +71,9 @@ def test_nll_guard_excludes_a_lower_ece_bought_with_a_worse_nll():
 
 
 def test_matrix_family_must_beat_ts_on_nll_accuracy_and_ece():
-    """The map that moves predictions: NLL and accuracy better than TS by more than one se, pooled ECE not
-    worse; its top-label recalibration judged against the map, and only with the map admitted."""
+    """The map that moves predictions: NLL better than TS by more than one se, a significant out-of-fold
+    accuracy gain (McNemar), pooled ECE not worse; its top-label recalibration judged against the map, and
+    only with the map admitted."""
     names = ("temperature", "matrix_scaling", "top_label_isotonic_matrix", "top_label_spline_matrix")
     pairs = [(name, None) for name in names]
     ece = np.full((4, 4), 0.02)
@@ -83,27 +84,43 @@ def test_matrix_family_must_beat_ts_on_nll_accuracy_and_ece():
         [0.48, 0.49, 0.48, 0.49],   # clearly worse than the map
     ])
     accuracy = np.full_like(ece, 0.8)
-    accuracy[1:] = [0.82, 0.83, 0.82, 0.83]  # the map (and its recalibrations) recover accuracy
+    accuracy[1:] = 0.82
     pooled = np.array([0.030, 0.025, 0.020, 0.015])
-    results = _summarise(pairs, ece, accuracy, "ece", nll, pooled=pooled)
-    assert_array_equal(results["eligible"], [True, True, True, False])
+    gain_p = np.array([1.0, 0.001, 0.001, 0.001])
+
+    def eligible(**change):
+        args = {"accuracy": accuracy, "nll": nll, "pooled": pooled, "gain_p": gain_p} | change
+        return _summarise(pairs, ece, args["accuracy"], "ece", args["nll"], pooled=args["pooled"],
+                          gain_p=args["gain_p"])["eligible"]
+
+    assert_array_equal(eligible(), [True, True, True, False])
     # a pooled ECE above TS's bars the map, and with it its family
-    results = _summarise(pairs, ece, accuracy, "ece", nll, pooled=np.array([0.030, 0.031, 0.020, 0.015]))
-    assert_array_equal(results["eligible"], [True, False, False, False])
+    assert_array_equal(eligible(pooled=np.array([0.030, 0.031, 0.020, 0.015])), [True, False, False, False])
     # so does an NLL gain within the noise (though any other candidate would pass the NLL guard with it)
     noisy = nll.copy()
     noisy[1] = [0.40, 0.58, 0.41, 0.57]
-    results = _summarise(pairs, ece, accuracy, "ece", noisy, pooled=pooled)
-    assert not results["eligible"][1] and not results["eligible"][2]
-    # and an accuracy gain within the noise (moving predictions must pay off), or none at all; a recalibration
-    # must keep the map's accuracy too
-    for gain in ([0.81, 0.79, 0.82, 0.78], [0.8, 0.8, 0.8, 0.8]):
-        acc = accuracy.copy()
-        acc[1] = gain
-        assert not _summarise(pairs, ece, acc, "ece", nll, pooled=pooled)["eligible"][1]
+    assert not eligible(nll=noisy)[1] and not eligible(nll=noisy)[2]
+    # and an accuracy gain that is not significant, or no test at all: moving predictions must pay off
+    assert not eligible(gain_p=np.array([1.0, 0.2, 0.2, 0.2]))[1]
+    assert not eligible(gain_p=None)[1]
+    # a recalibration must keep the map's accuracy
     acc = accuracy.copy()
-    acc[2] = 0.79
-    assert_array_equal(_summarise(pairs, ece, acc, "ece", nll, pooled=pooled)["eligible"], [True, True, False, False])
+    acc[2] = 0.81
+    assert_array_equal(eligible(accuracy=acc), [True, True, False, False])
+
+
+def test_accuracy_gain_p_is_mcnemars_exact_test():
+    from scipy.stats import binom
+
+    from precal.calibration.auto import accuracy_gain_p
+
+    ref = np.array([1, 0, 0, 0, 0, 0, 1, 1], dtype=float)
+    new = np.array([1, 1, 1, 1, 1, 1, 0, 1], dtype=float)  # 5 rows gained, 1 lost
+    ones = np.ones(8)
+    assert accuracy_gain_p(new, ref, ones) == pytest.approx(binom.sf(4, 6, 0.5))
+    assert accuracy_gain_p(new, ref, 2 * ones) == pytest.approx(binom.sf(9, 12, 0.5))  # weights count as rows
+    assert accuracy_gain_p(ref, ref, ones) == 1.0
+    assert accuracy_gain_p(ref, new, ones) > 0.9
 
 
 def test_matrix_scaling_is_chosen_where_it_recovers_accuracy():
