@@ -10,7 +10,8 @@ in-memory and memory-mapped input, and only small per-chunk results travel:
 * calibrators (:class:`DaskLogits`): each optimiser pass maps every chunk to the totals of
   the calibrator's own in-memory block kernel (a few floats: temperature scaling's and PACS's
   kernels of :mod:`precal.calibration._blocks`, ensemble temperature scaling's row statistics,
-  the Dirichlet data term of :mod:`precal.calibration.dirichlet` through :class:`DaskDataTerm`)
+  the Dirichlet data term of :mod:`precal.calibration.dirichlet` through :class:`DaskDataTerm`,
+  structured matrix scaling's objective sums of :mod:`precal.calibration.matrix_scaling`)
   and sums them with ``math.fsum`` (or, for vectors and matrices, in float64);
 * prediction: ``predict_proba`` and friends return lazy dask arrays (``map_blocks``).
 
@@ -623,7 +624,7 @@ def dirichlet_problem(data: DaskLogits, *, diagonal: bool) -> Any:
 # ----------------------------------------------------------------------------- refusals
 #: The calibrators that fit on dask arrays (``_fits_dask``).
 DASK_FITTERS = ("TemperatureScaling", "PACSCalibrator", "EnsembleTemperatureScaling",
-                "DirichletCalibrator(reg_lambda=<float>)")
+                "DirichletCalibrator(reg_lambda=<float>)", "StructuredMatrixScaling")
 
 #: Why a calibrator's fit is not a few passes of sums over rows, by class name.
 _WHY_NOT = {

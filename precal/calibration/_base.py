@@ -244,8 +244,8 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
             2-D ``numpy.memmap`` is read block by block from its mapping (never re-opened by path) by
             ``TemperatureScaling`` and ``PACSCalibrator``, so it may be larger than memory.
             A ``dask.array.Array`` is fitted chunk by chunk by ``TemperatureScaling``,
-            ``PACSCalibrator``, ``EnsembleTemperatureScaling`` and ``DirichletCalibrator``
-            with a fixed ``reg_lambda`` (one dask computation per optimiser pass, each chunk
+            ``PACSCalibrator``, ``EnsembleTemperatureScaling``, ``StructuredMatrixScaling`` and
+            ``DirichletCalibrator`` with a fixed ``reg_lambda`` (one dask computation per optimiser pass, each chunk
             reduced by the in-memory kernel, see :mod:`precal._dask`); the calibrators whose
             fit is not a sum over rows refuse it with a ``TypeError`` that says why. ``predict_proba`` and the other
             prediction methods of every calibrator return a lazy dask array for dask input.

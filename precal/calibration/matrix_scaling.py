@@ -6,7 +6,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -115,7 +115,8 @@ def matrix_scaling_objective(
     convex in ``θ`` (strictly when the ``r`` are positive). With ``q_i = softmax(a_i)`` and
     ``g_i = w_i (q_i - e_{y_i}) / W`` the gradient is ``∇_Δ = Σ_i g_i x_i^T`` (its diagonal,
     ``Σ_i g_i ⊙ x_i``, for the diagonal map), ``∇_b = Σ_i g_i``, plus ``2 r`` times each
-    penalised block. Rows are processed in chunks of about ``2**20`` elements.
+    penalised block. The sums over rows are :func:`_objective_sums` (rows in chunks of about
+    ``2**20`` elements; a Dask fit runs the same function on each of its chunks).
 
     Parameters
     ----------
@@ -134,8 +135,22 @@ def matrix_scaling_objective(
     (value, gradient) : float64 tensors of shape () and ``theta.shape``
     """
     n, k = features.shape
-    delta, b = _unpack(theta, k, diagonal)
     total = float(n) if weights is None else weights.sum()
+    sums = _objective_sums(theta, features, y_idx, weights, diagonal=diagonal)
+    return _penalised(theta, sums, total, strengths, k=k, diagonal=diagonal)
+
+
+def _objective_sums(theta: torch.Tensor, features: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None,
+                    *, diagonal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The data term's sums over the rows, not yet divided by ``W``: ``Σ_i w_i NLL_i``,
+    ``Σ_i g_i x_i^T`` (``Σ_i g_i ⊙ x_i`` for the diagonal map) and ``Σ_i g_i``, with
+    ``g_i = w_i (q_i - e_{y_i})``; float64, rows in chunks of about ``2**20`` elements.
+
+    The one per-chunk kernel of the objective: the in-memory fit calls it on all the rows,
+    a Dask fit on each chunk's rows (:func:`_chunk_objective_sums`), summing the chunks' results.
+    """
+    n, k = features.shape
+    delta, b = _unpack(theta, k, diagonal)
     value = torch.zeros((), dtype=_F64, device=features.device)
     g_delta, g_b = torch.zeros_like(delta), torch.zeros_like(b)
     step = max(1, _CHUNK_ELEMENTS // k)
@@ -153,6 +168,14 @@ def matrix_scaling_objective(
         value += row.sum()
         g_delta += (g * x).sum(0) if diagonal else g.T @ x
         g_b += g.sum(0)
+    return value, g_delta, g_b
+
+
+def _penalised(theta: torch.Tensor, sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor], total: Any,
+               strengths: tuple[float, float, float], *, k: int, diagonal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The objective and its gradient from the data term's ``sums`` (:func:`_objective_sums`) and ``total = W``."""
+    delta, b = _unpack(theta, k, diagonal)
+    value, g_delta, g_b = sums
     r_b, r_d, r_o = strengths
     value = value / total + r_b * b.square().sum()
     g_delta, g_b = g_delta / total, g_b / total + 2.0 * r_b * b
@@ -167,11 +190,12 @@ def matrix_scaling_objective(
     return value, torch.cat([g_delta.reshape(-1), g_b])
 
 
-def _hessian_diagonal(features: torch.Tensor, weights: torch.Tensor | None, strengths: tuple[float, float, float],
-                      diagonal: bool) -> torch.Tensor:
-    """The Hessian's diagonal at ``θ = 0``: ``Σ_i w_i q_ij (1 - q_ij) x_il^2 / W`` (+ ``2 r``), the preconditioner."""
+def _hessian_sums(features: torch.Tensor, weights: torch.Tensor | None, *,
+                  diagonal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data term's Hessian diagonal at ``θ = 0`` as sums over the rows, not yet divided by ``W``:
+    ``Σ_i w_i q_ij (1 - q_ij) x_il^2`` and ``Σ_i w_i q_ij (1 - q_ij)`` (the per-chunk kernel, as
+    :func:`_objective_sums`)."""
     n, k = features.shape
-    total = float(n) if weights is None else weights.sum()
     h_delta = torch.zeros(k if diagonal else (k, k), dtype=_F64, device=features.device)
     h_b = torch.zeros(k, dtype=_F64, device=features.device)
     step = max(1, _CHUNK_ELEMENTS // k)
@@ -183,6 +207,13 @@ def _hessian_diagonal(features: torch.Tensor, weights: torch.Tensor | None, stre
             v = v * weights[start:start + step, None]
         h_delta += (v * x * x).sum(0) if diagonal else v.T @ (x * x)
         h_b += v.sum(0)
+    return h_delta, h_b
+
+
+def _penalised_hessian(sums: tuple[torch.Tensor, torch.Tensor], total: Any, strengths: tuple[float, float, float], *,
+                       diagonal: bool) -> torch.Tensor:
+    """The objective's Hessian diagonal at ``θ = 0`` from :func:`_hessian_sums` and ``total = W``."""
+    h_delta, h_b = sums
     r_b, r_d, r_o = strengths
     h_delta, h_b = h_delta / total, h_b / total + 2.0 * r_b
     if diagonal:
@@ -191,6 +222,31 @@ def _hessian_diagonal(features: torch.Tensor, weights: torch.Tensor | None, stre
         h_delta = h_delta + 2.0 * r_o
         h_delta.diagonal().add_(2.0 * (r_d - r_o))
     return torch.cat([h_delta.reshape(-1), h_b])
+
+
+# --------------------------------------------------------------------------- Dask chunks (see precal._dask)
+def _chunk_objective_sums(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, theta: np.ndarray,
+                          temperature: float, smoothing: float, diagonal: bool) -> np.ndarray:
+    """One Dask chunk's :func:`_objective_sums` as one flat float64 vector ``[value, vec ∇Δ, ∇b]``;
+    the features are computed from the chunk's logits, as the in-memory fit computes them from all."""
+    features = scaled_log_probabilities(z, temperature, smoothing)
+    value, g_delta, g_b = _objective_sums(torch.tensor(theta, dtype=_F64), features, y, w, diagonal=diagonal)
+    return torch.cat([value.reshape(1), g_delta.reshape(-1), g_b]).numpy()
+
+
+def _chunk_hessian_sums(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, temperature: float,
+                        smoothing: float, diagonal: bool) -> np.ndarray:
+    """One Dask chunk's :func:`_hessian_sums` as one flat float64 vector ``[vec h_Δ, h_b]``."""
+    h_delta, h_b = _hessian_sums(scaled_log_probabilities(z, temperature, smoothing), w, diagonal=diagonal)
+    return torch.cat([h_delta.reshape(-1), h_b]).numpy()
+
+
+def _split(flat: torch.Tensor, k: int, diagonal: bool, *, value: bool) -> tuple[torch.Tensor, ...]:
+    """The tensors of a flat vector of sums (:func:`_chunk_objective_sums`, :func:`_chunk_hessian_sums`)."""
+    head = (flat[0],) if value else ()
+    rest = flat[1:] if value else flat
+    delta, b = _unpack(rest, k, diagonal)
+    return (*head, delta, b)
 
 
 @dataclass(frozen=True)
@@ -229,16 +285,27 @@ def fit_matrix_scaling(
     kept if the optimiser ends above it, so the objective never exceeds temperature
     scaling's.
     """
-    k = features.shape[1]
+    n, k = features.shape
+    total = float(n) if weights is None else weights.sum()
+    return _minimise(lambda theta: _objective_sums(theta, features, y_idx, weights, diagonal=diagonal),
+                     _hessian_sums(features, weights, diagonal=diagonal), total, strengths, k=k, diagonal=diagonal,
+                     device=features.device, max_iter=max_iter, tol=tol)
+
+
+def _minimise(sums_at: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+              hessian_sums: tuple[torch.Tensor, torch.Tensor], total: Any, strengths: tuple[float, float, float], *,
+              k: int, diagonal: bool, device: torch.device, max_iter: int, tol: float) -> MatrixScalingFit:
+    """:func:`fit_matrix_scaling` on the data term's sums: ``sums_at(theta)`` gives
+    :func:`_objective_sums` over all rows (one pass: in memory, or one Dask computation) and
+    ``hessian_sums`` is :func:`_hessian_sums` over all rows; ``total`` is ``W``."""
     n_params = 2 * k if diagonal else k * (k + 1)
-    device = features.device
-    scale = _hessian_diagonal(features, weights, strengths, diagonal)
+    scale = _penalised_hessian(hessian_sums, total, strengths, diagonal=diagonal)
     scale = scale.clamp_min(float(scale.max()) * 1e-12 + 1e-300).rsqrt_()
     scale_np = scale.cpu().numpy()
 
     def fun(phi: np.ndarray) -> tuple[float, np.ndarray]:
         theta = torch.from_numpy(phi).to(device) * scale
-        value, grad = matrix_scaling_objective(theta, features, y_idx, weights, strengths, diagonal=diagonal)
+        value, grad = _penalised(theta, sums_at(theta), total, strengths, k=k, diagonal=diagonal)
         return float(value), (grad * scale).cpu().numpy()
 
     start = np.zeros(n_params)
@@ -377,6 +444,15 @@ class StructuredMatrixScaling(BaseLogitCalibrator):
     objective is never above temperature scaling's. The features (``8 n K`` bytes) are kept
     for all passes. The fit runs on one thread (as :class:`DirichletCalibrator`'s).
 
+    **Dask arrays.** A ``dask.array`` of logits is fitted chunk by chunk, never gathered:
+    the temperature as :class:`TemperatureScaling` fits it, one dask computation for the
+    preconditioner, then one per L-BFGS-B evaluation, in which every chunk computes its
+    rows' features from its logits (they are not kept between passes) and returns its sums
+    of the weighted NLL and of its gradient (``K (K + 1) + 1`` or ``2 K + 1`` floats) by the
+    same per-chunk code as the in-memory fit, summed exactly (``math.fsum``). Chunks with
+    NaN or infinite logits are reported with their index. With float64 logits the result
+    is the in-memory one up to summation order (tested to 1e-10).
+
     **Sample weights.** The loss is the weighted mean and ``n`` in the strengths is the sum
     of the weights, so integer weights give the fit of repeated rows.
 
@@ -409,6 +485,7 @@ class StructuredMatrixScaling(BaseLogitCalibrator):
 
     _state_keys = ("temperature_", "smoothing_", "coef_", "intercept_", "n_iter_")
     _device_native = True
+    _fits_dask = True
 
     def __init__(
         self,
@@ -443,34 +520,70 @@ class StructuredMatrixScaling(BaseLogitCalibrator):
             return "full" if n_classes <= AUTO_FULL_MAX_CLASSES else "diagonal"
         return self.map
 
-    def _fit(self, logits: torch.Tensor, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
-        n, k = logits.shape
-        resolved = self._resolve_map(k)
-        ts = fit_temperature(logits, y_idx, sample_weight)
-        weights = None if sample_weight is None else sample_weight.to(_F64)
-        total = float(n) if weights is None else float(weights.sum())
-        smoothing = mixture_weight(total)
+    def _setup(self, total: float, k: int) -> tuple[str, float, tuple[float, float, float]]:
+        """The map form, the uniform share ``c`` and the ridge strengths (total weight ``total``, ``k`` classes)."""
         strengths = penalty_strengths(total, k, reg_intercept=float(self.reg_intercept),
                                       reg_diagonal=float(self.reg_diagonal),
                                       reg_off_diagonal=float(self.reg_off_diagonal), rho=float(self.rho),
                                       tau=float(self.tau))
+        return self._resolve_map(k), mixture_weight(total), strengths
+
+    def _fit(self, logits: torch.Tensor, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
+        n, k = logits.shape
+        ts = fit_temperature(logits, y_idx, sample_weight)
+        weights = None if sample_weight is None else sample_weight.to(_F64)
+        total = float(n) if weights is None else float(weights.sum())
+        resolved, smoothing, strengths = self._setup(total, k)
         with thread_limits(0):  # torch, OpenMP and BLAS on one thread (see Notes)
             features = scaled_log_probabilities(logits, ts.temperature, smoothing)
             result = fit_matrix_scaling(features, y_idx, weights, strengths, diagonal=resolved == "diagonal",
                                         max_iter=int(self.max_iter), tol=float(self.tol))
+        self._store(ts, result, smoothing, resolved)
+
+    def _fit_dask(self, X: Any, y: Any, sample_weight: Any) -> None:
+        """Fit on a dask array: the temperature as :class:`TemperatureScaling` fits it, one
+        dask computation for the preconditioner, then one per L-BFGS-B evaluation, in which
+        every chunk computes its features from its logits and returns the objective's sums
+        over its rows by the in-memory kernel (:func:`_objective_sums`); see :mod:`precal._dask`."""
+        from .._dask import DaskLogits
+        from .temperature import fit_shifted
+
+        self._validate_hyperparameters()
+        data = DaskLogits.validated(X, y, sample_weight, owner="StructuredMatrixScaling")
+        self.classes_, self.n_features_in_ = data.classes, data.n_features_in
+        n, k = data.shape
+        ts = fit_shifted(data)
+        total = float(n) if data.w is None else float(data.denom)
+        resolved, smoothing, strengths = self._setup(total, k)
+        diagonal = resolved == "diagonal"
+        temperature = float(ts.temperature)
+
+        def sums_at(theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            flat = data.reduce(_chunk_objective_sums, theta.numpy(), temperature, smoothing, diagonal)
+            return _split(torch.tensor(flat, dtype=_F64), k, diagonal, value=True)
+
+        with thread_limits(0):  # as the in-memory fit; with the synchronous scheduler the chunks run here
+            hessian = _split(torch.tensor(data.reduce(_chunk_hessian_sums, temperature, smoothing, diagonal),
+                                          dtype=_F64), k, diagonal, value=False)
+            result = _minimise(sums_at, hessian, total, strengths, k=k, diagonal=diagonal, device=torch.device("cpu"),
+                               max_iter=int(self.max_iter), tol=float(self.tol))
+        self._store(ts, result, smoothing, resolved)
+
+    def _store(self, ts: Any, result: MatrixScalingFit, smoothing: float, resolved: str) -> None:
+        """Warn about either stage's convergence, then set the fitted attributes."""
         if not ts.converged:
             warnings.warn(
                 f"StructuredMatrixScaling: the temperature of the first stage did not converge in {ts.n_iter} "
                 f"passes (T={ts.temperature:.6g}); the map is fitted on it.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         if not result.converged:
             warnings.warn(
                 f"StructuredMatrixScaling: L-BFGS-B stopped on max_iter={self.max_iter} before converging "
                 f"({result.message}); keeping the last iterate. Increase max_iter or the regularisation.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         self.temperature_ = float(ts.temperature)
         self.smoothing_ = smoothing
