@@ -103,6 +103,16 @@ def _is_dask(*arrays: Any) -> bool:
     return any(is_dask_array(a) for a in arrays)
 
 
+def _top_label_pairs(y_true: Any, y_prob: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and correctness of validated input; of dask input computed chunk by chunk on
+    the workers (two float64 per sample gathered, never the ``(n, K)`` rows)."""
+    if _is_dask(y_true, y_prob):
+        from .._dask import dask_top_label
+
+        return dask_top_label(y_true, y_prob, labels)
+    return _top_label(*_validate(y_true, y_prob, labels))
+
+
 def _dask_state(y_true: Any, y_prob: Any, n_bins: int, labels: Any) -> Any:
     """The :class:`~precal.metrics.CalibrationState` of dask input, chunk by chunk (:mod:`precal._dask`)."""
     from .._dask import dask_state
@@ -394,11 +404,7 @@ def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     Learning". CVPR Workshops 2019. arXiv:1904.01685.
     """
     _check_n_bins(n_bins)
-    if _is_dask(y_true, y_prob):
-        from .._dask import dask_top_label
-
-        return _ace_of_top_label(*dask_top_label(y_true, y_prob, labels), n_bins)
-    return _ace(*_validate(y_true, y_prob, labels), n_bins)
+    return _ace_of_top_label(*_top_label_pairs(y_true, y_prob, labels), n_bins)
 
 
 @_one_thread
@@ -526,12 +532,7 @@ def reliability_curve(
     _check_strategy(strategy)
     if _is_dask(y_true, y_prob) and strategy == "uniform":
         return _dask_state(y_true, y_prob, n_bins, labels).reliability_curve()
-    if _is_dask(y_true, y_prob):  # equal-mass bins: the top-label pairs in memory, as the ACE
-        from .._dask import dask_top_label
-
-        conf, correct = dask_top_label(y_true, y_prob, labels)
-    else:
-        conf, correct = _top_label(*_validate(y_true, y_prob, labels))
+    conf, correct = _top_label_pairs(y_true, y_prob, labels)  # dask, equal-mass bins: the pairs in memory
     idx, edges = _bin_index(conf, n_bins, strategy)
     count, conf_sum, acc_sum = _bin_sums(idx, conf, correct, n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):

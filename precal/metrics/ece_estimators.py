@@ -22,8 +22,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import brentq
 
-from .._dask import is_dask_array
-from .calibration import _check_n_bins, _top_label, _uniform_bin_index, _validate
+from .calibration import _check_n_bins, _top_label_pairs, _uniform_bin_index
 
 __all__ = ["debiased_calibration_error", "smooth_calibration_error"]
 
@@ -36,16 +35,6 @@ _POINTS_PER_BANDWIDTH = 20
 
 
 # ---------------------------------------------------------------- debiased (Kumar et al.)
-def _top_label_pairs(y_true: Any, y_prob: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Top-label confidence and correctness; of dask input computed chunk by chunk on the workers (two
-    float64 per sample gathered, never the ``(n, K)`` rows)."""
-    if is_dask_array(y_true) or is_dask_array(y_prob):
-        from .._dask import dask_top_label
-
-        return dask_top_label(y_true, y_prob, labels)
-    return _top_label(*_validate(y_true, y_prob, labels))
-
-
 def _equal_mass_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
     """Bin index of each confidence for equal-mass bins that never split tied values.
 
