@@ -19,10 +19,8 @@ from precal.emulate import (
     sweep,
 )
 
-from .zoo import VISION, hf_model, torchvision_models, vision_model
+from .zoo import CONFIGS, EVERY, FLOATS, PTQ, VISION, hf_model, torchvision_models, vision_model
 
-CONFIGS = ["fp32", "tf32", "fp16", "bf16", "bf16-attn", "fp8_e4m3", "fp8_e5m2", "fp8_e4m3-attn",
-           "w8a8", "w8a8-dyn", "w4a8", "w4a4", "w8a16", "w4a16-g32", "w4a16-g32-asym"]
 QUANTIZED = [c for c in CONFIGS if c not in ("fp32", "tf32")]
 
 
@@ -96,13 +94,6 @@ def test_transformers_model_at_every_config(name):
 
 
 # --------------------------------------------------------------------------- every config family
-#: Every compute format (with and without ``-attn``), every block format and the weight-only
-#: block and MX scale-rounding variants, every PTQ suffix, and the backend-faithful int8 recipe:
-#: with :data:`CONFIGS`, every kind of name :func:`precal.emulate.parse_config` accepts.
-FLOATS = [n for n in format_names() if isinstance(format_info(n), FloatFormat) and n != "fp32"]
-BLOCKS = sorted(BLOCK_FORMATS) + ["w-mxfp4", "mxfp4-rceil"]
-PTQ = ["w4a16-g32-gptq", "w4a16-g32-gptq-actorder", "w4a16-g32-awq", "w8a8-sq"]
-EVERY = list(dict.fromkeys(CONFIGS + FLOATS + [f"{f}-attn" for f in FLOATS] + BLOCKS + PTQ + ["w8a8-x86"]))
 
 
 def test_every_config_family_is_in_the_zoo_tests():
@@ -162,6 +153,22 @@ def test_vision_model_at_every_config_family(name):
     model = vision_model(name)
     gen = torch.Generator().manual_seed(2)
     out = _every(model, torch.randn(6, 3, 16, 16, generator=gen), torch.randn(4, 3, 16, 16, generator=gen))
+    assert set(out) == set(EVERY)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TV is None, reason="torchvision cannot be imported beside this torch")
+@pytest.mark.parametrize("name", sorted(TV or {}))
+def test_torchvision_model_at_every_config_family(name):
+    """torchvision's own classifiers (torch.fx traces them all: ``w8a8-x86`` included).
+
+    Runs where torchvision imports (docs/emulate.md: a torch 2.14.1 + torchvision 0.29.1
+    venv); ``benchmarks/check_torchvision.py`` records the same sweep as a table.
+    """
+    torch.manual_seed(0)
+    model = TV[name]().eval()
+    gen = torch.Generator().manual_seed(2)
+    out = _every(model, torch.randn(4, 3, 32, 32, generator=gen), torch.randn(4, 3, 32, 32, generator=gen))
     assert set(out) == set(EVERY)
 
 

@@ -11,6 +11,20 @@ torchvision's does. Transformers builds BERT, GPT-2, Llama and Qwen2 from config
 import torch
 from torch import nn
 
+from precal.emulate import BLOCK_FORMATS, FloatFormat, format_info, format_names
+
+#: The basic configs every zoo model runs at (one of each family's simplest names).
+CONFIGS = ["fp32", "tf32", "fp16", "bf16", "bf16-attn", "fp8_e4m3", "fp8_e5m2", "fp8_e4m3-attn",
+           "w8a8", "w8a8-dyn", "w4a8", "w4a4", "w8a16", "w4a16-g32", "w4a16-g32-asym"]
+#: Every compute format (with and without ``-attn``), every block format and the weight-only
+#: block and MX scale-rounding variants, every PTQ suffix, and the backend-faithful int8 recipe:
+#: with :data:`CONFIGS`, every kind of name :func:`precal.emulate.parse_config` accepts
+#: (``tests/emulate/test_model_zoo.py`` checks that no family is missing).
+FLOATS = [n for n in format_names() if isinstance(format_info(n), FloatFormat) and n != "fp32"]
+BLOCKS = sorted(BLOCK_FORMATS) + ["w-mxfp4", "mxfp4-rceil"]
+PTQ = ["w4a16-g32-gptq", "w4a16-g32-gptq-actorder", "w4a16-g32-awq", "w8a8-sq"]
+EVERY = list(dict.fromkeys(CONFIGS + FLOATS + [f"{f}-attn" for f in FLOATS] + BLOCKS + PTQ + ["w8a8-x86"]))
+
 
 def _conv_bn(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
     layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -179,7 +193,12 @@ def vision_model(name, seed=0):
 
 
 def torchvision_models():
-    """Small torchvision classifiers, or None when torchvision cannot be imported."""
+    """Small random-initialised torchvision classifiers (name -> constructor), or None.
+
+    None when torchvision cannot be imported: PyPI's torchvision fails beside CI's CPU torch
+    2.13.0 wheel ("operator torchvision::nms does not exist"); ``docs/emulate.md`` says how to
+    run these in a venv with a matching torch/torchvision pair.
+    """
     try:
         import torchvision  # noqa: F401
         from torchvision import models
@@ -187,13 +206,21 @@ def torchvision_models():
         return None
     from torchvision.models.resnet import BasicBlock as TVBasicBlock
 
+    def vit():
+        model = models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                         mlp_dim=64, num_classes=10)
+        # torchvision initialises the classification head to zeros (the fine-tuning recipe's
+        # start): untrained, every logit is 0 at every config and no test could see a change.
+        # Give it nn.Linear's default random initialisation instead.
+        model.heads.head.reset_parameters()
+        return model
+
     return {
         "tv_resnet": lambda: models.ResNet(TVBasicBlock, [1, 1, 1, 1], num_classes=10),
         "tv_mobilenet_v3_small": lambda: models.mobilenet_v3_small(num_classes=10),
         "tv_shufflenet_v2_x0_5": lambda: models.shufflenet_v2_x0_5(num_classes=10),
         "tv_efficientnet_b0": lambda: models.efficientnet_b0(num_classes=10),
-        "tv_vit": lambda: models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                                                   hidden_dim=32, mlp_dim=64, num_classes=10),
+        "tv_vit": vit,
     }
 
 
