@@ -1,0 +1,166 @@
+"""precal's backend-faithful ``w8a8-x86`` against torch.ao's own x86 int8 model, on the shared ResNet-20.
+
+The pretrained CIFAR-10 ResNet-20 of ``../shared/data/models`` (``cifar10_resnet20.pt``,
+architecture in ``benchmarks/seeds/models.py``) on the first 1,017 CIFAR-10 test images,
+exact pixels (``cifar10_test_lossless_first1017.npz``), preprocessed as the models' README
+says (``/255``, then per-channel ``(x - mean) / std`` with the ImageNet statistics). The
+first ``--n-calibration`` images (default 256, in batches of 64) calibrate every int8
+model; the rest (761) are evaluated. Four sets of logits:
+
+- ``fp32``: the float model;
+- ``torch.ao x86``: ``prepare_fx`` with ``get_default_qconfig_mapping("x86")``, the
+  calibration batches, ``convert_fx`` (the quantized engine set to ``"x86"``): real int8
+  kernels, tensors between operators in uint8;
+- ``precal w8a8``: static per-tensor int8 at each layer's *input* (min-max observer);
+- ``precal w8a8-x86``: the backend-faithful recipe (``quantize_outputs``: the network
+  input, every layer output, residual adds in uint8 with ``reduce_range``, histogram
+  observer).
+
+For each pair it reports the prediction agreement ``mean(argmax a == argmax b)`` and the
+mean absolute logit difference ``mean |a - b|`` over all ``761 x 10`` logits, plus each
+model's accuracy on the labels. Issue 15's bar: ``w8a8-x86`` agrees with torch.ao better
+than with fp32, on both measures.
+
+Writes ``benchmarks/results/backend_x86.{md,json}`` (``--out`` elsewhere). Prints one line
+and exits with status 3 when ``../shared/data/models`` is absent, 4 when torch.ao's x86
+engine is unavailable. One thread; nothing here is timed. Run from the repository root::
+
+    python benchmarks/bench_backend_x86.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # measure this checkout's precal, not another installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._common import limit_threads, markdown_table, write_results  # noqa: E402
+
+SHARED = REPO_ROOT.parent / "shared" / "data" / "models"
+WEIGHTS = "cifar10_resnet20.pt"
+IMAGES = "cifar10_test_lossless_first1017.npz"
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as the upstream CIFAR ResNets were trained
+STD = (0.229, 0.224, 0.225)
+PAIRS = [("precal w8a8-x86", "torch.ao x86"), ("precal w8a8-x86", "fp32"), ("precal w8a8", "torch.ao x86"),
+         ("precal w8a8", "fp32"), ("torch.ao x86", "fp32"), ("precal w8a8-x86", "precal w8a8")]
+
+
+def load(models_dir: Path) -> tuple[torch.nn.Module, torch.Tensor, np.ndarray]:
+    """The pretrained ResNet-20 (eval mode), the preprocessed NCHW images and their labels."""
+    from benchmarks.seeds.models import cifar_resnet
+
+    model = cifar_resnet(20)
+    model.load_state_dict(torch.load(models_dir / WEIGHTS, weights_only=True))
+    with np.load(models_dir / IMAGES, allow_pickle=False) as d:
+        images, labels = d["images"], d["labels"]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    return model.eval(), x.contiguous(), labels
+
+
+def torch_ao_x86(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.nn.Module:
+    """torch.ao's FX post-training static int8 model with the x86 qconfig mapping."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        torch.backends.quantized.engine = "x86"
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"),
+                              example_inputs=(calibration[0][:1],))
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(batch)
+        return convert_fx(prepared)
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    return {"same_prediction": float((a.argmax(1) == b.argmax(1)).mean()),
+            "mean_abs_dlogit": float(np.abs(a - b).mean())}
+
+
+def render(report: dict[str, Any]) -> str:
+    rows = [[f"{a} vs {b}", f"{100 * c['same_prediction']:.2f} %", f"{c['mean_abs_dlogit']:.4f}"]
+            for (a, b), c in ((p["pair"], p) for p in report["pairs"])]
+    acc = [[name, f"{100 * v:.2f} %"] for name, v in report["accuracy"].items()]
+    x86_ao = report["pairs"][0]
+    x86_32 = report["pairs"][1]
+    met = (x86_ao["same_prediction"] >= x86_32["same_prediction"]
+           and x86_ao["mean_abs_dlogit"] < x86_32["mean_abs_dlogit"])
+    return "\n\n".join([
+        f"Generated by `{report['command']}` ({report['created']}).",
+        f"Shared CIFAR-10 ResNet-20, the first {report['n_images']} lossless CIFAR-10 test images: the first "
+        f"{report['n_calibration']} (batches of {report['calibration_batch']}) calibrate every int8 model, the other "
+        f"{report['n_test']} are compared. `same prediction`: share of images whose argmax agrees; "
+        f"`mean |Δlogit|`: mean absolute difference over all {report['n_test']} x 10 logits.",
+        markdown_table(["logits", "same prediction", "mean \\|Δlogit\\|"], rows),
+        "Accuracy on the labels of the compared images:\n\n" + markdown_table(["logits", "accuracy"], acc),
+        f"Issue 15's bar (`w8a8-x86` closer to torch.ao's x86 int8 model than to fp32, on both measures): "
+        f"{'met' if met else 'NOT met'}.",
+        f"Environment: torch {report['torch']}, quantized engine {report['engine']}, numpy {report['numpy']}, "
+        f"Python {report['python']}, {report['machine']}, 1 thread; run time {report['seconds']:.1f} s.",
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-dir", type=Path, default=SHARED)
+    parser.add_argument("--n-calibration", type=int, default=256)
+    parser.add_argument("--calibration-batch", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if not (args.models_dir / WEIGHTS).is_file() or not (args.models_dir / IMAGES).is_file():
+        print(f"skipped: {args.models_dir} has no {WEIGHTS} / {IMAGES} (the shared data is absent).")
+        return 3
+    limit_threads(1)
+    start = time.perf_counter()
+    from precal.emulate import emulate_model
+
+    model, x, labels = load(args.models_dir)
+    n_cal = args.n_calibration
+    calibration, test, y = list(x[:n_cal].split(args.calibration_batch)), x[n_cal:], labels[n_cal:]
+    try:
+        ao = torch_ao_x86(model, calibration)
+    except Exception as exc:  # noqa: BLE001 - torch.ao or its x86 engine unavailable on this build
+        print(f"skipped: torch.ao's x86 int8 model could not be built ({exc}).")
+        return 4
+    models = {"fp32": model, "torch.ao x86": ao,
+              "precal w8a8": emulate_model(model, "w8a8", calibration_data=calibration),
+              "precal w8a8-x86": emulate_model(model, "w8a8-x86", calibration_data=calibration)}
+    with torch.no_grad():
+        logits = {name: m(test).float().numpy() for name, m in models.items()}
+    report: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/bench_backend_x86.py",
+                             *(argv if argv is not None else sys.argv[1:])]),
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "n_images": len(x), "n_calibration": n_cal, "calibration_batch": args.calibration_batch,
+        "n_test": len(test),
+        "pairs": [{"pair": [a, b], **compare(logits[a], logits[b])} for a, b in PAIRS],
+        "accuracy": {name: float((z.argmax(1) == y).mean()) for name, z in logits.items()},
+        "torch": torch.__version__, "engine": torch.backends.quantized.engine, "numpy": np.__version__,
+        "python": platform.python_version(), "machine": platform.machine(),
+    }
+    report["seconds"] = time.perf_counter() - start
+    section = render(report)
+    print(section)
+    written = write_results(args.out, "backend_x86", "precal w8a8-x86 against torch.ao's x86 int8 ResNet-20",
+                            report, section)
+    print("wrote: " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
