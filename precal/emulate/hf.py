@@ -12,6 +12,12 @@ or tokens. The ``(n_questions, n_choices)`` array is a logits matrix: its softma
 model's distribution over the choices, its argmax the harness's prediction, so the
 calibrators and metrics of precal apply to it directly, and ``sweep(..., predict=...)``
 gives it at every precision config.
+
+One call scores questions with the same number of choices (one column per choice). PIQA
+(2), HellaSwag and MMLU (4) are one call; ARC's questions have 3 to 5 choices, so they are
+scored one call per choice count, each group its own logits matrix (and its own calibrator:
+a calibrator is fitted to a fixed number of classes). A padded matrix is not offered: a
+padding score of ``-inf`` is a probability of 0 that calibrators and log-losses reject.
 """
 
 from __future__ import annotations
@@ -81,7 +87,8 @@ def multiple_choice_logits(
     contexts : sequence of str
         One prompt per question (e.g. ``"Question: ...\\nAnswer:"``).
     choices : sequence of sequences of str
-        The continuations of each question (e.g. ``" Paris"``), the same number for all.
+        The continuations of each question (e.g. ``" Paris"``), the same number for all:
+        group questions with other counts (ARC's 3 to 5 choices) into separate calls.
     normalize : {None, "chars", "tokens"}, default=None
         None: sum of log-probabilities (harness ``acc``); ``"chars"``: divided by the
         continuation's length in characters (harness ``acc_norm``); ``"tokens"``: by its
@@ -115,7 +122,8 @@ def multiple_choice_logits(
     counts = {len(c) for c in choices}
     if len(counts) != 1 or 0 in counts or any(isinstance(c, str) for c in choices):
         raise ValueError(f"Every question needs the same number (>= 1) of choices as a list of strings; got counts "
-                         f"{sorted(counts)}.")
+                         f"{sorted(counts)}. Score each group of questions with one choice count in its own call "
+                         f"(ARC has 3 to 5 choices): one logits matrix per group.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     encode = _encoder(tokenizer)

@@ -237,6 +237,22 @@ def test_multiple_choice_logits_match_one_sequence_at_a_time():
     assert np.allclose(chars, want / lengths, atol=1e-4)
 
 
+def test_arc_style_varying_choice_counts_are_scored_one_call_per_count():
+    """The recipe docs/emulate.md gives for ARC (3-5 choices): one logits matrix per choice count."""
+    model = tiny_llama()
+    contexts = ["Q1:", "Q2:", "Q3:", "Q4:"]
+    choices = [[" a", " b", " c"], [" a", " b", " c", " d"], [" x", " y", " z"], [" 1", " 2", " 3", " 4", " 5"]]
+    groups = {}
+    for i, options in enumerate(choices):
+        groups.setdefault(len(options), []).append(i)
+    logits = {k: multiple_choice_logits(model, char_tokenizer, [contexts[i] for i in idx], [choices[i] for i in idx])
+              for k, idx in groups.items()}
+    assert {k: z.shape for k, z in logits.items()} == {3: (2, 3), 4: (1, 4), 5: (1, 5)}
+    for k, idx in groups.items():
+        want = [[reference_loglik(model, contexts[i], c) for c in choices[i]] for i in idx]
+        np.testing.assert_allclose(logits[k], want, atol=1e-4)
+
+
 def test_multiple_choice_with_a_transformers_tokenizer_and_sweep():
     tokenizers = pytest.importorskip("tokenizers")
     vocab = {w: i for i, w in enumerate(["[PAD]", "[BOS]", "[UNK]", "the", "cat", "dog", "sat", "ran", "on", "mat"])}
@@ -255,7 +271,7 @@ def test_multiple_choice_with_a_transformers_tokenizer_and_sweep():
 
 @pytest.mark.parametrize("contexts, choices, kwargs, match", [
     (["a", "b"], [["x"]], {}, "2 questions"),
-    (["a", "b"], [["x", "y"], ["z"]], {}, "same number"),
+    (["a", "b"], [["x", "y"], ["z"]], {}, r"same number.*counts \[1, 2\]\. Score each group"),
     (["a"], [["x"]], {"normalize": "bytes"}, "normalize"),
     (["a"], [[""]], {}, "no token"),
     ([], [], {}, "empty"),
