@@ -192,8 +192,33 @@ def vision_model(name, seed=0):
     return _randomise_batchnorm(VISION[name]())
 
 
+def _recalibrate_batchnorm(model, seed=0, n=64, size=32):
+    """BatchNorm running statistics of ``n`` seeded N(0, 1) images, as training would leave them.
+
+    With torchvision's random initialisation and BatchNorm's default statistics (mean 0,
+    variance 1), the signal fades through MobileNetV3, ShuffleNetV2 and EfficientNet: their
+    logits barely depend on the input (MobileNetV3-small's are ~1e-10, EfficientNet-B0's
+    ~1e-14), so "every config changes the logits" would hold for rounding noise alone and an
+    argmax comparison would mean nothing. Statistics measured on inputs (each BatchNorm then
+    normalises its input to mean 0, variance 1, as in a trained network) give logits of order
+    0.03-2 that vary from image to image.
+    """
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: exactly the statistics of x
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
 def torchvision_models():
-    """Small random-initialised torchvision classifiers (name -> constructor), or None.
+    """Small random-initialised torchvision classifiers (name -> constructor, eval mode), or None.
+
+    BatchNorm statistics come from seeded inputs (:func:`_recalibrate_batchnorm`); the ViT's
+    zero-initialised head is randomised. Build them after ``torch.manual_seed`` for the same weights.
 
     None when torchvision cannot be imported: PyPI's torchvision fails beside CI's CPU torch
     2.13.0 wheel ("operator torchvision::nms does not exist"); ``docs/emulate.md`` says how to
@@ -215,13 +240,14 @@ def torchvision_models():
         model.heads.head.reset_parameters()
         return model
 
-    return {
+    builders = {
         "tv_resnet": lambda: models.ResNet(TVBasicBlock, [1, 1, 1, 1], num_classes=10),
         "tv_mobilenet_v3_small": lambda: models.mobilenet_v3_small(num_classes=10),
         "tv_shufflenet_v2_x0_5": lambda: models.shufflenet_v2_x0_5(num_classes=10),
         "tv_efficientnet_b0": lambda: models.efficientnet_b0(num_classes=10),
         "tv_vit": vit,
     }
+    return {name: (lambda build=build: _recalibrate_batchnorm(build())) for name, build in builders.items()}
 
 
 def hf_model(name, seed=0):
