@@ -225,7 +225,6 @@ def torchvision_models():
     run these in a venv with a matching torch/torchvision pair.
     """
     try:
-        import torchvision  # noqa: F401
         from torchvision import models
     except Exception:  # noqa: BLE001 - absent, or a CUDA build that fails to load beside a CPU torch
         return None
