@@ -115,11 +115,11 @@ def three_class(logits: dict[str, np.ndarray], y: np.ndarray, triple: tuple[int,
     return out, np.searchsorted(np.asarray(triple), y[rows]).astype(np.int64)
 
 
-def dataset(name: str, about: str, logits: dict[str, np.ndarray], y: np.ndarray, sources: dict[str, str],
-            int4_test: str) -> dict[str, Any]:
+def dataset(name: str, model: str, about: str, logits: dict[str, np.ndarray], y: np.ndarray,
+            sources: dict[str, str], int4_test: str) -> dict[str, Any]:
     """A pool: ``logits`` per test precision, ``sources`` {fit source: its format}, the INT4 test precision."""
-    return {"name": name, "about": about, "logits": logits, "y": y, "sources": sources, "int4_test": int4_test,
-            "k": int(next(iter(logits.values())).shape[1])}
+    return {"name": name, "model": model, "about": f"{model}, {about}", "logits": logits, "y": y, "sources": sources,
+            "int4_test": int4_test, "k": int(next(iter(logits.values())).shape[1])}
 
 
 def with_triple(d10: dict[str, Any], rounded: dict[str, str]) -> dict[str, Any]:
@@ -127,9 +127,9 @@ def with_triple(d10: dict[str, Any], rounded: dict[str, str]) -> dict[str, Any]:
     triple, n_conf = most_confused_triple(d10["logits"]["fp32"], d10["y"])
     logits, y = three_class(d10["logits"], d10["y"], triple, rounded)
     name = d10["name"].replace("-10", "-3")
-    about = (f"{d10['about'].split(',')[0]}, classes {triple} (the most mutually confused: {n_conf} confusions "
-             f"among them), their rows and logit columns, {len(y)} rows")
-    return dataset(name, about, logits, y, d10["sources"], d10["int4_test"])
+    about = (f"classes {triple} (the most mutually confused: {n_conf} confusions among them), their rows and logit "
+             f"columns, {len(y)} rows")
+    return dataset(name, d10["model"], about, logits, y, d10["sources"], d10["int4_test"])
 
 
 def digits_datasets(seed: int) -> list[dict[str, Any]]:
@@ -144,8 +144,8 @@ def digits_datasets(seed: int) -> list[dict[str, Any]]:
     y = np.concatenate([data.cal_labels, data.test_labels]).astype(np.int64)
     logits = sweep(data.model, held_out, DIGITS_CONFIGS, calibration_data=data.train_inputs, progress=False)
     logits["logit-int4"] = round_logits(logits["fp32"], "int4")
-    d10 = dataset("digits-10", f"digits CNN (precal demo, trained on {data.n_train} images), 10 classes, {len(y)} "
-                  "held-out images; w*a* emulate the whole network, logit-int4 rounds the fp32 logits",
+    d10 = dataset("digits-10", "digits CNN", f"the precal demo model trained on {data.n_train} images, 10 classes, "
+                  f"{len(y)} held-out images; w*a* emulate the whole network, logit-int4 rounds the fp32 logits",
                   logits, y, {"fp32": "fp32", "w4a4": config_precision("w4a4")}, "w4a4")
     return [d10, with_triple(d10, {"logit-int4": "int4"})]
 
@@ -158,7 +158,7 @@ def shared_datasets() -> list[dict[str, Any]]:
     d = rl.load_logits(SHARED_FILE)
     z, y = d["logits"], d["labels"]
     logits = {"fp32": z} | {t: round_logits(z, t.removeprefix("logit-")) for t in SHARED_TESTS[1:]}
-    d10 = dataset("resnet50-10", f"ResNet-50 on CIFAR-10 test (`{SHARED_FILE}`, true logits), 10 classes, "
+    d10 = dataset("resnet50-10", "ResNet-50 on CIFAR-10 test", f"`{SHARED_FILE}` (true logits), 10 classes, "
                   f"{len(y)} images; logit-* round them", logits, y, {"fp32": "fp32", "logit-int4": "int4"},
                   "logit-int4")
     return [d10, with_triple(d10, {t: t.removeprefix("logit-") for t in SHARED_TESTS[1:]})]
