@@ -261,7 +261,7 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     n = card["n_settings"]
     for a, b, what in COMPARISONS:
         parts = [f"{k.upper() if k != 'cwece' else 'class-wise ECE'} {c['lower']} lower / {c['higher']} higher / "
-                 f"{c['identical']} identical" for k, c in card[f"{a} - {b}"].items()]
+                 f"{c['within noise']} within noise / {c['identical']} identical" for k, c in card[f"{a} - {b}"].items()]
         details.append(f"{a} − {b} ({what}), over {n} settings: " + "; ".join(parts) + ".")
     gated = {m: sum(b["fits"][s][m]["n_gated"] for b in blocks for s in b["sources"]) for m in ("Fuzzy+noise", "Fuzzy")}
     fits = sum(b["fits"][s]["Fuzzy"]["n_fits"] for b in blocks for s in b["sources"])
@@ -310,9 +310,11 @@ def metric_figure(blocks: list[dict[str, Any]], metric: str) -> Any:
 
 
 def _diff(metric: str, c: dict[str, Any]) -> str:
+    if c["verdict"] == "identical":
+        return "identical"
     p = "–" if c["p"] is None else (f"{c['p']:.2g}" if c["p"] >= 1e-3 else "<0.001")
     value = f"{c['mean']:+.4f}" if metric == "nll" else f"{100 * c['mean']:+.2f}"
-    mark = {"lower": " **↓**", "higher": " **↑**", "identical": " (=)"}.get(c["verdict"], "")
+    mark = {"lower": " **↓**", "higher": " **↑**"}.get(c["verdict"], "")
     return f"{value} ({c['n_lower']}/{c['n']}, p {p}){mark}"
 
 
@@ -353,7 +355,8 @@ def tables(report: dict[str, Any], *, full: bool) -> list[str]:
             md += [f"| {s} | {m} | " + " | ".join(_ms(k, b["summary"][s][t][m][k]) for t in b["tests"]) + " |"
                    for s in b["sources"] for m in FITTED]
     md += ["", "### Paired comparisons", "", "Cells: mean of a − b (ECE-type in points), splits where a is lower / "
-           "splits, Wilcoxon p; **↓** / **↑** clearly lower / higher (one-sd rule), (=) identical on every split."]
+           "splits, Wilcoxon p; **↓** / **↑** clearly lower / higher (one-sd rule); identical: equal on every split to "
+           f"{SAME:g}."]
     for a, b, what in COMPARISONS:
         for k in (COMPARED if full else ("ece", "nll")):
             md += ["", f"#### {a} − {b}, {LABELS[k].replace(' %', '')}: {what}"]
