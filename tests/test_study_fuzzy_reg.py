@@ -105,7 +105,11 @@ def test_verdict(rho1, rho10, word):
                                                           sr.UNCHECKED: [0.35, 0.36, 0.37]})}
     v = sr.verdict(report)
     assert v["word"] == word
-    assert any("clearly above Dirichlet's in 1 of 1 settings: toy / int4" in d for d in v["details"])
+    assert any("clearly above Dirichlet's in 1 of 1 settings (toy / int4) and clearly below it in 0." in d
+               for d in v["details"])
+    assert any(d.startswith("ρ=10's test NLL is clearly above Dirichlet's in " + ("1" if word == "not supported"
+                                                                                  and rho10[0] > 0.3 else "0"))
+               for d in v["details"])
 
 
 def _run(*args):
