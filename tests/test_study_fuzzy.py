@@ -1,6 +1,5 @@
-"""benchmarks/study_fuzzy.py: its helpers, and its --quick run end to end (outputs well formed)."""
+"""benchmarks/study_fuzzy.py: its data sets, one split, the verdict, and its --quick run end to end."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -10,128 +9,130 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from precal.calibration import DirichletCalibrator, FuzzyDirichletCalibrator, PACSCalibrator, TemperatureScaling
+from benchmarks import harness as h
+from benchmarks import study_fuzzy as sf
 from precal.emulate import round_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "study_fuzzy.py"
 
 
-@pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("study_fuzzy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _toy(n=300, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    return 2.0 * (np.eye(k)[y] + rng.normal(size=(n, k))), y
 
 
-# --------------------------------------------------------------------------- helpers
-def test_replace_region_rewrites_only_between_the_markers(study):
-    page = f"# Title\n\nhand-written intro\n\n{study.BEGIN_MARK}\nold table\n{study.END_MARK}\n\n## Reading\nmine\n"
-    out = study.replace_region(page, "new table\n")
-    assert out == f"# Title\n\nhand-written intro\n\n{study.BEGIN_MARK}\nnew table\n{study.END_MARK}\n\n## Reading\nmine\n"
-    assert study.replace_region(out, "new table") == out  # idempotent
-
-
-@pytest.mark.parametrize("page", [
-    "no markers at all",
-    "{b}\nonly the beginning",
-    "{e}\n{b}\nreversed",
-    "{b}\n{e}\n{b}\n{e}\ntwice",
-])
-def test_replace_region_refuses_a_page_without_one_marker_pair(study, page):
-    page = page.format(b=study.BEGIN_MARK, e=study.END_MARK)
-    with pytest.raises(ValueError, match="must contain the line"):
-        study.replace_region(page, "table")
-
-
-def test_paired_counts_wins_and_tests_significance(study):
-    a = np.linspace(0.10, 0.20, 20)
-    better = study.paired(list(a - 0.01 - 0.001 * np.arange(20)), list(a))
-    assert better["verdict"] == "better" and better["wins"] == 20 and better["losses"] == 0 and better["p"] < 0.05
-    worse = study.paired(list(a + 0.01), list(a))
-    assert worse["verdict"] == "worse" and worse["losses"] == 20
-    same = study.paired(list(a), list(a))
-    assert same["p"] is None and same["verdict"] == "n.s." and same["mean"] == 0.0
-    mixed = study.paired([0.1, 0.3, 0.1, 0.3], [0.2, 0.2, 0.2, 0.2])
-    assert mixed["verdict"] == "n.s." and mixed["wins"] == 2 and mixed["losses"] == 2
-
-
-def test_json_keeps_every_value_and_puts_number_lists_on_one_line(study):
-    report = {"a": [1.5, -2e-07, 3], "b": {"c": [], "d": ["x", "y"], "e": None, "f": [[1, 2], [3.25]]}}
-    text = study.to_json(report)
-    assert json.loads(text) == report
-    assert '"a": [1.5, -2e-07, 3]' in text and "[3.25]" in text
-
-
-def test_most_confused_triple_sums_confusions_among_three_classes(study):
+# --------------------------------------------------------------------------- data
+def test_most_confused_triple_sums_confusions_among_three_classes():
     # classes 1, 3, 4 confuse each other (6 errors); class 0 is confused with 2 only (4 errors)
-    y = np.array([0] * 10 + [1] * 10 + [2] * 10 + [3] * 10 + [4] * 10)
+    y = np.repeat(np.arange(5), 10)
     pred = y.copy()
     pred[[0, 1, 2, 3]] = 2
     pred[[10, 11]] = 3
     pred[[30, 31]] = 4
     pred[[40, 41]] = 1
-    z = np.eye(5)[pred]
-    assert study.most_confused_triple(z, y) == ((1, 3, 4), 6)
+    assert sf.most_confused_triple(np.eye(5)[pred], y) == ((1, 3, 4), 6)
+    # ties go to the lowest labels
+    assert sf.most_confused_triple(np.eye(5)[y], y) == ((0, 1, 2), 0)
 
 
-def _write_fake_logits(path, n=600, k=10, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, k, size=n)
-    z = (4.0 * np.eye(k)[y] + 2.0 * rng.normal(size=(n, k))).astype(np.float32)
-    np.savez(path, logits_test=z, labels_test=y.astype(np.int64), logits_val=z[:10], labels_val=y[:10])
-    return z, y
+def test_shared_datasets_skip_cleanly_when_absent(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRECAL_SHARED_DIR", str(tmp_path))
+    with pytest.raises(h.DataError, match="missing"):
+        sf.shared_datasets()
 
 
-def test_shared_datasets_skip_cleanly_when_absent(study, tmp_path):
-    datasets, reason = study.shared_datasets(tmp_path / "absent")
-    assert datasets == [] and "is not there" in reason
-    datasets, reason = study.shared_datasets(tmp_path)  # folder there, file missing
-    assert datasets == [] and "missing" in reason
-
-
-def test_shared_datasets_build_the_rounded_and_three_class_cases(study, tmp_path):
-    z, y = _write_fake_logits(tmp_path / study.SHARED_FILE)
-    (d10, d3), reason = study.shared_datasets(tmp_path)
-    assert reason is None
-    assert list(d10["logits"]) == list(study.SHARED_TESTS) and d10["sources"] == {"fp32": "fp32",
-                                                                                   "logit-int4": "int4"}
-    np.testing.assert_array_equal(d10["logits"]["fp32"], z)
+def test_shared_datasets_build_the_rounded_and_three_class_cases(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, size=600)
+    z = (4.0 * np.eye(10)[y] + 2.0 * rng.normal(size=(600, 10))).astype(np.float32)
+    (tmp_path / "data" / "logits").mkdir(parents=True)
+    np.savez(tmp_path / "data" / "logits" / sf.SHARED_FILE, logits_test=z, labels_test=y.astype(np.int64))
+    monkeypatch.setenv("PRECAL_SHARED_DIR", str(tmp_path))
+    d10, d3 = sf.shared_datasets()
+    assert list(d10["logits"]) == list(sf.SHARED_TESTS) and d10["sources"] == {"fp32": "fp32", "logit-int4": "int4"}
     np.testing.assert_array_equal(d10["logits"]["logit-int4"], round_logits(z, "int4"))
-    triple, _ = study.most_confused_triple(z, y)
+    triple, _ = sf.most_confused_triple(z, y)
     rows = np.isin(y, triple)
-    assert d3["n_classes"] == 3 and len(d3["y"]) == rows.sum() and set(d3["y"]) <= {0, 1, 2}
+    assert d3["k"] == 3 and len(d3["y"]) == rows.sum() and d3["name"] == "resnet50-3"
     np.testing.assert_array_equal(np.asarray(triple)[d3["y"]], y[rows])
     np.testing.assert_array_equal(d3["logits"]["fp32"], z[rows][:, list(triple)])
     # rounded from the three kept columns: the INT4 row scale is over 3 logits, as a 3-output head's
     np.testing.assert_array_equal(d3["logits"]["logit-int4"], round_logits(z[rows][:, list(triple)], "int4"))
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=20 keeps it fast
-def test_calibrator_size_counts_the_float_parameters_of_the_map(study):
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, size=300)
-    z = 3.0 * (np.eye(3)[y] + rng.normal(size=(300, 3)))
-    fuzzy = FuzzyDirichletCalibrator(random_state=0, max_iter=20).fit(z, y)
-    assert 4 * study.calibrator_size(fuzzy) == fuzzy.nbytes_ == 4 * 3 * (2 + 9 + 3)
-    assert study.calibrator_size(DirichletCalibrator().fit(z, y)) == 12
-    assert study.calibrator_size(TemperatureScaling().fit(z, y)) == 1
-    assert study.calibrator_size(PACSCalibrator(precision="int4").fit(z, y)) == 2
-    with pytest.raises(TypeError, match="does not know"):
-        study.calibrator_size(object())
+# --------------------------------------------------------------------------- one split
+@pytest.fixture(scope="module")
+def split_result():
+    z, y = _toy()
+    ds = sf.dataset("toy-3", "toy", "3 classes", {"fp32": z, "logit-int4": round_logits(z, "int4")}, y,
+                    {"fp32": "fp32", "logit-int4": "int4"}, "logit-int4")
+    cal, test = h.make_splits(y, 1, 0)[0]
+    return ds, cal, test, sf.one_split((ds, cal, test, 0))
 
 
-def test_arguments(study):
-    assert study.parse_args([]).fuzzy_max_iter == study.FUZZY_MAX_ITER
-    assert study.parse_args(["--fuzzy-max-iter", "default"]).fuzzy_max_iter is None
-    assert study.parse_args(["--quick"]).splits == 2
-    assert study.parse_args([]).splits == 20
-    for bad in (["--fuzzy-max-iter", "0"], ["--fuzzy-max-iter", "many"], ["--splits", "1"]):
-        with pytest.raises(SystemExit):
-            study.parse_args(bad)
-    with pytest.raises(SystemExit, match="never writes"):
-        study.output_paths(study.parse_args(["--quick", "--out", str(study.DEFAULT_DOCS_DIR)]))
+def test_one_split_scores_every_method_at_every_test_precision(split_result):
+    ds, cal, test, out = split_result
+    for source in ds["sources"]:
+        assert set(out["fits"][source]) == set(sf.FITTED)
+        for t in ds["logits"]:
+            sc = out["scores"][source][t]
+            assert set(sc) == set(sf.METHODS)
+            assert all(math.isfinite(v) for m in sc.values() for v in m.values())
+            # temperature-type maps keep every argmax
+            assert sc["TS"]["accuracy"] == sc["PACS"]["accuracy"] == sc["uncalibrated"]["accuracy"]
+            assert sc["uncalibrated"] == h.scores(ds["y"][test], h.softmax64(ds["logits"][t][test]), sf.METRICS)
+        sizes = {m: f["size"] for m, f in out["fits"][source].items()}
+        assert sizes == {"TS": 1, "PACS": 2, "Dirichlet": 12, "Fuzzy+noise": 2 * 3 + 3 * 12, "Fuzzy": 2 * 3 + 3 * 12}
+
+
+def test_fuzzy_whose_gates_lost_scores_as_dirichlet(split_result):
+    ds, _, _, out = split_result
+    for source in ds["sources"]:
+        for m in ("Fuzzy+noise", "Fuzzy"):
+            if not out["fits"][source][m]["gated"]:
+                for t in ds["logits"]:
+                    a, b = out["scores"][source][t][m], out["scores"][source][t]["Dirichlet"]
+                    assert a == pytest.approx(b, abs=sf.SAME)
+
+
+# --------------------------------------------------------------------------- verdict
+def _report(ts_vs, dir_vs):
+    """A two-data-set report whose INT4 comparisons have the given verdicts."""
+    def block(name, v_ts, v_dir):
+        stat = {"mean": 0.01, "sd": 0.001}
+        methods = {m: {k: stat for k in sf.METRICS} for m in sf.METHODS}
+        def comp(v_ts, v_dir):
+            out = {f"{a} - {b}": {k: {"verdict": "within noise", "mean": 0.0, "sd": 0.0} for k in sf.COMPARED}
+                   for a, b, _ in sf.COMPARISONS}
+            out["Fuzzy+noise - TS"]["ece"]["verdict"] = v_ts
+            out["Fuzzy+noise - Dirichlet"]["ece"]["verdict"] = v_dir
+            return out
+
+        per = {m: {k: [0.01, 0.02] for k in sf.METRICS} for m in sf.METHODS}
+        return {"name": name, "sources": {"fp32": "fp32", "q": "int4"}, "tests": ["fp32", "q"], "int4_test": "q",
+                "summary": {"q": {"q": methods}}, "comparisons": {s: {t: comp(v_ts, v_dir) if s == t == "q" else comp("within noise", "within noise")
+                                    for t in ("fp32", "q")} for s in ("fp32", "q")},
+                "per_split": {"fp32": {"fp32": per, "q": per}},
+                "fits": {s: {m: {"n_gated": 1, "n_fits": 2} for m in sf.FITTED} for s in ("fp32", "q")}}
+
+    blocks = [block("a", ts_vs[0], dir_vs[0]), block("b", ts_vs[1], dir_vs[1])]
+    return {"datasets": blocks, "scorecard": sf.scorecard(blocks)}
+
+
+@pytest.mark.parametrize("ts_vs, dir_vs, word", [
+    (("lower", "lower"), ("lower", "lower"), "holds"),
+    (("lower", "lower"), ("lower", "within noise"), "holds partly"),
+    (("lower", "higher"), ("identical", "lower"), "does not hold"),
+])
+def test_verdict_needs_clearly_lower_int4_ece_than_both_global_corrections(ts_vs, dir_vs, word):
+    report = _report(ts_vs, dir_vs)
+    v = sf.verdict(report)
+    assert v["word"] == word
+    assert report["scorecard"]["n_settings"] == 8
+    assert report["scorecard"]["Fuzzy+noise - TS"]["ece"]["within noise"] == 8 - 2
+    assert any("kept the gated maps in 4 of 8 Fuzzy+noise fits" in d for d in v["details"])
 
 
 # --------------------------------------------------------------------------- end to end
@@ -141,78 +142,39 @@ def _run(*args):
     return proc
 
 
+def test_quick_never_writes_to_the_committed_folders():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(ROOT / "docs")], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "never writes" in proc.stderr
+
+
 @pytest.mark.slow
 def test_quick_run_writes_well_formed_outputs(tmp_path):
     _run("--quick", "--out", str(tmp_path))
     report = json.loads((tmp_path / "study_fuzzy.json").read_text(encoding="utf-8"))
-    assert report["quick"] is True and report["n_splits"] == 2 and report["fuzzy_max_iter"] == 100
-    assert report["shared_skipped"] == "not run in --quick mode"
+    assert report["quick"] is True and report["n_splits"] == 2
     assert [b["name"] for b in report["datasets"]] == ["digits-10", "digits-3"]
-    n_settings = 0
-    for block in report["datasets"]:
-        k = block["n_classes"]
-        assert k == (10 if block["name"] == "digits-10" else 3)
-        assert block["tests"] == ["fp32", "w8a8", "w4a8", "w4a4", "logit-int4"]
-        assert block["sources"] == {"fp32": "fp32", "w4a4": "int4"}
-        assert block["n_calibration"] + block["n_test"] == block["n_samples"]
-        for source in block["sources"]:
-            for test in block["tests"]:
-                n_settings += 1
-                per_split = block["per_split"][source][test]
-                for method in ("uncalibrated", "TS", "Dirichlet", "PACS", "Fuzzy+noise", "Fuzzy"):
-                    for metric in ("ece", "ace", "cwece", "nll", "accuracy"):
-                        values = per_split[method][metric]
-                        assert len(values) == 2 and all(v is not None and math.isfinite(v) for v in values)
-                        assert all(0.0 <= v <= 1.0 for v in values) or metric == "nll"
-                        stat = block["summary"][source][test][method][metric]
-                        assert stat["mean"] == pytest.approx(np.mean(values), rel=1e-5, abs=1e-9)
-                # temperature-type maps keep every argmax
-                for method in ("TS", "PACS"):
-                    assert per_split[method]["accuracy"] == per_split["uncalibrated"]["accuracy"]
-                for comp in ("Fuzzy+noise - Fuzzy", "Fuzzy - Dirichlet", "Fuzzy+noise - Dirichlet",
-                             "Fuzzy+noise - TS"):
-                    c = block["comparisons"][source][test][comp]["ece"]
-                    assert c["n"] == 2 and c["wins"] + c["losses"] <= 2
-        sizes = block["fits"]["fp32"]
-        assert sizes["TS"]["nbytes"] == [4] and sizes["PACS"]["nbytes"] == [8]
-        assert sizes["Dirichlet"]["nbytes"] == [4 * k * (k + 1)]
-        assert sizes["Fuzzy+noise"]["nbytes"] == sizes["Fuzzy"]["nbytes"] == [4 * 3 * (2 + k * k + k)]
-        assert "probe" not in block  # no probe in --quick
-        for source in block["sources"]:
-            for method in ("Fuzzy+noise", "Fuzzy"):
-                gates = block["gates"][source][method]
-                assert len(gates["centers"]) == len(gates["widths"]) == 3
-                assert all(1.0 / k <= m <= 1.0 for m in gates["centers"]) and min(gates["widths"]) > 0
-                runs = gates["runs"]  # contiguous stretches covering [1/K, 1]
-                assert runs[0][1] == pytest.approx(1.0 / k) and runs[-1][2] == pytest.approx(1.0)
-                assert all(a[0] != b[0] and a[2] < b[1] for a, b in zip(runs, runs[1:]))
-                assert {r[0] for r in runs} <= {"low", "moderate", "high"}
-                order = ["low", "moderate", "high"]
-                ranks = [order.index(r[0]) for r in runs]
-                assert gates["monotone"] == (ranks == sorted(ranks))
-    assert report["fuzzy_params"]["int4"]["noise"] == "int4" and report["fuzzy_params"]["none"]["noise"] is None
-    assert report["fuzzy_params"]["int4"]["max_iter"] == 100
-    for comp, by_metric in report["scorecard"].items():
-        if comp != "n_settings":
-            assert all(sum(c.values()) == n_settings for c in by_metric.values())
-    assert report["scorecard"]["n_settings"] == n_settings
-
-    md = (tmp_path / "study_fuzzy.md").read_text(encoding="utf-8")
+    for b in report["datasets"]:
+        assert b["tests"] == ["fp32", "w8a8", "w4a8", "w4a4", "logit-int4"] and b["n_calibration"] + b["n_test"] == \
+            b["n_samples"]
+        for s in b["sources"]:
+            for t in b["tests"]:
+                for m in sf.METHODS:
+                    for k in sf.METRICS:
+                        values = b["per_split"][s][t][m][k]
+                        assert len(values) == 2 and all(math.isfinite(v) for v in values)
+                        assert b["summary"][s][t][m][k]["mean"] == pytest.approx(np.mean(values), rel=1e-5, abs=1e-9)
+        assert b["fits"]["fp32"]["Dirichlet"]["nbytes"] == [4 * b["k"] * (b["k"] + 1)]
+    assert report["verdict"]["word"] in ("holds", "holds partly", "does not hold")
     doc = (tmp_path / "study-fuzzy.md").read_text(encoding="utf-8")
+    md = (tmp_path / "study_fuzzy.md").read_text(encoding="utf-8")
     for text in (md, doc):
-        assert "### digits-10" in text and "### digits-3" in text and "| — | uncalibrated |" in text
-        assert "#### Fuzzy+noise − Fuzzy" in text and "### Calibrator size" in text
-        assert "### Fitted gates (split 0)" in text
-    assert doc.count("<!-- BEGIN GENERATED") == 1 and doc.count("<!-- END GENERATED -->") == 1
-    for fig in report["figures"]:
-        png = tmp_path / "figures" / fig["file"]
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"](figures/{fig['file']})" in doc
-    assert {f["file"] for f in report["figures"]} == {"study-fuzzy-ece.png", "study-fuzzy-nll.png",
-                                                     "study-fuzzy-reliability.png", "study-fuzzy-gates.png"}
-
-    # the markdown is a function of the JSON: re-rendering gives the same files, and keeps hand-written text
+        assert "### digits-10" in text and "| — | uncalibrated |" in text and "#### Fuzzy+noise − Fuzzy" in text
+    assert doc.count(sf.MARKS[0]) == 1 and doc.count(sf.MARKS[1]) == 1
+    for fig in ("study-fuzzy-ece.png", "study-fuzzy-nll.png"):
+        assert (tmp_path / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](figures/{fig})" in doc
+    # the markdown is a function of the JSON, and hand-written text around the region is kept
     (tmp_path / "study-fuzzy.md").write_text("hand-written\n" + doc + "more hand-written\n", encoding="utf-8")
-    _run("--quick", "--out", str(tmp_path), "--render-only")
+    _run("--quick", "--out", str(tmp_path), "--page-only")
     assert (tmp_path / "study_fuzzy.md").read_text(encoding="utf-8") == md
     assert (tmp_path / "study-fuzzy.md").read_text(encoding="utf-8") == "hand-written\n" + doc + "more hand-written\n"
