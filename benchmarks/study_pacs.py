@@ -139,24 +139,6 @@ METHOD_SPEC = {"uncalibrated": None, "TS": "ts", "PACS-norm": "pacs-norm", "PACS
 DataError = h.DataError
 
 # --------------------------------------------------------------------------- helpers
-# Names that benchmarks/study_fuzzy.py (and study_fuzzy_reg.py) import from this module: they
-# are the harness's, kept here under their old names until those scripts use the harness.
-make_splits = h.make_splits
-versions = h.versions
-_git_commit = h.git_commit
-
-
-def limit_threads() -> None:
-    """One thread for torch, OpenMP and BLAS."""
-    h.set_threads(1)
-
-
-def mean_sd(values: Any) -> tuple[float, float]:
-    """``(mean, sd)`` of :func:`benchmarks.harness.mean_sd`, as a pair."""
-    ms = h.mean_sd(values)
-    return ms["mean"], ms["sd"]
-
-
 #: Largest |difference| (in metric units) still called "identical" when PACS fitted λ = 0 on
 #: every split: T0 may then sit a hair away from TS's T (L-BFGS-B starts there and may take a
 #: tiny step), which moves a metric by far less than this.
@@ -850,7 +832,7 @@ def run_real(args: argparse.Namespace, precisions: tuple[str, ...], n_splits: in
     for fname, (z, y, info) in loaded.items():
         name, description = TRUE_LOGIT_FILES[fname]
         real["files"].append(info | {"kind": "true logits"})
-        splits = make_splits(y, n_splits, args.seed)
+        splits = h.make_splits(y, n_splits, args.seed)
         logits = {p: (z if p == "fp32" else round_logits(z, p)) for p in precisions}
         block = run_calibration_block(name, description, logits, y, {p: p for p in precisions}, splits)
         real["true_logit_blocks"].append(block)
@@ -869,7 +851,7 @@ def run_real(args: argparse.Namespace, precisions: tuple[str, ...], n_splits: in
     for fname, (z, y, info) in shifted.items():
         name, description = SHIFTED_FILES[fname]
         real["files"].append(info | {"kind": "log-probabilities (shifted logits)"})
-        splits = make_splits(y, n_splits, args.seed)
+        splits = h.make_splits(y, n_splits, args.seed)
         block = run_calibration_block(name, description, {"fp32": z}, y, {"fp32": "fp32"}, splits, flag=SHIFTED_FLAG)
         real["shifted_blocks"].append(block)
     return real, fig_data, diags
@@ -878,7 +860,7 @@ def run_real(args: argparse.Namespace, precisions: tuple[str, ...], n_splits: in
 def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
     args = parse_args(argv)
     paths = output_paths(args)
-    limit_threads()
+    h.set_threads(1)
     wall_start = time.perf_counter()
     demo_configs = DEMO_CONFIGS_QUICK if args.quick else DEMO_CONFIGS
     real_precisions = REAL_PRECISIONS_QUICK if args.quick else REAL_PRECISIONS
@@ -891,7 +873,7 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
     y_demo = np.concatenate([data.cal_labels, data.test_labels]).astype(np.int64)
     demo_logits = sweep(data.model, held_out, demo_configs, calibration_data=data.train_inputs, progress=False)
     print(f"A. digits CNN trained and emulated in {time.perf_counter() - t0:.1f} s", flush=True)
-    demo_splits = make_splits(y_demo, args.splits, args.seed)
+    demo_splits = h.make_splits(y_demo, args.splits, args.seed)
     demo = run_calibration_block("digits CNN", "Digits CNN (precal demo), emulated precisions", demo_logits, y_demo,
                                  {c: config_precision(c) for c in demo_logits}, demo_splits)
     demo_low = {c: z for c, z in demo_logits.items() if c != "fp32"}
@@ -928,8 +910,8 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
         "criterion": "clear win/loss when mean paired difference < -sd / > +sd of the per-split differences",
         "ece_bins": h.N_BINS,
         "threads": 1,
-        "versions": versions(),
-        "git_commit": _git_commit(),
+        "versions": h.versions(),
+        "git_commit": h.git_commit(),
         "platform": platform.platform(),
         "demo_info": {"n_train": data.n_train, "n_held_out": int(len(y_demo)), "configs": list(demo_configs),
                       "pacs_precision": {c: config_precision(c) for c in demo_configs}},
