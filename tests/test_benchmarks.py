@@ -16,8 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
                                     "bench_ptq.py", "bench_ptq_layers.py", "check_mx_torchao.py", "study_mx.py",
                                     "quality_bar.py"])
 def test_script_quick_mode_runs(script, tmp_path):
+    # bench_speed's busy mode: one background spinner is enough to run that path, and two would
+    # take both cores of a 2-core CI runner from the other test worker for the whole run
+    extra = ["--busy-workers", "1"] if script == "bench_speed.py" else []
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(tmp_path), *extra],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     if proc.returncode == SKIP_EXIT_CODE:  # the study harness's "data not found": ../shared is absent
