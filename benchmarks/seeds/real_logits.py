@@ -1,10 +1,11 @@
-"""Real logits at logit-space low precision: raw vs TS vs PACS vs FuzzyDirichlet; and the
-"Reproducing the papers" page.
+"""Real logits at logit-space low precision: raw vs TS vs PACS vs FuzzyDirichlet vs AutoCalibrator; and
+the "Reproducing the papers" page.
 
 The claim tested (seed 000's logit-space mechanism and precal's quality bar, DESIGN.md):
 rounding real classifiers' logits to a low-precision format raises their ECE, and
-``PACSCalibrator`` and ``FuzzyDirichletCalibrator`` cut the ECE of the rounded logits at
-least as much as temperature scaling, with TS and PACS leaving the accuracy unchanged.
+``PACSCalibrator``, ``FuzzyDirichletCalibrator`` and the recommended ``AutoCalibrator`` cut the
+ECE of the rounded logits at least as much as temperature scaling, with TS and PACS leaving the
+accuracy unchanged.
 
 What runs (every number in the outputs comes from this run), on ``../shared/data/logits``
 (``README.md`` there):
@@ -16,9 +17,9 @@ A. **True logits.** Only the two ResNet-50 / CIFAR-10 files (cross-entropy and f
    whose last layer emits that format would give them. On ``--splits`` (20) stratified 50/50
    calibration/test splits (split ``s`` from ``default_rng(seed + s)``; the same for every
    format and method): the raw softmax, ``TemperatureScaling``,
-   ``PACSCalibrator(precision=format)`` (default ``risk="peaked"``) and
-   ``FuzzyDirichletCalibrator`` (``max_iter=100, n_noise_copies=1`` for the time budget),
-   fitted on the calibration half of the rounded logits, scored on its test half: accuracy,
+   ``PACSCalibrator(precision=format)`` (default ``risk="peaked"``),
+   ``FuzzyDirichletCalibrator(random_state=seed)`` and ``AutoCalibrator()`` (both at their
+   defaults), fitted on the calibration half of the rounded logits, scored on its test half: accuracy,
    ECE, ACE (15 bins, top label), NLL. Also, on all test rows, what the rounding does to
    the fp32 softmax (``precal.metrics.precision_split``, changed predictions).
 B. **Log-probabilities** (flagged, never pooled with A). The other four files store
@@ -26,9 +27,9 @@ B. **Log-probabilities** (flagged, never pooled with A). The other four files st
    maximum near 0, all values <= 0). Softmax and TS are invariant to that shift, so at the
    stored precision they give exactly what the logits would; PACS's risk uses the raw logit
    norm and logit-space rounding the raw magnitudes, so neither is the network's. These
-   files are therefore studied at their stored precision only, with raw, TS and PACS
-   (flagged). FuzzyDirichlet is not fitted on them: its INT4 training copies would round
-   the shifted values too, and 80 more fits (2-5 s each) exceed the study's time budget.
+   files are therefore studied at their stored precision only, with raw, TS, PACS (flagged)
+   and AutoCalibrator (whose candidates all see the softmax only). FuzzyDirichlet is not fitted on them: its INT4 training copies would round
+   the shifted values too.
 C. **What the shift does to rounding**, measured where the truth is known: the ResNet-50
    test logits rounded as they are, against the same rows turned into log-probabilities
    (``log_softmax``, as the other files store them) and then rounded: mean and largest
@@ -40,7 +41,7 @@ from the results of every seed study (``--page-only`` rebuilds just that page).
 
 ``--quick``: the cross-entropy ResNet-50 at fp32 and int4 and one log-probability file
 (WRN-16-4 / CIFAR-10), the first 2,000 test rows each, 3 splits, fuzzy fits capped at 30
-iterations, into a temp dir (or ``--out``). A missing or unreadable file: one line naming it
+iterations and one noisy copy, into a temp dir (or ``--out``). A missing or unreadable file: one line naming it
 and the README on stderr, nothing written, exit status 3. Run from the repository root::
 
     python benchmarks/seeds/real_logits.py              # full run, refreshes the committed outputs
@@ -69,7 +70,7 @@ from benchmarks.seeds import data as sd  # noqa: E402
 RERUN = "python benchmarks/seeds/real_logits.py"
 TITLE = "Real logits at logit-space low precision"
 CLAIM = ("Rounding real classifiers' logits to a low-precision format raises their ECE (seed 000's logit-space "
-         "mechanism), and PACS and FuzzyDirichlet cut the ECE of the rounded logits at least as much as temperature "
+         "mechanism), and PACS, FuzzyDirichlet and the recommended AutoCalibrator cut the ECE of the rounded logits at least as much as temperature "
          "scaling, with TS and PACS leaving the accuracy unchanged (precal's quality bar).")
 PAPER = ("precal's quality bar (DESIGN.md) on real logits; mechanism from seed 000, \"Precision-Induced "
          "Miscalibration\" (project seed 000)")
@@ -86,10 +87,11 @@ LOG_PROBS = {
 FORMATS = ("fp32", "bf16", "fp8_e4m3", "int8", "int4")
 #: Formats whose unit roundoff is at least 1/16: where a rise of the ECE would show first.
 COARSE = ("fp8_e4m3", "int4")
-METHODS = ("raw", "TS", "PACS", "FuzzyDirichlet")
-FUZZY_PARAMS = {"max_iter": 100, "n_noise_copies": 1}
+METHODS = ("raw", "TS", "PACS", "FuzzyDirichlet", "Auto")
+#: FuzzyDirichletCalibrator at its defaults (every keyword here would override one).
+FUZZY_PARAMS: dict[str, Any] = {}
 #: Methods run on the log-probability files (see the module docstring, part B).
-LOG_PROB_METHODS = ("raw", "TS", "PACS")
+LOG_PROB_METHODS = ("raw", "TS", "PACS", "Auto")
 #: The method that sees the per-row shift of log-probability files (its risk uses the raw logit norm).
 FLAGS = {"PACS": " †"}
 QUICK = {"true": ("resnet50_cifar10.npz",), "logprob": ("wrn-16-4_cifar10.npz",), "formats": ("fp32", "int4"),
@@ -150,6 +152,7 @@ def methods(fmt: str, seed: int, fuzzy: dict[str, Any] | None) -> dict[str, Any]
     spec: dict[str, Any] = {"raw": None, "TS": "ts", "PACS": "pacs"}
     if fuzzy is not None:
         spec["FuzzyDirichlet"] = ("fuzzy", fuzzy)
+    spec["Auto"] = "auto"
     return h.method_table(spec, precision=fmt, random_state=seed)[0]
 
 
@@ -171,13 +174,13 @@ def rounding_effect(z_ref: np.ndarray, z_low: np.ndarray, y: np.ndarray) -> dict
 def comparisons(st: dict[str, Any]) -> dict[str, Any]:
     e = {m: st["per_split"][m]["ece"] for m in st["per_split"]}
     out = {f"{m} vs raw": h.paired(e[m], e["raw"]) for m in e if m != "raw"}
-    out.update({f"{m} vs TS": h.paired(e[m], e["TS"]) for m in ("PACS", "FuzzyDirichlet") if m in e})
+    out.update({f"{m} vs TS": h.paired(e[m], e["TS"]) for m in ("PACS", "FuzzyDirichlet", "Auto") if m in e})
     return out
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
     a = report["true_logits"]
-    rises, pacs_ok, fuzzy_ok, lines = [], [], [], []
+    rises, pacs_ok, fuzzy_ok, auto_ok, lines = [], [], [], [], []
     kept = True
     for name, f in a.items():
         fmts = [x for x in f["formats"] if x != "fp32"]
@@ -188,8 +191,10 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         rises.append(rise)
         p_bad = [x for x in fmts if f["formats"][x]["comparisons"]["PACS vs TS"]["verdict"] == "higher"]
         z_bad = [x for x in fmts if f["formats"][x]["comparisons"]["FuzzyDirichlet vs TS"]["verdict"] == "higher"]
+        a_bad = [x for x in fmts if f["formats"][x]["comparisons"]["Auto vs TS"]["verdict"] == "higher"]
         pacs_ok.append(not p_bad)
         fuzzy_ok.append(not z_bad)
+        auto_ok.append(not a_bad)
         for x, st in f["formats"].items():
             ps = st["per_split"]
             kept &= all(ps[m]["accuracy"] == ps["raw"]["accuracy"] for m in ("TS", "PACS"))
@@ -205,7 +210,10 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
             + ". FuzzyDirichlet − TS " + ", ".join(
                 f"{x} {100 * f['formats'][x]['comparisons']['FuzzyDirichlet vs TS']['mean']:+.3f} "
                 f"({f['formats'][x]['comparisons']['FuzzyDirichlet vs TS']['verdict']})" for x in f["formats"]) + "."
-            + " Accuracy change by FuzzyDirichlet (its full maps re-weigh the classes; TS and PACS keep the argmax): "
+            + " Auto − TS " + ", ".join(
+                f"{x} {100 * f['formats'][x]['comparisons']['Auto vs TS']['mean']:+.3f} "
+                f"({f['formats'][x]['comparisons']['Auto vs TS']['verdict']})" for x in f["formats"]) + "."
+            + " Accuracy change by FuzzyDirichlet (its full maps can re-weigh the classes; TS and PACS keep the argmax): "
             + ", ".join(f"{x} {100 * d:+.2f} points" for x, d in fuzzy_acc.items()) + ".")
     n = len(rises)
     coarse_run = [c for c in COARSE if c in report["protocol"]["formats"]]
@@ -216,6 +224,8 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
                                                       f"at a low format"),
         "FuzzyDirichlet at least as good as TS": (all(fuzzy_ok), f"{sum(fuzzy_ok)} of {n} files with FuzzyDirichlet "
                                                                  f"never clearly above TS at a low format"),
+        "AutoCalibrator at least as good as TS": (all(auto_ok), f"{sum(auto_ok)} of {n} files with AutoCalibrator "
+                                                                f"never clearly above TS at a low format"),
         "TS and PACS keep the accuracy": (kept, "on every split and format" if kept else "accuracy changed somewhere"),
     }
     held = [k for k, (ok, _) in parts.items() if ok]
@@ -271,10 +281,11 @@ def tables(report: dict[str, Any]) -> list[str]:
                          f"{r['max_abs_logit_change']:.3g} | {100 * r['ece']:.2f} |")
     lines += ["", "### Log-probability files (flagged: shifted logits, stored precision only)", "",
               "Each row of these files is the network's logits minus an unknown per-row constant. The softmax and TS "
-              "do not see that shift, so their numbers here are the networks'. PACS's risk uses the raw logit norm, "
+              "do not see that shift, and neither do AutoCalibrator's candidates (each is a function of the "
+              "softmax), so their numbers here are the networks'. PACS's risk uses the raw logit norm, "
               "so its rows (†) are not what PACS would do on the networks' logits. FuzzyDirichlet is not fitted "
-              "here: its INT4 training copies would round the shifted values too, and the fits are outside this "
-              "study's time budget. Not rounded: see the next table for what rounding shifted logits does.", "",
+              "here: its INT4 training copies would round the shifted values too. Not rounded: see the next table "
+              "for what rounding shifted logits does.", "",
               "| file | n | K | method | accuracy % | ECE % | ACE % | NLL | Δ ECE vs raw |",
               "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, f in report["log_probabilities"].items():
@@ -330,7 +341,7 @@ def render(report: dict[str, Any]) -> tuple[str, str]:
         "logits, where both are known. The verdict uses the true-logit files only.",
         "- **Verdict rule**: a difference is clear when the mean paired per-split difference is beyond one "
         "standard deviation of those differences. Reproduced when, on both true-logit files, the raw ECE is "
-        f"clearly above fp32's at {' and '.join(COARSE)} (unit roundoff ≥ 1/16), PACS and FuzzyDirichlet are "
+        f"clearly above fp32's at {' and '.join(COARSE)} (unit roundoff ≥ 1/16), PACS, FuzzyDirichlet and Auto are "
         "never clearly above TS at a low format, and TS and PACS never change the accuracy; not reproduced "
         "when none of these holds; partly otherwise.",
     ]
@@ -355,7 +366,7 @@ def figures(report: dict[str, Any], staged: h.StagedOutputs, paths: dict[str, Pa
         f = report["true_logits"][name]
         x = np.arange(len(f["formats"]))
         for i, m in enumerate(METHODS):
-            ax.errorbar(x + (i - 1.5) * 0.07,
+            ax.errorbar(x + (i - (len(METHODS) - 1) / 2) * 0.07,
                         [100 * f["formats"][c]["summary"][m]["ece"]["mean"] for c in f["formats"]],
                         yerr=[100 * f["formats"][c]["summary"][m]["ece"]["sd"] for c in f["formats"]], marker="o",
                         ms=3, capsize=2, label=m)
@@ -680,8 +691,9 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
             "splits": (f"{args.splits} stratified 50/50 calibration/test splits of each file's test rows, split s from "
                        f"np.random.default_rng(seed + s)"),
             "methods": ("raw softmax; TemperatureScaling(); PACSCalibrator(precision=<format>) (risk='peaked'); "
-                        "FuzzyDirichletCalibrator(random_state=seed, "
-                        + ", ".join(f"{k}={v}" for k, v in fuzzy.items()) + "); fitted on the calibration half of "
+                        "FuzzyDirichletCalibrator(random_state=seed"
+                        + "".join(f", {k}={v}" for k, v in fuzzy.items()) + ") (true logits only); AutoCalibrator(); "
+                        "fitted on the calibration half of "
                         "the (rounded) logits, scored on the test half at the same format."),
             "n_bins": h.N_BINS, "readme": "../shared/data/logits/README.md",
         },

@@ -30,8 +30,9 @@ What runs (every number in the outputs comes from this run):
   the margin threshold of ``underflow_margin(format, 10, softmax="stepwise")``.
 * **PACS vs TS**: on ``--splits`` (20) stratified 50/50 calibration/test splits, the
   uncalibrated softmax, ``TemperatureScaling``, ``PACSCalibrator(precision=format)`` (default
-  ``risk="peaked"``) and the paper's ``risk="norm"``; test ECE, ACE, NLL, accuracy; paired
-  per-split differences against TS.
+  ``risk="peaked"``) and the paper's ``risk="norm"``, and beside them (not judged) precal's
+  recommended ``AutoCalibrator()``; test ECE, ACE, NLL, accuracy; paired per-split differences
+  against TS.
 * **Outputs**: ``benchmarks/results/seeds/seed_000.{json,md}``, ``docs/seeds/seed-000.md``,
   ``docs/figures/seed-000-*.png``.
 
@@ -74,13 +75,15 @@ QUICK = {"models": ("resnet20",), "datasets": ("cifar10_lossless",), "limit": 40
 LABELS = {"resnet20": "ResNet-20", "resnet56": "ResNet-56",
           "cifar10_jpeg": f"CIFAR-10 JPEG-q75 (first {sd.JPEG_FIRST:,})",
           "cifar10_lossless": "CIFAR-10 exact (1,017)"}
-METHODS = ("uncalibrated", "TS", "PACS", "PACS-norm")
+METHODS = ("uncalibrated", "TS", "PACS", "PACS-norm", "Auto")
+#: Compared with TS split by split (Auto, the recommended default, is shown beside the seed's methods, not judged).
+VS_TS = ("PACS", "PACS-norm", "Auto")
 BOUND_SHARE = 0.9   # the bound "holds" in a setting when at least this share of samples lies inside it
 MIN_SPEARMAN = 0.3  # ... and the gap rises with the proxy at least this clearly (rank correlation)
 
 
 def methods(precision: str) -> dict[str, Any]:
-    return h.method_table({"uncalibrated": None, "TS": "ts", "PACS": "pacs", "PACS-norm": "pacs-norm"},
+    return h.method_table({"uncalibrated": None, "TS": "ts", "PACS": "pacs", "PACS-norm": "pacs-norm", "Auto": "auto"},
                           precision=precision)[0]
 
 
@@ -204,9 +207,9 @@ def tables(report: dict[str, Any]) -> list[str]:
         first = next(iter(st["formats"].values()))["calibration"]
         lines += ["", f"### {st['label']}: calibrators", "",
                   f"{st['n']} images, {report['n_splits']} splits of {first['n_calibration']} calibration / "
-                  f"{first['n_test']} test; mean ± sd over splits; PACS − TS is the paired per-split "
-                  f"difference.", "",
-                  "| precision | method | accuracy % | ECE % | ACE % | NLL | PACS − TS, ECE pts |",
+                  f"{first['n_test']} test; mean ± sd over splits; − TS is the method's paired per-split "
+                  f"difference to temperature scaling.", "",
+                  "| precision | method | accuracy % | ECE % | ACE % | NLL | − TS, ECE pts |",
                   "|---|---|---:|---:|---:|---:|---|"]
         for fmt, r in {"fp32": {"calibration": st["fp32_calibration"], "pacs_vs_ts": st["fp32_pacs_vs_ts"]},
                        **st["formats"]}.items():
@@ -244,7 +247,8 @@ def render(report: dict[str, Any]) -> tuple[str, str]:
         "step by step in the format; threshold `underflow_margin(format, 10, softmax=\"stepwise\")`.",
         f"- **Calibrators**: {report['n_splits']} stratified 50/50 splits (split s from "
         f"`default_rng(seed + s)`), `TemperatureScaling` vs `PACSCalibrator(precision=format)` with the default "
-        f"`risk=\"peaked\"` and the paper's `risk=\"norm\"`; test ECE/ACE ({h.N_BINS} bins), NLL, accuracy. "
+        f"`risk=\"peaked\"` and the paper's `risk=\"norm\"`, and beside them (not part of the verdict) precal's "
+        f"recommended `AutoCalibrator()`; test ECE/ACE ({h.N_BINS} bins), NLL, accuracy. "
         f"A difference is clear when the mean paired per-split difference is beyond one standard deviation.",
     ]
     run_note = (f", CPU time {report['cpu_time_s']:.0f} s (worker processes included; `--threads {report['threads']}`; "
@@ -379,7 +383,7 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
             cal = r["calibration"] if r is not None else st["fp32_calibration"]
             cmp_ = {m: {"ece": h.paired(cal["per_split"][m]["ece"], cal["per_split"]["TS"]["ece"]),
                         "nll": h.paired(cal["per_split"][m]["nll"], cal["per_split"]["TS"]["nll"])}
-                    for m in ("PACS", "PACS-norm")}
+                    for m in VS_TS}
             if r is None:
                 st["fp32_pacs_vs_ts"] = cmp_
             else:
