@@ -587,7 +587,7 @@ def guide(report: dict[str, Any]) -> str:
     med = {lab: np.median([s["summary"][lab]["fit_s"]["mean"] / s["summary"]["TS"]["fit_s"]["mean"]
                            for s in st.values() if lab in s["summary"] and "fit_s" in s["summary"][lab]
                            and "TS" in s["summary"] and s["summary"]["TS"]["fit_s"]["mean"] > 0])
-           for lab in ("Auto", "Dirichlet", "ETS", "TL isotonic + TS") if any(lab in s["summary"] for s in st.values())}
+           for lab in ("Auto", "Dirichlet", "Fuzzy", "ETS", "TL isotonic + TS") if any(lab in s["summary"] for s in st.values())}
     lines = [
         "# Which calibrator should I use?", "",
         f"*Every number on this page is computed by `{RERUN}` from `benchmarks/results/quality_bar.json` "
@@ -709,8 +709,18 @@ def guide(report: dict[str, Any]) -> str:
                      "(mean over splits) on every setting here: on these logits, rounded in logit space or from emulated "
                      "networks, it behaved as temperature scaling; see [the PACS study](study-pacs.md) for where its "
                      "precision-aware term acts.")
-    lines.append("- **FuzzyDirichletCalibrator** is being redesigned (issue 14); its column of the benchmark is "
-                 "rerun after that change. Until then, prefer the calibrators above.")
+    fz = [s["bar"] for s in st.values() if s["bar"].get("fuzzy_minus_dirichlet_nll") is not None]
+    if fz:
+        lower = [b for b in fz if b["fuzzy_minus_dirichlet_nll"]["mean"] < 0]
+        lines.append(
+            "- **Confidence-gated maps** (`FuzzyDirichletCalibrator`: Dirichlet maps blended by the top "
+            "confidence, kept only when they beat Dirichlet on every held-out fold): its mean NLL was at most "
+            f"Dirichlet's on {sum(1 for b in fz if b['fuzzy_ok'])} of {len(fz)} settings measured (lower on "
+            f"{len(lower)}), so it is safe where Dirichlet is; it costs Dirichlet's cross-validation plus up to six "
+            "stage-2 fits"
+            + (f" (median {med['Fuzzy']:.0f}× TS's fit time)" if "Fuzzy" in med else "")
+            + ", and Auto does not try it. Use it when you want confidence-dependent corrections and can afford "
+              "the fit.")
     lines += ["", "## How the numbers were made", "",
               f"{report['protocol']['splits']} Scores on the test half: {report['protocol']['metrics']} "
               f"Settings: {report['protocol']['settings']}", ""]
