@@ -550,7 +550,8 @@ class _GateFit:
             return None
         device = lp.device
         theta = torch.tensor(theta0, dtype=torch.float64, device=device)
-        hess = torch.func.hessian(penalty_of)(theta).cpu().numpy()
+        # reverse over reverse (torch.func.hessian goes forward over reverse, whose first use warns about torch.jit)
+        hess = torch.autograd.functional.hessian(penalty_of, theta, vectorize=True).cpu().numpy()
         params = tuple(p.detach() for p in _unpack(theta, r, lp.shape[1], diagonal))
         d_coef, d_int = (torch.zeros_like(p) for p in params[2:])
         for start in range(0, lp.shape[0], chunk):

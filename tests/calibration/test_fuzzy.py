@@ -399,3 +399,18 @@ def test_strong_region_penalty_nests_dirichlet_calibration(data):
     fz = FuzzyDirichletCalibrator(noise=None, reg_region=1e6).fit(z, y)
     assert_allclose(fz.predict_proba(z), ref.predict_proba(z), atol=1e-4)
     assert_allclose(fz.coefs_, np.broadcast_to(fz.coefs_[0], fz.coefs_.shape), atol=1e-4)
+
+
+def test_stage_two_fit_warns_nothing_in_a_fresh_process():
+    """The preconditioner's Hessian must not go through torch's forward-mode AD, whose first use in a process
+    emits torch.jit's DeprecationWarning at the user (a fresh process: the warning comes once per process)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from precal.calibration import FuzzyDirichletCalibrator\n"
+            "rng = np.random.default_rng(0)\n"
+            "z, y = rng.normal(size=(300, 4)), rng.integers(0, 4, 300)\n"
+            "assert FuzzyDirichletCalibrator(check_gates=False).fit(z, y).gated_\n")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
