@@ -414,3 +414,15 @@ def test_stage_two_fit_warns_nothing_in_a_fresh_process():
             "assert FuzzyDirichletCalibrator(check_gates=False).fit(z, y).gated_\n")
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("check_gates", [True, False])
+def test_logits_whose_curvature_overflows_fall_back_to_plain_lbfgs(check_gates):
+    """Finite logits so large that the squared log-probabilities overflow give a non-finite preconditioner:
+    stage 2 then runs unpreconditioned (as before it existed) instead of failing in the Cholesky factor."""
+    rng = np.random.default_rng(0)
+    z, y = 1e160 * rng.normal(size=(200, 3)), rng.integers(0, 3, 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fz = FuzzyDirichletCalibrator(check_gates=check_gates).fit(z, y)
+    assert np.isfinite(fz.predict_proba(z)).all()
