@@ -19,8 +19,8 @@ What runs (every number in the outputs comes from this run):
   evaluation set (split ``s`` from ``default_rng(seed + s)``; the same for every precision and
   method): uncalibrated softmax, ``TemperatureScaling``, ``PACSCalibrator`` (default
   ``risk="peaked"``, ``precision`` = the config's activation format via
-  ``precal.demo.config_precision``) and ``FuzzyDirichletCalibrator`` (``max_iter=50``,
-  ``n_noise_copies=1`` to fit the time budget; other parameters default). The fits run in
+  ``precal.demo.config_precision``) and ``FuzzyDirichletCalibrator`` (its defaults), beside
+  ``EnsembleTemperatureScaling``, ``TopLabelCalibrator`` and ``AutoCalibrator``. The fits run in
   ``--threads`` worker processes. Scores on the test
   half: accuracy, ECE, ACE (15 bins, top label), NLL; mean ± sd over splits.
 * **Outputs**: ``benchmarks/results/seeds/seed_002.{json,md}``, ``docs/seeds/seed-002.md``

@@ -197,7 +197,8 @@ def test_closed_form_data_gradient_matches_autograd(diagonal, r):
 
     gen = torch.Generator().manual_seed(r + 2 * diagonal)
     c, n, k = 3, 41, 5
-    lp = torch.log_softmax(30.0 * torch.randn(c, n, k, generator=gen, dtype=torch.float64), dim=-1)  # saturated rows too
+    # a scale of 30: saturated rows too
+    lp = torch.log_softmax(30.0 * torch.randn(c, n, k, generator=gen, dtype=torch.float64), dim=-1)
     conf = lp.max(dim=-1).values.exp()
     y = torch.randint(0, k, (n,), generator=gen)
     w = torch.rand(n, generator=gen, dtype=torch.float64)
