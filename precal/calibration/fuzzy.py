@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from scipy.linalg import cholesky, solve_triangular
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
@@ -497,21 +496,24 @@ class _GateFit:
                 best["f"], best["x"] = total, x.copy()
             return total, grad
 
-        def penalty_of(theta: torch.Tensor) -> torch.Tensor:
+        def penalty_of(theta: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor] = (shift, scale)) -> torch.Tensor:
             return _penalty(theta, k, reg_lambda=reg_lambda, reg_mu=reg_mu, reg_region=self.reg_region,
-                            shift=shift, scale=scale, reg_diag=reg_diag, **opts)
+                            shift=at[0], scale=at[1], reg_diag=reg_diag, **opts)
 
         with threadpool_limits(limits=1, user_api="blas"):
-            factor = self.preconditioner(theta0, penalty_of, flat_lp, flat_conf, flat_w, chunk)
+            on_cpu = (shift.to("cpu"), scale.to("cpu"))  # K numbers each: the preconditioner is built on the CPU
+            factor = self.preconditioner(theta0, lambda t: penalty_of(t, on_cpu), flat_lp, flat_conf, flat_w, chunk)
             if factor is None:
                 objective, start = value_and_grad, theta0
             else:  # θ = θ0 + L^-T u: in u the objective's Hessian is close to the identity
                 def to_theta(u: np.ndarray) -> np.ndarray:
-                    return theta0 + solve_triangular(factor, u, lower=True, trans="T")
+                    step = torch.linalg.solve_triangular(factor.mT, torch.from_numpy(u)[:, None], upper=True)
+                    return theta0 + step[:, 0].numpy()
 
                 def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
                     value, grad = value_and_grad(to_theta(u))
-                    return value, solve_triangular(factor, grad, lower=True)
+                    rhs = torch.from_numpy(grad)[:, None]
+                    return value, torch.linalg.solve_triangular(factor, rhs, upper=False)[:, 0].numpy()
 
                 start = np.zeros_like(theta0)
             result = minimize(
@@ -532,7 +534,7 @@ class _GateFit:
         return (centers, widths, coefs, intercepts), int(result.nit), reason
 
     def preconditioner(self, theta0: np.ndarray, penalty_of: Callable[[torch.Tensor], torch.Tensor],
-                       lp: torch.Tensor, conf: torch.Tensor, weights: torch.Tensor, chunk: int) -> np.ndarray | None:
+                       lp: torch.Tensor, conf: torch.Tensor, weights: torch.Tensor, chunk: int) -> torch.Tensor | None:
         r"""Lower Cholesky factor ``L`` of ``M = L L^T``, a fixed approximation of the objective's Hessian at ``θ0``.
 
         ``M`` is the penalty's Hessian (exact: the penalty is quadratic) plus the data term's
@@ -553,10 +555,13 @@ class _GateFit:
         n_params = theta0.size
         if n_params > _PRECONDITION_MAX_PARAMS:
             return None
-        device = lp.device
-        theta = torch.tensor(theta0, dtype=torch.float64, device=device)
-        # reverse over reverse (torch.func.hessian goes forward over reverse, whose first use warns about torch.jit)
-        hess = torch.autograd.functional.hessian(penalty_of, theta, vectorize=True).cpu().numpy()
+        # M is parameter-sized and built on the CPU (``penalty_of`` takes CPU tensors), whatever the data's
+        # device; reverse over reverse (torch.func.hessian goes forward over reverse, whose first use
+        # warns about torch.jit)
+        cpu = torch.device("cpu")
+        hess = torch.autograd.functional.hessian(penalty_of, torch.tensor(theta0, dtype=torch.float64, device=cpu),
+                                                  vectorize=True)
+        theta = torch.tensor(theta0, dtype=torch.float64, device=lp.device)
         params = tuple(p.detach() for p in _unpack(theta, r, lp.shape[1], diagonal))
         d_coef, d_int = (torch.zeros_like(p) for p in params[2:])
         for start in range(0, lp.shape[0], chunk):
@@ -566,25 +571,25 @@ class _GateFit:
             d_int += b
         k = lp.shape[1]
         n_w = d_coef[0].numel()
-        shared = np.arange(2 * r, 2 * r + n_w + k)  # (W, b)
+        d_coef, d_int = d_coef.to(cpu), d_int.to(cpu)
+        shared = torch.arange(2 * r, 2 * r + n_w + k, device=cpu)  # (W, b)
         for j in range(r):
-            region = np.concatenate([2 * r + n_w + k + j * n_w + np.arange(n_w),  # ΔW_j
-                                     2 * r + (r + 1) * n_w + k + j * k + np.arange(k)])  # Δb_j
-            curv = np.concatenate([d_coef[j].reshape(-1).cpu().numpy(), d_int[j].cpu().numpy()])
+            region = torch.cat([2 * r + n_w + k + j * n_w + torch.arange(n_w, device=cpu),  # ΔW_j
+                                2 * r + (r + 1) * n_w + k + j * k + torch.arange(k, device=cpu)])  # Δb_j
+            curv = torch.cat([d_coef[j].reshape(-1), d_int[j]])
             for a in (shared, region):
                 for b in (shared, region):
                     hess[a, b] += curv  # pairwise: element i of W + ΔW_j on the diagonals of each block
-        data = np.concatenate([d_coef.reshape(-1).cpu().numpy(), d_int.reshape(-1).cpu().numpy()])
+        data = torch.cat([d_coef.reshape(-1), d_int.reshape(-1)])
         positive = data[data > 0]
-        gate = float(np.median(positive)) if positive.size else 1.0
-        hess[np.arange(2 * r), np.arange(2 * r)] += gate
-        hess[np.diag_indices(n_params)] += 1e-10 * float(np.mean(np.abs(np.diag(hess)))) + 1e-300
-        if not np.isfinite(hess).all():  # e.g. log-probabilities whose squares overflow
+        gate = float(torch.quantile(positive, 0.5)) if positive.numel() else 1.0  # the median
+        gates = torch.arange(2 * r, device=cpu)
+        hess[gates, gates] += gate
+        hess.diagonal().add_(1e-10 * float(hess.diagonal().abs().mean()) + 1e-300)
+        if not bool(torch.isfinite(hess).all()):  # e.g. log-probabilities whose squares overflow
             return None
-        try:
-            return cholesky(hess, lower=True)
-        except (np.linalg.LinAlgError, ValueError):
-            return None
+        factor, info = torch.linalg.cholesky_ex(hess)
+        return factor if int(info) == 0 else None
 
     def heldout_loss(self, z: torch.Tensor, yi: torch.Tensor, weights: torch.Tensor,
                      params: tuple[np.ndarray, ...]) -> float:
