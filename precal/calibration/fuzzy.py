@@ -384,15 +384,8 @@ def _gauss_newton_diagonal(
     as the coefficients and intercepts.
     """
     centers, widths, coefs, intercepts = params
-    k = lp.shape[1]
     gates = _gates(conf, centers, widths)
-    if coefs.dim() == 2:
-        out = torch.addcmul(gates @ intercepts, lp, gates @ coefs)
-    else:
-        r = centers.shape[0]
-        phi = (gates[:, :, None] * lp[:, None, :]).reshape(-1, r * k)
-        out = torch.addmm(gates @ intercepts, phi, coefs.transpose(-1, -2).reshape(r * k, k))
-    q = torch.softmax(out, dim=-1)
+    q = torch.softmax(_mixed_logits(lp, gates, coefs, intercepts), dim=-1)
     v = q.mul_(1.0 - q).mul_(weights[:, None])  # s q (1 - q)
     g2 = gates.square()
     d_int = g2.T @ v
