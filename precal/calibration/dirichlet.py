@@ -14,10 +14,11 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from .._numerics import log_softmax, to_tensor
-from .._threads import thread_limits
+from .._threads import map_blocks, thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from ._crossval import REG_GRID, check_cv, cross_validated_path, cv_splits
+from ._blocks import scratch
 from .temperature import _on_device, fit_temperature
 
 __all__ = [
@@ -40,8 +41,12 @@ MAPS = ("auto", "full", "diagonal")
 #: ``map="full"`` explicitly when the data support it (the paper does so for CIFAR-100).
 AUTO_FULL_MAX_CLASSES = 20
 
-#: Rows per chunk: about ``2**20`` elements (4 MB of float32) per work buffer whatever ``n``.
-_CHUNK_ELEMENTS = 1 << 20
+#: Rows per chunk: about ``2**19`` elements (2 MB of float32) per work buffer whatever ``n``.
+#: A chunk's four arrays (features, logits, probabilities, their product) on each of two
+#: threads then stay within a 32 MB L3 cache while the pass works on them (a value,
+#: gradient and curvature pass at 50 000 x 1 000 on two threads: 57-62 ms against 72-85 ms
+#: with 2**20).
+_CHUNK_ELEMENTS = 1 << 19
 
 #: Fits on up to this many elements (``n K``) run in float64; larger ones in float32 with
 #: float64 sums (see :func:`fit_dirichlet`).
@@ -66,11 +71,20 @@ _DENSE_MAX_PARAMS = 512
 _STATS_ROWS = 8192
 
 #: The low-rank Hessian-vector product of diagonal maps works on blocks of
-#: ``_CHUNK_ELEMENTS / _HESSP_BLOCK_DIVISOR`` elements of each kept array (2 MB of float32 for
-#: both): the second product over a block reads it from cache, and blocks are large enough that
-#: the four torch calls per block cost less than their arithmetic (measured at 50 000 x 1 000
-#: and on a 1 700-row fold: a quarter of these blocks took 1.2x and 1.7x as long).
-_HESSP_BLOCK_DIVISOR = 2
+#: ``_CHUNK_ELEMENTS / _HESSP_BLOCK_DIVISOR`` rows' worth of ``2 K`` kept floats (2**18
+#: elements, 1 MB of float32, of each kept array): the second product over a block reads it
+#: from cache, and blocks are large enough that the four torch calls per block cost less than
+#: their arithmetic (measured at 50 000 x 1 000 and on a 1 700-row fold: a quarter of these
+#: blocks took 1.2x and 1.7x as long).
+_HESSP_BLOCK_DIVISOR = 1
+
+#: A pass on several threads hands out its chunks in waves whose per-chunk partial sums
+#: (gradient, curvature, dense Hessian) take at most this many bytes together, so memory
+#: stays bounded for large maps; each wave's partials are added in chunk order.
+_WAVE_BYTES = 1 << 25
+
+#: Scratch slots (:func:`precal.calibration._blocks.scratch`) of a chunk's work arrays.
+_SLOT_LOGITS, _SLOT_PROBS, _SLOT_PRODUCT = 20, 21, 22
 
 #: Conjugate-gradient iterations per Newton step at most.
 _CG_MAX_ITER = 250
@@ -211,7 +225,8 @@ class _DataTerm:
     """
 
     def __init__(self, features: Any, y_idx: torch.Tensor, weights: torch.Tensor | None, *, diagonal: bool,
-                 dtype: torch.dtype, device: torch.device, keep_probs: bool, low_rank: bool = True) -> None:
+                 dtype: torch.dtype, device: torch.device, keep_probs: bool, low_rank: bool = True,
+                 n_threads: int = 1) -> None:
         self.features = features
         self.n, self.k = features.n, features.k
         self.y = y_idx
@@ -238,6 +253,8 @@ class _DataTerm:
         self._memo: tuple[np.ndarray, tuple, _Evaluation] | None = None  # see evaluate
         self._gram: tuple[np.ndarray, np.ndarray] | None = None
         self.n_passes = 0
+        # threads sharing a pass's chunks (CPU only; see _map_chunks)
+        self.n_threads = max(1, int(n_threads)) if device.type == "cpu" else 1
 
     # ------------------------------------------------------------ parameters
     def params(self, theta: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,6 +273,22 @@ class _DataTerm:
 
     def _chunk_weights(self, rows: slice) -> torch.Tensor | None:
         return None if self.weights is None else self.weights[rows]
+
+    def _map_chunks(self, fn: Any, chunks: list[slice], partial_bytes: int) -> Iterator[Any]:
+        """``fn(chunk)`` for each chunk, in chunk order.
+
+        On one thread a plain loop; on several, :func:`precal._threads.map_blocks` over waves of
+        chunks whose results (``partial_bytes`` each) fit in :data:`_WAVE_BYTES`. Each chunk runs
+        the same single-threaded torch kernels whichever thread takes it, and the caller adds
+        the partial sums in chunk order, so a pass gives the same bits on any number of threads.
+        """
+        if self.n_threads <= 1 or len(chunks) <= 1:
+            for rows in chunks:
+                yield fn(rows)
+            return
+        wave = max(self.n_threads, _WAVE_BYTES // max(partial_bytes, 1))
+        for start in range(0, len(chunks), wave):
+            yield from map_blocks(fn, chunks[start : start + wave], self.n_threads)
 
     # ------------------------------------------------------------ the block kernel
     def _logits(self, feats: torch.Tensor, w: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
@@ -283,15 +316,7 @@ class _DataTerm:
         f64 = torch.float64
         k, diagonal, dev = self.k, self.diagonal, self.device
         w, b = self.params(theta)
-        total = torch.zeros((), dtype=f64, device=dev)
-        errors = torch.zeros((), dtype=torch.int64, device=dev)
-        g_w = torch.zeros((k,) if diagonal else (k, k), dtype=f64, device=dev) if grad else None
-        g_b = torch.zeros(k, dtype=f64, device=dev) if grad else None
-        curv = None
-        if grad and (hess_diag or keep):
-            # diagonal maps: Σ s q F², Σ s q F, Σ s q, Σ s q² F², Σ s q² F, Σ s q² per class
-            curv = torch.zeros((6, k) if diagonal else (k, k + 1), dtype=f64, device=dev)
-        big = torch.zeros((self.n_params, self.n_params), dtype=f64, device=dev) if hess else None
+        want_curv = grad and (hess_diag or keep)
         if keep and self.keep_probs:
             self._n_kept += 1
             if (self._n_kept >= 2 or not self._lazy) and self.probs is None:
@@ -302,65 +327,82 @@ class _DataTerm:
         # below this the true class's probability has lost digits (or underflowed): its NLL is
         # then taken from the logits directly (log-sum-exp), for those rows only
         tiny = math.sqrt(float(torch.finfo(self.dtype).tiny))
-        scratch = None
-        for rows in _row_chunks(self.n, k):
+
+        def chunk(rows: slice) -> tuple:
+            """One chunk's partial sums: NLL, errors, gradient halves, curvature, dense Hessian."""
             feats = self.features(rows)
             yc = self.y[rows, None]
             wc = self._chunk_weights(rows)
-            m = feats.shape[0]
-            if scratch is None:
-                scratch = torch.empty((m, k), dtype=self.dtype, device=dev)  # the logits a of one chunk
-            a = self._logits(feats, w, b, out=scratch[:m])
+            a = self._logits(feats, w, b, out=scratch(_SLOT_LOGITS, feats))  # the logits a of the chunk
             a_true = a.gather(1, yc)[:, 0]
-            if count_errors:
-                errors += _errors(a, yc, a_true, wc)
+            errors = _errors(a, yc, a_true, wc) if count_errors else None
             # one fused softmax (one exp per entry, max and sum within each row); kept: written
             # straight into the kept buffer
-            q = torch.softmax(a, dim=1, out=self.probs[rows]) if store else torch.softmax(a, dim=1)
+            q = torch.softmax(a, dim=1, out=self.probs[rows] if store else scratch(_SLOT_PROBS, feats))
             q_true = q.gather(1, yc)[:, 0]
             nll = -torch.log(q_true.to(f64))
             faint = q_true < tiny
             if bool(faint.any()):
                 idx = torch.nonzero(faint)[:, 0]
                 nll[idx] = torch.logsumexp(a[idx].to(f64), dim=1) - a_true[idx].to(f64)
-            total += nll.sum() if wc is None else (nll * wc).sum()
-            if not (grad or hess or store):
-                continue
+            total = nll.sum() if wc is None else (nll * wc).sum()
+            g_w = g_b = curv = big = None
+            if not (grad or hess):
+                if store and diagonal and self.probs_f is not None:
+                    torch.mul(q, feats, out=self.probs_f[rows])
+                return total, errors, g_w, g_b, curv, big
             low = diagonal and store and self.probs_f is not None
             wcd = None if wc is None else wc.to(q.dtype)[:, None]
             if diagonal and (grad or store):
                 # column sums as products with the weight vector (no weighted copies of the chunk)
                 sw = torch.ones_like(a_true) if wc is None else wc.to(q.dtype)
-                qf = torch.mul(q, feats, out=self.probs_f[rows]) if low else q * feats
+                qf = torch.mul(q, feats, out=self.probs_f[rows] if low else scratch(_SLOT_PRODUCT, feats))
                 if grad:
                     col_f, col_q = (sw @ qf).to(f64), (sw @ q).to(f64)
-                    g_w += col_f
-                    g_w.index_add_(0, yc[:, 0], -(feats.gather(1, yc)[:, 0] * sw).to(f64))
-                    g_b += col_q
-                    g_b.index_add_(0, yc[:, 0], -sw.to(f64))
-                    if curv is not None:
-                        curv[1] += col_f
-                        curv[2] += col_q
+                    g_w = col_f.index_add(0, yc[:, 0], -(feats.gather(1, yc)[:, 0] * sw).to(f64))
+                    g_b = col_q.index_add(0, yc[:, 0], -sw.to(f64))
+                    if want_curv:
+                        # Σ s q F², Σ s q F, Σ s q, Σ s q² F², Σ s q² F, Σ s q² per class
+                        curv = torch.empty((6, k), dtype=f64, device=dev)
+                        curv[1], curv[2] = col_f, col_q
                         if wc is None:  # column-wise dot products, no temporaries
                             for i, (x, z) in ((0, (qf, feats)), (3, (qf, qf)), (4, (qf, q)), (5, (q, q))):
-                                curv[i] += torch.linalg.vecdot(x, z, dim=0)
+                                curv[i] = torch.linalg.vecdot(x, z, dim=0)
                         else:
-                            curv[0] += sw @ (qf * feats)
-                            curv[3] += sw @ qf.square()
-                            curv[4] += sw @ (qf * q)
-                            curv[5] += sw @ q.square()
+                            curv[0] = sw @ (qf * feats)
+                            curv[3] = sw @ qf.square()
+                            curv[4] = sw @ (qf * q)
+                            curv[5] = sw @ q.square()
             elif grad:
                 wq = q if wc is None else q * wcd
                 minus = -(torch.ones_like(q[:, 0]) if wc is None else wc.to(q.dtype))
                 r = wq.scatter_add(1, yc, minus[:, None])  # s (q - onehot(y))
-                g_b += r.sum(dim=0).to(f64)
-                g_w += (r.T @ feats).to(f64)
-                if curv is not None:
+                g_b = r.sum(dim=0).to(f64)
+                g_w = (r.T @ feats).to(f64)
+                if want_curv:
                     v = wq - wq * q  # s q (1 - q)
-                    curv[:, k] += v.sum(dim=0).to(f64)
-                    curv[:, :k] += (v.T @ feats.square()).to(f64)
+                    curv = torch.empty((k, k + 1), dtype=f64, device=dev)
+                    curv[:, k] = v.sum(dim=0).to(f64)
+                    curv[:, :k] = (v.T @ feats.square()).to(f64)
             if hess:
+                big = torch.zeros((self.n_params, self.n_params), dtype=f64, device=dev)
                 self._add_hessian(big, feats, q, wc)
+            return total, errors, g_w, g_b, curv, big
+
+        partial_bytes = 8 * (self.n_params * (self.n_params if hess else 1) + (6 * k if diagonal else k * (k + 1)))
+        total = torch.zeros((), dtype=f64, device=dev)
+        errors = torch.zeros((), dtype=torch.int64, device=dev)
+        g_w = torch.zeros((k,) if diagonal else (k, k), dtype=f64, device=dev) if grad else None
+        g_b = torch.zeros(k, dtype=f64, device=dev) if grad else None
+        curv = torch.zeros((6, k) if diagonal else (k, k + 1), dtype=f64, device=dev) if want_curv else None
+        big = torch.zeros((self.n_params, self.n_params), dtype=f64, device=dev) if hess else None
+        for part in self._map_chunks(chunk, list(_row_chunks(self.n, k)), partial_bytes):
+            total += part[0]
+            if count_errors:
+                errors += part[1]
+            for acc, value in zip((g_w, g_b, curv, big), part[2:]):
+                if acc is not None:
+                    acc += value
         scale = 1.0 / self.n if self.weights is None else 1.0
         self.n_passes += 1
         out = _Evaluation(f=float(total) * scale, n_errors=int(errors) if count_errors else -1)
@@ -392,13 +434,16 @@ class _DataTerm:
         other entries reaches the true one (one row maximum, no softmax).
         """
         w, b = self.params(theta)
-        errors = torch.zeros((), dtype=torch.int64, device=self.device)
-        for rows in _row_chunks(self.n, self.k):
+
+        def chunk(rows: slice) -> torch.Tensor:
             yc = self.y[rows, None]
-            a = self._logits(self.features(rows), w, b)
-            errors += _errors(a, yc, a.gather(1, yc)[:, 0], self._chunk_weights(rows))
+            feats = self.features(rows)
+            a = self._logits(feats, w, b, out=scratch(_SLOT_LOGITS, feats))
+            return _errors(a, yc, a.gather(1, yc)[:, 0], self._chunk_weights(rows))
+
+        errors = sum(int(e) for e in self._map_chunks(chunk, list(_row_chunks(self.n, self.k)), 8))
         self.n_passes += 1
-        return int(errors)
+        return errors
 
     def _add_hessian(self, big: torch.Tensor, feats: torch.Tensor, q: torch.Tensor, wc: torch.Tensor | None
                      ) -> None:
@@ -436,12 +481,16 @@ class _DataTerm:
             f64 = torch.float64
             k = self.k
             g = torch.zeros((k + 1, k + 1), dtype=f64, device=self.device)
-            for rows in _row_chunks(self.n, k):
+
+            def chunk(rows: slice) -> torch.Tensor:
                 feats = self.features(rows)
                 x = torch.cat([feats, torch.ones_like(feats[:, :1])], dim=1)
                 wc = self._chunk_weights(rows)
                 xw = x if wc is None else x * wc.to(x.dtype)[:, None]
-                g += (xw.T @ x).to(f64)
+                return (xw.T @ x).to(f64)
+
+            for part in self._map_chunks(chunk, list(_row_chunks(self.n, k)), 8 * (k + 1) ** 2):
+                g += part
             g = g.cpu().numpy() / (self.n if self.weights is None else 1.0)
             lam, basis = np.linalg.eigh(0.5 * (g + g.T))
             self._gram = (np.maximum(lam, 0.0), basis)
@@ -461,26 +510,26 @@ class _DataTerm:
             # are read once instead of twice
             vt = torch.from_numpy(np.ascontiguousarray(v)).to(dev, self.dtype)
             v_w, v_b = vt[:k], vt[k:]
-            acc = torch.zeros((2, k), dtype=f64, device=dev)  # U^T S U v: the w and the b halves
             kept = self.probs_f is not None
             if not kept:
                 w, b = self.params(self._kept_at)
-                buf = None
-            for rows in _row_chunks(self.n, 2 * k * _HESSP_BLOCK_DIVISOR):
+
+            def block(rows: slice) -> torch.Tensor:
                 if kept:
                     qf, q = self.probs_f[rows], self.probs[rows]
                 else:
                     feats = self.features(rows)
-                    m = feats.shape[0]
-                    if buf is None:
-                        buf = torch.empty((2, m, k), dtype=self.dtype, device=dev)
-                    q = torch.softmax(self._logits(feats, w, b, out=buf[0, :m]), dim=1, out=buf[1, :m])
-                    qf = torch.mul(q, feats, out=buf[0, :m])
+                    q = torch.softmax(self._logits(feats, w, b, out=scratch(_SLOT_LOGITS, feats)), dim=1,
+                                      out=scratch(_SLOT_PROBS, feats))
+                    qf = torch.mul(q, feats, out=scratch(_SLOT_LOGITS, feats))
                 r = torch.addmv(torch.mv(q, v_b), qf, v_w)
                 if self.weights is not None:
                     r.mul_(self.weights[rows].to(r.dtype))
-                acc[0] += torch.mv(qf.T, r)  # float32 products, float64 sums over blocks
-                acc[1] += torch.mv(q.T, r)
+                return torch.stack([torch.mv(qf.T, r), torch.mv(q.T, r)]).to(f64)  # float32 products
+
+            acc = torch.zeros((2, k), dtype=f64, device=dev)  # U^T S U v: the w and the b halves
+            for part in self._map_chunks(block, list(_row_chunks(self.n, 2 * k * _HESSP_BLOCK_DIVISOR)), 16 * k):
+                acc += part  # float64 sums over blocks
             low = acc.reshape(-1).cpu().numpy()
             if self.weights is None:
                 low = low / self.n
@@ -493,23 +542,24 @@ class _DataTerm:
             w, b = self.params(self._kept_at)
         h_w = torch.zeros((k,) if diagonal else (k, k), dtype=f64, device=dev)
         h_b = torch.zeros(k, dtype=f64, device=dev)
-        buf = None  # work arrays of one chunk: the logits, q, and the product
-        for rows in _row_chunks(self.n, k):
+
+        def chunk(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
             feats = self.features(rows)
-            m = feats.shape[0]
-            if buf is None:
-                buf = torch.empty((3, m, k), dtype=self.dtype, device=dev)
             if w is None:
                 q = self.probs[rows]
             else:
-                q = torch.softmax(self._logits(feats, w, b, out=buf[0, :m]), dim=1, out=buf[1, :m])
-            t = self._logits(feats, vw, vb, out=buf[2, :m]).mul_(q)  # q ⊙ da
+                q = torch.softmax(self._logits(feats, w, b, out=scratch(_SLOT_LOGITS, feats)), dim=1,
+                                  out=scratch(_SLOT_PROBS, feats))
+            t = self._logits(feats, vw, vb, out=scratch(_SLOT_PRODUCT, feats)).mul_(q)  # q ⊙ da
             t.addcmul_(q, t.sum(dim=1, keepdim=True), value=-1.0)  # (diag q - q q^T) da
             wc = self._chunk_weights(rows)
             if wc is not None:
                 t.mul_(wc.to(t.dtype)[:, None])
-            h_b += t.sum(dim=0)
-            h_w += torch.linalg.vecdot(t, feats, dim=0) if diagonal else t.T @ feats
+            return t.sum(dim=0).to(f64), (torch.linalg.vecdot(t, feats, dim=0) if diagonal else t.T @ feats).to(f64)
+
+        for part_b, part_w in self._map_chunks(chunk, list(_row_chunks(self.n, k)), 8 * (h_w.numel() + k)):
+            h_b += part_b
+            h_w += part_w
         self.n_passes += 1
         scale = 1.0 / self.n if self.weights is None else 1.0
         return self._flat(h_w, h_b) * scale
@@ -952,7 +1002,8 @@ class _Problem:
     """
 
     def __init__(self, logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, *,
-                 diagonal: bool, dtype: torch.dtype | None = None, magnitude: float | None = None) -> None:
+                 diagonal: bool, dtype: torch.dtype | None = None, magnitude: float | None = None,
+                 n_threads: int = 1) -> None:
         z = logits
         n, k = z.shape
         f64 = torch.float64
@@ -996,10 +1047,10 @@ class _Problem:
         if not (torch.isfinite(shift).all() and torch.isfinite(scale).all()):  # pragma: no cover - defensive
             shift, scale = torch.zeros(k, dtype=f64, device=device), torch.ones(k, dtype=f64, device=device)
         features: Any = _StandardisedLogProbs(z, shift, scale, dtype)
+        n_threads = n_threads if device.type == "cpu" else 1
         if n * k <= _CACHE_ELEMENTS:  # one pass writes the standardised features
             cache = torch.empty((n, k), dtype=dtype, device=device)
-            for rows in _row_chunks(n, k):
-                features(rows, out=cache[rows])
+            map_blocks(lambda rows: features(rows, out=cache[rows]), list(_row_chunks(n, k)), n_threads)
             features = _Rows(cache)
         self.shift, self.scale = shift.cpu().numpy(), scale.cpu().numpy()  # K numbers each
         # the kept probabilities (n K; [q ⊙ F, q], 2 n K, for a diagonal map when that fits
@@ -1007,7 +1058,7 @@ class _Problem:
         conjugate_gradients = (2 * k if diagonal else k * (k + 1)) > _DENSE_MAX_PARAMS
         self.data = _DataTerm(features, y_idx, weights, diagonal=diagonal, dtype=dtype, device=device,
                               keep_probs=conjugate_gradients and n * k <= _CACHE_ELEMENTS,
-                              low_rank=diagonal and 2 * n * k <= _CACHE_ELEMENTS)
+                              low_rank=diagonal and 2 * n * k <= _CACHE_ELEMENTS, n_threads=n_threads)
 
     def from_original(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
         """``θ`` of a map on the original log-probabilities: ``W~ = W diag(s)``, ``b~ = b + W m``."""
@@ -1207,8 +1258,9 @@ def fit_dirichlet(
     approximation (full maps), to a relative residual that shrinks with the gradient (an
     inexact Newton method; superlinear). Everything runs in torch on the logits' device,
     chunked over rows (one block kernel computes values, gradients, Hessians and
-    Hessian-vector products, with one fused softmax per chunk); only ``K``-sized vectors and,
-    for dense steps, the ``P × P`` Hessian travel to the host.
+    Hessian-vector products, with one fused softmax per chunk; on the CPU the chunks of a
+    pass are shared among precal's threads, see :class:`DirichletCalibrator`'s Notes); only
+    ``K``-sized vectors and, for dense steps, the ``P × P`` Hessian travel to the host.
 
     **Stopping.** The iteration stops after the step whose Newton decrement ``δ = -∇L·d``
     satisfies ``δ/2 <= max(tol, 16 eps)(1 + |L|)`` (``eps`` of the working dtype): ``δ/2``
@@ -1288,8 +1340,8 @@ def fit_dirichlet(
     if sample_weight is not None:
         weights = _on_device(sample_weight, torch.float64, z.device)
         weights = weights / weights.sum()
-    with thread_limits(0):  # one thread: see DirichletCalibrator's Notes
-        problem = _Problem(z, yi, weights, diagonal=diagonal, dtype=dtype)
+    with thread_limits(math.prod(z.shape), torch_threads=1) as n_threads:  # see DirichletCalibrator's Notes
+        problem = _Problem(z, yi, weights, diagonal=diagonal, dtype=dtype, n_threads=n_threads)
         return _fit_problem(problem, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol, init=init)
 # --------------------------------------------------------------------------- the estimator
 class _DirichletMap(torch.nn.Module):
@@ -1447,11 +1499,15 @@ class DirichletCalibrator(BaseLogitCalibrator):
     needs. Details in :func:`fit_dirichlet`; measured times in
     ``benchmarks/bench_dirichlet.py`` and ``benchmarks/bench_speed.py``.
 
-    **Threads.** The fit runs on one thread (torch, OpenMP and BLAS), whatever precal's thread
-    budget: its passes are sequences of memory-bound torch operations, and on a busy machine
-    each one's barrier waits for a descheduled second thread (measured in
-    ``benchmarks/bench_speed.py``: at 50 000 x 1 000 on the shared 2-core machine, several
-    times slower on two threads than on one).
+    **Threads.** torch, OpenMP and BLAS run on one thread; on the CPU the chunks of rows of
+    each pass are shared among precal's threads (its budget: :func:`precal.config_context`,
+    the CPUs the process may use) by :func:`precal._threads.map_blocks`, the pool the
+    temperature-scaling fit uses. A pass then has one synchronisation point instead of one
+    barrier per torch operation (torch's own threads were several times slower than one
+    thread on a busy machine, ``benchmarks/bench_speed.py``), a descheduled thread holds up
+    only the chunk it is on, and the chunks' partial sums are added in chunk order: the fit
+    gives the same bits on any number of threads (tested). Fits of up to ``2**20``
+    elements (one chunk) run on one thread.
 
     **Identifiability.** ``W + 1 v^T`` and ``b + c 1`` give the same probabilities; the
     fitted ``coef_`` and ``intercept_`` are the representative with zero-mean off-diagonal
@@ -1531,13 +1587,15 @@ class DirichletCalibrator(BaseLogitCalibrator):
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
         weights = None if sample_weight is None else sample_weight / sample_weight.sum()
         opts = {"max_iter": int(self.max_iter), "tol": float(self.tol)}
-        with thread_limits(0):  # torch, OpenMP and BLAS on one thread (see Notes)
+        # torch kernels on one thread; the chunks of each pass shared among precal's threads (see Notes)
+        with thread_limits(math.prod(z.shape), torch_threads=1) as n_threads:
             init, scores, magnitude = None, {}, _magnitude(z)
             if isinstance(self.reg_lambda, str):  # "cv"
-                reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts, magnitude)
+                reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts, magnitude,
+                                                                n_threads)
             else:
                 reg_lambda = float(self.reg_lambda)
-            problem = _Problem(z, y_idx, weights, diagonal=diagonal, magnitude=magnitude)
+            problem = _Problem(z, y_idx, weights, diagonal=diagonal, magnitude=magnitude, n_threads=n_threads)
             result = _fit_problem(problem, *self._strengths(reg_lambda), init=init, **opts)
         self._store(result, resolved, reg_lambda, scores)
 
@@ -1593,10 +1651,10 @@ class DirichletCalibrator(BaseLogitCalibrator):
         self.cv_scores_ = scores
 
     def _cross_validate(self, z: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tensor | None, diagonal: bool,
-                        opts: dict[str, Any], magnitude: float
+                        opts: dict[str, Any], magnitude: float, n_threads: int = 1
                         ) -> tuple[float, tuple[np.ndarray, np.ndarray] | None, dict]:
         """``λ`` chosen by cross-validated NLL, a warm start for the final fit, and the scores
-        (``magnitude``: ``max(max |z|, 1)``)."""
+        (``magnitude``: ``max(max |z|, 1)``; ``n_threads``: threads per pass of each fold's fits)."""
 
         def weight_of(rows: torch.Tensor) -> float:
             return float(len(rows)) if weights is None else float(weights[rows].sum())
@@ -1611,7 +1669,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
 
         def make_fold(train: torch.Tensor) -> _Problem:
             w = None if weights is None else weights[train] / weights[train].sum()
-            return _Problem(z[train], y_idx[train], w, diagonal=diagonal, dtype=dtype)
+            return _Problem(z[train], y_idx[train], w, diagonal=diagonal, dtype=dtype, n_threads=n_threads)
 
         def fit(fold: _Problem, reg_lambda: float, warm: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             theta0 = fold.start() if warm is None else warm[0]

@@ -611,6 +611,45 @@ def test_the_last_pass_of_a_fit_counts_its_errors(monkeypatch):
         assert fit.converged and fit.n_errors == int(wrong.sum()) > 0
 
 
+@pytest.mark.parametrize("diagonal", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_passes_on_several_threads_give_the_same_bits_as_on_one(monkeypatch, diagonal, weighted):
+    # small chunks, so that every pass has many (and waves of a few), shared among threads
+    monkeypatch.setattr(dirichlet_module, "_CHUNK_ELEMENTS", 1 << 11)
+    monkeypatch.setattr(dirichlet_module, "_WAVE_BYTES", 1)
+    calls = []
+    real_map_blocks = dirichlet_module.map_blocks
+
+    def counting_map_blocks(fn, blocks, n_threads):
+        calls.append((len(blocks), n_threads))
+        return real_map_blocks(fn, blocks, n_threads)
+
+    monkeypatch.setattr(dirichlet_module, "map_blocks", counting_map_blocks)
+    k = 40 if diagonal else 12  # conjugate-gradient steps either way (80 and 156 parameters > 64)
+    monkeypatch.setattr(dirichlet_module, "_DENSE_MAX_PARAMS", 64)
+    z, y = _miscalibrated(n=900, k=k, seed=21)
+    w = np.random.default_rng(21).integers(0, 3, size=900).astype(float) if weighted else None
+    weights = None if w is None else torch.from_numpy(w / w.sum())
+    rng = np.random.default_rng(22)
+    results = []
+    for n_threads in (1, 3):
+        problem = dirichlet_module._Problem(torch.from_numpy(z), torch.from_numpy(y), weights, diagonal=diagonal,
+                                            dtype=torch.float32, n_threads=n_threads)
+        data = problem.data
+        theta = problem.start() + 0.05 * rng.normal(size=data.n_params)
+        v = rng.normal(size=data.n_params)
+        ev = data.evaluate(theta, grad=True, hess_diag=True, keep=True, count_errors=True)
+        dense = data.evaluate(theta, grad=True, hess=True)
+        fit = dirichlet_module._fit_problem(problem, 0.1, 0.1, 0.1, max_iter=100, tol=1e-14, init=None)
+        data.evaluate(theta, grad=True, hess_diag=True, keep=True)
+        results.append((ev.f, ev.g, ev.hess_diag, ev.n_errors, dense.hess, data.hessp(v), data.count_errors(theta),
+                        data.gram_eigen()[0], fit.coef, fit.intercept, fit.n_iter))
+        rng = np.random.default_rng(22)  # the same point and vector for the next thread count
+    assert any(n == 3 and blocks > 1 for blocks, n in calls)  # the passes did run on three threads
+    for one, three in zip(*results):
+        assert_array_equal(one, three)
+
+
 def test_a_warm_start_at_the_end_of_a_solve_reuses_its_derivatives(monkeypatch):
     problem = _cg_problem(monkeypatch, lazy=False)
     data = problem.data
