@@ -43,7 +43,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._chunks import FileRows
 from .._dask import is_dask_array, lazy_rows
 from .._numerics import as_tensor, binary_logit_to_two_columns, is_tensor, log_softmax, softmax, to_numpy
-from .._threads import threaded
+from .._threads import _work_size, thread_limits, threaded
 from .._validation import as_numpy, check_logits, check_same_length, check_sample_weight, encode_labels
 
 __all__ = ["BaseLogitCalibrator", "CalibratorModule", "FORMAT_NAME", "FORMAT_VERSION"]
@@ -230,7 +230,12 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         return out
 
     # ------------------------------------------------------------ public API
-    @threaded
+    def _fit_work(self, X: Any) -> int | None:
+        """Elements of work of one pass of the fit over ``X``, for precal's thread budget
+        (:func:`precal._threads.thread_budget`): ``X``'s size; calibrators whose passes cost more
+        per element (dense Hessians) say so."""
+        return _work_size((X,))
+
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> BaseLogitCalibrator:
         """Fit the calibration map on held-out logits.
 
@@ -258,6 +263,10 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         -------
         self
         """
+        with thread_limits(self._fit_work(X)):
+            return self._fit_any(X, y, sample_weight)
+
+    def _fit_any(self, X: Any, y: Any, sample_weight: Any) -> BaseLogitCalibrator:
         if is_dask_array(X):
             if not self._fits_dask:
                 from .._dask import refusal

@@ -650,6 +650,40 @@ def test_passes_on_several_threads_give_the_same_bits_as_on_one(monkeypatch, dia
         assert_array_equal(one, three)
 
 
+def test_a_dense_fit_below_the_element_threshold_still_shares_its_chunks(monkeypatch):
+    # 5 000 x 60: 300 000 logits, under MIN_PARALLEL_ELEMENTS, but each pass forms a 120 x 120
+    # Hessian (600 000 elements of work per pass): the fit's thread budget counts that
+    from threadpoolctl import threadpool_limits
+
+    import precal
+    from precal._threads import MIN_PARALLEL_ELEMENTS
+
+    z, y = _miscalibrated(n=5000, k=60, seed=23)
+    assert z.size < MIN_PARALLEL_ELEMENTS <= dirichlet_module.fit_work(z, "diagonal")
+    calls = []
+    real_map_blocks = dirichlet_module.map_blocks
+
+    def counting_map_blocks(fn, blocks, n_threads):
+        calls.append((len(blocks), n_threads))
+        return real_map_blocks(fn, blocks, n_threads)
+
+    monkeypatch.setattr(dirichlet_module, "map_blocks", counting_map_blocks)
+    monkeypatch.setattr(precal._threads, "available_cpus", lambda *a, **k: 2)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threadpool_limits(limits=2), precal.config_context(n_threads=2):
+            cal = DirichletCalibrator(map="diagonal", reg_lambda=0.1).fit(z, y)
+    finally:
+        torch.set_num_threads(saved)
+    assert any(n == 2 and blocks > 1 for blocks, n in calls)
+    ref = DirichletCalibrator(map="diagonal", reg_lambda=0.1)
+    with precal.config_context(n_threads=1):
+        ref.fit(z, y)
+    assert_array_equal(cal.coef_, ref.coef_)
+    assert_array_equal(cal.intercept_, ref.intercept_)
+
+
 def test_a_warm_start_at_the_end_of_a_solve_reuses_its_derivatives(monkeypatch):
     problem = _cg_problem(monkeypatch, lazy=False)
     data = problem.data

@@ -393,6 +393,32 @@ def test_chunked_objective_gives_the_same_fit(data, monkeypatch):
     assert_allclose(chunked.coefs_, whole.coefs_, atol=1e-7)
 
 
+def test_stage_two_blocks_on_several_threads_give_the_same_bits(data, monkeypatch):
+    """The data term's blocks are shared among threads and summed in block order: one thread or three,
+    the same fit to the last bit."""
+    import precal.calibration.fuzzy as fuzzy
+
+    z, y = data
+    monkeypatch.setattr(fuzzy, "_BLOCK_ELEMENTS", 16 * 40)  # 40 rows per block: about 30 blocks
+    calls = []
+    real_map_blocks = fuzzy.map_blocks
+
+    def counting_map_blocks(fn, blocks, n_threads):
+        calls.append((len(blocks), n_threads))
+        return real_map_blocks(fn, blocks, n_threads)
+
+    monkeypatch.setattr(fuzzy, "map_blocks", counting_map_blocks)
+    fits = []
+    for n_threads in (1, 3):
+        monkeypatch.setattr(fuzzy, "thread_budget", lambda size, n=n_threads: n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits.append(FuzzyDirichletCalibrator(random_state=0, max_iter=30).fit(z, y))
+    assert any(n == 3 and blocks > 1 for blocks, n in calls)
+    for name in ("centers_", "widths_", "coefs_", "intercepts_"):
+        assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
+
+
 def test_strong_region_penalty_nests_dirichlet_calibration(data):
     """``reg_region -> inf`` ties every region to the shared map: Dirichlet calibration."""
     z, y = data
