@@ -37,14 +37,16 @@ processes spin on the CPU ("busy"; started and ended by this script, see
      edges and three ``bincount`` sums in float64 (no input validation): the floor that
      a plain numpy implementation sets.
 
-   Reported: median time, the values and their largest absolute difference from precal's.
+   The libraries are timed round-robin (one call of each per round, 31 rounds at n = 50 000
+   x 10), so that each sees the same contention on a busy machine. Reported: median time,
+   the values and their largest absolute difference from precal's.
 
 3. **precal's calibrators**: the fit time of ``TemperatureScaling()``,
    ``DirichletCalibrator(map="diagonal")`` (default ``reg_lambda="cv"``, internal
    cross-validation included) and ``DirichletCalibrator(map="diagonal", reg_lambda=0.01)`` at
    50 000 x 1 000, and of every calibrator with its defaults at 10 000 x 10; reported with
-   the ratio to ``TemperatureScaling``'s time in the same run (target: the diagonal
-   Dirichlet map within 10x TS at 50 000 x 1 000).
+   the ratio to ``TemperatureScaling``'s time in the same run, timed round-robin (target: the
+   diagonal Dirichlet map within 10x TS at 50 000 x 1 000).
 
 4. **Crossover** (``--crossover``, part of every full run): one pass of precal's
    temperature-scaling derivatives over kept blocks at sizes 2**15 ... 2**22 elements,
@@ -161,7 +163,9 @@ class Config:
 
 
 FULL_TS = (Case(50_000, 1_000, 3), Case(50_000, 100, 5), Case(10_000, 10, 20))
-FULL_ECE = (Case(50_000, 10, 5), Case(50_000, 100, 5), Case(1_000_000, 10, 3), Case(1_000_000, 100, 3))
+#: Milliseconds-long calls get many repeats: on a busy machine one call's time is mostly how
+#: the scheduler treated it, and only a median over many rounds compares libraries.
+FULL_ECE = (Case(50_000, 10, 31), Case(50_000, 100, 15), Case(1_000_000, 10, 5), Case(1_000_000, 100, 3))
 QUICK_TS = (Case(10_000, 10, 3), Case(5_000, 100, 1))
 QUICK_ECE = (Case(5_000, 10, 1), Case(20_000, 100, 1))
 
@@ -174,7 +178,7 @@ LARGE_CALIBRATORS = (
     "TemperatureScaling()", "DirichletCalibrator(map='diagonal')",
     "DirichletCalibrator(map='diagonal', reg_lambda=0.01)",
 )
-FULL_CALIBRATORS = ((Case(50_000, 1_000, 1), LARGE_CALIBRATORS), (Case(10_000, 10, 1), SMALL_CALIBRATORS))
+FULL_CALIBRATORS = ((Case(50_000, 1_000, 3), LARGE_CALIBRATORS), (Case(10_000, 10, 1), SMALL_CALIBRATORS))
 QUICK_CALIBRATORS = ((Case(5_000, 100, 1), LARGE_CALIBRATORS), (Case(2_000, 10, 1), SMALL_CALIBRATORS[:5]))
 #: Dirichlet with a diagonal map at 50 000 x 1 000 within this many times TS's fit time (issue 16).
 DIRICHLET_TARGET_RATIO = 10.0
@@ -247,6 +251,25 @@ def time_call(fn: Callable[[], float], repeats: int) -> Timing:
         value = fn()
         times.append(time.perf_counter() - start)
     return Timing(times_s=times, value=float(value))
+
+
+def time_interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, Timing]:
+    """One untimed warm-up call of each function, then ``repeats`` rounds that time each once, in turn.
+
+    On a busy machine the contention changes over a run (the background workers ramp up, the
+    scheduler's share moves); timing the libraries round-robin gives each the same conditions,
+    where timing one library's repeats after another's would hand one of them a quieter minute.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    values = {name: math.nan for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            values[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(times_s=times[name], value=float(values[name])) for name in fns}
 
 
 def missing(module: str) -> Timing:
@@ -416,20 +439,16 @@ def bench_ece(case: Case, seed: int) -> dict[str, Any]:
     prob = softmax64(logits).astype(np.float32)
     del logits
     prob_t, y_t = torch.from_numpy(prob), torch.from_numpy(y)
-    runs = {
-        "precal": (time_call(lambda: precal_ece(y, prob), case.repeats), "float32 numpy"),
-        "netcal": (
-            time_call(lambda: netcal_ece(y, prob), case.repeats) if _installed("netcal") else missing("netcal"),
-            "float32 numpy",
-        ),
-        "torchmetrics": (
-            time_call(lambda: torchmetrics_ece(y_t, prob_t, case.k), case.repeats)
-            if _installed("torchmetrics")
-            else missing("torchmetrics"),
-            "float32 torch (CPU)",
-        ),
-        "numpy reference": (time_call(lambda: numpy_ece(y, prob), case.repeats), "float32 numpy"),
-    }
+    inputs = {"precal": "float32 numpy", "netcal": "float32 numpy", "torchmetrics": "float32 torch (CPU)",
+              "numpy reference": "float32 numpy"}
+    fns: dict[str, Callable[[], float]] = {"precal": lambda: precal_ece(y, prob)}
+    if _installed("netcal"):
+        fns["netcal"] = lambda: netcal_ece(y, prob)
+    if _installed("torchmetrics"):
+        fns["torchmetrics"] = lambda: torchmetrics_ece(y_t, prob_t, case.k)
+    fns["numpy reference"] = lambda: numpy_ece(y, prob)
+    timings = time_interleaved(fns, case.repeats)  # round-robin: the same conditions for every library
+    runs = {name: (timings[name] if name in timings else missing(name), given) for name, given in inputs.items()}
     result = _compare(case, runs, value_name="ece", relative=False)
     result["fraction_confidence_eq_1"] = float(np.mean(prob.max(axis=1) == 1.0))
     return result
@@ -440,8 +459,8 @@ def bench_calibrators(case: Case, expressions: tuple[str, ...], seed: int) -> di
     import precal.calibration as calibration
 
     logits, y = make_logits(case.n, case.k, seed)
-    fits: dict[str, Any] = {}
-    for expr in expressions:
+
+    def fitter(expr: str) -> Callable[[], float]:
         make = eval(expr, vars(calibration))  # noqa: S307 - constructor expressions of this file
 
         def fit() -> float:
@@ -450,8 +469,10 @@ def bench_calibrators(case: Case, expressions: tuple[str, ...], seed: int) -> di
                 cal = make.__class__(**make.get_params()).fit(logits, y)
             return float(getattr(cal, "n_iter_", math.nan))
 
-        timing = time_call(fit, case.repeats)
-        fits[expr] = timing.to_json("n_iter")
+        return fit
+
+    timings = time_interleaved({expr: fitter(expr) for expr in expressions}, case.repeats)  # round-robin
+    fits: dict[str, Any] = {expr: timing.to_json("n_iter") for expr, timing in timings.items()}
     ts = fits["TemperatureScaling()"]["median_s"]
     for entry in fits.values():
         entry["ratio_to_ts"] = _finite_or_none(entry["median_s"] / ts) if entry["median_s"] and ts else None
@@ -865,7 +886,9 @@ def method_paragraphs(report: dict[str, Any]) -> list[str]:
         "it. (3) The fit time of precal's own calibrators: `DirichletCalibrator(map=\"diagonal\")` at "
         "50 000 x 1 000 (with its default cross-validated `reg_lambda` and with a fixed one) and every "
         "calibrator with its defaults at 10 000 x 10, each as a ratio to `TemperatureScaling`'s time in the "
-        "same run. Times are medians of `time.perf_counter` over the repeats after one warm-up call. "
+        "same run. Times are medians of `time.perf_counter` over the repeats after one warm-up call; "
+        "the ECE libraries and the calibrators are timed round-robin (one call of each per round), so "
+        "that on the busy machine each meets the same contention. "
         + thread_text,
         "**Two modes.** Everything is measured twice in the same run: first *quiet*, on the machine "
         "as it is, then *busy*, while background processes started by the script keep every CPU "
