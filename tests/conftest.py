@@ -12,6 +12,19 @@ def make_logits(n=600, k=4, scale=3.0, seed=0, dtype=np.float64):
     return z.astype(dtype), y
 
 
+def spy_map_blocks(monkeypatch, module):
+    """Record ``(blocks, n_threads)`` of every ``map_blocks`` call that ``module`` makes (it still runs)."""
+    calls = []
+    real = module.map_blocks
+
+    def counting(fn, blocks, n_threads):
+        calls.append((len(blocks), n_threads))
+        return real(fn, blocks, n_threads)
+
+    monkeypatch.setattr(module, "map_blocks", counting)
+    return calls
+
+
 @pytest.fixture
 def logits_y():
     return make_logits()

@@ -24,7 +24,7 @@ from precal.calibration.dirichlet import (
     odir_penalty,
 )
 
-from ..conftest import make_logits
+from ..conftest import make_logits, spy_map_blocks
 
 
 def _miscalibrated(n=800, k=4, seed=0):
@@ -617,14 +617,7 @@ def test_passes_on_several_threads_give_the_same_bits_as_on_one(monkeypatch, dia
     # small chunks, so that every pass has many (and waves of a few), shared among threads
     monkeypatch.setattr(dirichlet_module, "_CHUNK_ELEMENTS", 1 << 11)
     monkeypatch.setattr(dirichlet_module, "_WAVE_BYTES", 1)
-    calls = []
-    real_map_blocks = dirichlet_module.map_blocks
-
-    def counting_map_blocks(fn, blocks, n_threads):
-        calls.append((len(blocks), n_threads))
-        return real_map_blocks(fn, blocks, n_threads)
-
-    monkeypatch.setattr(dirichlet_module, "map_blocks", counting_map_blocks)
+    calls = spy_map_blocks(monkeypatch, dirichlet_module)
     k = 40 if diagonal else 12  # conjugate-gradient steps either way (80 and 156 parameters > 64)
     monkeypatch.setattr(dirichlet_module, "_DENSE_MAX_PARAMS", 64)
     z, y = _miscalibrated(n=900, k=k, seed=21)
@@ -660,14 +653,7 @@ def test_a_dense_fit_below_the_element_threshold_still_shares_its_chunks(monkeyp
 
     z, y = _miscalibrated(n=5000, k=60, seed=23)
     assert z.size < MIN_PARALLEL_ELEMENTS <= dirichlet_module.fit_work(z, "diagonal")
-    calls = []
-    real_map_blocks = dirichlet_module.map_blocks
-
-    def counting_map_blocks(fn, blocks, n_threads):
-        calls.append((len(blocks), n_threads))
-        return real_map_blocks(fn, blocks, n_threads)
-
-    monkeypatch.setattr(dirichlet_module, "map_blocks", counting_map_blocks)
+    calls = spy_map_blocks(monkeypatch, dirichlet_module)
     monkeypatch.setattr(precal._threads, "available_cpus", lambda *a, **k: 2)
     saved = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -19,7 +19,7 @@ from precal.calibration.fuzzy import (
     int4_noise_copies,
 )
 
-from ..conftest import make_logits
+from ..conftest import make_logits, spy_map_blocks
 
 
 @pytest.fixture(scope="module")
@@ -400,14 +400,7 @@ def test_stage_two_blocks_on_several_threads_give_the_same_bits(data, monkeypatc
 
     z, y = data
     monkeypatch.setattr(fuzzy, "_BLOCK_ELEMENTS", 16 * 40)  # 40 rows per block: about 30 blocks
-    calls = []
-    real_map_blocks = fuzzy.map_blocks
-
-    def counting_map_blocks(fn, blocks, n_threads):
-        calls.append((len(blocks), n_threads))
-        return real_map_blocks(fn, blocks, n_threads)
-
-    monkeypatch.setattr(fuzzy, "map_blocks", counting_map_blocks)
+    calls = spy_map_blocks(monkeypatch, fuzzy)
     fits = []
     for n_threads in (1, 3):
         monkeypatch.setattr(fuzzy, "thread_budget", lambda size, n=n_threads: n)
