@@ -50,6 +50,7 @@ __all__ = [
     "thread_limits",
     "threaded",
     "map_blocks",
+    "map_blocks_in_waves",
     "MIN_PARALLEL_ELEMENTS",
 ]
 
@@ -297,7 +298,8 @@ def thread_budget(size: int | None = None) -> int:
 
 
 @contextmanager
-def thread_limits(size: int | None = None, *, torch_threads: int | None = None) -> Iterator[int]:
+def thread_limits(size: int | None = None, *, torch_threads: int | None = None,
+                  blas_threads: int | None = None) -> Iterator[int]:
     """Run a block of precal work within its thread budget; restore the caller's settings after.
 
     Inside the block torch's intra-op pool has ``torch_threads`` threads (default: the
@@ -311,6 +313,11 @@ def thread_limits(size: int | None = None, *, torch_threads: int | None = None) 
     torch_threads : int, optional
         Threads for torch's own pool; ``1`` when the block runs its own threads
         (:func:`map_blocks`).
+    blas_threads : int, optional
+        A lower cap for the BLAS libraries (numpy's and scipy's), e.g. ``1`` when the block's
+        own threads call them or when their results must not depend on the thread count
+        (OpenBLAS's Cholesky and products of a few hundred columns differ in the last bits
+        between one and two threads).
 
     Yields
     ------
@@ -324,12 +331,17 @@ def thread_limits(size: int | None = None, *, torch_threads: int | None = None) 
     want = n if torch_threads is None else max(1, min(torch_threads, n))
     # threadpoolctl also reaches torch's own OpenMP runtime, so the pools are set first and
     # torch's count last (torch.set_num_threads also sets the count new threads start with).
-    pools = [lib for lib in _blas_controller().lib_controllers if (lib.num_threads or 1) > n]
+    blas = n if blas_threads is None else max(1, min(blas_threads, n))
+
+    def cap(lib: Any) -> int:
+        return blas if lib.user_api == "blas" else n
+
+    pools = [lib for lib in _blas_controller().lib_controllers if (lib.num_threads or 1) > cap(lib)]
     saved_pools = [lib.num_threads for lib in pools]
     changed = bool(pools) or want != saved
     try:
         for lib in pools:
-            lib.set_num_threads(n)
+            lib.set_num_threads(cap(lib))
         if changed:
             torch.set_num_threads(want)
         yield n
@@ -375,6 +387,25 @@ def _executor(workers: int) -> ThreadPoolExecutor:
                 _pool[2].shutdown(wait=False)
             _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="precal"))
         return _pool[2]
+
+
+def map_blocks_in_waves(fn: Callable[[T], R], blocks: Sequence[T], n_threads: int, result_bytes: int,
+                        wave_bytes: int = 1 << 25) -> Iterator[R]:
+    """``fn(b)`` for each block, yielded in block order, with at most ``wave_bytes`` of results held.
+
+    On one thread a plain loop (each result yielded as it is made); on several,
+    :func:`map_blocks` over consecutive waves of blocks whose results (``result_bytes`` each)
+    fit in ``wave_bytes`` (at least ``n_threads`` blocks per wave). The caller sums what it
+    is given in order, so the sums do not depend on the number of threads, and the memory of
+    partial results stays bounded however many blocks there are.
+    """
+    if n_threads <= 1 or len(blocks) <= 1:
+        for block in blocks:
+            yield fn(block)
+        return
+    wave = max(int(n_threads), wave_bytes // max(int(result_bytes), 1))
+    for start in range(0, len(blocks), wave):
+        yield from map_blocks(fn, blocks[start : start + wave], n_threads)
 
 
 def map_blocks(fn: Callable[[T], R], blocks: Sequence[T], n_threads: int) -> list[R]:

@@ -15,6 +15,7 @@ from precal._threads import (
     config_context,
     get_config,
     map_blocks,
+    map_blocks_in_waves,
     set_config,
     thread_budget,
     thread_limits,
@@ -221,6 +222,20 @@ def test_thread_limits_caps_and_restores_openmp_and_blas_pools():
     assert _blas_threads() == before
 
 
+def test_thread_limits_can_hold_blas_to_one_thread_within_a_larger_budget():
+    before = _blas_threads()
+    with threadpool_limits(limits=2), config_context(n_threads=2):
+        inside = {lib["filepath"]: lib for lib in threadpool_info()}
+        with thread_limits(BIG, blas_threads=1) as n:
+            assert n == 2
+            for lib in threadpool_info():
+                if lib["user_api"] == "blas":
+                    assert lib["num_threads"] == 1
+                else:  # OpenMP keeps the budget
+                    assert lib["num_threads"] == min(2, inside[lib["filepath"]]["num_threads"])
+    assert _blas_threads() == before
+
+
 def test_budget_is_capped_by_any_openmp_or_blas_pool():
     with threadpool_limits(limits=1, user_api="blas"), config_context(n_threads=2):
         assert thread_budget(BIG) == 1
@@ -273,6 +288,21 @@ def test_map_blocks_runs_blocks_on_several_threads_at_once():
 def test_map_blocks_on_one_thread_is_a_plain_loop():
     caller = threading.get_ident()
     assert set(map_blocks(lambda _: threading.get_ident(), list(range(5)), 1)) == {caller}
+
+
+def test_map_blocks_in_waves_streams_results_in_order_with_bounded_waves(monkeypatch):
+    import precal._threads as threads
+
+    waves = []
+    real = threads.map_blocks
+    monkeypatch.setattr(threads, "map_blocks", lambda fn, blocks, n: waves.append(len(blocks)) or real(fn, blocks, n))
+    out = list(map_blocks_in_waves(lambda x: x * x, list(range(23)), 3, result_bytes=100, wave_bytes=500))
+    assert out == [x * x for x in range(23)]
+    assert waves == [5, 5, 5, 5, 3]  # 500 bytes of results at a time
+    assert list(map_blocks_in_waves(lambda x: x, list(range(4)), 4, result_bytes=100, wave_bytes=1)) == [0, 1, 2, 3]
+    assert waves[-1] == 4  # never fewer blocks per wave than threads
+    lazy = map_blocks_in_waves(lambda x: x, list(range(3)), 1, result_bytes=8)
+    assert next(lazy) == 0  # one thread: a plain loop, one result at a time
 
 
 def test_map_blocks_passes_exceptions_on():

@@ -90,7 +90,7 @@ def scratch(slot: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> 
     n = like.numel()
     buffer = buffers.get((slot, dtype))
     if buffer is None or buffer.numel() < n:
-        buffer = buffers[(slot, dtype)] = torch.empty(max(n, CHUNK_ELEMENTS), dtype=dtype)
+        buffer = buffers[(slot, dtype)] = torch.empty(max(n, CHUNK_ELEMENTS), dtype=dtype, device=like.device)
     return buffer[:n].view(like.shape)
 
 

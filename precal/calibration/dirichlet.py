@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -14,11 +15,10 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from .._numerics import log_softmax, to_tensor
-from .._threads import _work_size, map_blocks, thread_limits
+from .._threads import _work_size, map_blocks, map_blocks_in_waves, thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from ._crossval import REG_GRID, check_cv, cross_validated_path, cv_splits
-from ._blocks import scratch
 from .temperature import _on_device, fit_temperature
 
 __all__ = [
@@ -83,8 +83,8 @@ _HESSP_BLOCK_DIVISOR = 1
 #: stays bounded for large maps; each wave's partials are added in chunk order.
 _WAVE_BYTES = 1 << 25
 
-#: Scratch slots (:func:`precal.calibration._blocks.scratch`) of a chunk's work arrays.
-_SLOT_LOGITS, _SLOT_PROBS, _SLOT_PRODUCT = 20, 21, 22
+#: Slots of a chunk's work arrays in a pass's :class:`_PassBuffers`.
+_SLOT_LOGITS, _SLOT_PROBS, _SLOT_PRODUCT = 0, 1, 2
 
 #: Conjugate-gradient iterations per Newton step at most.
 _CG_MAX_ITER = 250
@@ -168,13 +168,13 @@ def _pass_elements(n: int, k: int, diagonal: bool) -> int:
 def fit_work(X: Any, map_name: Any) -> int | None:
     """Elements of work of one pass of a Dirichlet fit over ``X`` (``map_name``: ``"auto"``,
     ``"full"`` or ``"diagonal"``), for the fit's thread budget: :func:`_pass_elements` for 2-D
-    input, else the input's size."""
+    input and for 1-D (one binary logit, two classes), else the input's size."""
     shape = getattr(X, "shape", None)
-    try:
-        n, k = int(shape[0]), max(int(shape[1]), 2)  # not for a dask array of unknown chunk sizes (NaN)
+    try:  # a dask array of unknown chunk sizes has NaN rows
+        n, k = int(shape[0]), (max(int(shape[1]), 2) if len(shape) == 2 else 2)  # 1-D: one binary logit
     except (TypeError, ValueError, OverflowError, IndexError):
         return _work_size((X,))
-    if len(shape) != 2:
+    if len(shape) > 2:
         return _work_size((X,))
     diagonal = map_name == "diagonal" or (map_name == "auto" and k > AUTO_FULL_MAX_CLASSES)
     return _pass_elements(n, k, diagonal)
@@ -187,6 +187,27 @@ def _row_chunks(n: int, elements_per_row: int) -> Iterator[slice]:
     rows = max(1, -(-n // max(1, -(-n // most))))  # ceil(n / number of chunks)
     for start in range(0, n, rows):
         yield slice(start, min(start + rows, n))
+
+
+class _PassBuffers:
+    """Work arrays of one pass, one set per thread, reused from chunk to chunk and freed with the pass.
+
+    ``self(slot, like)`` is a buffer shaped like ``like`` (its dtype and device): a fresh
+    array per chunk would cost an allocation (and page faults when the allocator returns
+    the memory to the system) per chunk and pass, and arrays kept beyond the pass would hold
+    megabytes per thread for the life of each thread.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __call__(self, slot: int, like: torch.Tensor) -> torch.Tensor:
+        buffers = self._local.__dict__
+        n = like.numel()
+        buffer = buffers.get(slot)
+        if buffer is None or buffer.numel() < n or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = buffers[slot] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return buffer[:n].view(like.shape)
 
 
 class _Rows:
@@ -309,18 +330,12 @@ class _DataTerm:
     def _map_chunks(self, fn: Any, chunks: list[slice], partial_bytes: int) -> Iterator[Any]:
         """``fn(chunk)`` for each chunk, in chunk order.
 
-        On one thread a plain loop; on several, :func:`precal._threads.map_blocks` over waves of
-        chunks whose results (``partial_bytes`` each) fit in :data:`_WAVE_BYTES`. Each chunk runs
+        On one thread a plain loop; on several, :func:`precal._threads.map_blocks_in_waves`:
+        waves of chunks whose results (``partial_bytes`` each) fit in :data:`_WAVE_BYTES`. Each chunk runs
         the same single-threaded torch kernels whichever thread takes it, and the caller adds
         the partial sums in chunk order, so a pass gives the same bits on any number of threads.
         """
-        if self.n_threads <= 1 or len(chunks) <= 1:
-            for rows in chunks:
-                yield fn(rows)
-            return
-        wave = max(self.n_threads, _WAVE_BYTES // max(partial_bytes, 1))
-        for start in range(0, len(chunks), wave):
-            yield from map_blocks(fn, chunks[start : start + wave], self.n_threads)
+        return map_blocks_in_waves(fn, chunks, self.n_threads, partial_bytes, _WAVE_BYTES)
 
     # ------------------------------------------------------------ the block kernel
     def _logits(self, feats: torch.Tensor, w: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
@@ -359,6 +374,7 @@ class _DataTerm:
         # below this the true class's probability has lost digits (or underflowed): its NLL is
         # then taken from the logits directly (log-sum-exp), for those rows only
         tiny = math.sqrt(float(torch.finfo(self.dtype).tiny))
+        scratch = _PassBuffers()
 
         def chunk(rows: slice) -> tuple:
             """One chunk's partial sums: NLL, errors, gradient halves, curvature, dense Hessian."""
@@ -466,6 +482,7 @@ class _DataTerm:
         other entries reaches the true one (one row maximum, no softmax).
         """
         w, b = self.params(theta)
+        scratch = _PassBuffers()
 
         def chunk(rows: slice) -> torch.Tensor:
             yc = self.y[rows, None]
@@ -473,9 +490,11 @@ class _DataTerm:
             a = self._logits(feats, w, b, out=scratch(_SLOT_LOGITS, feats))
             return _errors(a, yc, a.gather(1, yc)[:, 0], self._chunk_weights(rows))
 
-        errors = sum(int(e) for e in self._map_chunks(chunk, list(_row_chunks(self.n, self.k)), 8))
+        errors = torch.zeros((), dtype=torch.int64, device=self.device)
+        for part in self._map_chunks(chunk, list(_row_chunks(self.n, self.k)), 8):
+            errors += part  # on the device: one synchronisation per pass
         self.n_passes += 1
-        return errors
+        return int(errors)
 
     def _add_hessian(self, big: torch.Tensor, feats: torch.Tensor, q: torch.Tensor, wc: torch.Tensor | None
                      ) -> None:
@@ -545,6 +564,7 @@ class _DataTerm:
             kept = self.probs_f is not None
             if not kept:
                 w, b = self.params(self._kept_at)
+            scratch = _PassBuffers()
 
             def block(rows: slice) -> torch.Tensor:
                 if kept:
@@ -574,6 +594,7 @@ class _DataTerm:
             w, b = self.params(self._kept_at)
         h_w = torch.zeros((k,) if diagonal else (k, k), dtype=f64, device=dev)
         h_b = torch.zeros(k, dtype=f64, device=dev)
+        scratch = _PassBuffers()
 
         def chunk(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
             feats = self.features(rows)
@@ -1195,7 +1216,7 @@ def dirichlet_objective(
     weights and ``P`` :func:`odir_penalty`. The gradient of the data term is
     ``(Q - Y)^T ℓ / n`` for ``W`` and the column means of ``Q - Y`` for ``b`` (``Q = softmax(a)``,
     ``Y`` one-hot labels); for a diagonal ``W = diag(w)`` it is the column means of
-    ``(Q - Y) ⊙ ℓ``. Rows are processed in chunks of about ``2**20`` elements in the dtype of
+    ``(Q - Y) ⊙ ℓ``. Rows are processed in chunks of about ``2**19`` elements in the dtype of
     ``log_probs`` (float32 or float64), with float64 sums across rows.
 
     Parameters
@@ -1387,7 +1408,8 @@ def fit_dirichlet(
     if sample_weight is not None:
         weights = _on_device(sample_weight, torch.float64, z.device)
         weights = weights / weights.sum()
-    with thread_limits(_pass_elements(*z.shape, diagonal), torch_threads=1) as n_threads:  # see DirichletCalibrator's Notes
+    # torch and BLAS on one thread, the chunks of each pass on precal's threads (see DirichletCalibrator's Notes)
+    with thread_limits(_pass_elements(*z.shape, diagonal), torch_threads=1, blas_threads=1) as n_threads:
         problem = _Problem(z, yi, weights, diagonal=diagonal, dtype=dtype, n_threads=n_threads)
         return _fit_problem(problem, reg_lambda, reg_mu, reg_diag, max_iter=max_iter, tol=tol, init=init)
 # --------------------------------------------------------------------------- the estimator
@@ -1553,8 +1575,12 @@ class DirichletCalibrator(BaseLogitCalibrator):
     barrier per torch operation (torch's own threads were several times slower than one
     thread on a busy machine, ``benchmarks/bench_speed.py``), a descheduled thread holds up
     only the chunk it is on, and the chunks' partial sums are added in chunk order: the fit
-    gives the same bits on any number of threads (tested). Fits of up to ``2**20``
-    elements (one chunk) run on one thread.
+    gives the same bits on any number of threads (tested; BLAS stays on one thread for that
+    too, as OpenBLAS's Cholesky of a few hundred parameters differs in the last bits between
+    one and two threads). The budget counts the work of a pass, ``n P`` elements for a dense
+    Hessian (``P`` parameters) and ``n K`` otherwise: below ``2**19`` of it
+    (:data:`precal._threads.MIN_PARALLEL_ELEMENTS`), or with a single chunk of ``2**19``
+    elements, a fit runs on one thread.
 
     **Identifiability.** ``W + 1 v^T`` and ``b + c 1`` give the same probabilities; the
     fitted ``coef_`` and ``intercept_`` are the representative with zero-mean off-diagonal
@@ -1637,8 +1663,8 @@ class DirichletCalibrator(BaseLogitCalibrator):
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
         weights = None if sample_weight is None else sample_weight / sample_weight.sum()
         opts = {"max_iter": int(self.max_iter), "tol": float(self.tol)}
-        # torch kernels on one thread; the chunks of each pass shared among precal's threads (see Notes)
-        with thread_limits(_pass_elements(*z.shape, diagonal), torch_threads=1) as n_threads:
+        # torch and BLAS on one thread; the chunks of each pass shared among precal's threads (see Notes)
+        with thread_limits(_pass_elements(*z.shape, diagonal), torch_threads=1, blas_threads=1) as n_threads:
             init, scores, magnitude = None, {}, _magnitude(z)
             if isinstance(self.reg_lambda, str):  # "cv"
                 reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts, magnitude,

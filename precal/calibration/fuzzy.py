@@ -24,10 +24,9 @@ import torch
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from threadpoolctl import threadpool_limits
 
 from .._numerics import log_softmax
-from .._threads import map_blocks, thread_budget, thread_limits
+from .._threads import map_blocks_in_waves, thread_budget, thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from ._crossval import _better, check_cv, cv_splits
@@ -135,6 +134,12 @@ def _split(theta: torch.Tensor, r: int, k: int, diagonal: bool) -> tuple[torch.T
     dev_w = theta[at : at + r * n_w].reshape((r, *w_shape))
     dev_b = theta[at + r * n_w : at + r * n_w + r * k].reshape(r, k)
     return centers, widths, shared_w, shared_b, dev_w, dev_b
+
+
+def _stage_two_work(rows: int, k: int, r: int, diagonal: bool) -> int:
+    """Elements of work of one evaluation of the stage-2 data term on ``rows`` rows (all versions):
+    the per-region logits of a full map are ``R K²`` products per row, a diagonal map's ``K``."""
+    return rows * (max(k, r) if diagonal else r * k * k)
 
 
 def _n_theta(r: int, k: int, diagonal: bool) -> int:
@@ -426,7 +431,19 @@ class _GateFit:
             b1: np.ndarray) -> tuple[tuple[np.ndarray, ...], int, str | None]:
         """Fitted ``(centres, widths, coefs, intercepts)`` in original coordinates, L-BFGS iterations, and
         why it stopped early (None when it converged). ``versions`` is ``(C, n, K)`` float64, clean first;
-        ``weights`` sum to 1."""
+        ``weights`` sum to 1.
+
+        torch, OpenMP and BLAS run on one thread throughout (so the fit does not depend on the
+        thread count); the blocks of the data term go to precal's threads (:func:`_stage_two_work`).
+        """
+        n_versions, n, k = versions.shape
+        on_cpu = versions.device.type == "cpu"
+        n_threads = thread_budget(_stage_two_work(n_versions * n, k, self.r, self.diagonal)) if on_cpu else 1
+        with thread_limits(0):
+            return self._fit(versions, yi, weights, w1, b1, n_threads)
+
+    def _fit(self, versions: torch.Tensor, yi: torch.Tensor, weights: torch.Tensor, w1: np.ndarray,
+             b1: np.ndarray, n_threads: int) -> tuple[tuple[np.ndarray, ...], int, str | None]:
         r, diagonal = self.r, self.diagonal
         reg_lambda, reg_mu, reg_diag = self.strengths
         n_versions, n, k = versions.shape
@@ -466,7 +483,6 @@ class _GateFit:
         chunk = max(1, _CHUNK_ELEMENTS // (max(k, r) if diagonal else r * k * k))  # widest temporaries
         block = max(1, min(chunk, _BLOCK_ELEMENTS // max(k, r)))
         blocks = [slice(start, start + block) for start in range(0, flat_lp.shape[0], block)]
-        n_threads = thread_budget(flat_lp.numel()) if device.type == "cpu" else 1
         opts = {"n_regions": r, "diagonal": diagonal}
         best = {"f": math.inf, "x": theta0.copy()}
         saw_nonfinite = [False]
@@ -481,10 +497,9 @@ class _GateFit:
                 return _data_term_grad(detached, flat_lp[rows], flat_conf[rows], flat_y[rows], flat_w[rows])
 
             # the NLL is a sum over rows: block by block, the blocks shared among precal's threads
-            # (single-threaded torch kernels), the sums in block order
-            with thread_limits(0, torch_threads=1):
-                parts = map_blocks(part, blocks, n_threads)
-            for value, block_grads in parts:
+            # (single-threaded torch kernels), the sums in block order, a bounded wave of them at a time
+            grad_bytes = 8 * sum(g.numel() for g in grads)
+            for value, block_grads in map_blocks_in_waves(part, blocks, n_threads, grad_bytes):
                 total += value
                 for g, cg in zip(grads, block_grads):
                     g += cg
@@ -508,26 +523,25 @@ class _GateFit:
             return _penalty(theta, k, reg_lambda=reg_lambda, reg_mu=reg_mu, reg_region=self.reg_region,
                             shift=at[0], scale=at[1], reg_diag=reg_diag, **opts)
 
-        with threadpool_limits(limits=1, user_api="blas"):
-            on_cpu = (shift.to("cpu"), scale.to("cpu"))  # K numbers each: the preconditioner is built on the CPU
-            factor = self.preconditioner(theta0, lambda t: penalty_of(t, on_cpu), flat_lp, flat_conf, flat_w, chunk)
-            if factor is None:
-                objective, start = value_and_grad, theta0
-            else:  # θ = θ0 + L^-T u: in u the objective's Hessian is close to the identity
-                def to_theta(u: np.ndarray) -> np.ndarray:
-                    step = torch.linalg.solve_triangular(factor.mT, torch.from_numpy(u)[:, None], upper=True)
-                    return theta0 + step[:, 0].numpy()
+        on_cpu = (shift.to("cpu"), scale.to("cpu"))  # K numbers each: the preconditioner is built on the CPU
+        factor = self.preconditioner(theta0, lambda t: penalty_of(t, on_cpu), flat_lp, flat_conf, flat_w, chunk)
+        if factor is None:
+            objective, start = value_and_grad, theta0
+        else:  # θ = θ0 + L^-T u: in u the objective's Hessian is close to the identity
+            def to_theta(u: np.ndarray) -> np.ndarray:
+                step = torch.linalg.solve_triangular(factor.mT, torch.from_numpy(u)[:, None], upper=True)
+                return theta0 + step[:, 0].numpy()
 
-                def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
-                    value, grad = value_and_grad(to_theta(u))
-                    rhs = torch.from_numpy(grad)[:, None]
-                    return value, torch.linalg.solve_triangular(factor, rhs, upper=False)[:, 0].numpy()
+            def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
+                value, grad = value_and_grad(to_theta(u))
+                rhs = torch.from_numpy(grad)[:, None]
+                return value, torch.linalg.solve_triangular(factor, rhs, upper=False)[:, 0].numpy()
 
-                start = np.zeros_like(theta0)
-            result = minimize(
-                objective, start, jac=True, method="L-BFGS-B",
-                options={"maxiter": self.max_iter, "maxfun": 4 * self.max_iter, "ftol": self.tol, "gtol": self.tol},
-            )
+            start = np.zeros_like(theta0)
+        result = minimize(
+            objective, start, jac=True, method="L-BFGS-B",
+            options={"maxiter": self.max_iter, "maxfun": 4 * self.max_iter, "ftol": self.tol, "gtol": self.tol},
+        )
         x = best["x"]
         g_inf = float(np.max(np.abs(result.jac))) if result.jac is not None else math.inf
         reason = None
@@ -924,7 +938,20 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         return self.map
 
     def _fit_work(self, X: Any) -> int | None:
-        return fit_work(X, self.map)  # stage 1 is a Dirichlet fit; stage 2 costs more per element
+        """The larger of stage 1's (a Dirichlet fit) and stage 2's work per pass, for the thread budget."""
+        stage_one = fit_work(X, self.map)
+        shape = getattr(X, "shape", None)
+        try:
+            n, k = int(shape[0]), (max(int(shape[1]), 2) if len(shape) == 2 else 2)
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return stage_one
+        def count(value: Any) -> int:  # hyperparameters are validated later, by the fit
+            return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else 1
+
+        versions = 1 + (count(self.n_noise_copies) if self.noise is not None else 0)
+        diagonal = self.map == "diagonal" or (self.map == "auto" and k > AUTO_FULL_MAX_CLASSES)
+        r = count(self.n_regions)
+        return max(stage_one or 0, _stage_two_work(versions * n, k, r, diagonal))
 
     def _generator(self) -> torch.Generator:
         rs = check_random_state(0 if self.random_state is None else self.random_state)

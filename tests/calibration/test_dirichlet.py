@@ -13,6 +13,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
 from precal import TemperatureScaling
+from precal import _threads as precal_threads
 from precal._numerics import log_softmax, softmax
 from precal.calibration import BaseLogitCalibrator
 from precal.calibration import dirichlet as dirichlet_module
@@ -613,11 +614,15 @@ def test_the_last_pass_of_a_fit_counts_its_errors(monkeypatch):
 
 @pytest.mark.parametrize("diagonal", [True, False])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_passes_on_several_threads_give_the_same_bits_as_on_one(monkeypatch, diagonal, weighted):
-    # small chunks, so that every pass has many (and waves of a few), shared among threads
+@pytest.mark.parametrize("cached", [True, False])
+def test_passes_on_several_threads_give_the_same_bits_as_on_one(monkeypatch, diagonal, weighted, cached):
+    # small chunks, so that every pass has many (and waves of a few), shared among threads;
+    # uncached: the features are recomputed chunk by chunk and q in every Hessian-vector product
     monkeypatch.setattr(dirichlet_module, "_CHUNK_ELEMENTS", 1 << 11)
+    if not cached:
+        monkeypatch.setattr(dirichlet_module, "_CACHE_ELEMENTS", 0)
     monkeypatch.setattr(dirichlet_module, "_WAVE_BYTES", 1)
-    calls = spy_map_blocks(monkeypatch, dirichlet_module)
+    calls = spy_map_blocks(monkeypatch, precal_threads)
     k = 40 if diagonal else 12  # conjugate-gradient steps either way (80 and 156 parameters > 64)
     monkeypatch.setattr(dirichlet_module, "_DENSE_MAX_PARAMS", 64)
     z, y = _miscalibrated(n=900, k=k, seed=21)
@@ -644,30 +649,42 @@ def test_passes_on_several_threads_give_the_same_bits_as_on_one(monkeypatch, dia
 
 
 def test_a_dense_fit_below_the_element_threshold_still_shares_its_chunks(monkeypatch):
-    # 5 000 x 60: 300 000 logits, under MIN_PARALLEL_ELEMENTS, but each pass forms a 120 x 120
-    # Hessian (600 000 elements of work per pass): the fit's thread budget counts that
+    # 3 000 x 150: 450 000 logits, under MIN_PARALLEL_ELEMENTS, but each pass forms a 300 x 300
+    # Hessian (900 000 elements of work per pass): the fit's thread budget counts that. At 300
+    # parameters OpenBLAS's Cholesky differs in the last bits between one and two threads, so
+    # the same bits on one and two threads also says BLAS stayed on one
     from threadpoolctl import threadpool_limits
 
     import precal
     from precal._threads import MIN_PARALLEL_ELEMENTS
 
-    z, y = _miscalibrated(n=5000, k=60, seed=23)
+    z, y = _miscalibrated(n=3000, k=150, seed=23)
     assert z.size < MIN_PARALLEL_ELEMENTS <= dirichlet_module.fit_work(z, "diagonal")
-    calls = spy_map_blocks(monkeypatch, dirichlet_module)
+    calls = spy_map_blocks(monkeypatch, precal_threads)
     monkeypatch.setattr(precal._threads, "available_cpus", lambda *a, **k: 2)
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         with threadpool_limits(limits=2), precal.config_context(n_threads=2):
-            cal = DirichletCalibrator(map="diagonal", reg_lambda=0.1).fit(z, y)
+            cal = DirichletCalibrator(map="diagonal", reg_lambda=0.01).fit(z, y)
     finally:
         torch.set_num_threads(saved)
     assert any(n == 2 and blocks > 1 for blocks, n in calls)
-    ref = DirichletCalibrator(map="diagonal", reg_lambda=0.1)
-    with precal.config_context(n_threads=1):
+    ref = DirichletCalibrator(map="diagonal", reg_lambda=0.01)
+    with threadpool_limits(limits=2), precal.config_context(n_threads=1):
         ref.fit(z, y)
     assert_array_equal(cal.coef_, ref.coef_)
     assert_array_equal(cal.intercept_, ref.intercept_)
+
+
+def test_fit_work_counts_a_pass_of_the_map_the_fit_will_use():
+    fit_work = dirichlet_module.fit_work
+    assert fit_work(np.zeros((1000, 10)), "auto") == 1000 * 110  # full map: a dense 110 x 110 Hessian
+    assert fit_work(np.zeros((1000, 10)), "diagonal") == 1000 * 20
+    assert fit_work(np.zeros((1000, 300)), "diagonal") == 1000 * 300  # 600 parameters: conjugate gradients
+    assert fit_work(torch.zeros(1000), "auto") == 1000 * 6  # one binary logit: two classes, full map
+    assert fit_work([[0.0, 1.0]], "auto") is None  # a list: precal's whole budget, as any fit
+    assert fit_work(np.zeros((2, 3, 4)), "auto") == 24
 
 
 def test_a_warm_start_at_the_end_of_a_solve_reuses_its_derivatives(monkeypatch):

@@ -394,22 +394,39 @@ def test_chunked_objective_gives_the_same_fit(data, monkeypatch):
 
 
 def test_stage_two_blocks_on_several_threads_give_the_same_bits(data, monkeypatch):
-    """The data term's blocks are shared among threads and summed in block order: one thread or three,
-    the same fit to the last bit."""
+    """The data term's blocks are shared among threads and summed in block order, and everything else
+    runs on one thread: precal's budget 1 or 3, the same fit to the last bit."""
+    from threadpoolctl import threadpool_limits
+
+    import precal
     import precal.calibration.fuzzy as fuzzy
 
     z, y = data
     monkeypatch.setattr(fuzzy, "_BLOCK_ELEMENTS", 16 * 40)  # 40 rows per block: about 30 blocks
-    calls = spy_map_blocks(monkeypatch, fuzzy)
+    calls = spy_map_blocks(monkeypatch, precal._threads)
     fits = []
+    saved = torch.get_num_threads()
     for n_threads in (1, 3):
-        monkeypatch.setattr(fuzzy, "thread_budget", lambda size, n=n_threads: n)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fits.append(FuzzyDirichletCalibrator(random_state=0, max_iter=30).fit(z, y))
+        monkeypatch.setattr(fuzzy, "thread_budget", lambda size, n=n_threads: n)  # whatever the data's size
+        torch.set_num_threads(n_threads)
+        try:
+            with threadpool_limits(limits=n_threads), precal.config_context(n_threads=n_threads):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    fits.append(FuzzyDirichletCalibrator(random_state=0, max_iter=30).fit(z, y))
+        finally:
+            torch.set_num_threads(saved)
     assert any(n == 3 and blocks > 1 for blocks, n in calls)
     for name in ("centers_", "widths_", "coefs_", "intercepts_"):
         assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
+
+
+def test_fit_work_counts_stage_two():
+    x = np.zeros((1000, 10))
+    # three versions (two noise copies) of 1 000 rows, R K^2 = 300 products each for a full map
+    assert FuzzyDirichletCalibrator()._fit_work(x) == 3 * 1000 * 300
+    assert FuzzyDirichletCalibrator(noise=None, map="diagonal")._fit_work(x) == 1000 * 20  # stage 1's pass
+    assert FuzzyDirichletCalibrator(n_noise_copies="two")._fit_work(x) > 0  # the fit's checks say what is wrong
 
 
 def test_strong_region_penalty_nests_dirichlet_calibration(data):
