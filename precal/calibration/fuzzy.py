@@ -61,7 +61,7 @@ _CHUNK_ELEMENTS = 2**22
 _BLOCK_ELEMENTS = 2**18
 
 #: Stage 2 is preconditioned (see :meth:`_GateFit.preconditioner`) up to this many parameters: the
-#: dense penalty Hessian and its Cholesky factor cost about a second at the cap (once per stage-2
+#: dense penalty Hessian and its Cholesky factor cost one to two seconds at the cap (once per stage-2
 #: fit; the factor alone 0.75 s on the one thread stage 2 runs torch on, 0.4 s on two), far less
 #: than the hundreds of extra L-BFGS iterations they save there.
 _PRECONDITION_MAX_PARAMS = 4096
