@@ -1045,11 +1045,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _keep_previous_ts(modes: dict[str, Any], previous_path: Path) -> str:
-    """Put the temperature-scaling rows of the previous results into ``modes``; say where they come from."""
+def _keep_previous_ts(modes: dict[str, Any], previous_path: Path) -> tuple[str, dict[str, str] | None]:
+    """Put the temperature-scaling rows of the previous results into ``modes``; say where they come
+    from (the run that measured them, also when the previous results had kept them in turn)."""
     if not previous_path.is_file():
-        return "the temperature-scaling section was not run (--sections)"
+        return "the temperature-scaling section was not run (--sections)", None
     previous = upgrade_report(json.loads(previous_path.read_text(encoding="utf-8")))
+    source = previous.get("ts_source") or {"created": previous["created"], "command": previous["command"]}
     kept = []
     for mode, results in modes.items():
         old = (previous["modes"].get(mode) or {}).get("temperature_scaling") or []
@@ -1058,8 +1060,8 @@ def _keep_previous_ts(modes: dict[str, Any], previous_path: Path) -> str:
             if old:
                 kept.append(mode)
     return (f"the temperature-scaling rows ({', '.join(kept) or 'none'}) are kept from the run of "
-            f"{previous['created']} ({previous['command']}); the other sections are from this run "
-            f"(--sections)")
+            f"{source['created']} ({source['command']}); the other sections are from this run "
+            f"(--sections)"), source
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -1114,9 +1116,9 @@ def main(argv: list[str] | None = None) -> int:
         with busy_machine(workers, max_seconds=bound, kind=config.busy_kind):
             modes[mode] = run_suite(config)
 
-    note = None
+    note = ts_source = None
     if "ts" not in args.sections:
-        note = _keep_previous_ts(modes, out_dir / "speed.json")
+        note, ts_source = _keep_previous_ts(modes, out_dir / "speed.json")
     report = {
         "benchmark": "precal speed: temperature-scaling fit and ECE vs scikit-learn, netcal, torchmetrics, "
         "quiet and busy",
@@ -1136,6 +1138,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if note:
         report["note"] = note
+    if ts_source:
+        report["ts_source"] = ts_source  # the run that measured the kept rows, for the next partial run
     written = write_outputs(report, out_dir, docs_path)
     print_report(report)
     print("\nwrote: " + ", ".join(str(p) for p in written))

@@ -27,3 +27,24 @@ def test_script_quick_mode_runs(script, tmp_path):
         pytest.skip(proc.stderr.strip()[-300:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any(tmp_path.rglob("*.md")), "the quick run must write its markdown results"
+
+
+def test_bench_speed_partial_runs_cite_the_run_that_measured_the_kept_rows(tmp_path):
+    """A run without the TS section keeps the previous TS rows; a second such run still names the
+    run that measured them, not the partial run that kept them."""
+    import json
+
+    from benchmarks import bench_speed
+
+    measured = {"created": "2026-01-01 10:00 UTC", "command": "python benchmarks/bench_speed.py"}
+    previous = {**measured, "modes": {"quiet": {"temperature_scaling": [{"n": 1}]}}}
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps(previous))
+    modes = {"quiet": {"ece": []}}
+    note, source = bench_speed._keep_previous_ts(modes, path)
+    assert source == measured and measured["created"] in note
+    assert modes["quiet"]["temperature_scaling"] == [{"n": 1}]
+    path.write_text(json.dumps({"created": "2026-01-01 11:00 UTC", "command": "python benchmarks/bench_speed.py "
+                                "--sections ece", "ts_source": source, "modes": previous["modes"]}))
+    note, again = bench_speed._keep_previous_ts({"quiet": {}}, path)
+    assert again == measured and "10:00" in note and "11:00" not in note
