@@ -94,6 +94,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import re
 import multiprocessing as mp
 import os
 import platform
@@ -1045,13 +1046,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _kept_from(note: str) -> dict[str, str] | None:
+    """The run named by a partial run's note ("... kept from the run of <created> (<command>); ..."),
+    for results written before the reports stored ``ts_source``."""
+    match = re.search(r"kept from the run of (.+?) \((python [^)]*)\); the other sections", note)
+    return {"created": match.group(1), "command": match.group(2)} if match else None
+
+
 def _keep_previous_ts(modes: dict[str, Any], previous_path: Path) -> tuple[str, dict[str, str] | None]:
     """Put the temperature-scaling rows of the previous results into ``modes``; say where they come
     from (the run that measured them, also when the previous results had kept them in turn)."""
     if not previous_path.is_file():
         return "the temperature-scaling section was not run (--sections)", None
     previous = upgrade_report(json.loads(previous_path.read_text(encoding="utf-8")))
-    source = previous.get("ts_source") or {"created": previous["created"], "command": previous["command"]}
+    source = previous.get("ts_source") or _kept_from(previous.get("note") or "") or {
+        "created": previous["created"], "command": previous["command"]}
     kept = []
     for mode, results in modes.items():
         old = (previous["modes"].get(mode) or {}).get("temperature_scaling") or []

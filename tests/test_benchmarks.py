@@ -48,3 +48,8 @@ def test_bench_speed_partial_runs_cite_the_run_that_measured_the_kept_rows(tmp_p
                                 "--sections ece", "ts_source": source, "modes": previous["modes"]}))
     note, again = bench_speed._keep_previous_ts({"quiet": {}}, path)
     assert again == measured and "10:00" in note and "11:00" not in note
+    # results of a partial run written before reports stored ts_source: the source is in its note
+    path.write_text(json.dumps({"created": "2026-01-01 12:00 UTC", "command": "python benchmarks/bench_speed.py "
+                                "--sections ece", "note": note, "modes": previous["modes"]}))
+    note, older = bench_speed._keep_previous_ts({"quiet": {}}, path)
+    assert older == measured and "10:00" in note and "12:00" not in note

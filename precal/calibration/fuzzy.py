@@ -139,8 +139,8 @@ def _split(theta: torch.Tensor, r: int, k: int, diagonal: bool) -> tuple[torch.T
 
 def _stage_two_work(rows: int, k: int, r: int, diagonal: bool) -> int:
     """Elements of work of one evaluation of the stage-2 data term on ``rows`` rows (all versions):
-    the per-region logits of a full map are ``R K²`` products per row, a diagonal map's ``K``."""
-    return rows * (max(k, r) if diagonal else r * k * k)
+    mixing the regions' maps costs ``R K²`` products per row for full maps, ``R K`` for diagonal ones."""
+    return rows * r * (k if diagonal else k * k)
 
 
 def _n_theta(r: int, k: int, diagonal: bool) -> int:
@@ -806,8 +806,9 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
     over blocks of rows so memory stays bounded (autograd only for the parameter-sized penalty
     and the soft-ECE term, which does not split over rows and is computed on the whole
     batch); on the CPU the blocks of each evaluation are shared among precal's threads
-    (single-threaded torch kernels, sums in block order: the same fit on any number of
-    threads). Log-probabilities are standardised per column (a reparameterisation: the
+    (single-threaded torch kernels, sums in block order), and the rest of stage 2 (the
+    preconditioner, the soft-ECE term) runs on one thread: the same fit on any number of
+    threads. Log-probabilities are standardised per column (a reparameterisation: the
     objective is unchanged), and L-BFGS-B runs in coordinates where a fixed approximation of
     the Hessian at the start is the identity (the penalties' exact Hessian, the data's
     diagonal Gauss-Newton curvature of each region's map alone, and the median of that

@@ -396,7 +396,7 @@ def test_chunked_objective_gives_the_same_fit(data, monkeypatch):
 def test_stage_two_blocks_on_several_threads_give_the_same_bits(data, monkeypatch):
     """The data term's blocks are shared among threads and summed in block order, and everything else
     runs on one thread: precal's budget 1 or 3, the same fit to the last bit."""
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     import precal
     import precal.calibration.fuzzy as fuzzy
@@ -404,6 +404,18 @@ def test_stage_two_blocks_on_several_threads_give_the_same_bits(data, monkeypatc
     z, y = data
     monkeypatch.setattr(fuzzy, "_BLOCK_ELEMENTS", 16 * 40)  # 40 rows per block: about 30 blocks
     calls = spy_map_blocks(monkeypatch, precal._threads)
+    inside = []  # torch's and the BLAS pools' thread counts inside each stage-2 fit
+    real_fit = fuzzy._GateFit._fit
+
+    def spying_fit(self, *args):
+        blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        inside.append((torch.get_num_threads(), max(blas, default=1)))
+        return real_fit(self, *args)
+
+    monkeypatch.setattr(fuzzy._GateFit, "_fit", spying_fit)
+    # the fit's own budget above one thread for this small data, on any machine
+    monkeypatch.setattr(precal._threads, "MIN_PARALLEL_ELEMENTS", 1)  # 0 elements still mean one thread
+    monkeypatch.setattr(precal._threads, "available_cpus", lambda *a, **k: 3)
     fits = []
     saved = torch.get_num_threads()
     for n_threads in (1, 3):
@@ -413,10 +425,13 @@ def test_stage_two_blocks_on_several_threads_give_the_same_bits(data, monkeypatc
             with threadpool_limits(limits=n_threads), precal.config_context(n_threads=n_threads):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
-                    fits.append(FuzzyDirichletCalibrator(random_state=0, max_iter=30).fit(z, y))
+                    # check_gates=False: the fitted maps are stage 2's own (the gates are not dropped)
+                    fits.append(FuzzyDirichletCalibrator(random_state=0, max_iter=30, check_gates=False).fit(z, y))
         finally:
             torch.set_num_threads(saved)
     assert any(n == 3 and blocks > 1 for blocks, n in calls)
+    assert inside and set(inside) == {(1, 1)}  # stage 2's own torch and BLAS work on one thread
+    assert fits[0].gated_ and fits[1].gated_
     for name in ("centers_", "widths_", "coefs_", "intercepts_"):
         assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
 
@@ -425,7 +440,7 @@ def test_fit_work_counts_stage_two():
     x = np.zeros((1000, 10))
     # three versions (two noise copies) of 1 000 rows, R K^2 = 300 products each for a full map
     assert FuzzyDirichletCalibrator()._fit_work(x) == 3 * 1000 * 300
-    assert FuzzyDirichletCalibrator(noise=None, map="diagonal")._fit_work(x) == 1000 * 20  # stage 1's pass
+    assert FuzzyDirichletCalibrator(noise=None, map="diagonal")._fit_work(x) == 1000 * 3 * 10  # R K per row
     assert FuzzyDirichletCalibrator(n_noise_copies="two")._fit_work(x) > 0  # the fit's checks say what is wrong
 
 
