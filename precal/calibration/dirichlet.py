@@ -70,14 +70,6 @@ _DENSE_MAX_PARAMS = 512
 #: Rows of the strided sample that sets the standardisation (and the temperature start) of large fits.
 _STATS_ROWS = 8192
 
-#: The low-rank Hessian-vector product of diagonal maps works on blocks of
-#: ``_CHUNK_ELEMENTS / _HESSP_BLOCK_DIVISOR`` rows' worth of ``2 K`` kept floats (2**18
-#: elements, 1 MB of float32, of each kept array): the second product over a block reads it
-#: from cache, and blocks are large enough that the four torch calls per block cost less than
-#: their arithmetic (measured at 50 000 x 1 000 and on a 1 700-row fold: a quarter of these
-#: blocks took 1.2x and 1.7x as long).
-_HESSP_BLOCK_DIVISOR = 1
-
 #: A pass on several threads hands out its chunks in waves whose per-chunk partial sums
 #: (gradient, curvature, dense Hessian) take at most this many bytes together, so memory
 #: stays bounded for large maps; each wave's partials are added in chunk order.
@@ -165,19 +157,36 @@ def _pass_elements(n: int, k: int, diagonal: bool) -> int:
     return n * _chunk_width(k, 2 * k if diagonal else k * (k + 1))
 
 
+def resolve_map(map_name: Any, n_classes: int) -> str:
+    """The map a fit uses: ``map_name``, with ``"auto"`` a full map up to :data:`AUTO_FULL_MAX_CLASSES`
+    classes and a diagonal one above."""
+    if map_name == "auto":
+        return "full" if n_classes <= AUTO_FULL_MAX_CLASSES else "diagonal"
+    return map_name
+
+
+def fit_shape(X: Any) -> tuple[int, int] | None:
+    """``(n, K)`` a fit on ``X`` works with, from its shape alone (1-D: one binary logit, two
+    classes); ``None`` when the shape does not say (no shape, more than two dimensions, a dask
+    array of unknown chunk sizes)."""
+    shape = getattr(X, "shape", None)
+    try:
+        if len(shape) > 2:
+            return None
+        return int(shape[0]), (max(int(shape[1]), 2) if len(shape) == 2 else 2)
+    except (TypeError, ValueError, OverflowError, IndexError):  # NaN rows, no shape
+        return None
+
+
 def fit_work(X: Any, map_name: Any) -> int | None:
     """Elements of work of one pass of a Dirichlet fit over ``X`` (``map_name``: ``"auto"``,
-    ``"full"`` or ``"diagonal"``), for the fit's thread budget: :func:`_pass_elements` for 2-D
-    input and for 1-D (one binary logit, two classes), else the input's size."""
-    shape = getattr(X, "shape", None)
-    try:  # a dask array of unknown chunk sizes has NaN rows
-        n, k = int(shape[0]), (max(int(shape[1]), 2) if len(shape) == 2 else 2)  # 1-D: one binary logit
-    except (TypeError, ValueError, OverflowError, IndexError):
+    ``"full"`` or ``"diagonal"``), for the fit's thread budget: :func:`_pass_elements` where
+    :func:`fit_shape` knows the shape, else the input's size."""
+    shape = fit_shape(X)
+    if shape is None:
         return _work_size((X,))
-    if len(shape) > 2:
-        return _work_size((X,))
-    diagonal = map_name == "diagonal" or (map_name == "auto" and k > AUTO_FULL_MAX_CLASSES)
-    return _pass_elements(n, k, diagonal)
+    n, k = shape
+    return _pass_elements(n, k, resolve_map(map_name, k) == "diagonal")
 
 
 def _row_chunks(n: int, elements_per_row: int) -> Iterator[slice]:
@@ -580,7 +589,11 @@ class _DataTerm:
                 return torch.stack([torch.mv(qf.T, r), torch.mv(q.T, r)]).to(f64)  # float32 products
 
             acc = torch.zeros((2, k), dtype=f64, device=dev)  # U^T S U v: the w and the b halves
-            for part in self._map_chunks(block, list(_row_chunks(self.n, 2 * k * _HESSP_BLOCK_DIVISOR)), 16 * k):
+            # blocks of _CHUNK_ELEMENTS / (2 K) rows: 2**18 elements (1 MB of float32) of each kept
+            # array, so the second product over a block reads it from cache, and large enough that
+            # the four torch calls per block cost less than their arithmetic (measured at 50 000 x
+            # 1 000 and on a 1 700-row fold: a quarter of these blocks took 1.2x and 1.7x as long)
+            for part in self._map_chunks(block, list(_row_chunks(self.n, 2 * k)), 16 * k):
                 acc += part  # float64 sums over blocks
             low = acc.reshape(-1).cpu().numpy()
             if self.weights is None:
@@ -1644,9 +1657,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
         check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _resolve_map(self, n_classes: int) -> str:
-        if self.map == "auto":
-            return "full" if n_classes <= AUTO_FULL_MAX_CLASSES else "diagonal"
-        return self.map
+        return resolve_map(self.map, n_classes)
 
     def _fit_work(self, X: Any) -> int | None:
         return fit_work(X, self.map)

@@ -30,7 +30,15 @@ from .._threads import map_blocks_in_waves, thread_budget, thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
 from ._crossval import _better, check_cv, cv_splits
-from .dirichlet import AUTO_FULL_MAX_CLASSES, MAPS, DirichletCalibrator, check_strengths, fit_dirichlet, fit_work
+from .dirichlet import (
+    MAPS,
+    DirichletCalibrator,
+    check_strengths,
+    fit_dirichlet,
+    fit_shape,
+    fit_work,
+    resolve_map,
+)
 
 __all__ = [
     "FuzzyDirichletCalibrator",
@@ -935,23 +943,20 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
         return tuple(names)
 
     def _resolve_map(self, n_classes: int) -> str:
-        if self.map == "auto":
-            return "full" if n_classes <= AUTO_FULL_MAX_CLASSES else "diagonal"
-        return self.map
+        return resolve_map(self.map, n_classes)
 
     def _fit_work(self, X: Any) -> int | None:
         """The larger of stage 1's (a Dirichlet fit) and stage 2's work per pass, for the thread budget."""
         stage_one = fit_work(X, self.map)
-        shape = getattr(X, "shape", None)
-        try:
-            n, k = int(shape[0]), (max(int(shape[1]), 2) if len(shape) == 2 else 2)
-        except (TypeError, ValueError, OverflowError, IndexError):
+        shape = fit_shape(X)
+        if shape is None:
             return stage_one
+        n, k = shape
         def count(value: Any) -> int:  # hyperparameters are validated later, by the fit
             return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else 1
 
         versions = 1 + (count(self.n_noise_copies) if self.noise is not None else 0)
-        diagonal = self.map == "diagonal" or (self.map == "auto" and k > AUTO_FULL_MAX_CLASSES)
+        diagonal = resolve_map(self.map, k) == "diagonal"
         r = count(self.n_regions)
         return max(stage_one or 0, _stage_two_work(versions * n, k, r, diagonal))
 
