@@ -440,6 +440,24 @@ def test_all_confidences_one_and_correct_give_zero():
     assert curve.counts[-1] == 6 and curve.counts[:-1].sum() == 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_bins", [1, 2, 3, 5, 7, 10, 15, 20, 100])
+def test_bin_index_equals_searchsorted_next_to_every_edge(n_bins, dtype):
+    """float32 confidences are binned in float32 against edges rounded up to float32: the same bins
+    as searchsorted over the float64 linspace edges, for values on, just below and just above each edge."""
+    from precal.metrics.calibration import _uniform_bin_index
+
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    near = []
+    for e in edges:
+        v = dtype(e)
+        near += [v, np.nextafter(v, dtype(0)), np.nextafter(v, dtype(1)), np.nextafter(np.nextafter(v, dtype(1)), dtype(1))]
+    rng = np.random.default_rng(n_bins)
+    values = np.clip(np.concatenate([np.array(near, dtype=dtype), rng.random(2000).astype(dtype)]), 0, 1).astype(dtype)
+    expected = np.clip(np.searchsorted(edges, values.astype(np.float64), side="right") - 1, 0, n_bins - 1)
+    assert_array_equal(_uniform_bin_index(values, edges), expected)
+
+
 def test_interior_edge_goes_to_upper_bin():
     # n_bins = 2: edges [0, .5, 1]; confidence exactly .5 -> bin 1 ([.5, 1])
     assert_array_equal(np.linspace(0, 1, 3), [0.0, 0.5, 1.0])
@@ -1160,20 +1178,25 @@ def test_property_column_relabeling(data):
             assert f(y_new, prob_new) == pytest.approx(f(y, prob), abs=1e-12), name
 
 
-@pytest.mark.parametrize("k", [3, 63, 64, 200])
-def test_top_label_takes_the_first_maximal_column_on_both_paths(k):
-    """Short rows use torch's max(dim=1), long ones numpy's argmax: the same first-index tie rule."""
-    from precal.metrics.calibration import _NUMPY_ARGMAX_MIN_CLASSES, _top_label
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("k", [2, 3, 16, 17, 63, 64, 200])
+def test_top_label_takes_the_first_maximal_column_on_every_path(k, order):
+    """Few columns go column by column, short rows to torch's max(dim=1), long ones to numpy's
+    argmax: the same first-index tie rule, also when the label is a later maximal column."""
+    from precal.metrics.calibration import _COLUMN_PASSES_MAX_CLASSES, _NUMPY_ARGMAX_MIN_CLASSES, _top_label
 
     rng = np.random.default_rng(k)
     counts = rng.integers(0, 3, size=(3000, k)).astype(np.float32)
     counts[:, 0] += 1.0  # no all-zero row
-    prob = counts / counts.sum(axis=1, keepdims=True)  # many tied maxima
+    prob = np.asarray(counts / counts.sum(axis=1, keepdims=True), order=order)  # many tied maxima
     y = rng.integers(0, k, size=3000)
     y[:500] = prob[:500].argmax(axis=1)
+    is_max = prob == prob.max(axis=1, keepdims=True)
+    y[500:1000] = k - 1 - np.argmax(is_max[500:1000, ::-1], axis=1)  # the last maximal column
     conf, correct = _top_label(y, prob)
-    assert (k >= _NUMPY_ARGMAX_MIN_CLASSES) == (k >= 64)
+    assert (k <= _COLUMN_PASSES_MAX_CLASSES, k >= _NUMPY_ARGMAX_MIN_CLASSES) == (k <= 16, k >= 64)
     assert_array_equal(conf, prob.max(axis=1).astype(np.float64))
     assert_array_equal(correct, (prob.argmax(axis=1) == y).astype(np.float64))
+    assert correct[:500].all() and not correct[500:1000][is_max[500:1000].sum(axis=1) > 1].any()
     tied = (prob == prob.max(axis=1, keepdims=True)).sum(axis=1) > 1
     assert tied.sum() > 100  # the ties are exercised
