@@ -1020,7 +1020,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS),
         help="comma-separated sections to run (default: all): " + ", ".join(SECTIONS) + ";\n"
-        "without 'ts' the temperature-scaling rows of the existing speed.json are kept, marked as such",
+        "the rows of the sections not run (ts, ece, calibrators) are kept from the existing speed.json,\n"
+        "each marked with the run that measured it",
     )
     parser.add_argument(
         "--render-only",
@@ -1046,31 +1047,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+#: The results of each section (its key in a mode's results) and how a note names its rows.
+SECTION_RESULTS = {"ts": ("temperature_scaling", "temperature-scaling"), "ece": ("ece", "ECE"),
+                   "calibrators": ("calibrators", "calibrator")}
+
+
 def _kept_from(note: str) -> dict[str, str] | None:
     """The run named by a partial run's note ("... kept from the run of <created> (<command>); ..."),
-    for results written before the reports stored ``ts_source``."""
+    for results written before the reports stored where their kept rows came from."""
     match = re.search(r"kept from the run of (.+?) \((python [^)]*)\); the other sections", note)
     return {"created": match.group(1), "command": match.group(2)} if match else None
 
 
-def _keep_previous_ts(modes: dict[str, Any], previous_path: Path) -> tuple[str, dict[str, str] | None]:
-    """Put the temperature-scaling rows of the previous results into ``modes``; say where they come
-    from (the run that measured them, also when the previous results had kept them in turn)."""
+def _keep_previous(modes: dict[str, Any], previous_path: Path, sections: tuple[str, ...]
+                   ) -> tuple[str, dict[str, dict[str, str]]]:
+    """Put the rows of the sections not run (``sections``) from the previous results into ``modes``;
+    say, per section, which run measured them (also when the previous results had kept them in turn).
+    Returns the note and ``{results key: {"created", "command"}}``."""
+    if not sections:
+        return "", {}
+    names = [SECTION_RESULTS[x][1] for x in sections]
     if not previous_path.is_file():
-        return "the temperature-scaling section was not run (--sections)", None
+        return f"the {', '.join(names)} sections were not run (--sections)", {}
     previous = upgrade_report(json.loads(previous_path.read_text(encoding="utf-8")))
-    source = previous.get("ts_source") or _kept_from(previous.get("note") or "") or {
-        "created": previous["created"], "command": previous["command"]}
-    kept = []
-    for mode, results in modes.items():
-        old = (previous["modes"].get(mode) or {}).get("temperature_scaling") or []
-        if results is not None:
-            results["temperature_scaling"] = old
-            if old:
-                kept.append(mode)
-    return (f"the temperature-scaling rows ({', '.join(kept) or 'none'}) are kept from the run of "
-            f"{source['created']} ({source['command']}); the other sections are from this run "
-            f"(--sections)"), source
+    own = {"created": previous["created"], "command": previous["command"]}
+    sources = dict(previous.get("sources") or {})
+    if "ts_source" in previous or "sources" not in previous:  # results written before "sources"
+        legacy = previous.get("ts_source") or _kept_from(previous.get("note") or "")
+        if legacy:
+            sources["temperature_scaling"] = legacy
+    parts, kept_sources = [], {}
+    for section in sections:
+        key, name = SECTION_RESULTS[section]
+        kept = []
+        for mode, results in modes.items():
+            old = (previous["modes"].get(mode) or {}).get(key) or []
+            if results is not None:
+                results[key] = old
+                if old:
+                    kept.append(mode)
+        source = sources.get(key) or own
+        kept_sources[key] = source
+        parts.append(f"the {name} rows ({', '.join(kept) or 'none'}) are kept from the run of "
+                     f"{source['created']} ({source['command']})")
+    return "; ".join(parts) + "; the other sections are from this run (--sections)", kept_sources
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -1125,9 +1145,8 @@ def main(argv: list[str] | None = None) -> int:
         with busy_machine(workers, max_seconds=bound, kind=config.busy_kind):
             modes[mode] = run_suite(config)
 
-    note = ts_source = None
-    if "ts" not in args.sections:
-        note, ts_source = _keep_previous_ts(modes, out_dir / "speed.json")
+    not_run = tuple(x for x in SECTION_RESULTS if x not in args.sections)
+    note, sources = _keep_previous(modes, out_dir / "speed.json", not_run)
     report = {
         "benchmark": "precal speed: temperature-scaling fit and ECE vs scikit-learn, netcal, torchmetrics, "
         "quiet and busy",
@@ -1147,8 +1166,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if note:
         report["note"] = note
-    if ts_source:
-        report["ts_source"] = ts_source  # the run that measured the kept rows, for the next partial run
+    if sources:
+        report["sources"] = sources  # the runs that measured the kept rows, for the next partial run
     written = write_outputs(report, out_dir, docs_path)
     print_report(report)
     print("\nwrote: " + ", ".join(str(p) for p in written))

@@ -30,26 +30,35 @@ def test_script_quick_mode_runs(script, tmp_path):
 
 
 def test_bench_speed_partial_runs_cite_the_run_that_measured_the_kept_rows(tmp_path):
-    """A run without the TS section keeps the previous TS rows; a second such run still names the
-    run that measured them, not the partial run that kept them."""
+    """A run without some sections keeps their previous rows; a second such run still names the
+    run that measured each, not the partial run that kept them."""
     import json
 
     from benchmarks import bench_speed
 
     measured = {"created": "2026-01-01 10:00 UTC", "command": "python benchmarks/bench_speed.py"}
-    previous = {**measured, "modes": {"quiet": {"temperature_scaling": [{"n": 1}]}}}
+    rows = {"temperature_scaling": [{"n": 1}], "ece": [{"n": 2}], "calibrators": [{"n": 3}]}
+    previous = {**measured, "modes": {"quiet": rows}}
     path = tmp_path / "speed.json"
     path.write_text(json.dumps(previous))
-    modes = {"quiet": {"ece": []}}
-    note, source = bench_speed._keep_previous_ts(modes, path)
-    assert source == measured and measured["created"] in note
-    assert modes["quiet"]["temperature_scaling"] == [{"n": 1}]
+    modes = {"quiet": {"ece": []}, "busy": None}
+    note, sources = bench_speed._keep_previous(modes, path, ("ts", "calibrators"))
+    assert sources == {"temperature_scaling": measured, "calibrators": measured} and measured["created"] in note
+    assert modes["quiet"] == {"ece": [], "temperature_scaling": [{"n": 1}], "calibrators": [{"n": 3}]}
+    # the next partial run keeps the calibrator rows again (from 10:00) and the ECE rows of 11:00
     path.write_text(json.dumps({"created": "2026-01-01 11:00 UTC", "command": "python benchmarks/bench_speed.py "
-                                "--sections ece", "ts_source": source, "modes": previous["modes"]}))
-    note, again = bench_speed._keep_previous_ts({"quiet": {}}, path)
-    assert again == measured and "10:00" in note and "11:00" not in note
-    # results of a partial run written before reports stored ts_source: the source is in its note
+                                "--sections ece", "sources": sources, "modes": previous["modes"]}))
+    note, again = bench_speed._keep_previous({"quiet": {}}, path, ("ece", "calibrators"))
+    assert again["calibrators"] == measured and again["ece"]["created"] == "2026-01-01 11:00 UTC"
+    assert "the calibrator rows (quiet) are kept from the run of 2026-01-01 10:00 UTC" in note
+    # results of a partial run written before reports stored their sources: ts_source, then the note
     path.write_text(json.dumps({"created": "2026-01-01 12:00 UTC", "command": "python benchmarks/bench_speed.py "
-                                "--sections ece", "note": note, "modes": previous["modes"]}))
-    note, older = bench_speed._keep_previous_ts({"quiet": {}}, path)
-    assert older == measured and "10:00" in note and "12:00" not in note
+                                "--sections ece", "ts_source": measured, "modes": previous["modes"]}))
+    note, older = bench_speed._keep_previous({"quiet": {}}, path, ("ts",))
+    assert older == {"temperature_scaling": measured} and "10:00" in note and "12:00" not in note
+    legacy_note = ("the temperature-scaling rows (quiet) are kept from the run of 2026-01-01 10:00 UTC "
+                   "(python benchmarks/bench_speed.py); the other sections are from this run (--sections)")
+    path.write_text(json.dumps({"created": "2026-01-01 13:00 UTC", "command": "python benchmarks/bench_speed.py "
+                                "--sections ece", "note": legacy_note, "modes": previous["modes"]}))
+    note, older = bench_speed._keep_previous({"quiet": {}}, path, ("ts", "calibrators"))
+    assert older["temperature_scaling"] == measured and older["calibrators"]["created"] == "2026-01-01 13:00 UTC"
