@@ -473,6 +473,26 @@ def test_conjugate_gradient_steps_reach_the_dense_newton_optimum(monkeypatch, di
         assert_allclose(fit.intercept, dense.intercept, atol=1e-9)
 
 
+@pytest.mark.parametrize("diagonal, k", [(False, 12), (True, 300)])
+def test_float32_conjugate_gradient_fit_stops_at_the_float64_optimum(monkeypatch, diagonal, k):
+    """float32 CG fits end when quadratic convergence predicts the next step below the parameters'
+    float32 bound (one Newton step fewer here): the objective and probabilities are still float64's."""
+    z, y = _miscalibrated(n=3000, k=k, seed=21)
+    lp = log_softmax(z)
+    kw = {"diagonal": diagonal, "reg_lambda": 1e-2, "reg_mu": 1e-2}
+    ref = fit_dirichlet(z, y, dtype=torch.float64, **kw)
+    monkeypatch.setattr(dirichlet_module, "_DENSE_MAX_PARAMS", 0)
+    fit = fit_dirichlet(z, y, dtype=torch.float32, **kw)
+    monkeypatch.setattr(dirichlet_module, "_PREDICTED_FLOOR_DTYPES", ())
+    taken = fit_dirichlet(z, y, dtype=torch.float32, **kw)  # the predicted last step taken
+    assert fit.converged and fit.n_cg > 0 and fit.n_iter < taken.n_iter and fit.n_cg < taken.n_cg
+    f64, f32 = (dirichlet_objective(lp, y, f.coef, f.intercept, reg_lambda=1e-2, reg_mu=1e-2)[0] for f in (ref, fit))
+    assert f32 <= f64 + 1e-6
+    p64, p32 = (softmax(lp @ _matrix(f.coef).T + f.intercept) for f in (ref, fit))
+    assert_allclose(p32, p64, atol=1e-3)
+    assert_allclose(p32, softmax(lp @ _matrix(taken.coef).T + taken.intercept), atol=1e-4)
+
+
 def test_clone_keeps_the_parameters():
     cal = DirichletCalibrator(map="diagonal", reg_lambda=0.1, reg_mu=None, reg_diag=0.3, cv=3, max_iter=50,
                               tol=1e-6)
