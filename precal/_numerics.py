@@ -6,6 +6,7 @@ on their device, so the calibrators' prediction path never moves a tensor to the
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["log_softmax", "softmax", "binary_logit_to_two_columns", "as_tensor", "to_tensor", "is_tensor", "to_numpy"]
+__all__ = ["log_softmax", "softmax", "softmax_rows", "binary_logit_to_two_columns", "as_tensor", "to_tensor", "is_tensor", "to_numpy"]
 
 
 def is_tensor(x: Any) -> bool:
@@ -47,6 +48,48 @@ def softmax(z: Any) -> Any:
         return p / p.sum(dim=1, keepdim=True)
     p = np.exp(p)
     return p / p.sum(axis=1, keepdims=True)
+
+
+#: Rows of at most this many columns take :func:`softmax_rows`' shared shift on the CPU: torch's
+#: row softmax loops over rows (1.3 ms for 10 000 x 10 in float32 or float64 on one core, 0.14-0.26
+#: ms with the shared shift); from about 32 columns on torch's own kernel is as fast or faster.
+SHORT_ROWS = 16
+
+#: Smallest row sum of ``exp(a - max(a))`` (by dtype) for which :func:`softmax_rows` keeps the
+#: shared shift. A row whose maximum lies ``B`` below the block's has a sum of at least
+#: ``exp(-B)`` (at most ``K`` times more), and its entries stay normal numbers down to
+#: ``exp(-(708 - B - log K))`` (float64) or ``exp(-(87 - B - log K))`` (float32) of its largest:
+#: with ``B`` = 200 and 35, ``exp(-506)`` and ``exp(-49)``, below the ``sqrt(tiny)`` (``exp(-354)``,
+#: ``exp(-43.6)``) under which the Dirichlet fit takes a true class's NLL from its logits anyway.
+#: Log-probabilities are ``a - M - log(sum)``, exact to rounding for any entry.
+_SHARED_SHIFT_MIN_SUM = {"torch.float64": math.exp(-200.0), "torch.float32": math.exp(-35.0)}
+
+
+def softmax_rows(a: "torch.Tensor", *, out: "torch.Tensor | None" = None, log: bool = False) -> "torch.Tensor":
+    """``softmax`` (or ``log_softmax`` with ``log=True``) over the rows of a 2-D tensor.
+
+    Short rows (up to :data:`SHORT_ROWS` columns) of float32/float64 CPU tensors are shifted by
+    the block's largest entry instead of each row's, ``q = exp(a - M) / (exp(a - M) 1)``: three
+    vectorised passes and a matrix-vector product instead of torch's per-row loop. When some row
+    lies so far below the block's maximum that its sum falls under
+    :data:`_SHARED_SHIFT_MIN_SUM` (or ``a`` is not finite) the block takes torch's kernel, so the
+    result is as accurate as torch's up to rounding. ``out`` must not alias ``a``.
+    """
+    import torch
+
+    k = a.shape[1] if a.dim() == 2 else 0
+    key = str(a.dtype)
+    if not (0 < k <= SHORT_ROWS and a.shape[0] > 0 and a.device.type == "cpu" and key in _SHARED_SHIFT_MIN_SUM):
+        return (torch.log_softmax if log else torch.softmax)(a, dim=1, out=out)
+    top = a.max()
+    if bool(torch.isfinite(top)):
+        e = torch.sub(a, top, out=out).exp_()
+        sums = e @ e.new_ones(k)
+        if float(sums.min()) >= _SHARED_SHIFT_MIN_SUM[key]:
+            if not log:
+                return e.div_(sums[:, None])
+            return torch.sub(a, sums.log_().add_(top)[:, None], out=e)
+    return (torch.log_softmax if log else torch.softmax)(a, dim=1, out=out)
 
 
 def binary_logit_to_two_columns(z: Any) -> Any:

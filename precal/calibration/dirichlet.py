@@ -14,7 +14,7 @@ import scipy.linalg
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .._numerics import log_softmax, to_tensor
+from .._numerics import log_softmax, softmax_rows, to_tensor
 from .._threads import _work_size, map_blocks, map_blocks_in_waves, thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
@@ -247,7 +247,7 @@ class _StandardisedLogProbs:
         self.n, self.k = logits.shape
 
     def __call__(self, rows: slice, out: torch.Tensor | None = None) -> torch.Tensor:
-        lp = torch.log_softmax(self.logits[rows].to(self.dtype), dim=1, out=out)
+        lp = softmax_rows(self.logits[rows].to(self.dtype), out=out, log=True)
         return lp.sub_(self.shift).mul_(self.inv_scale)
 
 
@@ -401,7 +401,7 @@ class _DataTerm:
             errors = _errors(a, yc, a_true, wc) if count_errors else None
             # one fused softmax (one exp per entry, max and sum within each row); kept: written
             # straight into the kept buffer
-            q = torch.softmax(a, dim=1, out=self.probs[rows] if store else scratch(_SLOT_PROBS, feats))
+            q = softmax_rows(a, out=self.probs[rows] if store else scratch(_SLOT_PROBS, feats))
             q_true = q.gather(1, yc)[:, 0]
             nll = -torch.log(q_true.to(f64))
             faint = q_true < tiny
@@ -586,8 +586,8 @@ class _DataTerm:
                     qf, q = self.probs_f[rows], self.probs[rows]
                 else:
                     feats = self.features(rows)
-                    q = torch.softmax(self._logits(feats, w, b, out=scratch(_SLOT_LOGITS, feats)), dim=1,
-                                      out=scratch(_SLOT_PROBS, feats))
+                    q = softmax_rows(self._logits(feats, w, b, out=scratch(_SLOT_LOGITS, feats)),
+                                     out=scratch(_SLOT_PROBS, feats))
                     qf = torch.mul(q, feats, out=scratch(_SLOT_LOGITS, feats))
                 r = torch.addmv(torch.mv(q, v_b), qf, v_w)
                 if self.weights is not None:
@@ -620,8 +620,8 @@ class _DataTerm:
             if w is None:
                 q = self.probs[rows]
             else:
-                q = torch.softmax(self._logits(feats, w, b, out=scratch(_SLOT_LOGITS, feats)), dim=1,
-                                  out=scratch(_SLOT_PROBS, feats))
+                q = softmax_rows(self._logits(feats, w, b, out=scratch(_SLOT_LOGITS, feats)),
+                                 out=scratch(_SLOT_PROBS, feats))
             t = self._logits(feats, vw, vb, out=scratch(_SLOT_PRODUCT, feats)).mul_(q)  # q ⊙ da
             t.addcmul_(q, t.sum(dim=1, keepdim=True), value=-1.0)  # (diag q - q q^T) da
             wc = self._chunk_weights(rows)
@@ -1143,7 +1143,7 @@ class _Problem:
         s1 = torch.zeros(k, dtype=f64, device=device)
         s2 = torch.zeros(k, dtype=f64, device=device)
         for rows in _row_chunks(sample.shape[0], k):
-            lp64 = torch.log_softmax(sample[rows].to(dtype), dim=1).to(f64).div_(unit)
+            lp64 = softmax_rows(sample[rows].to(dtype), log=True).to(f64).div_(unit)
             if w_sample is None:
                 s1 += lp64.sum(dim=0)
                 s2 += lp64.square_().sum(dim=0)
@@ -1227,7 +1227,7 @@ def _heldout_nll(logits: torch.Tensor, y_idx: torch.Tensor, weights: torch.Tenso
     step = max(1, _CHUNK_ELEMENTS // logits.shape[1])
     for start in range(0, len(rows), step):
         idx = rows[start : start + step]
-        lp = torch.log_softmax(logits[idx].to(f64), dim=1) if log_probs is None else log_probs[start : start + step]
+        lp = softmax_rows(logits[idx].to(f64), log=True) if log_probs is None else log_probs[start : start + step]
         a = lp * w + b if w.dim() == 1 else torch.addmm(b, lp, w.T)
         nll = torch.logsumexp(a, dim=1) - a.gather(1, y_idx[idx, None])[:, 0]
         if weights is None:
@@ -1801,7 +1801,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
         def score(fold: _Problem, state: Any, test: torch.Tensor) -> tuple[float, float]:
             if id(test) not in held_out:
                 small = len(test) * k <= _CV_MAX_WORK
-                held_out[id(test)] = torch.log_softmax(z[test].to(torch.float64), dim=1) if small else None
+                held_out[id(test)] = softmax_rows(z[test].to(torch.float64), log=True) if small else None
             return _heldout_nll(z, y_idx, weights, state[1], state[2], test, held_out[id(test)])
 
         path = cross_validated_path(REG_GRID, splits, make_fold, fit, score)
