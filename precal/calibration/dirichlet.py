@@ -14,7 +14,7 @@ import scipy.linalg
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .._numerics import log_softmax, softmax_rows, to_tensor
+from .._numerics import log_softmax, matmul, softmax_rows, to_tensor
 from .._threads import _work_size, map_blocks, map_blocks_in_waves, thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
@@ -357,7 +357,7 @@ class _DataTerm:
                 ) -> torch.Tensor:
         if self.diagonal:
             return torch.addcmul(b, feats, w, out=out) if out is not None else torch.addcmul(b, feats, w)
-        return torch.addmm(b, feats, w, out=out) if out is not None else torch.addmm(b, feats, w)
+        return torch.add(matmul(feats, w), b, out=out)  # numpy's BLAS on the CPU (see matmul)
 
     def evaluate(self, theta: np.ndarray, *, grad: bool = True, hess: bool = False, hess_diag: bool = False,
                  keep: bool = False, count_errors: bool = False) -> _Evaluation:
@@ -441,12 +441,12 @@ class _DataTerm:
                 minus = -(torch.ones_like(q[:, 0]) if wc is None else wc.to(q.dtype))
                 r = wq.scatter_add(1, yc, minus[:, None])  # s (q - onehot(y))
                 g_b = r.sum(dim=0).to(f64)
-                g_w = (r.T @ feats).to(f64)
+                g_w = matmul(r.T, feats).to(f64)
                 if want_curv:
                     v = wq - wq * q  # s q (1 - q)
                     curv = torch.empty((k, k + 1), dtype=f64, device=dev)
                     curv[:, k] = v.sum(dim=0).to(f64)
-                    curv[:, :k] = (v.T @ feats.square()).to(f64)
+                    curv[:, :k] = matmul(v.T, feats.square()).to(f64)
             if hess:
                 big = torch.zeros((self.n_params, self.n_params), dtype=f64, device=dev)
                 self._add_hessian(big, feats, q, wc)
@@ -536,7 +536,7 @@ class _DataTerm:
                 x = torch.cat([fs, torch.ones_like(fs[:, :1])], dim=1)  # (rows, K + 1)
                 _subtract_gram(big, (qs[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1), root)  # q_i ⊗ x_i
                 xx = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)  # x_i ⊗ x_i
-                blocks = (wqs.T @ xx).reshape(k, k + 1, k + 1).to(f64)  # Σ s q_ij x_i x_i^T per class j
+                blocks = matmul(wqs.T, xx).reshape(k, k + 1, k + 1).to(f64)  # Σ s q_ij x_i x_i^T per class j
                 view = big.view(k, k + 1, k, k + 1)
                 j = torch.arange(k, device=big.device)
                 view[j, :, j, :] += blocks
@@ -553,7 +553,7 @@ class _DataTerm:
                 x = torch.cat([feats, torch.ones_like(feats[:, :1])], dim=1)
                 wc = self._chunk_weights(rows)
                 xw = x if wc is None else x * wc.to(x.dtype)[:, None]
-                return (xw.T @ x).to(f64)
+                return matmul(xw.T, x).to(f64)
 
             for part in self._map_chunks(chunk, list(_row_chunks(self.n, k)), 8 * (k + 1) ** 2):
                 g += part
@@ -627,7 +627,7 @@ class _DataTerm:
             wc = self._chunk_weights(rows)
             if wc is not None:
                 t.mul_(wc.to(t.dtype)[:, None])
-            return t.sum(dim=0).to(f64), (torch.linalg.vecdot(t, feats, dim=0) if diagonal else t.T @ feats).to(f64)
+            return t.sum(dim=0).to(f64), (torch.linalg.vecdot(t, feats, dim=0) if diagonal else matmul(t.T, feats)).to(f64)
 
         for part_b, part_w in self._map_chunks(chunk, list(_row_chunks(self.n, k)), 8 * (h_w.numel() + k)):
             h_b += part_b
@@ -650,18 +650,18 @@ def _errors(a: torch.Tensor, yc: torch.Tensor, a_true: torch.Tensor, wc: torch.T
 
 
 def _subtract_gram(big: torch.Tensor, u: torch.Tensor, root_weights: torch.Tensor | None) -> None:
-    """``big -= Σ_i s_i u_i u_i^T`` (``u``: rows × P, ``root_weights``: ``sqrt(s_i)`` or None for 1),
-    by matrix products on ``u``'s device (no host copy, so the same code serves every device).
+    """``big -= Σ_i s_i u_i u_i^T`` (``u``: rows × P, ``root_weights``: ``sqrt(s_i)`` or None for 1).
 
-    The Gram matrix is symmetric: with ``u = [A | B]`` split at ``h = P/2`` columns, three
-    products ``AᵀA``, ``AᵀB``, ``BᵀB`` give it (three quarters of ``uᵀu``'s work; a BLAS
-    ``syrk`` would need a host copy on other devices).
+    On the CPU ``uᵀu`` goes to numpy's BLAS (:func:`~precal._numerics.matmul`), which computes the
+    product of a matrix with its own transpose as a ``syrk`` (half the work). On other devices,
+    with ``u = [A | B]`` split at ``h = P/2`` columns, three products ``AᵀA``, ``AᵀB``, ``BᵀB``
+    give the symmetric result (three quarters of ``uᵀu``'s work, no host copy).
     """
     if root_weights is not None:
         u = u * root_weights[:, None]
     p = u.shape[1]
-    if p < 128:  # no gain below (measured: 1.6 ms either way at P = 110, 2 600 rows, float64)
-        big -= (u.T @ u).to(torch.float64)
+    if u.device.type == "cpu" or p < 128:  # halves: no gain below (1.6 ms either way at P = 110)
+        big -= matmul(u.T, u).to(torch.float64)
         return
     h = p // 2
     a, b = u[:, :h], u[:, h:]
