@@ -1,6 +1,7 @@
 """FuzzyDirichletCalibrator: confidence-gated Dirichlet maps trained under emulated INT4 noise."""
 
 import json
+import math
 import warnings
 
 import numpy as np
@@ -213,6 +214,32 @@ def test_closed_form_data_gradient_matches_autograd(diagonal, r):
     torch.autograd.backward(_unpack(again, r, k, diagonal), grads)
     assert value == pytest.approx(float(want.detach()), rel=1e-13)
     assert_allclose(again.grad.numpy(), theta.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("far", [False, True])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_data_gradient_shared_shift_equals_the_per_row_shift(diagonal, far, monkeypatch):
+    """Short rows take one shift for the block (falling back to each row's maximum when a row lies far
+    below it, ``far``); the value and gradient are those of the per-row shift."""
+    import precal.calibration.fuzzy as fuzzy
+
+    gen = torch.Generator().manual_seed(7 + diagonal)
+    n, k, r = 300, 6, 3
+    lp = torch.log_softmax(5.0 * torch.randn(n, k, generator=gen, dtype=torch.float64), dim=-1)
+    if far:
+        lp[::7] -= 3000.0  # exp underflows for these rows under the block's shift
+    conf = torch.rand(n, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, k, (n,), generator=gen)
+    w = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    theta = torch.randn(_n_theta(r, k, diagonal), generator=gen, dtype=torch.float64) * 0.3
+    theta[2 * r : 2 * r + (k if diagonal else k * k)] += (1.0 if diagonal else torch.eye(k, dtype=torch.float64).ravel())
+    params = _unpack(theta, r, k, diagonal)
+    shared = fuzzy._data_term_grad(params, lp, conf, y, w)
+    monkeypatch.setattr(fuzzy, "SHORT_ROWS", 0)
+    per_row = fuzzy._data_term_grad(params, lp, conf, y, w)
+    assert math.isfinite(shared[0]) and shared[0] == pytest.approx(per_row[0], rel=1e-13)
+    for a, b in zip(shared[1], per_row[1]):
+        assert_allclose(a.numpy(), b.numpy(), rtol=1e-11, atol=1e-15)
 
 
 @pytest.mark.parametrize("diagonal", [False, True])
