@@ -56,24 +56,31 @@ def softmax(z: Any) -> Any:
 SHORT_ROWS = 16
 
 #: Smallest row sum of ``exp(a - max(a))`` (by dtype) for which :func:`softmax_rows` keeps the
-#: shared shift. A row whose maximum lies ``B`` below the block's has a sum of at least
-#: ``exp(-B)`` (at most ``K`` times more), and its entries stay normal numbers down to
+#: shared shift for probabilities. A row whose maximum lies ``B`` below the block's has a sum of
+#: at least ``exp(-B)`` (at most ``K`` times more), and its entries stay normal numbers down to
 #: ``exp(-(708 - B - log K))`` (float64) or ``exp(-(87 - B - log K))`` (float32) of its largest:
 #: with ``B`` = 200 and 35, ``exp(-506)`` and ``exp(-49)``, below the ``sqrt(tiny)`` (``exp(-354)``,
 #: ``exp(-43.6)``) under which the Dirichlet fit takes a true class's NLL from its logits anyway.
-#: Log-probabilities are ``a - M - log(sum)``, exact to rounding for any entry.
 _SHARED_SHIFT_MIN_SUM = {"torch.float64": math.exp(-200.0), "torch.float32": math.exp(-35.0)}
+
+#: The same for log-probabilities, ``(a - M) - log(sum)``: only the sum must stay a normal number
+#: (its largest term is ``exp(-B)``), and the result is within about ``eps B`` of torch's
+#: ``(a - m) - log(sum_row)`` (``m`` the row's maximum): 1.6e-13 in float64, 3.6e-6 in float32.
+_SHARED_SHIFT_MIN_SUM_LOG = {"torch.float64": math.exp(-700.0), "torch.float32": math.exp(-60.0)}
 
 
 def softmax_rows(a: "torch.Tensor", *, out: "torch.Tensor | None" = None, log: bool = False) -> "torch.Tensor":
     """``softmax`` (or ``log_softmax`` with ``log=True``) over the rows of a 2-D tensor.
 
     Short rows (up to :data:`SHORT_ROWS` columns) of float32/float64 CPU tensors are shifted by
-    the block's largest entry instead of each row's, ``q = exp(a - M) / (exp(a - M) 1)``: three
-    vectorised passes and a matrix-vector product instead of torch's per-row loop. When some row
-    lies so far below the block's maximum that its sum falls under
-    :data:`_SHARED_SHIFT_MIN_SUM` (or ``a`` is not finite) the block takes torch's kernel, so the
-    result is as accurate as torch's up to rounding. ``out`` must not alias ``a``.
+    the block's largest entry ``M`` instead of each row's, ``q = exp(a - M) / (exp(a - M) 1)``
+    and ``log q = (a - M) - log(exp(a - M) 1)``: three vectorised passes and a matrix-vector
+    product instead of torch's per-row loop. When some row lies so far below the block's
+    maximum that its sum falls under :data:`_SHARED_SHIFT_MIN_SUM` (probabilities) or
+    :data:`_SHARED_SHIFT_MIN_SUM_LOG` (log-probabilities), or ``a`` is not finite, the block
+    takes torch's kernel; so probabilities match torch's to rounding and log-probabilities to
+    within ``eps`` times the distance of the row's maximum below ``M``. ``out`` must not
+    alias ``a``.
     """
     import torch
 
@@ -83,12 +90,10 @@ def softmax_rows(a: "torch.Tensor", *, out: "torch.Tensor | None" = None, log: b
         return (torch.log_softmax if log else torch.softmax)(a, dim=1, out=out)
     top = a.max()
     if bool(torch.isfinite(top)):
-        e = torch.sub(a, top, out=out).exp_()
-        sums = e @ e.new_ones(k)
-        if float(sums.min()) >= _SHARED_SHIFT_MIN_SUM[key]:
-            if not log:
-                return e.div_(sums[:, None])
-            return torch.sub(a, sums.log_().add_(top)[:, None], out=e)
+        e = torch.sub(a, top, out=out)
+        sums = e.exp() @ e.new_ones(k) if log else e.exp_() @ e.new_ones(k)
+        if float(sums.min()) >= (_SHARED_SHIFT_MIN_SUM_LOG if log else _SHARED_SHIFT_MIN_SUM)[key]:
+            return e.sub_(sums.log_()[:, None]) if log else e.div_(sums[:, None])
     return (torch.log_softmax if log else torch.softmax)(a, dim=1, out=out)
 
 
@@ -97,21 +102,24 @@ NUMPY_BLAS = True
 
 
 def matmul(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
-    """``a @ b`` for 1-D or 2-D float32/float64 tensors; on the CPU through numpy's BLAS.
+    """``a @ b`` for float32/float64 tensors; matrix products on the CPU through numpy's BLAS.
 
-    torch's CPU wheels link MKL, which on the project's AMD EPYC machine ran the skinny products
-    of the Dirichlet and fuzzy fits 1.5-2.2 times slower than the OpenBLAS of numpy's wheels
-    (``(26 214, 20)ᵀ (26 214, 20)``: 0.85 against 0.39 ms in float64 on one thread), and numpy
-    turns ``uᵀu`` of one buffer into a ``syrk`` (half the work). The tensors are shared with
-    numpy, not copied; the result is a CPU tensor. Other devices, other dtypes and tensors that
-    require gradients use torch's ``@``. Threads: numpy's BLAS pool, which
+    torch's CPU wheels link MKL, which on the project's AMD EPYC machine ran the skinny matrix
+    products of the Dirichlet and fuzzy fits 1.5-2.2 times slower than the OpenBLAS of numpy's
+    wheels (``(26 214, 20)ᵀ (26 214, 20)``: 0.85 against 0.39 ms in float64 on one thread), and
+    numpy turns ``uᵀu`` of one buffer into a ``syrk`` (half the work); they scale the same over
+    precal's threads. Matrix-vector products stay with torch: OpenBLAS's ``gemv`` called from
+    two threads at once ran slower than from one (32 against 20 ms for a Dirichlet
+    Hessian-vector product at 50 000 x 1 000). The tensors are shared with numpy, not copied;
+    the result is a CPU tensor. Other devices, other dtypes, vectors and tensors that require
+    gradients use torch's ``@``. Threads: numpy's BLAS pool, which
     :func:`precal._threads.thread_limits` caps as it caps torch's.
     """
     import torch
 
     if not (NUMPY_BLAS and a.device.type == "cpu" and b.device.type == "cpu" and a.dtype == b.dtype
             and a.dtype in (torch.float32, torch.float64) and not (a.requires_grad or b.requires_grad)
-            and 1 <= a.dim() <= 2 and 1 <= b.dim() <= 2):
+            and a.dim() == 2 and b.dim() == 2):
         return a @ b
     return torch.from_numpy(np.asarray(np.matmul(a.numpy(), b.numpy())))
 

@@ -181,6 +181,8 @@ def _uniform_bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     ``v >= e`` exactly when ``v >= ceil32(e)``), the same bins at half the memory traffic.
     """
     n_bins = len(edges) - 1
+    if values.dtype == np.float32 and n_bins > 2**24:  # float32 cannot tell such bins apart
+        values = values.astype(np.float64)
     if values.dtype == np.float32:
         rounded = edges.astype(np.float32)
         edges = np.where(rounded < edges, np.nextafter(rounded, np.float32(np.inf)), rounded)
@@ -250,7 +252,7 @@ def _top_label_by_columns(block: np.ndarray, y_idx: np.ndarray) -> tuple[np.ndar
     column that does: rows with a tie at the maximum (rare) are decided by ``argmax``.
     """
     n, k = block.shape
-    columns = np.ascontiguousarray(block.T)  # (k, n); free for column-major input
+    columns = np.ascontiguousarray(block.T)  # (k, n): one copy of the block (none for a column-major one)
     top = np.maximum(columns[0], columns[1]) if k > 1 else columns[0].copy()
     for j in range(2, k):
         np.maximum(top, columns[j], out=top)
