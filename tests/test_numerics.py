@@ -1,6 +1,5 @@
 """softmax_rows: torch's softmax and log_softmax over rows, short rows with one shared shift."""
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
