@@ -250,7 +250,8 @@ def _data_term_grad(
     k = lp.shape[1]
     r = centers.shape[0]
     # the gates' softmax over R columns and every product below as the CPU does them fastest:
-    # a shared shift for short rows, row sums and small products through numpy's BLAS
+    # a shared shift for short rows, row sums as matrix-vector products, matrix products through
+    # numpy's BLAS (precal._numerics.matmul)
     gates = softmax_rows((conf[:, None] - centers).square_().mul_(-0.5 / widths.square()))  # (N, R)
     diagonal = coefs.dim() == 2
     if diagonal:
