@@ -25,7 +25,7 @@ from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
-from .._numerics import SHORT_ROWS, log_softmax, matmul, softmax_rows
+from .._numerics import log_softmax, matmul, softmax_rows
 from .._threads import map_blocks_in_waves, thread_budget, thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
@@ -55,11 +55,6 @@ LOSSES = ("nll", "nll+soft_ece")
 #: Soft-ECE: number of Gaussian bins over [0, 1] and the smoothing of ``|acc - conf|``.
 SOFT_ECE_BINS = 15
 _SOFT_ABS_DELTA = 1e-3
-
-#: Smallest row sum of ``exp(o - max(o))`` under the block's shared shift in the stage-2 data term
-#: (float64): a row whose largest logit lies up to 200 below the block's keeps its sum a normal
-#: number with ~500 orders of magnitude to spare; below it the rows take their own maxima.
-_MIN_SHARED_SUM = math.exp(-200.0)
 
 #: Largest membership width (see :func:`_split`).
 _MAX_WIDTH = 2.0
@@ -169,8 +164,13 @@ def _unpack(theta: torch.Tensor, r: int, k: int, diagonal: bool) -> tuple[torch.
 
 
 def _gates(conf: torch.Tensor, centers: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-    """Normalised memberships ``w_r`` (rows sum to 1), computed in log space (no 0/0)."""
+    """Normalised memberships ``w_r`` (rows sum to 1), computed in log space (no 0/0).
+
+    Without a gradient to record, ``(n, R)`` memberships take :func:`~precal._numerics.softmax_rows`
+    (a softmax over ``R`` columns is a per-row loop in torch)."""
     log_mu = -(conf[..., None] - centers).square() / (2.0 * widths.square())
+    if log_mu.dim() == 2 and not log_mu.requires_grad:
+        return softmax_rows(log_mu)
     return torch.softmax(log_mu, dim=-1)
 
 
@@ -249,10 +249,8 @@ def _data_term_grad(
     centers, widths, coefs, intercepts = params
     k = lp.shape[1]
     r = centers.shape[0]
-    # the gates' softmax over R columns and every product below as the CPU does them fastest:
-    # a shared shift for short rows, row sums as matrix-vector products, matrix products through
-    # numpy's BLAS (precal._numerics.matmul)
-    gates = softmax_rows((conf[:, None] - centers).square_().mul_(-0.5 / widths.square()))  # (N, R)
+    # matrix products through numpy's BLAS on the CPU (precal._numerics.matmul)
+    gates = _gates(conf, centers, widths)  # (N, R)
     diagonal = coefs.dim() == 2
     if diagonal:
         out = torch.addcmul(matmul(gates, intercepts), lp, matmul(gates, coefs))
@@ -260,25 +258,11 @@ def _data_term_grad(
         phi = (gates[:, :, None] * lp[:, None, :]).reshape(-1, r * k)
         w_hat = coefs.transpose(-1, -2).reshape(r * k, k)  # rows (r, j): W_r[:, j]
         out = matmul(phi, w_hat).add_(matmul(gates, intercepts))
-    # q = exp(o - M) / Σ exp(o - M) and -log q_y = log Σ exp(o - M) - (o_y - M) hold for any shift
-    # M: one for the block (short rows, unless a row would underflow), else each row's maximum
-    err = None
-    if k <= SHORT_ROWS and out.device.type == "cpu":
-        shifted = out - out.max()
-        err = shifted.exp()
-        total = matmul(err, err.new_ones(k))
-        if float(total.min()) >= _MIN_SHARED_SUM:
-            out = shifted
-        else:
-            err = None
-    if err is None:
-        out = out - out.amax(dim=-1, keepdim=True)
-        err = out.exp()
-        total = err.sum(dim=-1)
-    y_col = y_idx[:, None]
-    value = float(((total.log() - out.gather(1, y_col)[:, 0]) * weights).sum())
+    log_q = softmax_rows(out, log=True)  # log q = o - log Σ exp(o), short rows shifted as a block
     del out
-    err /= total[:, None]  # q, then E = s (q - e_y) in place
+    y_col = y_idx[:, None]
+    value = -float((log_q.gather(1, y_col)[:, 0] * weights).sum())
+    err = log_q.exp_()  # q, then E = s (q - e_y) in place
     err.scatter_add_(1, y_col, err.new_full((err.shape[0], 1), -1.0))
     err.mul_(weights[:, None])
     g_int = gates.T @ err  # (R, K)

@@ -221,6 +221,7 @@ def test_closed_form_data_gradient_matches_autograd(diagonal, r):
 def test_data_gradient_shared_shift_equals_the_per_row_shift(diagonal, far, monkeypatch):
     """Short rows take one shift for the block (falling back to each row's maximum when a row lies far
     below it, ``far``); the value and gradient are those of the per-row shift."""
+    import precal._numerics as precal_numerics
     import precal.calibration.fuzzy as fuzzy
 
     gen = torch.Generator().manual_seed(7 + diagonal)
@@ -235,7 +236,7 @@ def test_data_gradient_shared_shift_equals_the_per_row_shift(diagonal, far, monk
     theta[2 * r : 2 * r + (k if diagonal else k * k)] += (1.0 if diagonal else torch.eye(k, dtype=torch.float64).ravel())
     params = _unpack(theta, r, k, diagonal)
     shared = fuzzy._data_term_grad(params, lp, conf, y, w)
-    monkeypatch.setattr(fuzzy, "SHORT_ROWS", 0)
+    monkeypatch.setattr(precal_numerics, "SHORT_ROWS", 0)
     per_row = fuzzy._data_term_grad(params, lp, conf, y, w)
     assert math.isfinite(shared[0]) and shared[0] == pytest.approx(per_row[0], rel=1e-13)
     for a, b in zip(shared[1], per_row[1]):
