@@ -407,15 +407,13 @@ def _aminmax(arr: np.ndarray) -> tuple[float, float]:
 
 
 def _row_sums(arr: np.ndarray) -> np.ndarray:
-    """Row sums as a matrix-vector product with ones (one read of the block; a row reduction
-    over short rows costs torch and numpy a loop per row). Accumulated in the array's float
-    type, far below the float32 tolerance of :func:`row_sum_tolerance`."""
-    from ._numerics import as_tensor
+    """Row sums by :func:`precal._numerics.row_sums` (a product with ones), accumulated in the
+    array's float type: far below the float32 tolerance of :func:`row_sum_tolerance`."""
+    from ._numerics import as_tensor, row_sums
 
     if arr.dtype not in (np.float32, np.float64):
         return arr.sum(axis=1)
-    block = as_tensor(arr)
-    return (block @ block.new_ones(block.shape[1])).numpy()
+    return row_sums(as_tensor(arr)).numpy()
 
 
 def encode_labels(

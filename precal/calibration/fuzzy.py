@@ -25,7 +25,7 @@ from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
-from .._numerics import log_softmax, matmul, softmax_rows
+from .._numerics import log_softmax, matmul, row_sums, softmax_rows
 from .._threads import map_blocks_in_waves, thread_budget, thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
@@ -277,7 +277,7 @@ def _data_term_grad(
         # Σ_j per region: a product with the (R K, R) block of ones
         d_gates = matmul(per_region, torch.block_diag(*[lp.new_ones(k, 1)] * r)).add_(matmul(err, intercepts.T))
     # the gates' softmax backward, then log μ_ir = -(c_i - m_r)^2 / (2 σ_r^2)
-    d_log_mu = gates * (d_gates - matmul(gates * d_gates, gates.new_ones(r))[:, None])
+    d_log_mu = gates * (d_gates - row_sums(gates * d_gates)[:, None])
     diff = conf[:, None] - centers  # (N, R)
     inv_var = widths.square().reciprocal()
     g_centers = (d_log_mu * diff).sum(dim=0) * inv_var
