@@ -202,6 +202,11 @@ def _bin_sums(idx: np.ndarray, conf: np.ndarray, correct: np.ndarray, n_bins: in
     )
 
 
+def _bin_gaps(idx: np.ndarray, conf: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
+    """``acc_sum - conf_sum`` of each bin (float64): all the ECE needs of a bin."""
+    return np.bincount(idx, weights=np.subtract(correct, conf, dtype=np.float64), minlength=n_bins)
+
+
 def _blocks(prob: Any) -> Any:
     """``(start, block)`` over the rows of ``prob`` (array or ``FileRows``), about 2**20 elements each."""
     return row_blocks(prob, rows_per_block(prob.shape[1], _BLOCK_ELEMENTS))
@@ -271,8 +276,7 @@ def _top_label_by_columns(block: np.ndarray, y_idx: np.ndarray) -> tuple[np.ndar
 # ---------------------------------------------------------------- cores
 def _ece_of_top_label(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15, strategy: str = "uniform") -> float:
     idx, _ = _bin_index(conf, n_bins, strategy)
-    gap = np.bincount(idx, weights=correct - conf, minlength=n_bins)  # acc_sum - conf_sum of each bin
-    return float(np.abs(gap).sum() / len(conf))
+    return float(np.abs(_bin_gaps(idx, conf, correct, n_bins)).sum() / len(conf))
 
 
 def _mce_of_top_label(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
@@ -291,10 +295,9 @@ def _ece(y_idx: np.ndarray, prob: Any, n_bins: int = 15, strategy: str = "unifor
     if strategy != "uniform":
         return _ece_of_top_label(*_top_label(y_idx, prob), n_bins, strategy)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    gap = np.zeros(n_bins)  # acc_sum - conf_sum of each bin
+    gap = np.zeros(n_bins)
     for _, conf, correct in _top_label_blocks(y_idx, prob):
-        weights = np.subtract(correct, conf, dtype=np.float64)
-        gap += np.bincount(_uniform_bin_index(conf, edges), weights=weights, minlength=n_bins)
+        gap += _bin_gaps(_uniform_bin_index(conf, edges), conf, correct, n_bins)
     return float(np.abs(gap).sum() / prob.shape[0])
 
 
