@@ -244,14 +244,7 @@ class Timing:
 
 def time_call(fn: Callable[[], float], repeats: int) -> Timing:
     """One untimed warm-up call, then ``repeats`` timed calls; returns all times and the last value."""
-    fn()
-    times: list[float] = []
-    value = math.nan
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return Timing(times_s=times, value=float(value))
+    return time_interleaved({"call": fn}, repeats)["call"]
 
 
 def time_interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, Timing]:
