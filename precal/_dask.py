@@ -598,8 +598,7 @@ def dirichlet_problem(data: DaskLogits, *, diagonal: bool) -> Any:
     magnitude = max(abs(lo), abs(hi), 1.0)
     f64 = torch.float64
     work = torch.float64 if data.work_dtype == np.float64 else torch.float32
-    # the dtype rule of dirichlet._Problem, on the whole array
-    dtype = f64 if n * k <= dr._FLOAT64_MAX_ELEMENTS or (work == f64 and magnitude > 1e30) else torch.float32
+    dtype = dr.working_dtype(n, k, work, magnitude)  # the dtype rule of dirichlet._Problem, on the whole array
     z_s, y_s, w_s = data.sample(max(1, n // dr._STATS_ROWS))
     w_s = None if w_s is None else w_s / data.denom  # normalised over all rows, as the in-memory weights
 

@@ -1121,7 +1121,7 @@ def _magnitude(z: torch.Tensor) -> float:
     return max(*(abs(float(v)) for v in torch.aminmax(z)), 1.0)
 
 
-def _working_dtype(n: int, k: int, logits_dtype: torch.dtype, magnitude: float) -> torch.dtype:
+def working_dtype(n: int, k: int, logits_dtype: torch.dtype, magnitude: float) -> torch.dtype:
     """float64 up to :data:`_FLOAT64_MAX_ELEMENTS` elements, float32 above (float64 logits near
     or beyond float32's range, 3.4e38, stay float64)."""
     small = n * k <= _FLOAT64_MAX_ELEMENTS
@@ -1143,7 +1143,7 @@ class _Problem:
         if magnitude is None:  # max(|z|, 1), unless the caller knows it
             magnitude = _magnitude(z)
         if dtype is None:
-            dtype = _working_dtype(n, k, z.dtype, magnitude)
+            dtype = working_dtype(n, k, z.dtype, magnitude)
         if dtype not in (torch.float32, f64):
             raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {dtype!r}.")
         device = z.device
@@ -1804,7 +1804,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
         splits = [(tr, te) for tr, te in pairs if weight_of(tr) > 0 and weight_of(te) > 0]
 
         # the folds of a subsample run in the precision of the final fit on all rows
-        dtype = _working_dtype(z.shape[0], k, z.dtype, magnitude)
+        dtype = working_dtype(z.shape[0], k, z.dtype, magnitude)
 
         def make_fold(train: torch.Tensor) -> _Problem:
             w = None if weights is None else weights[train] / weights[train].sum()

@@ -216,6 +216,71 @@ def test_closed_form_data_gradient_matches_autograd(diagonal, r):
     assert_allclose(again.grad.numpy(), theta.grad.numpy(), rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_gauss_newton_blocks_are_the_data_terms_hessian_in_one_row_of_one_map(diagonal):
+    """The preconditioner's curvature block of row k of region r's map is the exact Hessian of the data term in
+    (W_r[k, ...], b_r[k]) alone (the logits are linear in them): autograd's, at a point where the regions differ."""
+    from precal.calibration.fuzzy import _data_term, _gauss_newton_blocks
+
+    gen = torch.Generator().manual_seed(7 + diagonal)
+    r, n, k = 3, 37, 4
+    lp = torch.log_softmax(3.0 * torch.randn(1, n, k, generator=gen, dtype=torch.float64), dim=-1)
+    conf = lp.max(dim=-1).values.exp()
+    y = torch.randint(0, k, (n,), generator=gen)
+    w = torch.rand(n, generator=gen, dtype=torch.float64)
+    w /= w.sum()
+    theta = torch.randn(_n_theta(r, k, diagonal), generator=gen, dtype=torch.float64)
+    hess = torch.autograd.functional.hessian(
+        lambda t: _data_term(t, lp, conf, y, w, n_regions=r, diagonal=diagonal), theta)
+    params = tuple(p.detach() for p in _unpack(theta, r, k, diagonal))
+    blocks = _gauss_newton_blocks(params, lp[0], conf[0], w)
+    n_w = k if diagonal else k * k
+    assert blocks.shape == (r, k, 2, 2) if diagonal else (r, k, k + 1, k + 1)
+    for region in range(r):
+        dev_w = 2 * r + n_w + k + region * n_w  # where ΔW_r starts: W_r = W + ΔW_r
+        dev_b = 2 * r + (r + 1) * n_w + k + region * k
+        for row in range(k):
+            coef = [dev_w + row] if diagonal else [dev_w + row * k + j for j in range(k)]
+            ids = torch.tensor(coef + [dev_b + row])
+            assert_allclose(blocks[region, row].numpy(), hess[ids[:, None], ids[None, :]].numpy(), rtol=1e-10,
+                            atol=1e-14)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_stage_two_data_term_runs_in_float32_above_dirichlets_float64_size(diagonal, monkeypatch):
+    """Above DirichletCalibrator's float64 size the data term's rows are float32 (sums across blocks in float64):
+    the same gated fit as in float64, to float32's rounding of the objective."""
+    import precal.calibration.dirichlet as dirichlet
+    import precal.calibration.fuzzy as fuzzy
+
+    z, y = make_logits(n=300, k=4, seed=5)
+    zt, yt = torch.from_numpy(z), torch.from_numpy(y)
+    versions = torch.cat([zt[None], int4_noise_copies(zt, 2, torch.Generator().manual_seed(0))])
+    w = torch.full((300,), 1.0 / 300, dtype=torch.float64)
+    first = DirichletCalibrator(map="diagonal" if diagonal else "full", reg_lambda=1.0).fit(z, y)
+    gates = fuzzy._GateFit(r=3, diagonal=diagonal, strengths=first._strengths(1.0), reg_region=1.0,
+                           ece_weight=0.0, max_iter=500, tol=1e-10)
+    seen, real = [], fuzzy._data_term_grad
+    monkeypatch.setattr(fuzzy, "_data_term_grad", lambda p, lp, *a: seen.append((p[2].dtype, lp.dtype)) or real(p, lp, *a))
+    fits = {}
+    for name, limit in (("float64", dirichlet._FLOAT64_MAX_ELEMENTS), ("float32", 3 * 300 * 4 - 1)):
+        monkeypatch.setattr(dirichlet, "_FLOAT64_MAX_ELEMENTS", limit)
+        seen.clear()
+        fits[name] = gates.fit(versions, yt, w, first.coef_, first.intercept_)
+        want = torch.float64 if name == "float64" else torch.float32
+        assert seen and set(seen) == {(want, want)}
+    assert fits["float32"][2] is None  # converged, no warning
+    probs = {}
+    for name, (params, _, _) in fits.items():
+        centers, widths, coefs, intercepts = (torch.from_numpy(a) for a in params)
+        lp = torch.log_softmax(zt, dim=-1)
+        gate = fuzzy._gates(lp.amax(dim=1).exp(), centers, widths)
+        probs[name] = torch.softmax(fuzzy._mixed_logits(lp, gate, coefs, intercepts), dim=-1).numpy()
+    assert_allclose(probs["float32"], probs["float64"], atol=2e-4)
+    loss = {name: gates.heldout_loss(zt, yt, w, params) for name, (params, _, _) in fits.items()}
+    assert loss["float32"] == pytest.approx(loss["float64"], rel=1e-5)
+
+
 @pytest.mark.parametrize("far", [False, True])
 @pytest.mark.parametrize("diagonal", [False, True])
 def test_data_gradient_shared_shift_equals_the_per_row_shift(diagonal, far, monkeypatch):
@@ -274,6 +339,31 @@ def test_preconditioned_stage_two_reaches_the_plain_optimum(diagonal, monkeypatc
     plain, pre = results["plain"], results["preconditioned"]
     assert pre.fun <= plain.fun + 1e-9 * abs(plain.fun)
     assert pre.nit < plain.nit
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_penalty_is_the_quadratic_form_of_its_hessian(diagonal):
+    """Stage 2 evaluates the penalty as ½ θᵀ P θ with P its Hessian at one point: that holds only because every
+    term is the square of a linear map of θ (no constant, no linear term), at any θ and any standardisation."""
+    from precal.calibration.fuzzy import _penalty
+
+    gen = torch.Generator().manual_seed(3 + diagonal)
+    r, k = 3, 5
+    shift = torch.randn(k, generator=gen, dtype=torch.float64)
+    scale = torch.rand(k, generator=gen, dtype=torch.float64) + 0.5
+
+    def penalty(t):
+        return _penalty(t, k, n_regions=r, diagonal=diagonal, reg_lambda=0.7, reg_mu=0.2, reg_region=3.0,
+                        shift=shift, scale=scale, reg_diag=0.4)
+
+    n = _n_theta(r, k, diagonal)
+    hess = torch.autograd.functional.hessian(penalty, torch.randn(n, generator=gen, dtype=torch.float64))
+    for _ in range(3):
+        theta = (5.0 * torch.randn(n, generator=gen, dtype=torch.float64)).requires_grad_(True)
+        value = penalty(theta)
+        value.backward()
+        assert float(value.detach()) == pytest.approx(0.5 * float(theta.detach() @ hess @ theta.detach()), rel=1e-12)
+        assert_allclose(theta.grad.numpy(), (hess @ theta.detach()).numpy(), rtol=1e-11, atol=1e-12)
 
 
 @pytest.mark.parametrize("diagonal", [False, True])
