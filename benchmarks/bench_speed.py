@@ -179,10 +179,15 @@ LARGE_CALIBRATORS = (
     "TemperatureScaling()", "DirichletCalibrator(map='diagonal')",
     "DirichletCalibrator(map='diagonal', reg_lambda=0.01)",
 )
-FULL_CALIBRATORS = ((Case(50_000, 1_000, 3), LARGE_CALIBRATORS), (Case(10_000, 10, 1), SMALL_CALIBRATORS))
+#: issue 14's size for FuzzyDirichletCalibrator, with the two fits it is measured against
+FUZZY_CALIBRATORS = ("TemperatureScaling()", "DirichletCalibrator()", "FuzzyDirichletCalibrator()")
+FULL_CALIBRATORS = ((Case(50_000, 1_000, 3), LARGE_CALIBRATORS), (Case(10_000, 10, 1), SMALL_CALIBRATORS),
+                    (Case(5_000, 100, 3), FUZZY_CALIBRATORS))
 QUICK_CALIBRATORS = ((Case(5_000, 100, 1), LARGE_CALIBRATORS), (Case(2_000, 10, 1), SMALL_CALIBRATORS[:5]))
 #: Dirichlet with a diagonal map at 50 000 x 1 000 within this many times TS's fit time (issue 16).
 DIRICHLET_TARGET_RATIO = 10.0
+#: FuzzyDirichletCalibrator at 5 000 x 100 within this many times TS's fit time (issue 14, item 2).
+FUZZY_TARGET_SHAPE, FUZZY_TARGET_RATIO = (5_000, 100), 20.0
 
 #: Hard bound on a busy worker's life (seconds from the start of the busy phase).
 BUSY_MAX_SECONDS = {"quick": 600.0, "full": 3 * 3600.0}
@@ -629,6 +634,17 @@ def check_targets(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
             entry |= {"met": all(r is not None and r <= DIRICHLET_TARGET_RATIO for r in ratios.values()),
                       "detail": "; ".join(f"{e}: {_fmt(r, '.1f')}x TS" for e, r in ratios.items())}
         targets[f"dirichlet_{mode}"] = entry
+        medium = [r for r in results.get("calibrators", []) if (r["n"], r["k"]) == FUZZY_TARGET_SHAPE]
+        fuzzy = medium[0]["calibrators"].get("FuzzyDirichletCalibrator()") if medium else None
+        entry = {"statement": f"FuzzyDirichletCalibrator() at 5 000 x 100 within {FUZZY_TARGET_RATIO:g}x "
+                 f"TemperatureScaling's fit time on the {mode} machine"}
+        if fuzzy is None:
+            entry |= {"met": None, "detail": "size 5 000 x 100 not run"}
+        else:
+            ratio = fuzzy["ratio_to_ts"]
+            entry |= {"met": ratio is not None and ratio <= FUZZY_TARGET_RATIO,
+                      "detail": f"{_fmt(fuzzy['median_s'], '.2f')} s, {_fmt(ratio, '.0f')}x TS"}
+        targets[f"fuzzy_{mode}"] = entry
         targets[f"ece_{mode}"] = {
             "statement": f"ECE no slower than the fastest peer (every size) on the {mode} machine",
             "met": not slower,

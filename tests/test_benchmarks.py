@@ -62,3 +62,20 @@ def test_bench_speed_partial_runs_cite_the_run_that_measured_the_kept_rows(tmp_p
                                 "--sections ece", "note": legacy_note, "modes": previous["modes"]}))
     note, older = bench_speed._keep_previous({"quiet": {}}, path, ("ts", "calibrators"))
     assert older["temperature_scaling"] == measured and older["calibrators"]["created"] == "2026-01-01 13:00 UTC"
+
+
+def test_bench_speed_fuzzy_target_reads_the_5000_by_100_row():
+    """Issue 14's bar for FuzzyDirichletCalibrator (5 000 x 100 within 20x TS) is judged from that row's ratio;
+    without the row it is reported as not run, never as met."""
+    from benchmarks import bench_speed
+
+    def modes(ratio):
+        rows = [] if ratio is None else [{"n": 5000, "k": 100, "calibrators": {
+            "TemperatureScaling()": {"median_s": 0.1, "ratio_to_ts": 1.0},
+            "FuzzyDirichletCalibrator()": {"median_s": 0.1 * ratio, "ratio_to_ts": ratio}}}]
+        return {"quiet": {"temperature_scaling": [], "ece": [], "calibrators": rows}}
+
+    assert bench_speed.check_targets(modes(19.5))["fuzzy_quiet"]["met"] is True
+    missed = bench_speed.check_targets(modes(25.0))["fuzzy_quiet"]
+    assert missed["met"] is False and "25x TS" in missed["detail"]
+    assert bench_speed.check_targets(modes(None))["fuzzy_quiet"]["met"] is None
