@@ -246,11 +246,9 @@ def test_gauss_newton_blocks_are_the_data_terms_hessian_in_one_row_of_one_map(di
                             atol=1e-14)
 
 
-@pytest.mark.parametrize("diagonal", [False, True])
-def test_stage_two_data_term_runs_in_float32_above_dirichlets_float64_size(diagonal, monkeypatch):
-    """Above DirichletCalibrator's float64 size the data term's rows are float32 (sums across blocks in float64):
-    the same gated fit as in float64, to float32's rounding of the objective."""
-    import precal.calibration.dirichlet as dirichlet
+def _stage_two_problem(diagonal, *, max_iter, tol):
+    """A stage-2 problem on 300 x 4 logits and two INT4 copies: (logits, labels, versions, weights, stage-1 fit,
+    _GateFit) as the estimator builds them."""
     import precal.calibration.fuzzy as fuzzy
 
     z, y = make_logits(n=300, k=4, seed=5)
@@ -259,7 +257,18 @@ def test_stage_two_data_term_runs_in_float32_above_dirichlets_float64_size(diago
     w = torch.full((300,), 1.0 / 300, dtype=torch.float64)
     first = DirichletCalibrator(map="diagonal" if diagonal else "full", reg_lambda=1.0).fit(z, y)
     gates = fuzzy._GateFit(r=3, diagonal=diagonal, strengths=first._strengths(1.0), reg_region=1.0,
-                           ece_weight=0.0, max_iter=500, tol=1e-10)
+                           ece_weight=0.0, max_iter=max_iter, tol=tol)
+    return zt, yt, versions, w, first, gates
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_stage_two_data_term_runs_in_float32_above_dirichlets_float64_size(diagonal, monkeypatch):
+    """Above DirichletCalibrator's float64 size the data term's rows are float32 (sums across blocks in float64):
+    the same gated fit as in float64, to float32's rounding of the objective."""
+    import precal.calibration.dirichlet as dirichlet
+    import precal.calibration.fuzzy as fuzzy
+
+    zt, yt, versions, w, first, gates = _stage_two_problem(diagonal, max_iter=500, tol=1e-10)
     seen, real = [], fuzzy._data_term_grad
     monkeypatch.setattr(fuzzy, "_data_term_grad", lambda p, lp, *a: seen.append((p[2].dtype, lp.dtype)) or real(p, lp, *a))
     fits = {}
@@ -314,13 +323,7 @@ def test_preconditioned_stage_two_reaches_the_plain_optimum(diagonal, monkeypatc
     reaches the objective plain L-BFGS reaches (or lower), in fewer iterations."""
     import precal.calibration.fuzzy as fuzzy
 
-    z, y = make_logits(n=300, k=4, seed=5)
-    zt, yt = torch.from_numpy(z), torch.from_numpy(y)
-    versions = torch.cat([zt[None], int4_noise_copies(zt, 2, torch.Generator().manual_seed(0))])
-    w = torch.full((300,), 1.0 / 300, dtype=torch.float64)
-    first = DirichletCalibrator(map="diagonal" if diagonal else "full", reg_lambda=1.0).fit(z, y)
-    gates = fuzzy._GateFit(r=3, diagonal=diagonal, strengths=first._strengths(1.0), reg_region=1.0,
-                           ece_weight=0.0, max_iter=2000, tol=1e-12)
+    zt, yt, versions, w, first, gates = _stage_two_problem(diagonal, max_iter=2000, tol=1e-12)
     results = {}
     for name, cap in (("plain", 0), ("preconditioned", fuzzy._PRECONDITION_MAX_PARAMS)):
         monkeypatch.setattr(fuzzy, "_PRECONDITION_MAX_PARAMS", cap)
