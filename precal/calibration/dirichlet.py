@@ -1116,7 +1116,7 @@ def _to_original(theta: np.ndarray, k: int, diagonal: bool, shift: np.ndarray, s
     return coef, intercept - intercept.mean()
 
 
-def _magnitude(z: torch.Tensor) -> float:
+def logit_magnitude(z: torch.Tensor) -> float:
     """``max(max |z|, 1)``: one pass."""
     return max(*(abs(float(v)) for v in torch.aminmax(z)), 1.0)
 
@@ -1141,7 +1141,7 @@ class _Problem:
         n, k = z.shape
         f64 = torch.float64
         if magnitude is None:  # max(|z|, 1), unless the caller knows it
-            magnitude = _magnitude(z)
+            magnitude = logit_magnitude(z)
         if dtype is None:
             dtype = working_dtype(n, k, z.dtype, magnitude)
         if dtype not in (torch.float32, f64):
@@ -1728,7 +1728,7 @@ class DirichletCalibrator(BaseLogitCalibrator):
         opts = {"max_iter": int(self.max_iter), "tol": float(self.tol)}
         # torch and BLAS on one thread; the chunks of each pass shared among precal's threads (see Notes)
         with thread_limits(_pass_elements(*z.shape, diagonal), torch_threads=1, blas_threads=1) as n_threads:
-            init, scores, magnitude = None, {}, _magnitude(z)
+            init, scores, magnitude = None, {}, logit_magnitude(z)
             if isinstance(self.reg_lambda, str):  # "cv"
                 reg_lambda, init, scores = self._cross_validate(z, y_idx, weights, diagonal, opts, magnitude,
                                                                 n_threads)

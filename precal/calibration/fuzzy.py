@@ -37,6 +37,7 @@ from .dirichlet import (
     fit_dirichlet,
     fit_shape,
     fit_work,
+    logit_magnitude,
     resolve_map,
     working_dtype,
 )
@@ -75,6 +76,12 @@ _BLOCK_ELEMENTS = 2**18
 #: fit; the factor alone 0.75 s on the one thread stage 2 runs torch on, 0.4 s on two), far less
 #: than the hundreds of extra L-BFGS iterations they save there.
 _PRECONDITION_MAX_PARAMS = 4096
+
+#: Up to this many parameters stage 2 evaluates its penalty as ``½ θᵀ P θ`` (a dense product with the
+#: penalty's Hessian, kept for the fit); above, by autograd of :func:`_penalty`. One thread, per evaluation:
+#: 0.07 ms against 0.21 ms by autograd at 806 parameters (100 classes, diagonal maps), 4.6 ms against
+#: 0.32 ms near 4 000 (P is dense, its cost grows with the square).
+_QUADRATIC_PENALTY_MAX_PARAMS = 1024
 
 _DEFAULT_NAMES = {
     1: ("all",),
@@ -314,7 +321,8 @@ def _penalty(
     The shared map's penalty is :func:`~precal.calibration.dirichlet.odir_penalty` with
     ``reg_diag`` (as :class:`DirichletCalibrator` applies it). Every term is evaluated at the
     equivalent maps with the smallest penalty (``W + 1 v^T`` and ``b + c 1`` give the same
-    probabilities), so the objective is exactly flat along the equivalences, as in
+    probabilities), so the objective is flat along the equivalences (exactly here, to rounding
+    when stage 2 evaluates it as its quadratic form), as in
     :class:`DirichletCalibrator`; a diagonal ``W`` has no such equivalence, only ``b`` does.
     """
     _, _, shared_w, shared_b, dev_w, dev_b = _split(theta, n_regions, k, diagonal)
@@ -520,8 +528,7 @@ class _GateFit:
         # the data term in DirichletCalibrator's working dtype: float32 above 2**20 elements, with float64 sums
         # across blocks (and of the value across rows); the penalty, the soft-ECE term and the preconditioner stay
         # float64
-        magnitude = float(flat_lp.abs().max()) if flat_lp.numel() else 0.0
-        work = working_dtype(flat_lp.shape[0], k, f64, magnitude)
+        work = working_dtype(flat_lp.shape[0], k, f64, logit_magnitude(flat_lp))
         rows_lp, rows_conf, rows_w = (a.to(work) for a in (flat_lp, flat_conf, flat_w))
         opts = {"n_regions": r, "diagonal": diagonal}
         best = {"f": math.inf, "x": theta0.copy()}
@@ -570,16 +577,18 @@ class _GateFit:
 
         # The penalty is a quadratic form in θ (squares of linear maps of θ, no constant): ½ θᵀ P θ with P its
         # Hessian. Up to _PRECONDITION_MAX_PARAMS parameters P is computed once, on the CPU (K numbers each of
-        # shift and scale), and serves every evaluation and the preconditioner; above, autograd evaluates the
-        # penalty each time. Reverse over reverse: torch.func.hessian goes forward over reverse, whose first use
-        # warns about torch.jit.
+        # shift and scale), for the preconditioner; up to _QUADRATIC_PENALTY_MAX_PARAMS it also gives the penalty
+        # at every evaluation, elsewhere autograd does. Reverse over reverse: torch.func.hessian goes forward over
+        # reverse, whose first use warns about torch.jit.
         pen_hess, factor = None, None
         if theta0.size <= _PRECONDITION_MAX_PARAMS:
             on_cpu = (shift.to("cpu"), scale.to("cpu"))
-            pen_hess = torch.autograd.functional.hessian(
+            hessian = torch.autograd.functional.hessian(
                 lambda t: penalty_of(t, on_cpu), torch.tensor(theta0, dtype=f64, device="cpu"), vectorize=True)
             # from the float64 rows: float32 sums can leave M short of positive definite (a full map's Gram)
-            factor = self.preconditioner(theta0, pen_hess, flat_lp, flat_conf, flat_w, chunk)
+            factor = self.preconditioner(theta0, hessian, flat_lp, flat_conf, flat_w, chunk)
+            pen_hess = hessian if theta0.size <= _QUADRATIC_PENALTY_MAX_PARAMS else None
+            del hessian
         if factor is None:
             objective, start = value_and_grad, theta0
         else:  # θ = θ0 + L^-T u: in u the objective's Hessian is close to the identity
@@ -600,11 +609,13 @@ class _GateFit:
         x = best["x"]
         g_inf = float(np.max(np.abs(result.jac))) if result.jac is not None else math.inf
         reason = None
+        # a line search that ends at the rounding floor of a float32 data term (sqrt(eps), as DirichletCalibrator's
+        # float32 polishing tolerance) has converged as far as that dtype can tell; the preconditioned coordinates
+        # (where the Hessian is near the identity) are where that gradient reads as a distance to the minimum
+        floor = _floor(work) if factor is not None else 0.0  # a gradient in the preconditioned coordinates
         if saw_nonfinite[0]:
             reason = "the objective was not finite at a trial point"
-        # a line search that ends at the rounding floor of a float32 data term (sqrt(eps), as DirichletCalibrator's
-        # float32 polishing tolerance) has converged as far as that dtype can tell
-        elif result.status == 1 or (result.status == 2 and g_inf > max(math.sqrt(self.tol), _floor(work))):
+        elif result.status == 1 or (result.status == 2 and g_inf > max(math.sqrt(self.tol), floor)):
             where = " in the preconditioned coordinates" if factor is not None else ""
             reason = f"{result.message} (largest gradient component{where} {g_inf:.2e})"
         centers, widths, coefs_std, ints_std = (v.numpy() for v in _unpack(torch.from_numpy(x), r, k, diagonal))
@@ -794,7 +805,7 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
     max_iter : int, default=100
         Maximum L-BFGS-B iterations of each stage-2 fit; stage 1 uses
         :class:`DirichletCalibrator`'s own Newton settings. Preconditioned (see Notes), stage 2
-        converged in 27-52 iterations on 5 000 CIFAR-100 logits (41-74 with the data's diagonal
+        converged in 27-52 iterations on 5 000 CIFAR-100 logits (61-78 with the data's diagonal
         curvature alone in the preconditioner), where plain L-BFGS-B needed 380-700; the
         held-out check judges whatever iterate it returns. The former default was 500.
     tol : float, default=1e-8
@@ -861,7 +872,8 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
     over blocks of rows so memory stays bounded (autograd only for the parameter-sized map
     from ``θ`` and the soft-ECE term, which does not split over rows and is computed on the
     whole batch; the penalty is a quadratic form, ``½ θᵀ P θ`` with ``P`` its Hessian, computed
-    once where the preconditioner is built). Like :class:`DirichletCalibrator`'s passes, the
+    once for the preconditioner and, up to 1 024 parameters, used for the penalty's value and
+    gradient, which autograd gives above). Like :class:`DirichletCalibrator`'s passes, the
     data term runs in float64 up to 2**20 elements (rows of all versions times classes) and in
     float32 above, with float64 sums across blocks; a float32 fit may end its line search at
     that dtype's rounding floor (a gradient of ``sqrt(eps)``, about 3e-4, in the

@@ -235,7 +235,7 @@ def test_gauss_newton_blocks_are_the_data_terms_hessian_in_one_row_of_one_map(di
     params = tuple(p.detach() for p in _unpack(theta, r, k, diagonal))
     blocks = _gauss_newton_blocks(params, lp[0], conf[0], w)
     n_w = k if diagonal else k * k
-    assert blocks.shape == (r, k, 2, 2) if diagonal else (r, k, k + 1, k + 1)
+    assert blocks.shape == ((r, k, 2, 2) if diagonal else (r, k, k + 1, k + 1))
     for region in range(r):
         dev_w = 2 * r + n_w + k + region * n_w  # where ΔW_r starts: W_r = W + ΔW_r
         dev_b = 2 * r + (r + 1) * n_w + k + region * k
@@ -269,6 +269,7 @@ def test_stage_two_data_term_runs_in_float32_above_dirichlets_float64_size(diago
     import precal.calibration.fuzzy as fuzzy
 
     zt, yt, versions, w, first, gates = _stage_two_problem(diagonal, max_iter=500, tol=1e-10)
+    monkeypatch.setattr(fuzzy, "_BLOCK_ELEMENTS", 16 * 40)  # 40 rows per block: the sums across blocks too
     seen, real = [], fuzzy._data_term_grad
     monkeypatch.setattr(fuzzy, "_data_term_grad", lambda p, lp, *a: seen.append((p[2].dtype, lp.dtype)) or real(p, lp, *a))
     fits = {}
@@ -277,7 +278,7 @@ def test_stage_two_data_term_runs_in_float32_above_dirichlets_float64_size(diago
         seen.clear()
         fits[name] = gates.fit(versions, yt, w, first.coef_, first.intercept_)
         want = torch.float64 if name == "float64" else torch.float32
-        assert seen and set(seen) == {(want, want)}
+        assert len(seen) > 1 and set(seen) == {(want, want)}
     assert fits["float32"][2] is None  # converged, no warning
     probs = {}
     for name, (params, _, _) in fits.items():
@@ -288,6 +289,37 @@ def test_stage_two_data_term_runs_in_float32_above_dirichlets_float64_size(diago
     assert_allclose(probs["float32"], probs["float64"], atol=2e-4)
     loss = {name: gates.heldout_loss(zt, yt, w, params) for name, (params, _, _) in fits.items()}
     assert loss["float32"] == pytest.approx(loss["float64"], rel=1e-5)
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_a_float32_line_search_ending_at_its_rounding_floor_does_not_warn(preconditioned, monkeypatch):
+    """An abnormal line-search end with a gradient between sqrt(tol) and float32's sqrt(eps) is float32's rounding
+    floor when the gradient is in the preconditioned coordinates: no warning there; in float64, or on θ's own
+    gradient (no preconditioner), the same end is reported."""
+    import precal.calibration.dirichlet as dirichlet
+    import precal.calibration.fuzzy as fuzzy
+
+    zt, yt, versions, w, first, gates = _stage_two_problem(True, max_iter=50, tol=1e-8)
+    real = fuzzy.minimize
+
+    def ends_abnormally(fun, x0, **kw):
+        result = real(fun, x0, **kw)
+        result.status, result.message = 2, "ABNORMAL: "
+        result.jac = np.full_like(x0, 2e-4)  # above sqrt(tol) = 1e-4, below sqrt(eps32) = 3.5e-4
+        return result
+
+    monkeypatch.setattr(fuzzy, "minimize", ends_abnormally)
+    if not preconditioned:
+        monkeypatch.setattr(fuzzy, "_PRECONDITION_MAX_PARAMS", 0)
+    reasons = {}
+    for name, limit in (("float64", dirichlet._FLOAT64_MAX_ELEMENTS), ("float32", 0)):
+        monkeypatch.setattr(dirichlet, "_FLOAT64_MAX_ELEMENTS", limit)
+        reasons[name] = gates.fit(versions, yt, w, first.coef_, first.intercept_)[2]
+    assert reasons["float64"] is not None and "ABNORMAL" in reasons["float64"]
+    if preconditioned:
+        assert reasons["float32"] is None
+    else:
+        assert reasons["float32"] is not None and "2.00e-04" in reasons["float32"]
 
 
 @pytest.mark.parametrize("far", [False, True])
