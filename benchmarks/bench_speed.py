@@ -639,7 +639,8 @@ def check_targets(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         entry = {"statement": f"FuzzyDirichletCalibrator() at 5 000 x 100 within {FUZZY_TARGET_RATIO:g}x "
                  f"TemperatureScaling's fit time on the {mode} machine"}
         if fuzzy is None:
-            entry |= {"met": None, "detail": "FuzzyDirichletCalibrator() not timed at 5 000 x 100 (--quick or --sections)"}
+            entry |= {"met": None,
+                      "detail": "FuzzyDirichletCalibrator() not timed at 5 000 x 100 (--quick or --sections)"}
         else:
             ratio = fuzzy["ratio_to_ts"]
             entry |= {"met": ratio is not None and ratio <= FUZZY_TARGET_RATIO,

@@ -271,7 +271,12 @@ def test_stage_two_data_term_runs_in_float32_above_dirichlets_float64_size(diago
     zt, yt, versions, w, first, gates = _stage_two_problem(diagonal, max_iter=500, tol=1e-10)
     monkeypatch.setattr(fuzzy, "_BLOCK_ELEMENTS", 16 * 40)  # 40 rows per block: the sums across blocks too
     seen, real = [], fuzzy._data_term_grad
-    monkeypatch.setattr(fuzzy, "_data_term_grad", lambda p, lp, *a: seen.append((p[2].dtype, lp.dtype)) or real(p, lp, *a))
+
+    def spy(params, lp, *rest):
+        seen.append((params[2].dtype, lp.dtype))
+        return real(params, lp, *rest)
+
+    monkeypatch.setattr(fuzzy, "_data_term_grad", spy)
     fits = {}
     for name, limit in (("float64", dirichlet._FLOAT64_MAX_ELEMENTS), ("float32", 3 * 300 * 4 - 1)):
         monkeypatch.setattr(dirichlet, "_FLOAT64_MAX_ELEMENTS", limit)
