@@ -77,6 +77,10 @@ _BLOCK_ELEMENTS = 2**18
 #: than the hundreds of extra L-BFGS iterations they save there.
 _PRECONDITION_MAX_PARAMS = 4096
 
+#: ``sqrt(eps)`` of float32: the gradient (in the preconditioned coordinates) at which a line search of a
+#: float32 stage 2 may end on the data term's rounding rather than short of the minimum.
+_FLOAT32_FLOOR = math.sqrt(float(torch.finfo(torch.float32).eps))
+
 #: Up to this many parameters stage 2 evaluates its penalty as ``½ θᵀ P θ`` (a dense product with the
 #: penalty's Hessian, kept for the fit); above, by autograd of :func:`_penalty`. One thread, per evaluation:
 #: 0.07 ms against 0.21 ms by autograd at 806 parameters (100 classes, diagonal maps), 4.6 ms against
@@ -152,12 +156,6 @@ def _split(theta: torch.Tensor, r: int, k: int, diagonal: bool) -> tuple[torch.T
     dev_w = theta[at : at + r * n_w].reshape((r, *w_shape))
     dev_b = theta[at + r * n_w : at + r * n_w + r * k].reshape(r, k)
     return centers, widths, shared_w, shared_b, dev_w, dev_b
-
-
-def _floor(dtype: torch.dtype) -> float:
-    """``sqrt(eps)`` of ``dtype``: the gradient (in the preconditioned coordinates) at which a line search may end
-    on the data term's rounding rather than short of the minimum."""
-    return math.sqrt(float(torch.finfo(dtype).eps))
 
 
 def _stage_two_work(rows: int, k: int, r: int, diagonal: bool) -> int:
@@ -612,7 +610,8 @@ class _GateFit:
         # a line search that ends at the rounding floor of a float32 data term (sqrt(eps), as DirichletCalibrator's
         # float32 polishing tolerance) has converged as far as that dtype can tell; the preconditioned coordinates
         # (where the Hessian is near the identity) are where that gradient reads as a distance to the minimum
-        floor = _floor(work) if factor is not None else 0.0  # a gradient in the preconditioned coordinates
+        # (float64 fits keep the plain sqrt(tol) test)
+        floor = _FLOAT32_FLOOR if factor is not None and work == torch.float32 else 0.0
         if saw_nonfinite[0]:
             reason = "the objective was not finite at a trial point"
         elif result.status == 1 or (result.status == 2 and g_inf > max(math.sqrt(self.tol), floor)):

@@ -325,6 +325,18 @@ def test_a_float32_line_search_ending_at_its_rounding_floor_does_not_warn(precon
         assert reasons["float32"] is None
     else:
         assert reasons["float32"] is not None and "2.00e-04" in reasons["float32"]
+    # float64 keeps the plain sqrt(tol) test however small tol is: 1e-9 is above sqrt(1e-20) = 1e-10
+    zt, yt, versions, w, first, tight = _stage_two_problem(True, max_iter=50, tol=1e-20)
+
+    def ends_just_above(fun, x0, **kw):
+        result = real(fun, x0, **kw)
+        result.status, result.message, result.jac = 2, "ABNORMAL: ", np.full_like(x0, 1e-9)
+        return result
+
+    monkeypatch.setattr(fuzzy, "minimize", ends_just_above)
+    monkeypatch.setattr(dirichlet, "_FLOAT64_MAX_ELEMENTS", 1 << 20)
+    reason = tight.fit(versions, yt, w, first.coef_, first.intercept_)[2]
+    assert reason is not None and "1.00e-09" in reason
 
 
 @pytest.mark.parametrize("far", [False, True])
