@@ -186,6 +186,9 @@ def cross_validated_path(
     strengths in a row (one fold's data are held in memory at a time); the strengths that every
     fold visited are then scored by the pooled held-out NLL (sum of the folds' weighted NLL over
     the sum of their weights), and the strongest one within a relative ``1e-9`` of the lowest wins.
+    Since only those strengths are scored, a fold never walks past the last strength that every
+    fold before it reached: the fits beyond it could not change the choice (nor the states
+    returned), so leaving them out gives the same result with fewer fits.
 
     Parameters
     ----------
@@ -206,6 +209,7 @@ def cross_validated_path(
         ``None`` when no split has training and held-out rows of positive weight.
     """
     per_fold: list[tuple[dict[float, tuple[float, float]], dict[float, Any]]] = []
+    reach = len(grid)  # strengths every fold walked so far: the pooled score ends there
     for train, test in splits:
         fold = make_fold(train)
         if fold is None:
@@ -213,7 +217,7 @@ def cross_validated_path(
         scores: dict[float, tuple[float, float]] = {}
         states: dict[float, Any] = {}
         state, best, worse = None, math.inf, 0
-        for strength in grid:
+        for strength in grid[:reach]:
             state = fit(fold, strength, state)
             s, w = score(fold, state, test)
             if not w > 0:
@@ -229,6 +233,7 @@ def cross_validated_path(
         del fold
         if scores:
             per_fold.append((scores, states))
+            reach = min(reach, len(scores))
     if not per_fold:
         return None
     pooled: dict[float, float] = {}

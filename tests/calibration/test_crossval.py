@@ -1,0 +1,85 @@
+"""The cross-validated regularisation path: same choice as walking every fold to its own end, fewer fits."""
+
+import math
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from precal.calibration._crossval import PATIENCE, _better, cross_validated_path
+
+GRID = (1e6, 1e4, 1e2, 1.0, 1e-2)
+
+
+def _uncapped_path(grid, tables, weights):
+    """The path as it was before the cap: every fold walks until its own patience runs out,
+    then the strengths every fold visited are pooled (the strongest within the tie wins)."""
+    visited = []
+    for table in tables:
+        best, worse, n = math.inf, 0, 0
+        for value in table:
+            n += 1
+            if _better(value, best):
+                best, worse = value, 0
+            else:
+                worse += 1
+            if worse >= PATIENCE:
+                break
+        visited.append(n)
+    reach = min(visited)
+    pooled = {grid[j]: sum(w * t[j] for t, w in zip(tables, weights)) / sum(weights) for j in range(reach)}
+    best_strength, best_value = None, math.inf
+    for strength, value in pooled.items():
+        if _better(value, best_value):
+            best_strength, best_value = strength, value
+    return best_strength, pooled, sum(visited)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tables=st.lists(st.lists(st.sampled_from([0.5, 0.6, 0.7, 0.8, 0.9, 1.0]), min_size=len(GRID),
+                             max_size=len(GRID)), min_size=2, max_size=5),
+    data=st.data(),
+)
+def test_capped_path_chooses_what_the_uncapped_walk_chooses_with_no_more_fits(tables, data):
+    weights = data.draw(st.lists(st.integers(1, 9), min_size=len(tables), max_size=len(tables)))
+    splits = [(torch.tensor([f]), torch.tensor([f])) for f in range(len(tables))]  # fold id in the indices
+    fits = []
+
+    def fit(fold, strength, warm):
+        assert warm is None or warm[1] == GRID[GRID.index(strength) - 1]  # warm-started from the previous one
+        fits.append((fold, strength))
+        return (fold, strength)
+
+    def score(fold, state, test):
+        return tables[fold][GRID.index(state[1])] * weights[fold], float(weights[fold])
+
+    result = cross_validated_path(GRID, splits, lambda train: int(train[0]), fit, score)
+    best, pooled, n_uncapped = _uncapped_path(GRID, tables, weights)
+    assert result.best == best
+    assert result.scores == pooled  # the same floats: the same sums in the same order
+    assert result.states == [(f, best) for f in range(len(tables))]
+    assert len(fits) <= n_uncapped
+    # no fold walks past the strengths every earlier fold reached
+    reached = [sum(1 for f, _ in fits if f == fold) for fold in range(len(tables))]
+    assert all(reached[f] <= min(reached[:f], default=len(GRID)) for f in range(len(tables)))
+
+
+def test_the_cap_saves_the_fits_beyond_an_earlier_folds_end():
+    # fold 0 stops after three strengths (its NLL rises twice); fold 1 would improve to the end
+    tables = [[0.5, 0.6, 0.7, 0.8, 0.9], [1.0, 0.9, 0.8, 0.7, 0.6]]
+    fits = []
+
+    def fit(fold, strength, warm):
+        fits.append(fold)
+        return (fold, strength)
+
+    def score(fold, state, test):
+        return tables[fold][GRID.index(state[1])], 1.0
+
+    splits = [(torch.tensor([0]), torch.tensor([0])), (torch.tensor([1]), torch.tensor([1]))]
+    result = cross_validated_path(GRID, splits, lambda train: int(train[0]), fit, score)
+    assert fits == [0, 0, 0, 1, 1, 1]  # uncapped, fold 1 would walk all five strengths
+    assert list(result.scores) == list(GRID[:3]) and result.best == 1e6
+    assert np.isclose(result.scores[1e6], 0.75)
