@@ -1611,8 +1611,9 @@ class DirichletCalibrator(BaseLogitCalibrator):
     ``max(2000, 2**21 / c)`` rows, ``c = K`` for a diagonal map and ``K (K + 1)`` for a full
     one (every row up to 209 715 rows at ``K = 10`` diagonal, 2 097 rows at ``K = 1000``),
     chosen by content so that identical rows are kept or dropped together, in the working
-    precision of the final fit. The folds' fits multiply the cost of one fit by about 20
-    (five folds, four or five strengths each); on the subsample they cost less than the final
+    precision of the final fit. The folds make 15 to 45 warm-started fits
+    (five folds, three to nine strengths each; a fold stops at the last strength every earlier
+    fold reached, as only those are pooled); on the subsample they cost less than the final
     fit, which always uses every row. A strength chosen on fewer rows is, if anything,
     stronger than all rows would choose (less data supports less freedom): the map errs
     towards temperature scaling. Repeated rows and integer weights give the same subsample
