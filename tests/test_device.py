@@ -129,7 +129,7 @@ def test_every_tensor_the_fit_makes_follows_the_logits_device(factory, attrs):
     z, y = heteroscedastic(n=600)
     zt = torch.from_numpy(z)
     ref = factory().fit(z, y)
-    _blocks._scratch.__dict__.clear()  # the reference fit's work buffers would hide a fresh one made on meta
+    _blocks.scratch.clear()  # the reference fit's work buffers would hide a fresh one made on meta
     with torch.device("meta"):
         est, outputs = _fit_and_predict_on_tensor(factory, zt, y)
     for name in attrs:

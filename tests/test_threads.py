@@ -371,3 +371,25 @@ def test_streamed_memmap_fit_equals_the_in_memory_fit(small_blocks, tmp_path):
         streamed = TemperatureScaling().fit(mm, y).temperature_
         in_memory = TemperatureScaling().fit(z, y).temperature_
     np.testing.assert_allclose(streamed, in_memory, rtol=1e-6)  # class-major vs row-major sums
+
+
+def test_work_buffers_are_reused_per_slot_dtype_and_thread():
+    buffers = _blocks.WorkBuffers(min_elements=64)
+    like = torch.zeros(3, 4)
+    a = buffers(0, like)
+    assert a.shape == (3, 4) and a.dtype == torch.float32 and a.is_contiguous()
+    assert buffers(0, torch.zeros(5, 2)).data_ptr() == a.data_ptr()  # same slot and dtype: same memory
+    assert buffers(1, like).data_ptr() != a.data_ptr()  # another slot
+    assert buffers(0, like, torch.float64).data_ptr() != a.data_ptr()  # another dtype
+    assert buffers(0, like, torch.float64).dtype == torch.float64
+    big = buffers(0, torch.zeros(10, 10))  # above min_elements: grows
+    assert big.shape == (10, 10) and buffers(0, like).data_ptr() == big.data_ptr()
+    other = {}
+    thread = threading.Thread(target=lambda: other.setdefault("ptr", buffers(0, like).data_ptr()))
+    thread.start()
+    thread.join()
+    assert other["ptr"] != big.data_ptr()  # each thread has its own
+    buffers.clear()
+    assert buffers(0, like).data_ptr() != big.data_ptr()  # cleared: a fresh buffer
+    with torch.device("meta"):  # off the CPU: a plain empty tensor on the input's device
+        assert buffers(0, torch.empty(2, 2)).device.type == "meta"

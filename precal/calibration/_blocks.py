@@ -34,7 +34,7 @@ from .._chunks import FileRows, row_blocks, rows_per_block
 from .._numerics import as_tensor
 from .._threads import map_blocks
 
-__all__ = ["Block", "ShiftedLogits", "scratch", "tensor_blocks", "CHUNK_ELEMENTS", "CACHE_ELEMENTS", "LOG2E"]
+__all__ = ["Block", "ShiftedLogits", "WorkBuffers", "scratch", "tensor_blocks", "CHUNK_ELEMENTS", "CACHE_ELEMENTS", "LOG2E"]
 
 #: Elements per block (1 MB of float32): the unit of work of a pass and of its threads. A
 #: block and its work buffers stay in a core's L2 cache; in ``bench_speed.py``'s block-size
@@ -71,27 +71,49 @@ Span = tuple[int, int]
 LOG2E = math.log2(math.e)
 
 
-_scratch = threading.local()
+class WorkBuffers:
+    """Work buffers reused by each thread, one per ``(slot, dtype)``, for as long as this object lives.
 
-
-def scratch(slot: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A work buffer shaped like ``like`` (contiguous, ``dtype`` or ``like``'s), reused by this thread.
-
-    Passes allocate their block-sized temporaries here: a fresh 1-2 MB tensor per block
-    and pass costs page faults that made a float64 PACS block 5x slower than the same
-    arithmetic in reused buffers. ``slot`` tells apart the buffers that one block needs at
-    the same time. Off the CPU this is a plain ``torch.empty`` (the device's caching
+    ``self(slot, like, dtype=None)`` is a buffer shaped like ``like`` (contiguous, ``dtype``
+    or ``like``'s). Passes allocate their block-sized temporaries here: a fresh 1-2 MB tensor
+    per block and pass costs page faults that made a float64 PACS block 5x slower than the
+    same arithmetic in reused buffers. ``slot`` tells apart the buffers that one block needs
+    at the same time. Off the CPU this is a plain ``torch.empty`` (the device's caching
     allocator already reuses memory).
+
+    The owner chooses how long the memory stays: the module's :data:`scratch` keeps at least
+    :data:`CHUNK_ELEMENTS` per slot for the life of each thread (the temperature-scaling and
+    PACS passes, many small fits); a Dirichlet pass makes its own and frees it with the pass
+    (its chunks hold megabytes per thread).
+
+    Parameters
+    ----------
+    min_elements : int, default 0
+        Smallest buffer allocated, so that blocks of different sizes share one buffer.
     """
-    dtype = like.dtype if dtype is None else dtype
-    if like.device.type != "cpu":
-        return torch.empty(like.shape, dtype=dtype, device=like.device)
-    buffers = _scratch.__dict__.setdefault("buffers", {})
-    n = like.numel()
-    buffer = buffers.get((slot, dtype))
-    if buffer is None or buffer.numel() < n:
-        buffer = buffers[(slot, dtype)] = torch.empty(max(n, CHUNK_ELEMENTS), dtype=dtype, device=like.device)
-    return buffer[:n].view(like.shape)
+
+    def __init__(self, min_elements: int = 0) -> None:
+        self._min_elements = int(min_elements)
+        self._local = threading.local()
+
+    def __call__(self, slot: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = like.dtype if dtype is None else dtype
+        if like.device.type != "cpu":
+            return torch.empty(like.shape, dtype=dtype)
+        buffers = self._local.__dict__
+        n = like.numel()
+        buffer = buffers.get((slot, dtype))
+        if buffer is None or buffer.numel() < n:
+            buffer = buffers[(slot, dtype)] = torch.empty(max(n, self._min_elements), dtype=dtype, device=like.device)
+        return buffer[:n].view(like.shape)
+
+    def clear(self) -> None:
+        """Free the calling thread's buffers."""
+        self._local.__dict__.clear()
+
+
+#: The buffers of the temperature-scaling and PACS passes, kept for the life of each thread.
+scratch = WorkBuffers(CHUNK_ELEMENTS)
 
 
 def tensor_blocks(logits: torch.Tensor | FileRows, rows: int) -> Iterator[tuple[int, torch.Tensor]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -18,6 +17,7 @@ from .._numerics import log_softmax, matmul, softmax_rows, to_tensor
 from .._threads import _work_size, map_blocks, map_blocks_in_waves, thread_limits
 from .._validation import check_number
 from ._base import BaseLogitCalibrator, check_state_keys, state_array, state_count
+from ._blocks import WorkBuffers
 from ._crossval import REG_GRID, check_cv, cross_validated_path, cv_splits
 from .temperature import _on_device, fit_temperature
 
@@ -75,7 +75,7 @@ _STATS_ROWS = 8192
 #: stays bounded for large maps; each wave's partials are added in chunk order.
 _WAVE_BYTES = 1 << 25
 
-#: Slots of a chunk's work arrays in a pass's :class:`_PassBuffers`.
+#: Slots of a chunk's work arrays in a pass's :class:`~precal.calibration._blocks.WorkBuffers`.
 _SLOT_LOGITS, _SLOT_PROBS, _SLOT_PRODUCT = 0, 1, 2
 
 #: Conjugate-gradient iterations per Newton step at most.
@@ -202,27 +202,6 @@ def _row_chunks(n: int, elements_per_row: int) -> Iterator[slice]:
     rows = max(1, -(-n // max(1, -(-n // most))))  # ceil(n / number of chunks)
     for start in range(0, n, rows):
         yield slice(start, min(start + rows, n))
-
-
-class _PassBuffers:
-    """Work arrays of one pass, one set per thread, reused from chunk to chunk and freed with the pass.
-
-    ``self(slot, like)`` is a buffer shaped like ``like`` (its dtype and device): a fresh
-    array per chunk would cost an allocation (and page faults when the allocator returns
-    the memory to the system) per chunk and pass, and arrays kept beyond the pass would hold
-    megabytes per thread for the life of each thread.
-    """
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def __call__(self, slot: int, like: torch.Tensor) -> torch.Tensor:
-        buffers = self._local.__dict__
-        n = like.numel()
-        buffer = buffers.get(slot)
-        if buffer is None or buffer.numel() < n or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = buffers[slot] = torch.empty(n, dtype=like.dtype, device=like.device)
-        return buffer[:n].view(like.shape)
 
 
 class _Rows:
@@ -389,7 +368,7 @@ class _DataTerm:
         # below this the true class's probability has lost digits (or underflowed): its NLL is
         # then taken from the logits directly (log-sum-exp), for those rows only
         tiny = math.sqrt(float(torch.finfo(self.dtype).tiny))
-        scratch = _PassBuffers()
+        scratch = WorkBuffers()  # freed with the pass
 
         def chunk(rows: slice) -> tuple:
             """One chunk's partial sums: NLL, errors, gradient halves, curvature, dense Hessian."""
@@ -497,7 +476,7 @@ class _DataTerm:
         other entries reaches the true one (one row maximum, no softmax).
         """
         w, b = self.params(theta)
-        scratch = _PassBuffers()
+        scratch = WorkBuffers()  # freed with the pass
 
         def chunk(rows: slice) -> torch.Tensor:
             yc = self.y[rows, None]
@@ -579,7 +558,7 @@ class _DataTerm:
             kept = self.probs_f is not None
             if not kept:
                 w, b = self.params(self._kept_at)
-            scratch = _PassBuffers()
+            scratch = WorkBuffers()  # freed with the pass
 
             def block(rows: slice) -> torch.Tensor:
                 if kept:
@@ -613,7 +592,7 @@ class _DataTerm:
             w, b = self.params(self._kept_at)
         h_w = torch.zeros((k,) if diagonal else (k, k), dtype=f64, device=dev)
         h_b = torch.zeros(k, dtype=f64, device=dev)
-        scratch = _PassBuffers()
+        scratch = WorkBuffers()  # freed with the pass
 
         def chunk(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
             feats = self.features(rows)
