@@ -1,7 +1,5 @@
 """The cross-validated regularisation path: same choice as walking every fold to its own end, fewer fits."""
 
-import math
-
 import numpy as np
 import torch
 from hypothesis import given, settings
@@ -12,27 +10,24 @@ from precal.calibration._crossval import PATIENCE, _better, cross_validated_path
 GRID = (1e6, 1e4, 1e2, 1.0, 1e-2)
 
 
+def _walk_length(table):
+    """Strengths a fold visits on its own: up to the first one that ends PATIENCE in a row with
+    no new best (the values here are far apart or equal, so the running best is the minimum)."""
+    for j in range(PATIENCE, len(table)):
+        before = min(table[: j - PATIENCE + 1])
+        if not any(_better(v, before) for v in table[j - PATIENCE + 1 : j + 1]):
+            return j + 1
+    return len(table)
+
+
 def _uncapped_path(grid, tables, weights):
     """The path as it was before the cap: every fold walks until its own patience runs out,
     then the strengths every fold visited are pooled (the strongest within the tie wins)."""
-    visited = []
-    for table in tables:
-        best, worse, n = math.inf, 0, 0
-        for value in table:
-            n += 1
-            if _better(value, best):
-                best, worse = value, 0
-            else:
-                worse += 1
-            if worse >= PATIENCE:
-                break
-        visited.append(n)
+    visited = [_walk_length(table) for table in tables]
     reach = min(visited)
     pooled = {grid[j]: sum(w * t[j] for t, w in zip(tables, weights)) / sum(weights) for j in range(reach)}
-    best_strength, best_value = None, math.inf
-    for strength, value in pooled.items():
-        if _better(value, best_value):
-            best_strength, best_value = strength, value
+    lowest = min(pooled.values())
+    best_strength = next(strength for strength, value in pooled.items() if not _better(lowest, value))
     return best_strength, pooled, sum(visited)
 
 
