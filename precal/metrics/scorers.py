@@ -3,7 +3,8 @@
 Every calibration metric is a loss (lower is better), so each scorer is made with
 ``greater_is_better=False`` and returns the *negated* metric, as scikit-learn's
 ``neg_log_loss`` does: ``cross_val_score(..., scoring=ece_scorer)`` gives ``-ECE``.
-Scorers call ``predict_proba`` on the estimator.
+Scorers call ``predict_proba`` on the estimator and pass its ``classes_`` to the metric as
+``labels``, so that a test fold without some class is still scored against the right columns.
 """
 
 from __future__ import annotations
@@ -62,12 +63,30 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo(smooth_calibration_error, "smooth_ece", "neg_smooth_calibration_error"),
 )
 
-_SCORERS: dict[str, Any] = {
-    info.scorer_name: make_scorer(
-        info.function, greater_is_better=info.greater_is_better, response_method="predict_proba"
-    )
-    for info in METRICS
-}
+class _ClassesScorer(type(make_scorer(negative_log_likelihood, response_method="predict_proba"))):  # type: ignore[misc]
+    """scikit-learn's scorer, calling the metric with ``labels=estimator.classes_``.
+
+    Column ``j`` of ``predict_proba`` is ``classes_[j]``: without the labels a metric would
+    read the classes from the test fold's ``y``, and a fold that lacks a class (classes
+    ``[1, 2, 3]``, a fold with only 1 and 2) would pair its labels with the wrong columns
+    or fail. scikit-learn's own ``neg_log_loss`` has this gap; these scorers do not.
+    """
+
+    def _score(self, method_caller: Any, estimator: Any, X: Any, y_true: Any, **kwargs: Any) -> float:
+        classes = getattr(estimator, "classes_", None)
+        if classes is not None and "labels" not in kwargs and "labels" not in getattr(self, "_kwargs", {}):
+            kwargs["labels"] = classes
+        return super()._score(method_caller, estimator, X, y_true, **kwargs)
+
+
+def _make_scorer(info: MetricInfo) -> Any:
+    """The scorer of one metric: :func:`sklearn.metrics.make_scorer`'s, with the estimator's classes."""
+    scorer = make_scorer(info.function, greater_is_better=info.greater_is_better, response_method="predict_proba")
+    scorer.__class__ = _ClassesScorer  # the same object layout; only ``_score`` differs
+    return scorer
+
+
+_SCORERS: dict[str, Any] = {info.scorer_name: _make_scorer(info) for info in METRICS}
 _ALIASES: dict[str, str] = {info.short_name: info.scorer_name for info in METRICS}
 
 #: Scorer of ``-expected_calibration_error(y, estimator.predict_proba(X))``;

@@ -304,3 +304,28 @@ def test_grid_search_over_a_calibrator_with_new_scorers(scoring, overconfident_l
 
 def get_scorer_name(name):
     return {info.short_name: info.scorer_name for info in METRICS}.get(name, name)
+
+
+@pytest.mark.parametrize("shift, names", [(1, None), (0, np.array(["ant", "bee", "cat"]))])
+def test_scorers_read_the_columns_as_the_estimators_classes_on_a_fold_without_a_class(shift, names):
+    """Classes [1, 2, 3] (or strings) and a test fold holding only two of them: the scorer must
+    score the columns as classes_, as the estimator's own score() does."""
+    from precal import TemperatureScaling
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 300)
+    z = 2.0 * np.eye(3)[y] + rng.normal(size=(300, 3))
+    labels = y + shift if names is None else names[y]
+    cal = TemperatureScaling().fit(z, labels)
+    fold = y != 2  # the last class missing from the fold
+    prob = cal.predict_proba(z[fold])
+    assert nll_scorer(cal, z[fold], labels[fold]) == pytest.approx(cal.score(z[fold], labels[fold]), abs=1e-12)
+    for name, (scorer, _, fn) in SCORERS.items():
+        expected = -fn(labels[fold], prob, labels=cal.classes_)
+        assert scorer(cal, z[fold], labels[fold]) == pytest.approx(expected, abs=1e-12), name
+    # binary: classes [1, 2], a fold with class 1 only
+    yb = (y > 0).astype(int)
+    zb = z[:, :2]
+    calb = TemperatureScaling().fit(zb, yb + 1)
+    only = yb == 0
+    assert nll_scorer(calb, zb[only], yb[only] + 1) == pytest.approx(calb.score(zb[only], yb[only] + 1), abs=1e-12)
