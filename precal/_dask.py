@@ -84,7 +84,8 @@ def _chunk_error(name: str, i: int, start: int, m: int, exc: Exception) -> Excep
     return type(exc)(f"{name} chunk {i} (rows {start}:{start + m}; row numbers below count within the chunk): {exc}")
 
 
-def _global_classes(y: Any, n_columns: int, labels: Any, min_classes: int) -> np.ndarray | None:
+def _global_classes(y: Any, n_columns: int, labels: Any, min_classes: int, fix: str | None = None
+                    ) -> np.ndarray | None:
     """The classes of dask labels ``y`` (one small reduction), for a per-chunk encoding that
     agrees across chunks; ``None`` when ``labels`` is given."""
     if labels is not None:
@@ -96,7 +97,8 @@ def _global_classes(y: Any, n_columns: int, labels: Any, min_classes: int) -> np
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (n_samples,) class labels, got a dask array with shape {y.shape}.")
     present = da.unique(y).compute()
-    classes, _ = encode_labels(present, n_columns, name="y", min_classes=min_classes)
+    kw = {} if fix is None else {"fix": fix}
+    classes, _ = encode_labels(present, n_columns, name="y", min_classes=min_classes, **kw)
     return classes
 
 
@@ -356,7 +358,7 @@ class DaskLogits:
         import dask
         import dask.array as da
 
-        from ._validation import _row_shift_overflows, as_numpy, check_sample_weight, encode_labels
+        from ._validation import FIT_LABELS_FIX, _row_shift_overflows, as_numpy, check_sample_weight, encode_labels
 
         if not is_dask_array(X):
             raise TypeError("X must be a dask array here.")  # pragma: no cover - callers dispatch on it
@@ -375,14 +377,14 @@ class DaskLogits:
         if y is None:
             raise ValueError(f"{owner} requires y to be passed, but the target y is None.")
         if is_dask_array(y):
-            classes = _global_classes(y, n_columns, None, min_classes)
+            classes = _global_classes(y, n_columns, None, min_classes, FIT_LABELS_FIX)
             y_idx = _as_rows(y, rows, "y").map_blocks(_encode_chunk, n_columns, classes, "y", dtype=np.int64)
         else:
             y_arr = np.asarray(as_numpy(y))
             if y_arr.ndim == 0 or y_arr.shape[0] != sum(rows):
                 raise ValueError(f"Inconsistent numbers of samples: X has {sum(rows)}, y has "
                                  f"{y_arr.shape[0] if y_arr.ndim else 'a scalar'}.")
-            classes, idx = encode_labels(y_arr, n_columns, min_classes=min_classes)
+            classes, idx = encode_labels(y_arr, n_columns, min_classes=min_classes, fix=FIT_LABELS_FIX)
             y_idx = da.from_array(idx, chunks=(rows,))
         if single and len(classes) != 2:  # pragma: no cover - encode_labels with 2 columns guarantees it
             raise ValueError("X holds one logit per sample, which is for binary problems.")
@@ -596,7 +598,6 @@ def dirichlet_problem(data: DaskLogits, *, diagonal: bool) -> Any:
     n, k = data.shape
     lo, hi = data.value_range
     magnitude = max(abs(lo), abs(hi), 1.0)
-    f64 = torch.float64
     work = torch.float64 if data.work_dtype == np.float64 else torch.float32
     dtype = dr.working_dtype(n, k, work, magnitude)  # the dtype rule of dirichlet._Problem, on the whole array
     z_s, y_s, w_s = data.sample(max(1, n // dr._STATS_ROWS))

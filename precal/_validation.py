@@ -416,8 +416,16 @@ def _row_sums(arr: np.ndarray) -> np.ndarray:
     return row_sums(as_tensor(arr)).numpy()
 
 
+#: What a label error tells a metric's caller to do (metrics take ``labels=``).
+LABELS_FIX = "Pass labels=... to say which class each column is."
+
+#: What it tells a calibrator's ``fit`` caller (no ``labels=`` there: the columns are the classes).
+FIT_LABELS_FIX = ("Give y as column indices 0..K-1 (label i is the class of logit column i), or fit on data "
+                  "holding every class.")
+
+
 def encode_labels(
-    y: Any, n_columns: int, *, labels: Any = None, name: str = "y", min_classes: int = 2
+    y: Any, n_columns: int, *, labels: Any = None, name: str = "y", min_classes: int = 2, fix: str = LABELS_FIX
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map labels to column indices of a ``(n_samples, n_columns)`` score array.
 
@@ -430,7 +438,8 @@ def encode_labels(
     3. the sorted distinct labels of ``y``, whose number must equal ``n_columns``.
 
     Boolean labels name two classes, so they are refused for scores with other than 2
-    columns. The classes returned are always distinct.
+    columns. The classes returned are always distinct. ``fix`` ends the messages of labels
+    that do not match the columns (:data:`LABELS_FIX`, or :data:`FIT_LABELS_FIX` for a fit).
 
     Returns
     -------
@@ -474,6 +483,11 @@ def encode_labels(
             "are needed to fit a calibrator."
         )
 
+    if y_arr.dtype.kind == "b" and n_columns != 2:
+        raise ValueError(
+            f"{name} holds boolean labels (at most 2 classes: False, True) but the scores have {n_columns} columns "
+            f"(one per class). {fix}"
+        )
     if labels is not None:
         classes = np.asarray(labels)
         if classes.ndim != 1 or len(np.unique(classes)) != len(classes):
@@ -491,11 +505,6 @@ def encode_labels(
             )
         return classes, order[pos].astype(np.int64)
 
-    if y_arr.dtype.kind == "b" and n_columns != 2:
-        raise ValueError(
-            f"{name} holds boolean labels (at most 2 classes: False, True) but the scores have {n_columns} columns "
-            "(one per class). Pass integer or string labels, or labels=... to say which class each column is."
-        )
     numeric = y_arr.dtype.kind in "biuf"
     if numeric and len(present) < n_columns:
         integral = np.all(np.mod(present, 1) == 0)
@@ -504,7 +513,7 @@ def encode_labels(
     if len(present) != n_columns:
         raise ValueError(
             f"{name} has {len(present)} classes {present.tolist()!r} but the scores have {n_columns} columns "
-            "(one per class). Pass labels=... to say which class each column is."
+            f"(one per class). {fix}"
         )
     return present, np.searchsorted(present, y_arr).astype(np.int64)
 

@@ -44,7 +44,14 @@ from .._chunks import FileRows
 from .._dask import is_dask_array, lazy_rows
 from .._numerics import as_tensor, binary_logit_to_two_columns, is_tensor, log_softmax, softmax, to_numpy
 from .._threads import _work_size, thread_limits, threaded
-from .._validation import as_numpy, check_logits, check_same_length, check_sample_weight, encode_labels
+from .._validation import (
+    FIT_LABELS_FIX,
+    as_numpy,
+    check_logits,
+    check_same_length,
+    check_sample_weight,
+    encode_labels,
+)
 
 __all__ = ["BaseLogitCalibrator", "CalibratorModule", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -171,11 +178,11 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
                     f"X holds one logit per sample, which is for binary problems, but y has {n_distinct} classes; "
                     "pass (n_samples, n_classes) logits."
                 )
-            classes, y_idx = encode_labels(y_arr, 2)
+            classes, y_idx = encode_labels(y_arr, 2, fix=FIT_LABELS_FIX)
             logits = binary_logit_to_two_columns(logits)
             self.n_features_in_ = 1
         else:
-            classes, y_idx = encode_labels(y_arr, logits.shape[1])
+            classes, y_idx = encode_labels(y_arr, logits.shape[1], fix=FIT_LABELS_FIX)
             self.n_features_in_ = logits.shape[1]
         self.classes_ = classes
         weights = check_sample_weight(sample_weight, logits.shape[0])

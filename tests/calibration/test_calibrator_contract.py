@@ -90,6 +90,17 @@ def test_integer_labels_with_a_missing_class_keep_one_class_per_column(calibrato
     assert calibrator.predict_proba(z).shape == z.shape
 
 
+def test_labels_that_cannot_name_the_columns_say_how_to_fix_the_fit(calibrator, logits_y):
+    z, y = logits_y
+    names = np.array(["ant", "bee", "cat", "dog"])
+    keep = y != 2
+    for labels in (names[y][keep], (y + 1)[y != 0]):  # three of four string classes; 1..4 without 1
+        rows = keep if labels.dtype.kind == "U" else y != 0
+        with pytest.raises(ValueError, match=r"has 3 classes .* 4 columns .* column indices 0\.\.K-1") as info:
+            clone(calibrator).fit(z[rows], labels)
+        assert "labels=" not in str(info.value)  # fit takes no labels=
+
+
 def test_binary_single_logit_equals_two_column_form(calibrator, binary_logits_y):
     z, y = binary_logits_y
     d = z[:, 1] - z[:, 0]
