@@ -62,7 +62,9 @@ def fit_confidence_map(
     ends at 1. Unlike the other two, it need not be monotone.
     ``"spline"``: scipy's ``PchipInterpolator`` (monotone cubic Hermite, C¹) through the
     weighted centroid ``(mean confidence, value)`` of each block of the isotonic fit: a
-    smooth monotone curve through the steps of the isotonic maximum-likelihood fit.
+    smooth monotone curve through the steps of the isotonic maximum-likelihood fit. Blocks
+    whose rounded centroids do not increase (confidences a few ulps apart, as quantized logits
+    give) are merged into one knot at their weighted mean value.
     """
     order = np.argsort(conf, kind="stable")
     conf, correct, weight = conf[order], correct[order], weight[order]
@@ -76,8 +78,18 @@ def fit_confidence_map(
     # spline: blocks of the isotonic fit (runs of equal fitted value) -> their weighted centroids
     fitted = iso.predict(conf)
     starts = np.flatnonzero(np.append(True, fitted[1:] != fitted[:-1]))
-    x_block = np.add.reduceat(conf * weight, starts) / np.add.reduceat(weight, starts)
+    w_block = np.add.reduceat(weight, starts)
+    x_block = np.add.reduceat(conf * weight, starts) / w_block
     y_block = fitted[starts]
+    # blocks of confidences a few ulps apart (quantized logits: rows that are permutations of
+    # each other) can have centroids that do not increase once rounded; PCHIP needs strictly
+    # increasing knots, so such runs become one knot at their weighted mean value
+    x_block = np.maximum.accumulate(x_block)
+    group = np.cumsum(np.append(True, np.diff(x_block) > 0)) - 1
+    if group[-1] + 1 < len(x_block):
+        merged_w = np.bincount(group, weights=w_block)
+        y_block = np.bincount(group, weights=w_block * y_block) / merged_w
+        x_block = x_block[np.flatnonzero(np.append(True, np.diff(group) > 0))]
     if len(x_block) == 1:
         return x_block, np.array([[0.0], [0.0], [0.0], y_block])
     from scipy.interpolate import PchipInterpolator

@@ -113,6 +113,37 @@ def test_spline_is_pchip_through_the_isotonic_blocks_and_monotone():
     assert values[0] == fitted[0] and values[-1] == fitted[-1]  # constant beyond the ends
 
 
+def test_spline_merges_isotonic_blocks_whose_centroids_do_not_increase():
+    """Confidences one ulp apart: scikit-learn's isotonic fit pools them into one threshold but
+    predicts them on its interpolating line, so they land in two blocks whose rounded centroids
+    tie (PCHIP refused them before); such blocks become one knot at their weighted mean."""
+    a = 0.7972515301259182
+    b = np.nextafter(a, 1.0)
+    conf = np.array([0.3, 0.3] + [a] * 6 + [b] * 5 + [0.95, 0.95])
+    correct = np.array([0, 0] + [0, 1, 0, 1, 0, 1] + [1, 0, 1, 0, 1] + [1, 1], dtype=float)
+    assert np.add.reduce(conf[2:8]) / 6 >= np.add.reduce(conf[8:13]) / 5  # the rounded centroids tie
+    iso = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(conf, correct)
+    assert iso.predict([b])[0] > iso.predict([a])[0]  # two blocks one ulp apart
+    x, c = fit_confidence_map(conf, correct, np.ones(15), "spline")
+    assert np.all(np.diff(x) > 0) and len(x) == 3
+    values = _eval_map(x, c, np.linspace(0, 1, 1001))
+    assert np.all(np.isfinite(values)) and np.all(np.diff(values) >= -1e-12)
+    assert _eval_map(x, c, np.array([a]))[0] == pytest.approx(6 / 11)  # the merged knot: the pooled accuracy
+
+
+def test_spline_fits_coarsely_quantized_logits():
+    """Logits on a grid of step 4: rows that are permutations of each other give confidences a
+    few ulps apart (a crash in scipy before); AutoCalibrator tries the spline by default."""
+    from precal.calibration import AutoCalibrator
+
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, 100)
+    z = np.round(3 * (np.eye(3)[y] + rng.normal(size=(100, 3))) / 4) * 4
+    p = TopLabelCalibrator(method="spline").fit(z, y).predict_proba(z)
+    assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    assert np.isfinite(AutoCalibrator().fit(z, y).predict_proba(z)).all()
+
+
 @pytest.mark.parametrize("method", ["isotonic", "spline"])  # histogram binning need not be monotone
 def test_maps_are_monotone_and_in_the_unit_interval(method):
     z, y = make_logits(n=1500, k=3, seed=7)
