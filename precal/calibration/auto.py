@@ -197,7 +197,8 @@ class AutoCalibrator(BaseLogitCalibrator):
     Warnings of the candidates' fits on the folds (e.g. Dirichlet's ``ConvergenceWarning``)
     are silenced; those of the final refit are not. Sample weights are used in every fit
     and in the fold scores; because folds are drawn over rows, a weighted fit and a fit
-    on repeated rows may see different folds and choose differently.
+    on repeated rows may see different folds and choose differently. Folds without positive
+    weight on their training or held-out rows are left out; fewer than two left is an error.
 
     **Cost.** ``cv + 1`` fits of the chosen candidate and ``cv`` of each other, on
     ``(cv - 1)/cv`` of the data: with the default candidates about 30 one-dimensional or
@@ -309,7 +310,13 @@ class AutoCalibrator(BaseLogitCalibrator):
         pairs = self._candidate_list()
         y = to_numpy(y_idx)
         weight = np.ones(len(y)) if sample_weight is None else to_numpy(sample_weight).astype(np.float64)
-        folds = self._folds(y)
+        folds = [(tr, te) for tr, te in self._folds(y) if weight[tr].sum() > 0 and weight[te].sum() > 0]
+        if len(folds) < 2:
+            raise ValueError(
+                f"AutoCalibrator needs at least 2 of its cv={self.cv} folds with positive sample_weight on both "
+                f"their training and held-out rows, got {len(folds)}: too few rows of positive weight "
+                f"({int(np.count_nonzero(weight))}). Fit TemperatureScaling instead, or give more rows positive weight."
+            )
         scores = np.empty((len(pairs), len(folds)))
         nll = np.empty((len(pairs), len(folds)))
         accuracy = np.empty((len(pairs), len(folds)))
@@ -396,9 +403,17 @@ def accuracy_gain_p(correct: np.ndarray, correct_ref: np.ndarray, weight: np.nda
     """
     from scipy.stats import binomtest
 
-    b = int(round(float(np.sum(weight * ((correct > 0.5) & (correct_ref < 0.5))))))
-    c = int(round(float(np.sum(weight * ((correct < 0.5) & (correct_ref > 0.5))))))
+    b = float(np.sum(weight * ((correct > 0.5) & (correct_ref < 0.5))))
+    c = float(np.sum(weight * ((correct < 0.5) & (correct_ref > 0.5))))
+    if b + c > _MAX_DISCORDANT:  # counts beyond binomtest's integers: the same proportions at that size
+        b, c = b * _MAX_DISCORDANT / (b + c), c * _MAX_DISCORDANT / (b + c)
+    b, c = int(round(b)), int(round(c))
     return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5, alternative="greater").pvalue)
+
+
+#: Discordant weight above which :func:`accuracy_gain_p` rescales the counts (weights summing
+#: beyond 2**62 overflow scipy's integers; at this size any real gain is significant anyway).
+_MAX_DISCORDANT = float(2**53)
 
 
 def _summarise(pairs: list, scores: np.ndarray, accuracy: np.ndarray, metric: str,

@@ -155,6 +155,15 @@ def top_label_log_proba(
     return out.scatter(-1, pred.unsqueeze(-1), q.log().unsqueeze(-1))
 
 
+#: The largest float64 below 1: a cap of exactly 1 would give the other classes zero probability.
+_LARGEST_CAP = float(np.nextafter(1.0, 0.0))
+
+
+def _cap(n: float) -> float:
+    """Laplace's ``1 - 1/(n + 2)`` for ``n`` samples (counted by weight), kept below 1."""
+    return min(1.0 - 1.0 / (n + 2.0), _LARGEST_CAP)
+
+
 class _TopLabelMap(torch.nn.Module):
     def __init__(self, inverse_temperature: float, breakpoints: np.ndarray, coef: np.ndarray,
                  class_map: np.ndarray, cap: np.ndarray) -> None:
@@ -254,7 +263,8 @@ class TopLabelCalibrator(BaseLogitCalibrator):
     class_map_ : ndarray of int, shape (n_classes,)
         Row of the map used for each predicted class (0: the pooled map).
     cap_ : ndarray of shape (n_maps,)
-        Largest confidence each map may give, ``1 - 1/(n + 2)`` for ``n`` fitting samples.
+        Largest confidence each map may give, ``1 - 1/(n + 2)`` for ``n`` fitting samples
+        (at most the largest float64 below 1, which it rounds to beyond ``n`` of about 1e16).
     classes_, n_features_in_
         As every calibrator.
 
@@ -368,7 +378,7 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         conf, pred, correct, weight = conf[keep], pred[keep], correct[keep], weight[keep]
 
         maps = [fit_confidence_map(conf, correct, weight, self.method, self.n_bins)]
-        caps = [1.0 - 1.0 / (weight.sum() + 2.0)]
+        caps = [_cap(weight.sum())]
         class_map = np.zeros(n_classes, dtype=np.int64)
         if self.per_class == "auto" or self.per_class:  # also numpy.bool_
             count = np.bincount(pred, weights=weight, minlength=n_classes)
@@ -376,7 +386,7 @@ class TopLabelCalibrator(BaseLogitCalibrator):
             for c in np.flatnonzero((count > 0) & (count >= need)):
                 mine = pred == c
                 maps.append(fit_confidence_map(conf[mine], correct[mine], weight[mine], self.method, self.n_bins))
-                caps.append(1.0 - 1.0 / (count[c] + 2.0))
+                caps.append(_cap(count[c]))
                 class_map[c] = len(maps) - 1
         self.temperature_ = temperature_of_base if self.base == "matrix_scaling" else temperature
         self.breakpoints_, self.coef_ = _pad_maps(maps)
@@ -429,8 +439,8 @@ class TopLabelCalibrator(BaseLogitCalibrator):
         n_maps = breakpoints.shape[0]
         if np.any(np.diff(breakpoints, axis=1) < 0) or breakpoints.min() < 0 or breakpoints.max() > 1:
             raise ValueError("Calibrator state 'breakpoints_' must be non-decreasing rows in [0, 1].")
-        if cap.shape != (n_maps,) or not np.all((cap > 0) & (cap <= 1)):
-            raise ValueError(f"Calibrator state 'cap_' must be {n_maps} numbers in (0, 1].")
+        if cap.shape != (n_maps,) or not np.all((cap > 0) & (cap <= _LARGEST_CAP)):
+            raise ValueError(f"Calibrator state 'cap_' must be {n_maps} numbers in (0, 1).")
         if class_map.shape != (len(self.classes_),) or np.any(class_map != np.round(class_map)) or np.any(
             (class_map < 0) | (class_map >= n_maps)
         ):

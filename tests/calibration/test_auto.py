@@ -121,6 +121,9 @@ def test_accuracy_gain_p_is_mcnemars_exact_test():
     assert accuracy_gain_p(new, ref, 2 * ones) == pytest.approx(binom.sf(9, 12, 0.5))  # weights count as rows
     assert accuracy_gain_p(ref, ref, ones) == 1.0
     assert accuracy_gain_p(ref, new, ones) > 0.9
+    # weights beyond scipy's integers: the same proportions, at 2**53 discordant rows
+    huge = accuracy_gain_p(new, ref, 1e20 * ones)
+    assert huge == pytest.approx(binom.sf(5 * 2**53 // 6 - 1, 2**53, 0.5), abs=1e-300) and huge < 1e-100
 
 
 def test_matrix_scaling_is_chosen_where_it_recovers_accuracy():
@@ -297,6 +300,29 @@ def test_bad_parameters_are_refused_at_fit(params, error, match):
     z, y = make_logits(n=100, k=3)
     with pytest.raises(error, match=match):
         AutoCalibrator(**params).fit(z, y)
+
+
+def test_folds_without_weight_are_left_out_and_too_few_left_is_a_clear_error():
+    z, y = make_logits(n=200, k=3, seed=21)
+    w = np.zeros(200)
+    w[:4] = 1.0  # some folds hold no held-out weight
+    auto = AutoCalibrator(candidates=["temperature", "ets"]).fit(z, y, sample_weight=w)
+    assert 2 <= sum(key.startswith("split") for key in auto.cv_results_) < 5
+    assert np.all(np.isfinite(auto.cv_results_["mean_score"]))
+    w[1:] = 0.0  # one row of positive weight: no fold has it on both sides
+    with pytest.raises(ValueError, match="at least 2 of its cv=5 folds with positive sample_weight"):
+        AutoCalibrator().fit(z, y, sample_weight=w)
+
+
+def test_huge_weights_give_finite_scores():
+    """Weights count as repetitions: 1e17 each is a huge data set (the top-label cap rounded to
+    1 there, an infinite NLL made the scores NaN, and McNemar's counts overflowed scipy's)."""
+    z, y = make_logits(n=300, k=3, seed=22)
+    with np.errstate(all="raise"):
+        heavy = AutoCalibrator().fit(z, y, sample_weight=np.full(300, 1e17))
+    for key in ("mean_score", "mean_nll_difference", "nll_standard_error"):
+        assert np.all(np.isfinite(heavy.cv_results_[key])), key
+    assert np.isfinite(heavy.predict_proba(z)).all()
 
 
 def test_fewer_samples_than_folds_is_a_clear_error():

@@ -217,6 +217,11 @@ def test_all_correct_calibration_set_is_capped_and_finite():
     assert_allclose(q.max(axis=1), 1 - 1 / (300 + 2))
     assert np.all(q > 0) and np.isfinite(cal.decision_function(z)).all()
     assert np.isfinite(cal.score(z, (y + 1) % 3))
+    # weights summing beyond 1e16: 1 - 1/(n + 2) rounds to 1, the cap stays below it
+    heavy = TopLabelCalibrator(base=None, per_class=True).fit(z, y, sample_weight=np.full(300, 1e15))
+    assert np.all(heavy.cap_ < 1.0)
+    q = heavy.predict_proba(z)
+    assert np.all(q > 0) and np.isfinite(heavy.score(z, (y + 1) % 3))
 
 
 def test_other_classes_keep_the_base_proportions():
@@ -298,6 +303,7 @@ def test_json_round_trip_of_every_method(method):
     (lambda s: s.update(class_map_=[99] * len(s["class_map_"])), "class_map_"),
     (lambda s: s.update(class_map_=[0.5] * len(s["class_map_"])), "class_map_"),
     (lambda s: s.update(cap_=[1.5] * len(s["cap_"])), "cap_"),
+    (lambda s: s.update(cap_=[1.0] * len(s["cap_"])), "cap_"),  # would give the other classes zero
     (lambda s: s.update(coef_=s["coef_"][:1]), "coef_"),
     (lambda s: s.update(temperature_=-1.0), "temperature_"),
 ])
