@@ -198,7 +198,8 @@ class AutoCalibrator(BaseLogitCalibrator):
     are silenced; those of the final refit are not. Sample weights are used in every fit
     and in the fold scores; because folds are drawn over rows, a weighted fit and a fit
     on repeated rows may see different folds and choose differently. Folds without positive
-    weight on their training or held-out rows are left out; fewer than two left is an error.
+    weight on their training or held-out rows are left out (their held-out rows are not
+    scored); fewer than two left is an error.
 
     **Cost.** ``cv + 1`` fits of the chosen candidate and ``cv`` of each other, on
     ``(cv - 1)/cv`` of the data: with the default candidates about 30 one-dimensional or
@@ -320,7 +321,8 @@ class AutoCalibrator(BaseLogitCalibrator):
         scores = np.empty((len(pairs), len(folds)))
         nll = np.empty((len(pairs), len(folds)))
         accuracy = np.empty((len(pairs), len(folds)))
-        conf, correct = np.empty((len(pairs), len(y))), np.empty((len(pairs), len(y)))  # out of fold
+        conf, correct = np.full((2, len(pairs), len(y)), np.nan)  # out of fold; NaN: not held out by any fold
+        scored = np.zeros(len(y), dtype=bool)  # rows held out by a fold kept above
         for f, (train, test) in enumerate(folds):
             rows_train = torch.as_tensor(train, device=logits.device)
             rows_test = torch.as_tensor(test, device=logits.device)
@@ -334,9 +336,11 @@ class AutoCalibrator(BaseLogitCalibrator):
                 nll[c, f] = scores[c, f] if self.metric == "nll" else _fold_scores(
                     log_proba, y[test], weight[test], "nll")[0]
                 conf[c, test], correct[c, test] = _top_label(log_proba, y[test])
+            scored[test] = True
+        conf, correct, held_weight = conf[:, scored], correct[:, scored], weight[scored]
         pooled = None if self.metric == "nll" else np.array(
-            [_binned_ece(conf[c], correct[c], weight) for c in range(len(pairs))])
-        gain_p = np.array([accuracy_gain_p(correct[c], correct[0], weight) for c in range(len(pairs))])
+            [_binned_ece(conf[c], correct[c], held_weight) for c in range(len(pairs))])
+        gain_p = np.array([accuracy_gain_p(correct[c], correct[0], held_weight) for c in range(len(pairs))])
         self.cv_results_ = _summarise(pairs, scores, accuracy, self.metric, nll, pooled, gain_p)
         best = int(np.argmin(np.where(self.cv_results_["eligible"], self.cv_results_["mean_score"], np.inf)))
         self.best_name_ = pairs[best][0]
