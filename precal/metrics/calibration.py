@@ -123,8 +123,10 @@ def _dask_state(y_true: Any, y_prob: Any, n_bins: int, labels: Any) -> Any:
     return dask_state(y_true, y_prob, n_bins, labels)
 
 
-def _check_n_bins(n_bins: Any) -> None:
+def _check_n_bins(n_bins: Any) -> int:
+    """``n_bins`` checked, as a Python int (a numpy ``int8`` would overflow in ``n_bins + 1``)."""
     check_number(n_bins, "n_bins", numbers.Integral, min_val=1)
+    return int(n_bins)
 
 
 def _check_strategy(strategy: Any) -> None:
@@ -425,7 +427,7 @@ def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     >>> round(expected_calibration_error([0, 1, 1], y_prob, n_bins=5), 4)  # 2/3*|1-0.85| + 1/3*|0-0.6|
     0.3
     """
-    _check_n_bins(n_bins)
+    n_bins = _check_n_bins(n_bins)
     if _is_dask(y_true, y_prob):
         return _dask_state(y_true, y_prob, n_bins, labels).ece()
     return _ece(*_validate(y_true, y_prob, labels), n_bins)
@@ -461,7 +463,7 @@ def adaptive_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, la
     J. Nixon, M. Dusenberry, L. Zhang, G. Jerfel, D. Tran. "Measuring Calibration in Deep
     Learning". CVPR Workshops 2019. arXiv:1904.01685.
     """
-    _check_n_bins(n_bins)
+    n_bins = _check_n_bins(n_bins)
     return _ace_of_top_label(*_top_label_pairs(y_true, y_prob, labels), n_bins)
 
 
@@ -473,7 +475,7 @@ def maximum_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, lab
 
     Parameters and bins as in :func:`expected_calibration_error`. Equals netcal's ``MCE``.
     """
-    _check_n_bins(n_bins)
+    n_bins = _check_n_bins(n_bins)
     if _is_dask(y_true, y_prob):
         return _dask_state(y_true, y_prob, n_bins, labels).mce()
     return _mce(*_validate(y_true, y_prob, labels), n_bins)
@@ -498,7 +500,7 @@ def classwise_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, l
     temperature scaling: Obtaining well-calibrated multiclass probabilities with Dirichlet
     calibration". NeurIPS 2019. arXiv:1910.12656.
     """
-    _check_n_bins(n_bins)
+    n_bins = _check_n_bins(n_bins)
     if _is_dask(y_true, y_prob):
         return _dask_state(y_true, y_prob, n_bins, labels).classwise_ece()
     return _classwise(*_validate(y_true, y_prob, labels), n_bins)
@@ -586,7 +588,7 @@ def reliability_curve(
         ``sum(counts * |accuracy - mean_confidence|) / n`` over non-empty bins is the ECE
         (uniform) or ACE (quantile).
     """
-    _check_n_bins(n_bins)
+    n_bins = _check_n_bins(n_bins)
     _check_strategy(strategy)
     if _is_dask(y_true, y_prob) and strategy == "uniform":
         return _dask_state(y_true, y_prob, n_bins, labels).reliability_curve()
@@ -803,6 +805,8 @@ def calibration_error_ci(
             checks[key](value)
     elif "n_bins" in metric_params:
         _check_n_bins(metric_params["n_bins"])
+    if "n_bins" in metric_params:  # checked above: as a Python int for the core functions
+        metric_params = {**metric_params, "n_bins": int(metric_params["n_bins"])}
     try:
         rng = check_random_state(random_state)
     except ValueError as exc:

@@ -407,7 +407,7 @@ def swap_analysis(y_true: Any, p_ref: Any, p_low: Any, *, n_bins: int = 10, labe
     >>> r.error_change, r.ratio, r.counts.tolist()   # both swaps have reference confidence 0.55
     (0.0, 0.0, [0, 2])
     """
-    _check_n_bins(n_bins)
+    n_bins = _check_n_bins(n_bins)
     y_idx, ref, low = _check_labeled_pair(y_true, p_ref, p_low, labels)
     return _swap_analysis(y_idx, ref, low, int(n_bins))
 
@@ -494,7 +494,7 @@ def confidence_shift(
     >>> round(c.mean_shift, 4), c.counts.tolist(), c.bin_mean_shift.round(4).tolist()
     (-0.05, [0, 3], [nan, -0.05])
     """
-    _check_n_bins(n_bins)
+    n_bins = _check_n_bins(n_bins)
     y_idx, ref, low = _check_labeled_pair(y_true, p_ref, p_low, labels)
     return _confidence_shift(y_idx, ref, low, int(n_bins))
 

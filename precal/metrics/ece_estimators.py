@@ -145,7 +145,7 @@ def debiased_calibration_error(
     >>> round(expected_calibration_error(y, p), 3) > round(debiased_calibration_error(y, p), 3)
     True
     """
-    _check_n_bins(n_bins)
+    n_bins = _check_n_bins(n_bins)
     if strategy not in ("quantile", "uniform"):
         raise ValueError(f"strategy must be 'quantile' or 'uniform', got {strategy!r}.")
     if not isinstance(squared, (bool, np.bool_)):

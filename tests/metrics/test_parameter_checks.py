@@ -167,3 +167,21 @@ def test_bfloat16_rows_off_by_more_than_the_rounding_bound_are_refused():
     half = np.array([[0.5, 0.5], [0.5, 0.52]], np.float16)  # fp16 bound 0.00098 (was sqrt(2**-10) = 0.031)
     with pytest.raises(ValueError, match="float16"):
         metrics.brier_score(y, half)
+
+
+@pytest.mark.parametrize("n_bins", [np.uint8(255), np.int8(127), np.int8(15), np.int16(300)])
+def test_small_numpy_integer_n_bins_work_like_python_ints(n_bins):
+    """``n_bins + 1`` and the bin arithmetic in int8/uint8 overflowed (an IndexError or a
+    negative size); the checked value is used as a Python int."""
+    gen = np.random.default_rng(1)
+    p = gen.dirichlet(np.ones(3), 400)
+    y = gen.integers(0, 3, 400)
+    for f in (*BINNED[:4], metrics.debiased_calibration_error):
+        assert f(y, p, n_bins=n_bins) == f(y, p, n_bins=int(n_bins)), f.__name__
+    curve, ref = metrics.reliability_curve(y, p, n_bins=n_bins), metrics.reliability_curve(y, p, n_bins=int(n_bins))
+    for name in ("bin_edges", "counts", "mean_confidence", "accuracy"):
+        np.testing.assert_array_equal(getattr(curve, name), getattr(ref, name))
+    ci = metrics.calibration_error_ci(y, p, n_bins=n_bins, n_bootstrap=10, random_state=0)
+    assert ci == metrics.calibration_error_ci(y, p, n_bins=int(n_bins), n_bootstrap=10, random_state=0)
+    assert metrics.CalibrationState(3, n_bins).update(y, p).ece() == metrics.CalibrationState(3, int(n_bins)).update(
+        y, p).ece()
