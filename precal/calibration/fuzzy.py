@@ -716,7 +716,7 @@ class _FuzzyDirichletMap(torch.nn.Module):
         if self.diagonal:
             per_region = lp.unsqueeze(-2) * coefs + intercepts
         else:
-            per_region = torch.einsum("nk,rjk->nrj", lp, coefs) + intercepts
+            per_region = torch.einsum("...k,rjk->...rj", lp, coefs) + intercepts
         out = (gates.unsqueeze(-1) * per_region).sum(dim=-2)
         return out.to(logits.dtype)
 

@@ -127,6 +127,9 @@ def test_to_torch_equals_predict_proba(calibrator, logits_y):
     with torch.no_grad():
         assert_allclose(torch.softmax(logits_module(zt), -1).numpy(), calibrator.predict_proba(z), atol=1e-5)
         assert_allclose(proba_module(zt).numpy(), calibrator.predict_proba(z), atol=1e-5)
+        even = 2 * (len(z) // 2)  # a batch of (2, n/2, K): the modules take (..., K)
+        batched = proba_module(zt[:even].reshape(2, even // 2, -1))
+        assert_allclose(batched.reshape(even, -1).numpy(), calibrator.predict_proba(z[:even]), atol=1e-5)
     with pytest.raises(ValueError, match="output"):
         calibrator.to_torch(output="labels")
 

@@ -498,6 +498,19 @@ def test_bad_hyperparameters_raise(data, params, match):
         FuzzyDirichletCalibrator(**params).fit(z, y)
 
 
+@pytest.mark.parametrize("map_", ["full", "diagonal"])
+def test_torch_export_of_the_gated_maps_takes_batches(data, map_):
+    z, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cal = FuzzyDirichletCalibrator(map=map_, check_gates=False, max_iter=30, random_state=0).fit(z, y)
+    assert cal.gated_
+    module = cal.to_torch(output="proba")
+    with torch.no_grad():
+        batched = module(torch.from_numpy(z).reshape(2, 10, -1, z.shape[1]))
+    assert_allclose(batched.reshape(len(z), -1).numpy(), cal.predict_proba(z), atol=1e-6)
+
+
 def test_json_round_trip_and_torch_export(fitted, data):
     z, _ = data
     blob = json.loads(json.dumps(fitted.to_dict()))
