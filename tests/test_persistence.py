@@ -386,3 +386,19 @@ def test_unmutated_json_loads_identically(name):
     loaded = load_calibrator(_data(name))
     assert_array_equal(loaded.predict_proba(Z), FITTED[name].predict_proba(Z))
     assert _same(json.loads(json.dumps(loaded.to_dict())), DATA[name])
+
+
+def test_numpy_scalar_parameters_are_written_as_python_numbers():
+    """A grid search over np.arange hands numpy scalars to set_params: to_dict writes them as
+    plain numbers (it refused them before), and the loaded calibrator predicts the same."""
+    from precal.calibration import PACSCalibrator, TopLabelCalibrator
+
+    from .conftest import make_logits
+
+    z, y = make_logits(n=300, k=3, seed=1)
+    for cal in (TopLabelCalibrator(n_bins=np.int64(10)), PACSCalibrator(norm=np.int64(2), precision=np.float32(0.01))):
+        cal.fit(z, y)
+        data = json.loads(json.dumps(cal.to_dict()))
+        assert all(not isinstance(v, np.generic) for v in cal.to_dict()["params"].values())
+        again = load_calibrator(data)
+        np.testing.assert_array_equal(again.predict_proba(z), cal.predict_proba(z))

@@ -104,6 +104,16 @@ class CalibratorModule(torch.nn.Module):
         return torch.softmax(out, dim=-1) if self.output == "proba" else out
 
 
+def _plain(value: Any) -> Any:
+    """A parameter as JSON holds it: numpy scalars (``np.int64(10)`` from a grid search over
+    ``np.arange``) as Python numbers, tuples and lists element by element."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
     """Base class of precal's calibrators: scikit-learn estimators on logits.
 
@@ -372,7 +382,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
                 f"{_qualified_name(type(self))} is not one of precal's calibrators ({sorted(_REGISTRY)}), so "
                 "from_dict could not load it back; pickle it instead."
             )
-        params = self.get_params(deep=False)
+        params = {key: _plain(value) for key, value in self.get_params(deep=False).items()}
         try:
             json.dumps(params)
         except TypeError as exc:
@@ -408,7 +418,10 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
           type and range a fit produces (e.g. a temperature within the fit's bounds).
 
         So a loaded calibrator is the one the data describe (its :meth:`to_dict` gives the
-        data back, ``precal_version`` aside), or loading fails.
+        data back, ``precal_version`` aside), or loading fails. JSON has no tuples and no
+        numpy scalars: :meth:`to_dict` writes a tuple parameter as a list and a numpy
+        scalar (``np.int64(10)`` from a grid over ``np.arange``) as a Python number, and
+        they load back as such.
 
         Raises
         ------
