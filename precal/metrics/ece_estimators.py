@@ -33,6 +33,10 @@ SMOOTH_ECE_MIN_BANDWIDTH = 1e-3
 #: Grid points per bandwidth used to evaluate the kernel smoothing (at least 2001 points).
 _POINTS_PER_BANDWIDTH = 20
 
+#: Smallest bandwidth a caller may fix: its grid has 20 / σ = 2 million points (32 MB); a
+#: finer one would need gigabytes (1e-9: 300 GB) to resolve what no calibration set can.
+SMOOTH_ECE_MIN_FIXED_BANDWIDTH = 1e-5
+
 
 # ---------------------------------------------------------------- debiased (Kumar et al.)
 def _equal_mass_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
@@ -241,7 +245,7 @@ def smooth_calibration_error(
     y_prob : array-like or torch.Tensor of shape (n_samples, n_classes) or (n_samples,)
         Predicted probabilities (rows sum to 1); binary: positive-class probability.
     bandwidth : float or "auto", default="auto"
-        ``σ`` in (0, 1], or ``"auto"`` for the fixed point ``σ*`` (``relplot.smECE``; a
+        ``σ`` in [1e-5, 1], or ``"auto"`` for the fixed point ``σ*`` (``relplot.smECE``; a
         fixed value is ``relplot.smECE_sigma``).
     labels : array-like of shape (n_classes,), default=None
         The class of each column of ``y_prob``.
@@ -256,7 +260,7 @@ def smooth_calibration_error(
     Raises
     ------
     ValueError
-        As :func:`expected_calibration_error`, and for a bandwidth outside (0, 1].
+        As :func:`expected_calibration_error`, and for a bandwidth outside [1e-5, 1].
 
     Notes
     -----
@@ -289,6 +293,9 @@ def smooth_calibration_error(
             raise ValueError(f"bandwidth must be a float in (0, 1] or 'auto', got {bandwidth!r}.")
     elif isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real) or not 0.0 < bandwidth <= 1.0:
         raise ValueError(f"bandwidth must be a float in (0, 1] or 'auto', got {bandwidth!r}.")
+    elif bandwidth < SMOOTH_ECE_MIN_FIXED_BANDWIDTH:
+        raise ValueError(f"bandwidth must be at least {SMOOTH_ECE_MIN_FIXED_BANDWIDTH:g} (its evaluation grid has "
+                         f"20 / bandwidth points; {bandwidth!r} would need {20 / bandwidth:.3g}), got {bandwidth!r}.")
     conf, correct = _top_label_pairs(y_true, y_prob, labels)
     residual = conf - correct
     sigma = _smooth_ece_bandwidth(conf, residual) if bandwidth == "auto" else float(bandwidth)

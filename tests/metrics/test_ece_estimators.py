@@ -266,12 +266,18 @@ def test_debiased_bad_parameters(kwargs, error, match):
     ({"bandwidth": "silverman"}, ValueError, "bandwidth"),
     ({"bandwidth": True}, ValueError, "bandwidth"),
     ({"bandwidth": float("nan")}, ValueError, "bandwidth"),
+    ({"bandwidth": 1e-9}, ValueError, "at least 1e-05"),  # 2e10 grid points: a MemoryError before
     ({"return_bandwidth": 1}, TypeError, "return_bandwidth"),
 ])
 def test_smooth_bad_parameters(kwargs, error, match):
     y, p = _probs(50, 2, seed=0)
     with pytest.raises(error, match=match):
         smooth_calibration_error(y, p, **kwargs)
+
+
+def test_the_smallest_fixed_bandwidth_works():
+    y, p = _probs(200, 3, seed=2)
+    assert 0.0 <= smooth_calibration_error(y, p, bandwidth=1e-5) <= 1.0
 
 
 def test_mismatched_lengths_are_refused():
