@@ -8,11 +8,19 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 
 
+#: Pages that show an example's printed output: it must be what the script prints now.
+OUTPUT_SHOWN_ON = {"getting_started.py": "getting-started.md", "sklearn_integration.py": "sklearn-integration.md"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_docs_example_runs(script, capsys):
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
-    assert capsys.readouterr().out.strip()
+    out = capsys.readouterr().out.strip()
+    assert out
+    if script in OUTPUT_SHOWN_ON:
+        page = (EXAMPLES.parent / OUTPUT_SHOWN_ON[script]).read_text()
+        assert out in page, f"{OUTPUT_SHOWN_ON[script]} shows an output that {script} no longer prints:\n{out}"
 
 
 def test_sklearn_page_shows_the_example_code():
