@@ -445,7 +445,7 @@ Examples:
               help="Label column of a .csv file.")
 @click.option("--calibrators", default="ts,pacs,dirichlet", show_default=True, callback=_parse_calibrators,
               metavar="LIST", help="Comma-separated: ts (temperature scaling), pacs, dirichlet, fuzzy "
-                                   "(fuzzy Dirichlet; slow: minutes on 10 000 samples), ets (ensemble temperature "
+                                   "(fuzzy Dirichlet; the slowest: seconds per fit), ets (ensemble temperature "
                                    "scaling), toplabel (top-label isotonic), sms (structured matrix scaling), auto (AutoCalibrator: picks by "
                                    "cross-validated ECE under an NLL guard, reports its choice per fold), or none.")
 @click.option("--metrics", default=",".join(DEFAULT_METRICS), show_default=True, callback=_parse_metrics,
@@ -846,9 +846,8 @@ def demo_command(seed: int, epochs: int, as_json: bool) -> None:
     precision and reports accuracy and calibration metrics before and after
     calibration on the other half.
 
-    It takes from tens of seconds to a few minutes, depending on the machine and
-    its load (48 s, 9 s of it CPU time, on a 2-core machine shared with other
-    jobs). Progress bars go to stderr (on a terminal), and the summary ends with
+    It takes seconds to a minute, depending on the machine and its load (6 s on
+    a quiet 2-core machine, 48 s when it was shared with other jobs). Progress bars go to stderr (on a terminal), and the summary ends with
     the time each stage took.
     """
     start = time.perf_counter()

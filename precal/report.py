@@ -712,6 +712,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def format_text(ev: Evaluation) -> str:
     """What ``precal evaluate`` prints: a summary, the metric table and the diagnostics."""
     parts = [*_summary_lines(ev), "", format_table(metric_table(ev))]
+    choices = [f"{CALIBRATORS[name][0]} chose {auto_choice_text(info['chosen_per_fold'])}."
+               for name, info in ev.fitted.items() if info.get("chosen_per_fold")]
+    if choices:  # an AutoCalibrator's pick in each fold (the report adds the pick on all rows)
+        parts += ["", *choices]
     if ev.diagnostics:
         parts += ["", f"Precision diagnostics: logits as given vs rounded to {ev.settings['precision']}", "",
                   format_table(diagnostics_table(ev))]

@@ -169,7 +169,10 @@ def test_evaluate_accepts_the_new_calibrators_and_reports_autos_choice(files):
     assert len(out["fitted"]["ets"]["per_fold"]["weights_[2]"]) == 2
     text = invoke("evaluate", files / "zy.npz", "--calibrators", "auto", "--cv", 2, "--n-bootstrap", 0)
     assert text.exit_code == 0, text.stderr
-    assert "auto" in text.stdout
+    picks = json.loads(invoke("evaluate", files / "zy.npz", "--calibrators", "auto", "--cv", 2, "--n-bootstrap", 0,
+                              "--json").stdout)["fitted"]["auto"]["chosen_per_fold"]
+    line = next(row for row in text.stdout.splitlines() if row.startswith("auto chose "))  # the picks, in the text too
+    assert all(pick in line for pick in picks) and "/2 folds" in line
 
 
 def test_evaluate_runs_structured_matrix_scaling_by_its_short_name(files):
