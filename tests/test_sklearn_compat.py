@@ -69,3 +69,30 @@ def _meta_estimators():
 def test_scikit_learn_estimator_checks_meta_estimators(estimator, check):
     """CalibratedClassifier and LogitTransformer take features, not logits: every check applies."""
     check(estimator)
+
+
+@pytest.mark.parametrize("estimator", CALIBRATORS, ids=repr)
+def test_dataframe_column_names_are_checked(estimator):
+    """scikit-learn's column-name check, which parametrize_with_checks does not run by default:
+    feature_names_in_ after a fit on a DataFrame, and an error for other or reordered names at
+    predict time. For logits the columns are the classes, so a reordered frame would otherwise
+    permute the classes silently."""
+    from sklearn.base import clone
+    from sklearn.utils.estimator_checks import check_dataframe_column_names_consistency
+
+    check_dataframe_column_names_consistency(type(estimator).__name__, clone(estimator))
+
+
+def test_a_reordered_dataframe_is_refused_not_read_as_other_classes():
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    frame = pd.DataFrame(2.0 * np.eye(3)[y] + rng.normal(size=(200, 3)), columns=["cat", "dog", "eel"])
+    cal = TemperatureScaling().fit(frame, y)
+    assert list(cal.feature_names_in_) == ["cat", "dog", "eel"]
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        cal.predict(frame[["eel", "dog", "cat"]])
+    with pytest.warns(UserWarning, match="does not have valid feature names"):  # scikit-learn's rule
+        assert (cal.predict(frame) == cal.predict(frame.to_numpy())).all()

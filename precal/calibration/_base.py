@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._chunks import FileRows
 from .._dask import is_dask_array, lazy_rows
@@ -102,6 +102,14 @@ class CalibratorModule(torch.nn.Module):
             return torch.sigmoid(margin) if self.output == "proba" else margin
         out = self.core(logits)
         return torch.softmax(out, dim=-1) if self.output == "proba" else out
+
+
+def _check_column_names(estimator: BaseEstimator, X: Any, *, reset: bool) -> None:
+    """scikit-learn's column-name rule: a fit on a DataFrame with string column names sets
+    ``feature_names_in_``, and predicting on a DataFrame whose names differ (or are in
+    another order) raises. For logits the columns are the classes, so a reordered frame
+    would otherwise permute the classes silently. Only the names are checked here."""
+    validate_data(estimator, X, reset=reset, skip_check_array=True, ensure_2d=False)
 
 
 def _plain(value: Any) -> Any:
@@ -175,6 +183,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         self._validate_hyperparameters()
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
+        _check_column_names(self, X, reset=True)
         logits = check_logits(X, keep_tensor=self._device_native, stream=self._streams_memmaps)
         y_arr = as_numpy(y)
         if y_arr.ndim == 0:
@@ -209,6 +218,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         """Validated ``(n, K)`` logits of ``X``: a tensor on ``X``'s device for device-native
         calibrators (numpy input as a CPU tensor), else a numpy array."""
         check_is_fitted(self)
+        _check_column_names(self, X, reset=False)
         logits = check_logits(X, keep_tensor=self._device_native)
         n_features = 1 if logits.ndim == 1 else logits.shape[1]
         if logits.ndim == 1 and self.n_features_in_ > 1:
