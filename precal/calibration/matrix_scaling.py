@@ -64,8 +64,12 @@ def scaled_log_probabilities(logits: torch.Tensor, temperature: float, smoothing
 
 
 def mixture_weight(n: float) -> float:
-    """``c = 1 / (n + 1)``: the uniform distribution's share in the features (probmetrics' ``"ts-mix"``)."""
-    return 1.0 / (n + 1.0)
+    """``c = 1 / (n + 1)``: the uniform distribution's share in the features (probmetrics' ``"ts-mix"``),
+    at most the largest float64 below 1 (``log(1 - c)`` stays finite for a total weight near 0)."""
+    return min(1.0 / (n + 1.0), _LARGEST_BELOW_ONE)
+
+
+_LARGEST_BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 
 def penalty_strengths(n: float, k: int, *, reg_intercept: float, reg_diagonal: float, reg_off_diagonal: float,
@@ -453,8 +457,11 @@ class StructuredMatrixScaling(BaseLogitCalibrator):
     NaN or infinite logits are reported with their index. With float64 logits the result
     is the in-memory one up to summation order (tested to 1e-10).
 
-    **Sample weights.** The loss is the weighted mean and ``n`` in the strengths is the sum
-    of the weights, so integer weights give the fit of repeated rows.
+    **Sample weights** count samples: the loss is the weighted mean, and ``n`` in the
+    strengths and in ``c = 1 / (n + 1)`` is the sum of the weights, so integer weights give
+    the fit of repeated rows. Pass counts, not normalised weights: weights summing to 1 tell
+    the fit it has one sample (``c = 1/2`` and strong ridge terms, a map close to temperature
+    scaling), and a sum near 0 gives uniform probabilities.
 
     **Differences from probmetrics.** probmetrics (``get_calibrator("logistic")``, solver
     ``"bfgs"``) computes the same map from probabilities: its temperature is fitted on

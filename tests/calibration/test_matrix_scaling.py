@@ -418,3 +418,16 @@ def test_agrees_with_probmetrics_structured_matrix_scaling(map_, tmp_path):
     assert_allclose(sms.coef_, ref["coef"], atol=1e-3)
     assert_allclose(sms.intercept_, ref["intercept"], atol=1e-3)
     assert_allclose(sms.predict_proba(z[ev]), ref["p32"], atol=2e-3)
+
+
+def test_weights_are_counts_and_a_total_near_zero_gives_uniform_probabilities():
+    """c = 1 / (n + 1) with n the total weight: 1e-300 rounded c to 1 and log(1 - c) failed
+    ("math domain error"); it is kept below 1, so the features are the uniform floor."""
+    z, y = _biased_logits(200, 3, seed=23)
+    for total in (1e-300 * 200, 1e-16 * 200):
+        cal = StructuredMatrixScaling().fit(z, y, sample_weight=np.full(200, total / 200))
+        assert 0.0 < cal.smoothing_ < 1.0
+        assert_allclose(cal.predict_proba(z), 1.0 / 3.0, atol=1e-6)
+    counts = StructuredMatrixScaling().fit(z, y, sample_weight=np.full(200, 2.0))
+    assert_allclose(counts.predict_proba(z), StructuredMatrixScaling().fit(np.repeat(z, 2, 0), np.repeat(y, 2)
+                                                                            ).predict_proba(z), atol=1e-6)
