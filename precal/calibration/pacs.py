@@ -192,12 +192,14 @@ class _PACSMap(torch.nn.Module):
         self.norm = float(norm)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        z = logits.float()
-        r = self.epsilon * torch.linalg.vector_norm(z, ord=self.norm, dim=-1)
+        # float64, as predict_proba: a float32 norm overflows for logits beyond about 1e19
+        # (its square passes float32's maximum), which made T infinite and the output NaN
+        z = logits.to(torch.float64)
+        r = self.epsilon.double() * torch.linalg.vector_norm(z, ord=self.norm, dim=-1)
         if self.peaked:
             p_top = torch.softmax(z, dim=-1).amax(dim=-1)
             r = r * 4.0 * p_top * (1.0 - p_top)
-        t = self.temperature * (1.0 + self.lam * r)
+        t = self.temperature.double() * (1.0 + self.lam.double() * r)
         return (z / t.unsqueeze(-1)).to(logits.dtype)
 
 

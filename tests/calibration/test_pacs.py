@@ -164,3 +164,18 @@ def test_bad_parameters(params, exc, match):
     z, y = make_logits(n=50, k=3)
     with pytest.raises(exc, match=match):
         PACSCalibrator(**params).fit(z, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_module_stays_finite_where_a_float32_norm_overflows(dtype):
+    """||z||² passes float32's maximum for logits beyond about 1e19: the module's norm runs in
+    float64, as predict_proba's, instead of returning NaN."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    z = 2.0 * np.eye(3)[y] + rng.normal(size=(300, 3))
+    cal = PACSCalibrator().fit(z, y)
+    big = torch.from_numpy(z * 1e20).to(dtype)
+    with torch.no_grad():
+        out = cal.to_torch(output="proba")(big)
+    assert torch.isfinite(out).all()
+    np.testing.assert_allclose(out.double().numpy(), cal.predict_proba(big.double().numpy()), atol=1e-2)
