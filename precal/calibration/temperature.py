@@ -152,7 +152,8 @@ def fit_temperature(
     Because ``f`` is convex in ``beta``, the sign of ``f'`` brackets the minimiser; a step
     that would leave the bracket is replaced by its geometric midpoint, so the method cannot
     diverge. From ``beta = 1`` it typically converges in 4-6 passes. ``beta`` is kept in
-    ``[e^-10, e^10]`` (scikit-learn's bounds); a minimiser outside them ends on the bound.
+    ``[e^-10, e^10]`` (scikit-learn's bounds); a minimiser outside them ends on the bound
+    (``TemperatureScaling`` then warns, saying which way the NLL still falls).
     On more than 16 384 rows the iteration starts from the minimiser on a strided subsample
     of 4 096 rows, which saves one or two full passes. Inputs of up to 2**27 elements keep
     the row-shifted logits (one extra copy, class-major for up to 32 classes) for all
@@ -364,6 +365,16 @@ class TemperatureScaling(BaseLogitCalibrator):
                 ConvergenceWarning,
                 stacklevel=5,
             )
+        beta = 1.0 / result.temperature
+        if result.converged and not BETA_BOUNDS[0] * (1 + 1e-9) < beta < BETA_BOUNDS[1] * (1 - 1e-9):
+            why = ("the NLL still falls as T grows: on these data the logits rank the classes no better than "
+                   "a constant, or they are far larger than their information (check that X holds this model's "
+                   "logits for these labels)" if beta <= BETA_BOUNDS[0] * (1 + 1e-9) else
+                   "the NLL still falls as T shrinks: the logits are far smaller than their information, or "
+                   "every sample is classified right with a margin and the likelihood has no finite optimum "
+                   "(use more calibration data)")
+            warnings.warn(f"TemperatureScaling: the temperature stopped at its bound T={result.temperature:.6g} "
+                          f"(e^{10 if beta < 1 else -10}); {why}.", ConvergenceWarning, stacklevel=5)
         self.temperature_ = float(result.temperature)
         self.n_iter_ = int(result.n_iter)
 

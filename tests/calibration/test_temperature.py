@@ -1,5 +1,6 @@
 """TemperatureScaling: references (scikit-learn, netcal, closed form), invariants, numerics."""
 
+import math
 import warnings
 
 import numpy as np
@@ -271,6 +272,17 @@ def test_non_convergence_warns_and_keeps_a_finite_temperature(logits_y):
     with pytest.warns(ConvergenceWarning, match="did not converge"):
         ts = TemperatureScaling(max_iter=1).fit(z, y)
     assert np.isfinite(ts.temperature_) and ts.temperature_ > 0
+
+
+def test_a_temperature_on_its_bound_warns_which_way_the_nll_still_falls(logits_y):
+    z, y = logits_y
+    with pytest.warns(ConvergenceWarning, match=r"bound T=22026.*falls as T grows"):
+        assert TemperatureScaling().fit(z * 1e6, y).temperature_ == pytest.approx(math.exp(10.0))
+    with pytest.warns(ConvergenceWarning, match=r"bound T=4.53999e-05.*falls as T shrinks"):
+        assert TemperatureScaling().fit(z * 1e-6, y).temperature_ == pytest.approx(math.exp(-10.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TemperatureScaling().fit(z, y)  # an interior optimum: no warning
 
 
 def test_to_torch_module_follows_input_dtype(logits_y):
