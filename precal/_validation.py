@@ -136,7 +136,7 @@ def _as_float(arr: np.ndarray, name: str) -> np.ndarray:
             raise TypeError(f"{name} must be numeric, got an object array that is not: {exc}") from exc
     if arr.dtype.kind == "c":
         raise ValueError(f"Complex data not supported: {name} must be real-valued, got dtype {arr.dtype}.")
-    if arr.dtype.kind in "USa":
+    if arr.dtype.kind in "USaMmV":  # strings, dates and time spans, raw bytes
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}.")
     if arr.dtype == np.float16:
         return arr.astype(np.float32)

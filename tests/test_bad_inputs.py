@@ -132,6 +132,8 @@ BAD_LOGITS = {  # name: (X, message regex)
     "sparse": (sp.csr_matrix(Z), "sparse"),
     "complex": (Z + 1j, "Complex"),
     "strings": (Z.astype(str), "numeric"),
+    "datetimes": (np.round(Z * 1e3).astype("datetime64[ms]"), "numeric"),
+    "time-spans": (np.round(Z * 1e3).astype("timedelta64[ms]"), "numeric"),
     "object-none": (np.array([[None, 1.0, 2.0]] * N, dtype=object), "NaN"),  # None is missing, as in sklearn
     "tensor-nan": (torch.from_numpy(with_value(Z, 3, 1, np.nan)), "NaN"),
     "tensor-f64-row-overflow": (torch.from_numpy(Z_F64_ROW_OVERFLOW), "overflows float64"),
@@ -330,6 +332,7 @@ BAD_PROBS = {  # name: (p, message regex)
     "sparse": (sp.csr_matrix(P), "sparse"),
     "complex": (P + 0j, "Complex"),
     "strings": (P.astype(str), "numeric"),
+    "datetimes": (np.round(P * 1e3).astype("datetime64[ms]"), "numeric"),
     "memmap-nan": (None, "NaN"),
 }
 
