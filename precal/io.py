@@ -163,9 +163,19 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+#: What the readers' refusals of pickled content mean for a precal user (numpy names a switch
+#: and torch drops its reason after the first sentence; neither applies to a data file here).
+_PICKLE_REFUSED = ("it holds pickled Python objects, which precal never loads from a data file (loading them can "
+                   "run code); save plain numeric arrays or tensors (numpy.save/savez, or torch.save of tensors "
+                   "or a dict of tensors)")
+
+
 def _first_sentence(exc: BaseException) -> str:
-    """First sentence of the first line: torch's reader errors append long generic advice."""
+    """First sentence of the first line: torch's reader errors append long generic advice. A
+    refusal of pickled content says so in precal's words."""
     line = _first_line(exc)
+    if "allow_pickle=False" in line or line.startswith("Weights only load failed"):
+        return _PICKLE_REFUSED + "."
     head, sep, _ = line.partition(". ")
     return head + ("." if sep else "")
 

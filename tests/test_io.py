@@ -87,6 +87,20 @@ def test_pickled_object_arrays_are_refused(tmp_path):
         read_arrays(tmp_path / "obj.npy")
 
 
+def test_pickled_content_is_refused_in_precals_words_not_the_readers(tmp_path):
+    """numpy's refusal names a switch (allow_pickle) and torch's drops its reason; neither is
+    an option for a data file here, so the message says what the file holds and what to save."""
+    np.savez(tmp_path / "obj.npz", logits=np.array([[1, 2]], dtype=object))
+    import argparse
+
+    torch.save({"logits": torch.zeros(2, 2), "extra": argparse.Namespace(a=1)}, tmp_path / "obj.pt")  # not allowlisted
+    for path, key in ((tmp_path / "obj.npz", "logits"), (tmp_path / "obj.pt", None)):
+        with pytest.raises(FileFormatError, match="pickled Python objects, which precal never loads") as info:
+            arrays = read_arrays(path)
+            arrays[key]  # a .npz member is read when accessed
+        assert "allow_pickle" not in str(info.value) and "Weights only load failed" not in str(info.value)
+
+
 def test_a_pt_file_must_hold_tensors(tmp_path):
     torch.save([torch.zeros(2), torch.ones(2)], tmp_path / "list.pt")
     with pytest.raises(FileFormatError, match="tensor"):
