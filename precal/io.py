@@ -312,7 +312,7 @@ def select_array(
     if key is not None:
         if key not in arrays or not key:
             where = f"keys: {', '.join(keys)}" if keys else "it holds a single unnamed array"
-            raise FileFormatError(f"{str(path)!r} has no key {key!r} ({where}).")
+            raise FileFormatError(f"{str(path)!r} has no key {key!r} ({where}); choose one with {option}.")
         return arrays[key], key
     if default in arrays:
         return arrays[default], default
@@ -419,7 +419,7 @@ def _label_indices(values: np.ndarray, n_classes: int, class_names: list[str] | 
             except ValueError:
                 known = f" or one of the column names {list(names)}" if names else ""
                 raise FileFormatError(
-                    f"label {label!r} (sample {i}) in {where} is not a class index 0..{n_classes - 1}{known}."
+                    f"label {str(label)!r} (sample {i}) in {where} is not a class index 0..{n_classes - 1}{known}."
                 ) from None
         arr = out
     elif arr.dtype.kind == "b":

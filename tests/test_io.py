@@ -126,7 +126,7 @@ def test_select_array_prefers_key_then_default_then_single_array():
     assert select_array({"": a}, None, "logits", path="f", option="--k") == (a, None)
     with pytest.raises(FileFormatError, match=r"no key 'logits' \(keys: x, y\); choose one with --k"):
         select_array({"x": a, "y": b}, None, "logits", path="f", option="--k")
-    with pytest.raises(FileFormatError, match=r"no key 'z' \(keys: x, y\)"):
+    with pytest.raises(FileFormatError, match=r"no key 'z' \(keys: x, y\); choose one with --k"):
         select_array({"x": a, "y": b}, "z", "logits", path="f", option="--k")
 
 
@@ -226,6 +226,10 @@ def test_labels_must_match_the_logits(tmp_path, zy):
             load_logits(tmp_path / "z.npy", tmp_path / name)
     np.save(tmp_path / "float.npy", y.astype(np.float64))  # integral floats are fine
     assert_array_equal(load_logits(tmp_path / "z.npy", tmp_path / "float.npy").labels, y)
+    (tmp_path / "words.txt").write_text("\n".join(["0", "1", "foo"] + ["0"] * 37) + "\n")
+    with pytest.raises(FileFormatError, match=r"label 'foo' \(sample 2\)") as info:  # the text, not numpy's repr
+        load_logits(tmp_path / "z.npy", tmp_path / "words.txt")
+    assert "np.str_" not in str(info.value)
 
 
 @pytest.mark.parametrize(
