@@ -461,7 +461,8 @@ def _layer_configs(model: nn.Module, cfg: QuantConfig, layer_cfgs: dict[str, Qua
                         f"Layer {name!r} ({type(module).__name__}) has {bad[0]} inputs per output channel, not a "
                         f"multiple of the group size {group} of config {layer_cfg.name!r}. Leave it in float "
                         f"(skip=[{name!r}]), give it another config (overrides={{{name!r}: 'w8a8'}}), or set "
-                        "group_fallback='channel' (per-output-channel scales) or 'skip' (float) for such layers."
+                        "group_fallback='channel' (per-output-channel scales) or 'skip' (float) for such layers "
+                        "(precal sweep: --group-fallback channel or skip)."
                     )
                 if layer_cfg.group_fallback == "skip":
                     continue
