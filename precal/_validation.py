@@ -189,6 +189,14 @@ def check_logits(
     """
     if sp.issparse(X):
         raise TypeError(f"{name} is a sparse matrix: sparse input is not supported, logits must be dense.")
+    if _is_tensor(X):
+        import torch  # already imported: X is a tensor
+
+        if X.layout != torch.strided:
+            raise TypeError(f"{name} is a sparse torch tensor ({X.layout}): sparse input is not supported, logits "
+                            "must be dense (X.to_dense()).")
+        if X.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device: it has a shape but no values to calibrate.")
     if keep_tensor and _is_tensor(X):
         return _check_logits_tensor(X, name, allow_1d)
     if stream:

@@ -136,6 +136,8 @@ BAD_LOGITS = {  # name: (X, message regex)
     "time-spans": (np.round(Z * 1e3).astype("timedelta64[ms]"), "numeric"),
     "object-none": (np.array([[None, 1.0, 2.0]] * N, dtype=object), "NaN"),  # None is missing, as in sklearn
     "tensor-nan": (torch.from_numpy(with_value(Z, 3, 1, np.nan)), "NaN"),
+    "tensor-sparse": (torch.from_numpy(Z).to_sparse(), "sparse"),
+    "tensor-meta": (torch.empty(Z.shape, device="meta"), "meta device"),
     "tensor-f64-row-overflow": (torch.from_numpy(Z_F64_ROW_OVERFLOW), "overflows float64"),
     "memmap-nan": (None, "NaN"),  # built lazily (a file)
 }
