@@ -1004,6 +1004,8 @@ class FuzzyDirichletCalibrator(BaseLogitCalibrator):
             raise ValueError(f"region_names must be a sequence of strings, got {names!r}.")
         if len(names) != r:
             raise ValueError(f"region_names has {len(names)} names but n_regions={r}; give one name per region.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"region_names must be distinct (they label the regions), got {list(names)!r}.")
         return tuple(names)
 
     def _resolve_map(self, n_classes: int) -> str:

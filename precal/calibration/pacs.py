@@ -31,7 +31,7 @@ _B_MAX = 1e4
 
 
 def precision_epsilon(precision: str | float) -> float:
-    """The unit roundoff ``ε`` of a precision: a format name (``"bf16"`` -> 2**-8) or a float > 0.
+    """The unit roundoff ``ε`` of a precision: a format name (``"bf16"`` -> 2**-8) or a float in (0, 1).
 
     For float formats ``ε = 2**-(nmant + 1)``, the bound of round-to-nearest
     ``|fl(x) - x| <= ε |x|``; for integer formats half a step relative to full scale.
@@ -39,7 +39,8 @@ def precision_epsilon(precision: str | float) -> float:
     Raises
     ------
     ValueError
-        Unknown format name, or a number that is not finite and > 0.
+        Unknown format name, or a number outside (0, 1) (a relative rounding error of 100 % or
+        more describes no number format).
     """
     if isinstance(precision, str):
         try:
@@ -47,13 +48,13 @@ def precision_epsilon(precision: str | float) -> float:
         except ValueError as exc:
             raise ValueError(f"precision={precision!r} is not a known format: {exc}") from exc
     if isinstance(precision, bool) or not isinstance(precision, numbers.Real):
-        raise TypeError(f"precision must be a format name or a float > 0, got {type(precision).__name__}.")
+        raise TypeError(f"precision must be a format name or a float in (0, 1), got {type(precision).__name__}.")
     try:
         eps = float(precision)
     except OverflowError:  # an integer beyond float range
         eps = math.inf
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"precision as a number is the unit roundoff ε and must be finite and > 0, got {precision!r}.")
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"precision as a number is the unit roundoff ε and must be in (0, 1), got {precision!r}.")
     return eps
 
 
@@ -227,7 +228,7 @@ class PACSCalibrator(BaseLogitCalibrator):
     precision : str or float, default="bf16"
         The deployment precision whose unit roundoff is ``ε``: a format name known to
         :func:`precal.emulate.format_info` (``"fp16"``, ``"bf16"``, ``"fp8_e4m3"``, ``"int8"``,
-        ...) or ``ε`` itself. Changing it after fitting (``set_params(precision=...)``)
+        ...) or ``ε`` itself, a float in (0, 1). Changing it after fitting (``set_params(precision=...)``)
         re-targets the calibrator: ``T0`` and ``λ`` stay, ``ε`` changes. Fit at the
         precision you deploy: re-targeting a fit made at another precision multiplies
         the adaptive term by the ratio of the ``ε`` (see *Where it helps* below).

@@ -487,6 +487,7 @@ def test_custom_region_names_and_defaults(data):
         ({"loss": "brier"}, "loss"),
         ({"region_names": ("a", "b")}, "region_names"),
         ({"region_names": "low"}, "region_names"),
+        ({"region_names": ("low", "low", "high")}, "distinct"),
         ({"n_noise_copies": -1}, "n_noise_copies"),
         ({"reg_lambda": -1.0}, "reg_lambda"),
         ({"soft_ece_weight": float("nan")}, "soft_ece_weight"),

@@ -152,9 +152,11 @@ def test_set_params_and_clone():
 
 @pytest.mark.parametrize("params, exc, match", [
     ({"precision": "fp7"}, ValueError, "Unknown number format"),
-    ({"precision": 0.0}, ValueError, "finite and > 0"),
-    ({"precision": -1e-3}, ValueError, "finite and > 0"),
-    ({"precision": float("nan")}, ValueError, "finite and > 0"),
+    ({"precision": 0.0}, ValueError, r"in \(0, 1\)"),
+    ({"precision": -1e-3}, ValueError, r"in \(0, 1\)"),
+    ({"precision": float("nan")}, ValueError, r"in \(0, 1\)"),
+    ({"precision": 2.0}, ValueError, r"in \(0, 1\)"),  # a 200 % rounding error is no number format
+    ({"precision": 10**400}, ValueError, r"in \(0, 1\)"),
     ({"precision": True}, TypeError, "format name"),
     ({"risk": "cubic"}, ValueError, "risk"),
     ({"norm": 0.5}, ValueError, "norm"),
