@@ -196,6 +196,8 @@ def test_user_subclass_with_the_same_name_does_not_hijack_loading():
     ({"dtype": "|O", "values": ["a", 1, 2.0]}, "labels"),
     ({"dtype": "<i8", "values": [[0], [1], [2]]}, "labels"),
     ({"dtype": "<i8"}, "exactly"),
+    ({"dtype": "<U1", "values": ["b", "a", "c"]}, "increasing order"),  # no fit gives unsorted classes
+    ({"dtype": "<i8", "values": [2, 0, 1]}, "increasing order"),
 ])
 def test_malformed_classes_are_refused(classes, match):
     data = _data("TemperatureScaling")

@@ -521,7 +521,7 @@ def _load_classes(classes: Any) -> np.ndarray:
 
     ``{"dtype": numpy dtype string, "values": list}``: bool, integer, float (finite) or
     string labels (``"|O"``: one of those Python types throughout), each value of its
-    dtype's type and held by the dtype exactly, at least 2, all distinct.
+    dtype's type and held by the dtype exactly, at least 2, in increasing order (so distinct).
     """
     if not isinstance(classes, dict) or set(classes) != {"dtype", "values"}:
         raise ValueError("Malformed calibrator classes: expected a dict with exactly 'dtype' and 'values'.")
@@ -562,6 +562,9 @@ def _load_classes(classes: Any) -> np.ndarray:
         raise ValueError(f"Malformed calibrator classes: dtype {dtype_str!r} does not hold the values exactly.")
     if len(arr) < 2 or len(np.unique(arr)) != len(arr):
         raise ValueError(f"Malformed calibrator classes: need at least 2 distinct labels, got {values!r}.")
+    if not all(a < b for a, b in zip(values[:-1], values[1:])):  # a fit gives them sorted (column j: j-th smallest)
+        raise ValueError(f"Malformed calibrator classes: the labels must be in increasing order, as a fit gives "
+                         f"them, got {values!r}.")
     return arr
 
 
