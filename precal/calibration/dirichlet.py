@@ -1833,6 +1833,10 @@ class DirichletCalibrator(BaseLogitCalibrator):
                 f"Calibrator state 'coef_' must be a {k} x {k} nested list (full map) or a list of {k} numbers "
                 f"(diagonal map) for {k} classes, got shape {arrays['coef_'].shape}."
             )
+        form = "diagonal" if arrays["coef_"].ndim == 1 else "full"
+        if form != resolve_map(self.map, k):  # the map a fit with these parameters gives
+            raise ValueError(f"Calibrator state 'coef_' is a {form} map, but map={self.map!r} fits a "
+                             f"{resolve_map(self.map, k)} one for {k} classes.")
         if arrays["intercept_"].shape != (k,):
             raise ValueError(
                 f"Calibrator state 'intercept_' must be a list of {k} numbers, got shape {arrays['intercept_'].shape}."

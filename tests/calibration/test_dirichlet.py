@@ -370,6 +370,7 @@ def test_to_dict_round_trip(map_):
     (lambda s: s.pop("reg_lambda_"), "missing"),
     (lambda s: s.update(reg_lambda_=-1.0), "reg_lambda_"),
     (lambda s: s.update(reg_lambda_="cv"), "reg_lambda_"),
+    (lambda s: s.update(coef_=[1.0, 1.0, 1.0, 1.0]), "diagonal map, but map='auto' fits a full one"),
 ])
 def test_from_dict_rejects_malformed_state(mutate, match):
     z, y = _miscalibrated()
