@@ -275,6 +275,16 @@ class _TemperatureMap(torch.nn.Module):
         return logits * self.inverse_temperature
 
 
+def _all_right(logits: torch.Tensor, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> bool:
+    """Whether every sample of positive weight has its label as the strict argmax (separable data)."""
+    z = logits.reshape(len(y_idx), -1)
+    true = z.gather(1, y_idx.to(z.device, torch.int64)[:, None])
+    beaten = (z >= true).sum(dim=1) > 1  # another class ties or beats the label
+    if sample_weight is not None:
+        beaten = beaten & (sample_weight.to(z.device) > 0)
+    return not bool(beaten.any())
+
+
 class TemperatureScaling(BaseLogitCalibrator):
     r"""Temperature scaling: ``p = softmax(z / T)`` with one ``T > 0`` fitted by NLL.
 
@@ -345,7 +355,10 @@ class TemperatureScaling(BaseLogitCalibrator):
         check_number(self.tol, "tol", numbers.Real, min_val=0.0, include_boundaries="neither", finite=True)
 
     def _fit(self, logits: torch.Tensor | FileRows, y_idx: torch.Tensor, sample_weight: torch.Tensor | None) -> None:
-        self._store(fit_temperature(logits, y_idx, sample_weight, max_iter=self.max_iter, tol=self.tol))
+        result = fit_temperature(logits, y_idx, sample_weight, max_iter=self.max_iter, tol=self.tol)
+        separable = not result.converged and isinstance(logits, torch.Tensor) and _all_right(logits, y_idx,
+                                                                                             sample_weight)
+        self._store(result, separable=separable)
 
     def _fit_dask(self, X: Any, y: Any, sample_weight: Any) -> None:
         """Fit on a dask array: one pass to check the chunks, then one dask computation per
@@ -357,8 +370,17 @@ class TemperatureScaling(BaseLogitCalibrator):
         self.classes_, self.n_features_in_ = data.classes, data.n_features_in
         self._store(fit_shifted(data, self.max_iter, self.tol))
 
-    def _store(self, result: TemperatureFit) -> None:
-        if not result.converged:
+    def _store(self, result: TemperatureFit, separable: bool = False) -> None:
+        if separable:
+            warnings.warn(
+                f"TemperatureScaling: every calibration sample (of positive weight) is classified right, so the "
+                f"NLL keeps falling as T shrinks and has no finite optimum; the fit stopped after "
+                f"max_iter={self.max_iter} passes at T={result.temperature:.6g}, a very confident map. Calibrate "
+                "on more data, with some misclassified samples.",
+                ConvergenceWarning,
+                stacklevel=5,
+            )
+        elif not result.converged:
             warnings.warn(
                 f"TemperatureScaling did not converge in max_iter={self.max_iter} passes "
                 f"(T={result.temperature:.6g}); increase max_iter.",

@@ -285,6 +285,22 @@ def test_a_temperature_on_its_bound_warns_which_way_the_nll_still_falls(logits_y
         TemperatureScaling().fit(z, y)  # an interior optimum: no warning
 
 
+def test_separable_calibration_data_warn_that_no_optimum_exists_not_to_raise_max_iter():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 100)
+    z = rng.normal(size=(100, 3))
+    z[np.arange(100), y] = z.max(axis=1) + 3.0  # every sample right, with a margin
+    with pytest.warns(ConvergenceWarning, match="every calibration sample .* is classified right") as record:
+        ts = TemperatureScaling().fit(z, y)
+    assert not any("increase max_iter" in str(w.message) for w in record)
+    assert 0 < ts.temperature_ < 1  # sharpened towards the separating direction, finite
+    w = np.ones(100)
+    z[0, (y[0] + 1) % 3] = z[0, y[0]] + 1.0  # one sample wrong ...
+    w[0] = 0.0  # ... with no weight: still separable where it counts
+    with pytest.warns(ConvergenceWarning, match="is classified right"):
+        TemperatureScaling().fit(z, y, sample_weight=w)
+
+
 def test_to_torch_module_follows_input_dtype(logits_y):
     z, y = logits_y
     module = TemperatureScaling().fit(z, y).to_torch()
