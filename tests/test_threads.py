@@ -391,5 +391,7 @@ def test_work_buffers_are_reused_per_slot_dtype_and_thread():
     assert other["ptr"] != big.data_ptr()  # each thread has its own
     buffers.clear()
     assert buffers(0, like).data_ptr() != big.data_ptr()  # cleared: a fresh buffer
-    with torch.device("meta"):  # off the CPU: a plain empty tensor on the input's device
-        assert buffers(0, torch.empty(2, 2)).device.type == "meta"
+    off_cpu = torch.empty(2, 2, device="meta")  # off the CPU: a plain empty tensor on the input's device
+    assert buffers(0, off_cpu).device.type == "meta" and buffers(0, off_cpu, torch.float64).dtype == torch.float64
+    with torch.device("meta"):  # and on the CPU a CPU buffer, whatever the default device
+        assert buffers(0, like).device.type == "cpu"

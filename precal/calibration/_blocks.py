@@ -99,7 +99,7 @@ class WorkBuffers:
     def __call__(self, slot: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = like.dtype if dtype is None else dtype
         if like.device.type != "cpu":
-            return torch.empty(like.shape, dtype=dtype)
+            return torch.empty(like.shape, dtype=dtype, device=like.device)
         buffers = self._local.__dict__
         n = like.numel()
         buffer = buffers.get((slot, dtype))
