@@ -280,6 +280,10 @@ def test_a_temperature_on_its_bound_warns_which_way_the_nll_still_falls(logits_y
         assert TemperatureScaling().fit(z * 1e6, y).temperature_ == pytest.approx(math.exp(10.0))
     with pytest.warns(ConvergenceWarning, match=r"bound T=4.53999e-05.*falls as T shrinks"):
         assert TemperatureScaling().fit(z * 1e-6, y).temperature_ == pytest.approx(math.exp(-10.0))
+    t_star = TemperatureScaling().fit(z, y).temperature_
+    for target in (1.1 * math.exp(10.0), math.exp(-10.0) / 1.1):  # optima just past the bounds: the fit
+        with pytest.warns(ConvergenceWarning, match="stopped at its bound"):  # stops a little short of them
+            TemperatureScaling().fit(z * (target / t_star), y)  # logits times c: optimum c T
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TemperatureScaling().fit(z, y)  # an interior optimum: no warning
