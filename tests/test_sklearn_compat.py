@@ -96,3 +96,18 @@ def test_a_reordered_dataframe_is_refused_not_read_as_other_classes():
         cal.predict(frame[["eel", "dog", "cat"]])
     with pytest.warns(UserWarning, match="does not have valid feature names"):  # scikit-learn's rule
         assert (cal.predict(frame) == cal.predict(frame.to_numpy())).all()
+
+
+def test_a_failed_fit_on_a_dataframe_leaves_the_calibrator_unfitted():
+    import numpy as np
+    import pandas as pd
+    from sklearn.exceptions import NotFittedError
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(50, 3)), columns=["a", "b", "c"])
+    cal = TemperatureScaling()
+    with pytest.raises(ValueError, match="non-negative"):
+        cal.fit(frame, rng.integers(0, 3, 50), sample_weight=-np.ones(50))
+    assert not hasattr(cal, "feature_names_in_") and not hasattr(cal, "classes_")
+    with pytest.raises(NotFittedError):
+        cal.predict_proba(frame)

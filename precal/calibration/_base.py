@@ -183,7 +183,6 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         self._validate_hyperparameters()
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
-        _check_column_names(self, X, reset=True)
         logits = check_logits(X, keep_tensor=self._device_native, stream=self._streams_memmaps)
         y_arr = as_numpy(y)
         if y_arr.ndim == 0:
@@ -199,12 +198,14 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
                 )
             classes, y_idx = encode_labels(y_arr, 2, fix=FIT_LABELS_FIX)
             logits = binary_logit_to_two_columns(logits)
-            self.n_features_in_ = 1
+            n_features = 1
         else:
             classes, y_idx = encode_labels(y_arr, logits.shape[1], fix=FIT_LABELS_FIX)
-            self.n_features_in_ = logits.shape[1]
-        self.classes_ = classes
+            n_features = logits.shape[1]
         weights = check_sample_weight(sample_weight, logits.shape[0])
+        # set only once every input passed its checks, so a failed fit leaves nothing that looks fitted
+        _check_column_names(self, X, reset=True)
+        self.classes_, self.n_features_in_ = classes, n_features
         if self._device_native or isinstance(logits, FileRows):
             if isinstance(logits, np.ndarray):
                 logits = as_tensor(logits)
@@ -300,6 +301,7 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
 
                 raise TypeError(refusal(type(self).__name__))
             self._fit_dask(X, y, sample_weight)
+            _check_column_names(self, X, reset=True)  # a dask array has none: drops those of an earlier fit
             return self
         if is_dask_array(y) or is_dask_array(sample_weight):  # logits in memory: so are labels and weights
             y = y.compute() if is_dask_array(y) else y

@@ -410,13 +410,15 @@ def accuracy_gain_p(correct: np.ndarray, correct_ref: np.ndarray, weight: np.nda
     b = float(np.sum(weight * ((correct > 0.5) & (correct_ref < 0.5))))
     c = float(np.sum(weight * ((correct < 0.5) & (correct_ref > 0.5))))
     if b + c > _MAX_DISCORDANT:  # counts beyond binomtest's integers: the same proportions at that size
-        b, c = b * _MAX_DISCORDANT / (b + c), c * _MAX_DISCORDANT / (b + c)
+        shrink = _MAX_DISCORDANT / (b + c)  # first, so that no product overflows
+        b, c = b * shrink, c * shrink
     b, c = int(round(b)), int(round(c))
     return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5, alternative="greater").pvalue)
 
 
 #: Discordant weight above which :func:`accuracy_gain_p` rescales the counts (weights summing
-#: beyond 2**62 overflow scipy's integers; at this size any real gain is significant anyway).
+#: beyond 2**63 overflow scipy's integers, and floats lose integer precision above 2**53; at
+#: this size any real gain is significant anyway).
 _MAX_DISCORDANT = float(2**53)
 
 

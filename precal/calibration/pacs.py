@@ -193,14 +193,15 @@ class _PACSMap(torch.nn.Module):
         self.norm = float(norm)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        # float64, as predict_proba: a float32 norm overflows for logits beyond about 1e19
-        # (its square passes float32's maximum), which made T infinite and the output NaN
-        z = logits.to(torch.float64)
-        r = self.epsilon.double() * torch.linalg.vector_norm(z, ord=self.norm, dim=-1)
+        z = logits if logits.dtype == torch.float64 else logits.float()  # float32 unless given float64 (MPS has none)
+        # the norm of z / m times m (m = max |z|, at least 1): a plain float32 norm overflows for logits
+        # beyond about 1e19 (its square passes float32's maximum), which made T infinite and the output NaN
+        m = z.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+        r = self.epsilon.to(z.dtype) * torch.linalg.vector_norm(z / m, ord=self.norm, dim=-1) * m.squeeze(-1)
         if self.peaked:
             p_top = torch.softmax(z, dim=-1).amax(dim=-1)
             r = r * 4.0 * p_top * (1.0 - p_top)
-        t = self.temperature.double() * (1.0 + self.lam.double() * r)
+        t = self.temperature.to(z.dtype) * (1.0 + self.lam.to(z.dtype) * r)
         return (z / t.unsqueeze(-1)).to(logits.dtype)
 
 

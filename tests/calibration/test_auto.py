@@ -122,6 +122,7 @@ def test_accuracy_gain_p_is_mcnemars_exact_test():
     assert accuracy_gain_p(ref, ref, ones) == 1.0
     assert accuracy_gain_p(ref, new, ones) > 0.9
     # weights beyond scipy's integers: the same proportions, at 2**53 discordant rows
+    assert accuracy_gain_p(new, ref, 1e300 * ones) == accuracy_gain_p(new, ref, 1e20 * ones)  # no overflow
     huge = accuracy_gain_p(new, ref, 1e20 * ones)
     assert huge == pytest.approx(binom.sf(5 * 2**53 // 6 - 1, 2**53, 0.5), abs=1e-300) and huge < 1e-100
 
