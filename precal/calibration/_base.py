@@ -433,7 +433,8 @@ class BaseLogitCalibrator(ClassifierMixin, BaseEstimator):
         data back, ``precal_version`` aside), or loading fails. JSON has no tuples and no
         numpy scalars: :meth:`to_dict` writes a tuple parameter as a list and a numpy
         scalar (``np.int64(10)`` from a grid over ``np.arange``) as a Python number, and
-        they load back as such.
+        they load back as such. The column names of a DataFrame fit (``feature_names_in_``)
+        are not stored: a loaded calibrator reads columns by position.
 
         Raises
         ------

@@ -175,7 +175,8 @@ class AutoCalibrator(BaseLogitCalibrator):
     cv_results_ : dict
         One entry per candidate (lists in candidate order): ``"candidate"``,
         ``"mean_score"`` (for ``"ece"``: the pooled out-of-fold ECE), ``"std_score"``,
-        ``"split<f>_score"`` (of ``metric``, per fold),
+        ``"split<f>_score"`` (of ``metric``, per fold; numbered over the folds kept, see
+        *Folds* below),
         ``"mean_difference"`` and ``"standard_error"`` (of its paired differences to TS),
         ``"mean_nll_difference"`` and ``"nll_standard_error"`` (the same for the NLL),
         ``"mean_accuracy"`` and ``"eligible"``; and ``"metric"``.

@@ -290,9 +290,9 @@ def smooth_calibration_error(
         raise TypeError(f"return_bandwidth must be a bool, got {return_bandwidth!r}.")
     if isinstance(bandwidth, str):
         if bandwidth != "auto":
-            raise ValueError(f"bandwidth must be a float in (0, 1] or 'auto', got {bandwidth!r}.")
+            raise ValueError(f"bandwidth must be a float in [1e-5, 1] or 'auto', got {bandwidth!r}.")
     elif isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real) or not 0.0 < bandwidth <= 1.0:
-        raise ValueError(f"bandwidth must be a float in (0, 1] or 'auto', got {bandwidth!r}.")
+        raise ValueError(f"bandwidth must be a float in [1e-5, 1] or 'auto', got {bandwidth!r}.")
     elif bandwidth < SMOOTH_ECE_MIN_FIXED_BANDWIDTH:
         raise ValueError(f"bandwidth must be at least {SMOOTH_ECE_MIN_FIXED_BANDWIDTH:g} (its evaluation grid has "
                          f"20 / bandwidth points; {bandwidth!r} would need {20 / bandwidth:.3g}), got {bandwidth!r}.")
