@@ -847,8 +847,9 @@ def demo_command(seed: int, epochs: int, as_json: bool) -> None:
     calibration on the other half.
 
     It takes seconds to a minute, depending on the machine and its load (6 s on
-    a quiet 2-core machine, 48 s when it was shared with other jobs). Progress bars go to stderr (on a terminal), and the summary ends with
-    the time each stage took.
+    a quiet 2-core machine, 48 s when it was shared with other jobs). Progress
+    bars go to stderr (on a terminal), and the summary ends with the time each
+    stage took.
     """
     start = time.perf_counter()
     from .demo import format_summary, run_demo

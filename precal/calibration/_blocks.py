@@ -34,7 +34,8 @@ from .._chunks import FileRows, row_blocks, rows_per_block
 from .._numerics import as_tensor
 from .._threads import map_blocks
 
-__all__ = ["Block", "ShiftedLogits", "WorkBuffers", "scratch", "tensor_blocks", "CHUNK_ELEMENTS", "CACHE_ELEMENTS", "LOG2E"]
+__all__ = ["Block", "ShiftedLogits", "WorkBuffers", "scratch", "tensor_blocks", "CHUNK_ELEMENTS", "CACHE_ELEMENTS",
+           "LOG2E"]
 
 #: Elements per block (1 MB of float32): the unit of work of a pass and of its threads. A
 #: block and its work buffers stay in a core's L2 cache; in ``bench_speed.py``'s block-size
