@@ -14,8 +14,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from .._numerics import is_tensor, log_softmax, to_numpy
-from .._validation import check_number, check_option
+from .._validation import check_option
 from ._base import BaseLogitCalibrator, check_state_keys
+from ._crossval import check_cv, cv_splits
 from .dirichlet import DirichletCalibrator
 from .ensemble_temperature import EnsembleTemperatureScaling
 from .matrix_scaling import StructuredMatrixScaling
@@ -161,8 +162,10 @@ class AutoCalibrator(BaseLogitCalibrator):
         scoring rule: it rewards calibration and sharpness together and cannot be gamed
         by a constant prediction; its fold estimates are less noisy than the binned
         ECE's).
-    cv : int, default=5
-        Number of folds (>= 2).
+    cv : int, cross-validation splitter or iterable of (train, test) index pairs, default=5
+        Number of folds (>= 2; stratified, see *Folds* below), or the folds themselves, as
+        :class:`DirichletCalibrator`'s ``cv`` takes them (e.g. ``GroupKFold(5)`` with
+        groups, via a list of its splits). Only an int keeps the calibrator JSON-serialisable.
     random_state : int or None, default=0
         Seeds the shuffling of the folds; the default makes the choice reproducible.
 
@@ -287,7 +290,7 @@ class AutoCalibrator(BaseLogitCalibrator):
 
     def _validate_hyperparameters(self) -> None:
         check_option(self.metric, "metric", METRICS)
-        check_number(self.cv, "cv", numbers.Integral, min_val=2)
+        check_cv(self.cv)
         if self.random_state is not None and (
             isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral)
         ):
@@ -297,6 +300,9 @@ class AutoCalibrator(BaseLogitCalibrator):
     # ------------------------------------------------------------ fitting
     def _folds(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         n = len(y)
+        if not isinstance(self.cv, numbers.Integral):  # a splitter or explicit pairs, used as given
+            pairs = cv_splits(self.cv, torch.zeros((n, 1)), torch.from_numpy(y))
+            return [(train.numpy(), test.numpy()) for train, test in pairs]
         if n < self.cv:
             raise ValueError(
                 f"AutoCalibrator with cv={self.cv} needs at least {self.cv} calibration samples, got {n}."

@@ -290,6 +290,8 @@ def test_malformed_state_is_refused(mutate, match):
     ({"metric": "auc"}, ValueError, "metric"),
     ({"cv": 1}, ValueError, "cv"),
     ({"cv": 2.5}, TypeError, "cv"),
+    ({"cv": "five"}, TypeError, "cv"),
+    ({"cv": [(np.arange(5), np.arange(5, 10), "extra")]}, ValueError, "pairs"),
     ({"random_state": "seed"}, ValueError, "random_state"),
     ({"candidates": ["nope"]}, ValueError, "Unknown candidate"),
     ({"candidates": "temperature"}, ValueError, "candidates"),
@@ -324,6 +326,20 @@ def test_huge_weights_give_finite_scores():
     for key in ("mean_score", "mean_nll_difference", "nll_standard_error"):
         assert np.all(np.isfinite(heavy.cv_results_[key])), key
     assert np.isfinite(heavy.predict_proba(z)).all()
+
+
+def test_cv_takes_splitters_and_index_pairs_like_dirichlets():
+    from sklearn.model_selection import KFold
+
+    z, y = make_logits(n=300, k=3, seed=24)
+    candidates = ["temperature", "ets", "top_label_isotonic"]
+    by_splitter = AutoCalibrator(candidates=candidates, cv=KFold(4)).fit(z, y)
+    by_pairs = AutoCalibrator(candidates=candidates, cv=list(KFold(4).split(z))).fit(z, y)
+    assert by_splitter.best_name_ == by_pairs.best_name_
+    assert_allclose(by_splitter.cv_results_["mean_score"], by_pairs.cv_results_["mean_score"], rtol=1e-12)
+    assert sum(key.startswith("split") for key in by_splitter.cv_results_) == 4
+    with pytest.raises(TypeError, match="not JSON-serialisable"):  # only an int cv is plain data
+        by_splitter.to_dict()
 
 
 def test_fewer_samples_than_folds_is_a_clear_error():
