@@ -36,19 +36,11 @@ EXPECTED_FAILED_CHECKS = {
     "check_decision_proba_consistency": _COLUMNS_ARE_CLASSES,
 }
 
-_CV_OVER_ROWS = (
-    "AutoCalibrator chooses its calibrator by cross-validation over rows: weighted data and the same data "
-    "with repeated rows are split into different folds and may choose different calibrators (documented). "
-    "The calibrator contract test checks weights against repeated rows with the choice fixed "
-    "(tests/calibration/test_calibrator_contract.py)"
-)
-
 
 def _expected_failures(estimator):
-    failures = dict(EXPECTED_FAILED_CHECKS)
-    if isinstance(estimator, AutoCalibrator):
-        failures["check_sample_weight_equivalence_on_dense_data"] = _CV_OVER_ROWS
-    return failures
+    # AutoCalibrator's check_sample_weight_equivalence_on_dense_data passes: scikit-learn hands it
+    # cv as explicit (train, test) pairs that keep a row's repetitions in one fold, which its cv takes
+    return dict(EXPECTED_FAILED_CHECKS)
 
 
 @parametrize_with_checks(CALIBRATORS, expected_failed_checks=_expected_failures)
