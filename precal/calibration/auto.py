@@ -24,7 +24,8 @@ from .pacs import PACSCalibrator
 from .temperature import TemperatureScaling
 from .top_label import TopLabelCalibrator
 
-__all__ = ["AutoCalibrator", "accuracy_gain_p", "CANDIDATES", "DEFAULT_CANDIDATES", "MATRIX_FAMILY", "REFERENCE"]
+__all__ = ["AutoCalibrator", "accuracy_gain_p", "pooled_ece_standard_error", "CANDIDATES", "DEFAULT_CANDIDATES",
+           "MATRIX_FAMILY", "REFERENCE"]
 
 #: The candidates an :class:`AutoCalibrator` knows by name.
 CANDIDATES: dict[str, Callable[[], BaseLogitCalibrator]] = {
@@ -57,6 +58,9 @@ METRICS = ("nll", "ece")
 ACCURACY_GAIN_LEVEL = 0.05
 #: Equal-width bins of the cross-validated ECE (as :func:`precal.metrics.expected_calibration_error`).
 ECE_BINS = 15
+#: Bootstrap resamples of the out-of-fold rows behind the standard error of a candidate's pooled
+#: ECE difference to TS (:func:`pooled_ece_standard_error`).
+ECE_BOOTSTRAP = 200
 
 
 def _top_label(log_proba: Any, y_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +76,48 @@ def _binned_ece(conf: np.ndarray, correct: np.ndarray, weight: np.ndarray) -> fl
     idx = _uniform_bin_index(conf, np.linspace(0.0, 1.0, ECE_BINS + 1))
     gap = np.bincount(idx, weights=weight * (conf - correct), minlength=ECE_BINS)
     return float(np.abs(gap).sum() / weight.sum())
+
+
+def pooled_ece_standard_error(conf: np.ndarray, correct: np.ndarray, weight: np.ndarray,
+                              rng: np.random.Generator, n_boot: int = ECE_BOOTSTRAP) -> np.ndarray:
+    r"""Bootstrap standard error of each candidate's pooled ECE minus the reference's (row 0).
+
+    ``conf`` and ``correct`` are ``(candidates, n)`` out-of-fold top-label confidences and
+    correctness on the same rows, ``weight`` their sample weights. Each of ``n_boot``
+    resamples gives every row a Poisson(1) count that multiplies its weight (the Poisson
+    bootstrap: the multinomial resample of ``n`` rows with independent counts, so it can be
+    drawn block by block in bounded memory), scores every candidate's :data:`ECE_BINS`-bin
+    ECE on it and takes the differences to row 0. The result is their standard deviation
+    (0 for the reference). The resample is the same for every candidate, so the noise the
+    candidates share cancels in the difference.
+
+    References
+    ----------
+    B. Efron, R. J. Tibshirani. "An Introduction to the Bootstrap". Chapman & Hall, 1993,
+    ch. 6 (bootstrap standard errors). J. A. Hanley, B. MacGibbon. "Creating non-parametric
+    bootstrap samples using Poisson frequencies". Computer Methods and Programs in
+    Biomedicine 83(1), 2006.
+    """
+    from ..metrics.calibration import _uniform_bin_index
+
+    n_candidates, n = conf.shape
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    gaps = np.zeros((n_candidates, n_boot, ECE_BINS))
+    total = np.zeros(n_boot)
+    for lo in range(0, n, _BOOTSTRAP_BLOCK):
+        rows = slice(lo, min(lo + _BOOTSTRAP_BLOCK, n))
+        resampled = rng.poisson(1.0, size=(n_boot, rows.stop - lo)) * weight[rows]  # (B, rows)
+        total += resampled.sum(axis=1)
+        for c in range(n_candidates):
+            onehot = np.eye(ECE_BINS)[_uniform_bin_index(conf[c, rows], edges)]  # (rows, bins)
+            gaps[c] += resampled @ (onehot * (conf[c, rows] - correct[c, rows])[:, None])
+    eces = np.abs(gaps).sum(axis=2) / np.where(total > 0, total, 1.0)  # (candidates, B)
+    return (eces - eces[0]).std(axis=1, ddof=1)
+
+
+#: Rows per block of :func:`pooled_ece_standard_error` (its resample weights take
+#: ``ECE_BOOTSTRAP x block`` floats, 26 MB).
+_BOOTSTRAP_BLOCK = 16384
 
 
 def _fold_scores(log_proba: Any, y_idx: np.ndarray, weight: np.ndarray, metric: str) -> tuple[float, float]:
@@ -97,13 +143,18 @@ class AutoCalibrator(BaseLogitCalibrator):
        comparison: ``mean(d) + se(d) < 0`` (the one-standard-error rule, in favour of TS).
        For ``"ece"``, the score is the *pooled* cross-validated ECE, that of the
        out-of-fold predictions (each calibration row scored once, by the fit that did not
-       see it) over all ``n`` rows, and it must be below TS's. The binned plug-in ECE is
-       biased upward by the sampling noise of each bin's accuracy, by an amount that
-       shrinks with the number of rows and differs between sharper and smoother maps;
-       averaging the ECEs of ``cv`` folds of ``n/cv`` rows keeps that larger bias and
-       noise, and the one-standard-error margin on top of it sent the choice back to TS
-       where top-label recalibration was clearly better on held-out data (measured in
-       ``benchmarks/quality_bar.py``);
+       see it) over all ``n`` rows, and it must be below TS's by more than the bootstrap
+       standard error of that difference: ``pooled + se_boot(pooled - pooled_TS) <
+       pooled_TS`` (:func:`pooled_ece_standard_error`, paired resamples of the
+       out-of-fold rows). The binned plug-in ECE is biased upward by the sampling noise of
+       each bin's accuracy, by an amount that shrinks with the number of rows and differs
+       between sharper and smoother maps; averaging the ECEs of ``cv`` folds of ``n/cv``
+       rows keeps that larger bias and noise, and a one-standard-error margin over the
+       fold scores sent the choice back to TS where top-label recalibration was clearly
+       better on held-out data (measured in ``benchmarks/quality_bar.py``). Without any
+       margin, a few hundred rows let a top-label map win the pooled ECE by chance and
+       then calibrate new data worse than TS; the bootstrap margin is the noise of the
+       pooled comparison itself (``benchmarks/study_auto_small.py``);
     2. its NLL is not worse than TS's by more than one standard error:
        ``mean(d_nll) <= se(d_nll)``. NLL is a proper scoring rule, so this guard stops a
        map that buys a lower binned ECE with worse probabilities (e.g. top-label
@@ -181,6 +232,8 @@ class AutoCalibrator(BaseLogitCalibrator):
         ``"split<f>_score"`` (of ``metric``, per fold; numbered over the folds kept, see
         *Folds* below),
         ``"mean_difference"`` and ``"standard_error"`` (of its paired differences to TS),
+        ``"pooled_standard_error"`` (``metric="ece"`` only: the bootstrap standard error of
+        its pooled ECE minus TS's),
         ``"mean_nll_difference"`` and ``"nll_standard_error"`` (the same for the NLL),
         ``"mean_accuracy"`` and ``"eligible"``; and ``"metric"``.
     classes_, n_features_in_
@@ -189,8 +242,10 @@ class AutoCalibrator(BaseLogitCalibrator):
     Notes
     -----
     **In what sense it is never worse than TS.** By construction, the chosen calibrator's
-    cross-validated score on the calibration data is TS's or better (for the NLL by more
-    than one standard error of the paired fold differences), its cross-validated NLL is at most one
+    cross-validated score on the calibration data is TS's or better (by more than one
+    standard error: of the paired fold differences for the NLL, of the bootstrap of the
+    pooled difference for the ECE, except for the matrix-scaling family, whose ECE need
+    only be lower since its NLL and accuracy gains must be significant), its cross-validated NLL is at most one
     standard error above TS's, and its cross-validated accuracy is not below TS's. That is
     a statement about the estimates on the calibration data: on new data a chosen
     candidate can still do worse than TS would have (the margins make that unlikely, not
@@ -208,7 +263,10 @@ class AutoCalibrator(BaseLogitCalibrator):
     **Cost.** ``cv + 1`` fits of the chosen candidate and ``cv`` of each other, on
     ``(cv - 1)/cv`` of the data: with the default candidates about 30 one-dimensional or
     isotonic/spline fits and 15 matrix-scaling fits (one L-BFGS-B problem each, full up to
-    100 classes, diagonal above; see :class:`StructuredMatrixScaling`).
+    100 classes, diagonal above; see :class:`StructuredMatrixScaling`); and, for
+    ``metric="ece"``, :data:`ECE_BOOTSTRAP` resamples of the out-of-fold confidences
+    (about 50 ms at 5 000 rows and nine candidates). The bootstrap draws from
+    ``random_state`` too, so the choice is reproducible.
 
     References
     ----------
@@ -345,10 +403,12 @@ class AutoCalibrator(BaseLogitCalibrator):
                 conf[c, test], correct[c, test] = _top_label(log_proba, y[test])
             scored[test] = True
         conf, correct, held_weight = conf[:, scored], correct[:, scored], weight[scored]
-        pooled = None if self.metric == "nll" else np.array(
-            [_binned_ece(conf[c], correct[c], held_weight) for c in range(len(pairs))])
+        pooled = pooled_se = None
+        if self.metric == "ece":
+            pooled = np.array([_binned_ece(conf[c], correct[c], held_weight) for c in range(len(pairs))])
+            pooled_se = pooled_ece_standard_error(conf, correct, held_weight, np.random.default_rng(self.random_state))
         gain_p = np.array([accuracy_gain_p(correct[c], correct[0], held_weight) for c in range(len(pairs))])
-        self.cv_results_ = _summarise(pairs, scores, accuracy, self.metric, nll, pooled, gain_p)
+        self.cv_results_ = _summarise(pairs, scores, accuracy, self.metric, nll, pooled, gain_p, pooled_se)
         best = int(np.argmin(np.where(self.cv_results_["eligible"], self.cv_results_["mean_score"], np.inf)))
         self.best_name_ = pairs[best][0]
         self.best_calibrator_ = clone(pairs[best][1]).fit(logits, y_idx, sample_weight=sample_weight)
@@ -431,15 +491,17 @@ _MAX_DISCORDANT = float(2**53)
 
 def _summarise(pairs: list, scores: np.ndarray, accuracy: np.ndarray, metric: str,
                nll: np.ndarray | None = None, pooled: np.ndarray | None = None,
-               gain_p: np.ndarray | None = None) -> dict[str, Any]:
+               gain_p: np.ndarray | None = None, pooled_se: np.ndarray | None = None) -> dict[str, Any]:
     """``cv_results_`` from the ``(candidates, folds)`` tables of the metric, the accuracy and the
     NLL (row 0 is TS; ``nll=None``: the scores are the NLL). ``gain_p``: per candidate, the
     p-value of its out-of-fold accuracy gain over TS (:func:`accuracy_gain_p`); without it no
     member of the matrix family is eligible under ``metric="ece"``.
 
     ``pooled`` (one per candidate): the ECE of the out-of-fold predictions over all rows. When
-    given it is the ``"mean_score"`` and rule 1 is ``pooled < pooled(TS)``; otherwise rule 1
-    is the one-standard-error rule on the fold scores.
+    given it is the ``"mean_score"`` and rule 1 is ``pooled + pooled_se < pooled(TS)`` with
+    ``pooled_se`` the bootstrap standard error of ``pooled - pooled(TS)``
+    (:func:`pooled_ece_standard_error`; 0 when not given); otherwise rule 1 is the
+    one-standard-error rule on the fold scores.
     """
     n_folds = scores.shape[1]
     diff = scores - scores[0]
@@ -454,7 +516,8 @@ def _summarise(pairs: list, scores: np.ndarray, accuracy: np.ndarray, metric: st
         mean_score, gain = scores.mean(axis=1), mean_diff + se < 0
     else:
         mean_score = np.asarray(pooled, dtype=np.float64)
-        gain = mean_score < mean_score[0]
+        margin = np.zeros(len(mean_score)) if pooled_se is None else np.asarray(pooled_se, dtype=np.float64)
+        gain = mean_score + margin < mean_score[0]
     eligible = gain & (mean_acc >= mean_acc[0]) & (mean_nll_diff <= nll_se)
     eligible[0] = True
     names = [name for name, _ in pairs]
@@ -483,6 +546,8 @@ def _summarise(pairs: list, scores: np.ndarray, accuracy: np.ndarray, metric: st
     results["standard_error"] = se
     results["mean_nll_difference"] = mean_nll_diff
     results["nll_standard_error"] = nll_se
+    if pooled_se is not None:
+        results["pooled_standard_error"] = np.asarray(pooled_se, dtype=np.float64)
     results["mean_accuracy"] = mean_acc
     results["eligible"] = eligible
     return results
@@ -500,7 +565,7 @@ def _checked_results(data: dict[str, Any]) -> dict[str, Any]:
         if key in ("metric", "candidate"):
             continue
         numeric = key in ("mean_score", "std_score", "mean_difference", "standard_error", "mean_accuracy",
-                          "mean_nll_difference", "nll_standard_error") or (
+                          "mean_nll_difference", "nll_standard_error", "pooled_standard_error") or (
             key.startswith("split") and key.endswith("_score"))
         if key == "eligible":
             if not isinstance(value, list) or len(value) != len(names) or not all(isinstance(v, bool) for v in value):

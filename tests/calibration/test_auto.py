@@ -17,7 +17,7 @@ from precal.calibration import (
     TopLabelCalibrator,
     load_calibrator,
 )
-from precal.calibration.auto import DEFAULT_CANDIDATES, _fold_scores, _summarise
+from precal.calibration.auto import DEFAULT_CANDIDATES, _fold_scores, _summarise, pooled_ece_standard_error
 from precal.metrics import expected_calibration_error, negative_log_likelihood
 
 from ..conftest import make_logits
@@ -68,6 +68,50 @@ def test_nll_guard_excludes_a_lower_ece_bought_with_a_worse_nll():
     assert_array_equal(results["eligible"], [True, False, True, True])
     assert_allclose(results["mean_nll_difference"], nll.mean(axis=1) - nll[0].mean())
     assert_allclose(results["mean_score"], ece.mean(axis=1))
+
+
+def test_ece_gain_must_exceed_the_bootstrap_standard_error_of_the_pooled_difference():
+    """metric="ece": a pooled ECE below TS's by less than the standard error of that difference is
+    noise (small calibration sets), so the candidate is not eligible; by more, it is."""
+    pairs = [(name, None) for name in ("temperature", "within_noise", "clear_gain")]
+    ece = np.full((3, 4), 0.02)
+    nll = np.full((3, 4), 0.5)
+    accuracy = np.full_like(ece, 0.8)
+    pooled = np.array([0.030, 0.025, 0.020])
+    se = np.array([0.0, 0.006, 0.006])
+    results = _summarise(pairs, ece, accuracy, "ece", nll, pooled=pooled, pooled_se=se)
+    assert_array_equal(results["eligible"], [True, False, True])
+    assert_array_equal(results["pooled_standard_error"], se)
+    # without the standard errors (or with zeros) any gain counts
+    assert_array_equal(_summarise(pairs, ece, accuracy, "ece", nll, pooled=pooled)["eligible"], [True, True, True])
+    assert "pooled_standard_error" not in _summarise(pairs, ece, accuracy, "nll")
+
+
+@pytest.mark.parametrize("block", [None, 97])
+def test_pooled_ece_standard_error_is_a_paired_poisson_bootstrap_of_the_public_metric(monkeypatch, block):
+    """Against the public ECE on the rows each resample repeats (Poisson counts drawn in the same
+    blocks from the same generator): one draw per resample, shared by every candidate."""
+    import precal.calibration.auto as auto_module
+
+    if block is not None:  # several blocks: the counts are drawn block by block, in row order
+        monkeypatch.setattr(auto_module, "_BOOTSTRAP_BLOCK", block)
+    z, y = _two_regime_logits(400, 4, 11)
+    probas = [TemperatureScaling().fit(z, y).predict_proba(z), TopLabelCalibrator().fit(z, y).predict_proba(z),
+              np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)]
+    conf = np.array([p.max(axis=1) for p in probas])
+    correct = np.array([(p.argmax(axis=1) == y).astype(float) for p in probas])
+    n_boot, size = 30, auto_module._BOOTSTRAP_BLOCK
+    got = pooled_ece_standard_error(conf, correct, np.ones(len(y)), np.random.default_rng(5), n_boot=n_boot)
+    rng = np.random.default_rng(5)
+    counts = np.concatenate([rng.poisson(1.0, size=(n_boot, min(size, len(y) - lo)))
+                             for lo in range(0, len(y), size)], axis=1)
+    eces = np.array([[expected_calibration_error(np.repeat(y, c), np.repeat(p, c, axis=0)) for c in counts]
+                     for p in probas])
+    assert_allclose(got, (eces - eces[0]).std(axis=1, ddof=1), rtol=1e-9, atol=1e-15)
+    assert got[0] == 0.0 and np.all(got[1:] > 0)
+    # weights multiply the counts: weight 2 everywhere is the same resample of the same ECE
+    twice = pooled_ece_standard_error(conf, correct, np.full(len(y), 2.0), np.random.default_rng(5), n_boot=n_boot)
+    assert_allclose(twice, got, rtol=1e-9)
 
 
 def test_matrix_family_must_beat_ts_on_nll_accuracy_and_ece():
@@ -182,7 +226,7 @@ def test_chosen_cv_score_is_never_worse_than_ts(metric):
         if metric == "nll":
             assert res["mean_difference"][best] + res["standard_error"][best] < 0
         else:
-            assert res["mean_score"][best] < res["mean_score"][0]
+            assert res["mean_score"][best] + res["pooled_standard_error"][best] < res["mean_score"][0]
 
 
 def test_chooses_a_richer_map_when_ts_cannot_fit_the_data():
