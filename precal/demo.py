@@ -6,8 +6,10 @@ a calibration half and a test half. The emulator runs the trained network at eac
 config (activation observers calibrated on training images); at each precision,
 temperature scaling, PACS, the fuzzy-gated Dirichlet calibrator and an AutoCalibrator
 (which picks the default candidate with the lowest cross-validated top-label ECE among
-those whose cross-validated NLL is within a standard error of temperature scaling's, and
-keeps temperature scaling unless another beats it) are fitted on the
+those that beat temperature scaling's by more than the bootstrap standard error of the
+difference and whose cross-validated NLL is within a standard error of temperature
+scaling's, the matrix-scaling family under its own rule, and keeps temperature scaling
+unless another beats it) are fitted on the
 calibration logits and every method is scored on the test logits; the AutoCalibrator's
 row is named after its choice, ``"auto (ets)"``. The fuzzy calibrator's
 linguistic confidence labels ("low", "moderate", "high") are counted on the test logits,
@@ -241,8 +243,9 @@ def format_summary(result: DemoResult) -> str:
         f"calibrated on {result.n_calibration}, scored on {result.n_test} held-out images.",
         f"fitted temperatures: {temps}",
         f"PACS lambda (0 = temperature scaling): {lams}",
-        *([f"AutoCalibrator's choice (lowest 5-fold CV top-label ECE among candidates whose CV NLL is within one "
-           f"standard error of temperature scaling's; temperature scaling unless another beats it): {auto}"]
+        *([f"AutoCalibrator's choice (lowest 5-fold CV top-label ECE among candidates that beat temperature "
+           f"scaling's by more than its bootstrap standard error, with CV NLL within one standard error of "
+           f"temperature scaling's; temperature scaling unless another beats it): {auto}"]
           if auto else []),
         "",
         format_table(result.rows),

@@ -17,7 +17,13 @@ from precal.calibration import (
     TopLabelCalibrator,
     load_calibrator,
 )
-from precal.calibration.auto import DEFAULT_CANDIDATES, _fold_scores, _summarise, pooled_ece_standard_error
+from precal.calibration.auto import (
+    DEFAULT_CANDIDATES,
+    MATRIX_FAMILY,
+    _fold_scores,
+    _summarise,
+    pooled_ece_standard_error,
+)
 from precal.metrics import expected_calibration_error, negative_log_likelihood
 
 from ..conftest import make_logits
@@ -109,9 +115,18 @@ def test_pooled_ece_standard_error_is_a_paired_poisson_bootstrap_of_the_public_m
                      for p in probas])
     assert_allclose(got, (eces - eces[0]).std(axis=1, ddof=1), rtol=1e-9, atol=1e-15)
     assert got[0] == 0.0 and np.all(got[1:] > 0)
-    # weights multiply the counts: weight 2 everywhere is the same resample of the same ECE
-    twice = pooled_ece_standard_error(conf, correct, np.full(len(y), 2.0), np.random.default_rng(5), n_boot=n_boot)
-    assert_allclose(twice, got, rtol=1e-9)
+    # weights multiply the counts: integer weights (some zero) are rows repeated that many more times
+    w = np.random.default_rng(6).integers(0, 4, size=len(y)).astype(float)
+    weighted = pooled_ece_standard_error(conf, correct, w, np.random.default_rng(5), n_boot=n_boot)
+    eces = np.array([[expected_calibration_error(np.repeat(y, c * w.astype(int)),
+                                                 np.repeat(p, c * w.astype(int), axis=0)) for c in counts]
+                     for p in probas])
+    assert_allclose(weighted, (eces - eces[0]).std(axis=1, ddof=1), rtol=1e-9, atol=1e-15)
+    # their scale does not matter (the ECE ignores it), up to the largest finite weights
+    assert_allclose(pooled_ece_standard_error(conf, correct, 1e300 * w, np.random.default_rng(5), n_boot=n_boot),
+                    weighted, rtol=1e-9)
+    with pytest.raises(ValueError, match="n_boot must be at least 2"):
+        pooled_ece_standard_error(conf, correct, w, np.random.default_rng(5), n_boot=1)
 
 
 def test_matrix_family_must_beat_ts_on_nll_accuracy_and_ece():
@@ -225,8 +240,10 @@ def test_chosen_cv_score_is_never_worse_than_ts(metric):
         assert res["mean_nll_difference"][best] <= res["nll_standard_error"][best]
         if metric == "nll":
             assert res["mean_difference"][best] + res["standard_error"][best] < 0
-        else:
+        elif auto.best_name_ not in MATRIX_FAMILY:  # the matrix family is judged without the ECE margin
             assert res["mean_score"][best] + res["pooled_standard_error"][best] < res["mean_score"][0]
+        else:
+            assert res["mean_score"][best] < res["mean_score"][0]
 
 
 def test_chooses_a_richer_map_when_ts_cannot_fit_the_data():
@@ -283,6 +300,18 @@ def test_fit_is_reproducible_and_random_state_moves_the_folds():
     c = AutoCalibrator(candidates=["temperature", "ets"], random_state=2).fit(z, y)
     assert_array_equal(a.cv_results_["split0_score"], b.cv_results_["split0_score"])
     assert not np.array_equal(a.cv_results_["split0_score"], c.cv_results_["split0_score"])
+    assert_array_equal(a.cv_results_["pooled_standard_error"], b.cv_results_["pooled_standard_error"])
+
+
+def test_random_state_seeds_the_bootstrap_too():
+    """With the folds given, only the bootstrap of the ECE margin depends on random_state."""
+    z, y = _two_regime_logits(600, 3, 6)
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(z, y))
+    fits = [AutoCalibrator(candidates=["temperature", "ets", "top_label_isotonic"], cv=folds, random_state=seed)
+            .fit(z, y).cv_results_ for seed in (1, 1, 2)]
+    assert_array_equal(fits[0]["mean_score"], fits[2]["mean_score"])  # same folds, same fits
+    assert_array_equal(fits[0]["pooled_standard_error"], fits[1]["pooled_standard_error"])
+    assert not np.array_equal(fits[0]["pooled_standard_error"], fits[2]["pooled_standard_error"])
 
 
 def test_rare_classes_fall_back_to_unstratified_folds():
@@ -311,6 +340,13 @@ def test_json_round_trip_restores_the_winner_and_the_cv_results():
     assert_array_equal(again.predict_proba(z), auto.predict_proba(z))
     assert_array_equal(again.cv_results_["eligible"], auto.cv_results_["eligible"])
     assert_allclose(again.cv_results_["mean_score"], auto.cv_results_["mean_score"])
+    assert_array_equal(again.cv_results_["pooled_standard_error"], auto.cv_results_["pooled_standard_error"])
+    # a file saved before the bootstrap margin (no such key) still loads; metric="nll" never has the key
+    del data["state"]["cv_results_"]["pooled_standard_error"]
+    assert "pooled_standard_error" not in load_calibrator(data).cv_results_
+    by_nll = AutoCalibrator(candidates=["temperature", "ets"], metric="nll").fit(z, y)
+    assert "pooled_standard_error" not in by_nll.cv_results_
+    assert "pooled_standard_error" not in load_calibrator(json.loads(json.dumps(by_nll.to_dict()))).cv_results_
 
 
 @pytest.mark.parametrize("mutate, match", [
@@ -337,6 +373,7 @@ def test_malformed_state_is_refused(mutate, match):
     ({"cv": "five"}, TypeError, "cv"),
     ({"cv": [(np.arange(5), np.arange(5, 10), "extra")]}, ValueError, "pairs"),
     ({"random_state": "seed"}, ValueError, "random_state"),
+    ({"random_state": -1}, ValueError, "non-negative"),
     ({"candidates": ["nope"]}, ValueError, "Unknown candidate"),
     ({"candidates": "temperature"}, ValueError, "candidates"),
     ({"candidates": ["ets", "ets"]}, ValueError, "unique"),
