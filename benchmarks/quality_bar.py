@@ -607,7 +607,8 @@ def guide(report: dict[str, Any]) -> str:
         "your calibration data. It keeps the one with the lowest cross-validated top-label ECE among those whose "
         "ECE is below TS's by more than the bootstrap standard error of that difference, whose cross-validated "
         "NLL is not worse than TS's by more than one standard error and whose accuracy is not lower (TS when "
-        "none beats it); the matrix-scaling family only where its NLL beats TS's by more than one "
+        "none beats it); the matrix-scaling family instead (without that ECE margin) only where its NLL beats "
+        "TS's by more than one "
         "standard error and its out-of-fold accuracy gain is significant (McNemar's exact test, 5 %).", "",
         f"- It met issue 14's bar (ECE within one split-to-split sd of the best of TS, ETS and top-label "
         f"isotonic/spline; NLL at most TS's + {NLL_MARGIN}; accuracy unchanged) on **{len(auto_ok)} of "
