@@ -453,7 +453,8 @@ def main(argv: list[str] | None, staged: h.StagedOutputs) -> int:
                         + f" (random_state = seed + s on split s; the other parameters the classes' defaults). "
                           f"{ABLATION} is the ablation without noise training; {', '.join(NEWER)} are the newer "
                           f"calibrators (ensemble temperature scaling; top-label isotonic regression of the "
-                          f"temperature-scaled confidence; the candidate with the best 5-fold cross-validated NLL)."),
+                          f"temperature-scaled confidence; AutoCalibrator's default 5-fold choice by pooled ECE under "
+                          f"its NLL and accuracy guards)."),
             "fuzzy_overrides": fuzzy,
             "seed_reduction_range": list(SEED_REDUCTION), "seed_size_mb": SEED_MB, "n_bins": h.N_BINS,
         },
