@@ -1,7 +1,13 @@
-"""Shared fixtures: small, seeded, over-confident logits."""
+"""Shared fixtures: small, seeded, over-confident logits; running a benchmark script."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_logits(n=600, k=4, scale=3.0, seed=0, dtype=np.float64):
@@ -23,6 +29,14 @@ def spy_map_blocks(monkeypatch, module):
 
     monkeypatch.setattr(module, "map_blocks", counting)
     return calls
+
+
+def run_script(script, *args, timeout=900):
+    """Run ``python script *args`` from the repository root; fail with its stderr's tail unless it exits 0."""
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 @pytest.fixture

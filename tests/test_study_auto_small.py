@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,9 @@ import pytest
 from benchmarks import harness as h
 from benchmarks import study_auto_small as sa
 from precal.calibration import AutoCalibrator
+from precal.calibration.auto import MATRIX_FAMILY
+
+from .conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "study_auto_small.py"
@@ -43,8 +44,7 @@ def test_the_ablation_is_auto_without_the_margin():
     for est, margin in ((plain, 0.0), (auto, auto.cv_results_["pooled_standard_error"])):
         res = est.cv_results_
         gain = res["mean_score"] + margin < res["mean_score"][0]
-        ts_family = [c not in ("matrix_scaling", "top_label_isotonic_matrix", "top_label_spline_matrix")
-                     for c in res["candidate"]]
+        ts_family = np.array([c not in MATRIX_FAMILY for c in res["candidate"]])
         assert not np.any(res["eligible"][1:] & ts_family[1:] & ~gain[1:])
     assert AutoCalibrator._ece_margin is True and sa.AutoWithoutMargin._ece_margin is False
 
@@ -92,9 +92,7 @@ def test_verdict(auto_ece, auto_nll, word):
 
 
 def _run(*args):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return run_script(SCRIPT, *args)
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ from benchmarks import harness as h
 from benchmarks import study_fuzzy as sf
 from precal.emulate import round_logits
 
+from .conftest import run_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "study_fuzzy.py"
 
@@ -137,9 +139,7 @@ def test_verdict_needs_clearly_lower_int4_ece_than_both_global_corrections(ts_vs
 
 # --------------------------------------------------------------------------- end to end
 def _run(*args):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return run_script(SCRIPT, *args)
 
 
 def test_quick_never_writes_to_the_committed_folders():

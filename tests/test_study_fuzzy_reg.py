@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,8 @@ import pytest
 from benchmarks import harness as h
 from benchmarks import study_fuzzy_reg as sr
 from precal.calibration import FuzzyDirichletCalibrator
+
+from .conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "study_fuzzy_reg.py"
@@ -113,9 +113,7 @@ def test_verdict(rho1, rho10, word):
 
 
 def _run(*args):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return run_script(SCRIPT, *args)
 
 
 @pytest.mark.slow
